@@ -1,0 +1,153 @@
+"""Local speech detector for barge-in: webrtcvad plus an energy floor over a tracked noise floor.
+
+It runs in the capture path on 16 kHz PCM16 in 10 ms frames. On speech onset while the assistant
+is playing it calls the player's ``halt`` right there, in the audio thread, and records a
+timestamped event for the conversation layer; with nothing playing it reports speech start and end.
+Events go into a bounded deque (appends never block), so the audio thread never waits on a reader.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import webrtcvad
+
+VAD_RATE = 16000
+FRAME_MS = 10
+FRAME_SAMPLES = VAD_RATE * FRAME_MS // 1000
+_SILENCE_DBFS = -100.0
+
+EventKind = Literal["speech_start", "speech_end", "barge_in"]
+
+
+@dataclass(frozen=True)
+class SpeechEvent:
+    kind: EventKind
+    at: float  # capture time of the first (start, barge-in) or last (end) speech frame
+    decided_at: float  # capture time of the frame that completed the decision
+    level_dbfs: float
+    noticed_at: float  # monotonic time when the detector ran on that frame
+
+
+@dataclass
+class DetectorSettings:
+    onset_frames: int = 3  # consecutive speech frames before an onset counts
+    hangover_frames: int = 30  # non-speech frames before speech has ended (300 ms)
+    vad_mode: int = 2  # webrtcvad aggressiveness 0..3
+    margin_db: float = 10.0  # speech must stand this far above the noise floor
+    min_level_dbfs: float = -50.0  # and above this absolute level
+    warmup_frames: int = 30  # frames heard before the noise floor is trusted (300 ms)
+    floor_window_frames: int = 150  # the noise floor is the quietest level of the last 1.5 s
+
+
+def frame_level_dbfs(frame: npt.NDArray[np.int16]) -> float:
+    if len(frame) == 0:
+        return _SILENCE_DBFS
+    rms = math.sqrt(float(np.mean(np.square(frame.astype(np.float64)))))
+    if rms < 1e-9:
+        return _SILENCE_DBFS
+    return 20.0 * math.log10(rms / 32768.0)
+
+
+class BargeInDetector:
+    def __init__(
+        self,
+        is_playing: Callable[[], bool],
+        halt: Callable[[], None],
+        settings: DetectorSettings | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings or DetectorSettings()
+        self._clock = clock
+        self._is_playing = is_playing
+        self._halt = halt
+        self._vad = webrtcvad.Vad(self.settings.vad_mode)
+        self.events: deque[SpeechEvent] = deque(maxlen=256)
+        self.noise_floor_dbfs = _SILENCE_DBFS
+        self._floor = _MinimumTracker(self.settings.floor_window_frames)
+        self._frames_seen = 0
+        self.in_speech = False
+        self._run = 0  # consecutive speech frames
+        self._run_start = 0.0
+        self._quiet = 0  # consecutive non-speech frames while in speech
+        self._last_speech_at = 0.0
+        self._pending = np.zeros(0, np.int16)
+        self._pending_start = 0.0
+
+    def feed(self, samples: npt.NDArray[np.int16], start_time: float) -> None:
+        """Feed 16 kHz PCM16 samples of any length; ``start_time`` is when the first was captured."""
+        if len(self._pending) == 0:
+            self._pending_start = start_time
+        buffered = np.concatenate((self._pending, samples)) if len(self._pending) else samples
+        count = len(buffered) // FRAME_SAMPLES
+        for i in range(count):
+            frame = buffered[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
+            self.feed_frame(frame, self._pending_start + i * FRAME_MS / 1000.0)
+        self._pending = buffered[count * FRAME_SAMPLES :].copy()
+        self._pending_start += count * FRAME_MS / 1000.0
+
+    def feed_frame(self, frame: npt.NDArray[np.int16], at: float) -> None:
+        """One 10 ms frame of 16 kHz PCM16 captured at monotonic time ``at``."""
+        level = frame_level_dbfs(frame)
+        self.noise_floor_dbfs = self._floor.add(level)
+        self._frames_seen += 1
+        if self._frames_seen <= self.settings.warmup_frames:
+            return
+        voiced = self._vad.is_speech(np.ascontiguousarray(frame, dtype="<i2").tobytes(), VAD_RATE)
+        loud = level >= max(self.settings.min_level_dbfs, self.noise_floor_dbfs + self.settings.margin_db)
+        if voiced and loud:
+            if self._run == 0:
+                self._run_start = at
+            self._run += 1
+            self._quiet = 0
+            self._last_speech_at = at
+            if not self.in_speech and self._run >= self.settings.onset_frames:
+                self.in_speech = True
+                if self._is_playing():
+                    self._halt()
+                    self._emit("barge_in", self._run_start, at, level)
+                else:
+                    self._emit("speech_start", self._run_start, at, level)
+        else:
+            self._run = 0
+            if self.in_speech:
+                self._quiet += 1
+                if self._quiet >= self.settings.hangover_frames:
+                    self.in_speech = False
+                    self._quiet = 0
+                    self._emit("speech_end", self._last_speech_at + FRAME_MS / 1000.0, at, level)
+
+    def _emit(self, kind: EventKind, at: float, decided_at: float, level: float) -> None:
+        self.events.append(SpeechEvent(kind, at, decided_at, level, self._clock()))
+
+
+class _MinimumTracker:
+    """Minimum statistics: the quietest frame level over a sliding window, kept in sub-windows.
+
+    Speech always has quiet gaps between syllables, so the minimum follows the room's noise and
+    not the talker, while a steady noise (fan, hum, hiss) lifts it within one window.
+    """
+
+    _PARTS = 10
+
+    def __init__(self, window_frames: int) -> None:
+        self._part_frames = max(1, window_frames // self._PARTS)
+        self._minima: deque[float] = deque(maxlen=self._PARTS)
+        self._current = math.inf
+        self._count = 0
+
+    def add(self, level: float) -> float:
+        self._current = min(self._current, level)
+        self._count += 1
+        if self._count >= self._part_frames:
+            self._minima.append(self._current)
+            self._current = math.inf
+            self._count = 0
+        return min(self._current, *self._minima) if self._minima else self._current

@@ -1,0 +1,133 @@
+"""Microphone capture: device rate and channels in, 24 kHz mono PCM16 20 ms frames out.
+
+The PortAudio callback downmixes, resamples (soxr, state kept across blocks), feeds the barge-in
+detector at 16 kHz and hands 20 ms frames to a bounded queue. It never blocks: a full queue drops
+the frame and counts an overflow.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.audio.bargein import VAD_RATE, BargeInDetector
+from app.audio.devices import AudioDevice
+from app.audio.resample import FloatArray, StreamResampler, downmix, float_to_int16, float_to_pcm16
+from app.audio.streams import StreamOwner
+
+MODEL_RATE = 24000
+
+
+@dataclass(frozen=True)
+class CapturedFrame:
+    pcm16: bytes  # 24 kHz mono little-endian PCM16
+    captured_at: float  # monotonic time of the first sample
+
+
+def block_start_time(now: float, frames: int, rate: float, time_info: Any) -> float:
+    """Monotonic capture time of a block's first sample, from PortAudio's own delay when sane."""
+    try:
+        delay = float(time_info.currentTime) - float(time_info.inputBufferAdcTime)
+    except (AttributeError, TypeError, ValueError):
+        delay = -1.0
+    if not 0.0 <= delay < 1.0:
+        delay = frames / rate
+    return now - delay
+
+
+class TimedResampler:
+    """A stream resampler that also tells when each output block's first sample was captured."""
+
+    def __init__(self, in_rate: float, out_rate: int) -> None:
+        self._resampler = StreamResampler(in_rate, out_rate)
+        self._in_rate = float(in_rate)
+        self._out_rate = out_rate
+        self._in_count = 0  # input samples seen
+        self._out_count = 0  # output samples produced
+
+    def process(self, mono: FloatArray, block_start: float) -> tuple[FloatArray, float]:
+        converted = self._resampler.process(mono)
+        # soxr aligns output sample k with input position k * in/out, its filter delay withheld.
+        input_position = self._out_count * self._in_rate / self._out_rate
+        first_at = block_start + (input_position - self._in_count) / self._in_rate
+        self._out_count += len(converted)
+        self._in_count += len(mono)
+        return converted, first_at
+
+
+class FrameSink:
+    """Turns resampled blocks into fixed-size PCM16 frames with capture timestamps."""
+
+    def __init__(self, in_rate: float, out_rate: int, frame_ms: int, maxsize: int) -> None:
+        self.out_rate = out_rate
+        self.frame_samples = out_rate * frame_ms // 1000
+        self.frames: queue.Queue[CapturedFrame] = queue.Queue(maxsize=maxsize)
+        self.overflows = 0
+        self._resampler = TimedResampler(in_rate, out_rate)
+        self._pending = np.zeros(0, np.float32)
+        self._pending_at = 0.0
+
+    def process(self, mono: FloatArray, block_start: float) -> FloatArray:
+        converted, first_at = self._resampler.process(mono, block_start)
+        if len(converted):
+            if len(self._pending) == 0:
+                self._pending_at = first_at
+            self._pending = np.concatenate((self._pending, converted)) if len(self._pending) else converted
+        while len(self._pending) >= self.frame_samples:
+            frame = self._pending[: self.frame_samples]
+            self._pending = self._pending[self.frame_samples :]
+            try:
+                self.frames.put_nowait(CapturedFrame(float_to_pcm16(frame), self._pending_at))
+            except queue.Full:
+                self.overflows += 1
+            self._pending_at += self.frame_samples / self.out_rate
+        return converted
+
+
+class Capture(StreamOwner):
+    direction = "input"
+
+    def __init__(
+        self,
+        device: AudioDevice,
+        *,
+        block_ms: float = 10.0,
+        frame_ms: int = 20,
+        max_queued_frames: int = 500,
+        detector: BargeInDetector | None = None,
+    ) -> None:
+        super().__init__(device, block_ms)
+        self.detector = detector
+        self.model = FrameSink(self.rate, MODEL_RATE, frame_ms, max_queued_frames)
+        self._vad_resampler = TimedResampler(self.rate, VAD_RATE)
+        self.device_overflows = 0
+        self.level_dbfs = -100.0
+
+    @property
+    def frames(self) -> queue.Queue[CapturedFrame]:
+        return self.model.frames
+
+    @property
+    def overflows(self) -> int:
+        return self.model.overflows
+
+    def process_block(self, block: FloatArray, block_start: float) -> None:
+        """Everything the callback does with one block; separate so tests can drive it directly."""
+        mono = downmix(block)
+        peak = float(np.max(np.abs(mono))) if len(mono) else 0.0
+        self.level_dbfs = 20.0 * float(np.log10(max(peak, 1e-5)))
+        self.model.process(mono, block_start)
+        if self.detector is not None:
+            vad, at = self._vad_resampler.process(mono, block_start)
+            if len(vad):
+                self.detector.feed(float_to_int16(vad), at)
+
+    def _callback(self, indata: FloatArray, frames: int, time_info: Any, status: Any) -> None:
+        now = time.monotonic()
+        if status.input_overflow:
+            self.device_overflows += 1
+        self.process_block(indata, block_start_time(now, frames, self.rate, time_info))

@@ -1,0 +1,68 @@
+"""Playback: the jitter buffer behind a low-latency PortAudio output stream.
+
+The callback renders one block from the jitter buffer, copies it to every channel, and publishes
+exactly what it handed to the device, with its timing, for the echo canceller.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from app.audio.devices import AudioDevice
+from app.audio.jitter import JitterBuffer
+from app.audio.resample import FloatArray
+from app.audio.streams import StreamOwner
+
+
+@dataclass(frozen=True)
+class PlayedBlock:
+    """Samples handed to the device in one callback (mono, device rate) and when."""
+
+    handed_at: float  # monotonic time of the callback
+    audible_at: float  # when its first sample reaches the listener (handed_at + output latency)
+    samples: FloatArray
+
+
+class Player(StreamOwner):
+    direction = "output"
+
+    def __init__(
+        self,
+        device: AudioDevice,
+        *,
+        block_ms: float = 10.0,
+        target_ms: float = 60.0,
+        fade_ms: float = 5.0,
+        reference_blocks: int = 400,
+    ) -> None:
+        super().__init__(device, block_ms)
+        self.buffer = JitterBuffer(self.rate, target_ms=target_ms, fade_ms=fade_ms)
+        self.reference: deque[PlayedBlock] = deque(maxlen=reference_blocks)
+        self.device_underflows = 0
+
+    def _opened(self) -> None:
+        self.buffer.output_latency = self.latency
+
+    # The conversation layer's verbs, so callers need not reach into the buffer.
+    def push(self, item_id: str, pcm16: bytes) -> bool:
+        return self.buffer.push(item_id, pcm16)
+
+    def end_item(self, item_id: str) -> None:
+        self.buffer.end_item(item_id)
+
+    def halt(self) -> None:
+        self.buffer.halt()
+
+    def is_playing(self) -> bool:
+        return self.buffer.is_active()
+
+    def _callback(self, outdata: FloatArray, frames: int, time_info: Any, status: Any) -> None:
+        now = time.monotonic()
+        if status.output_underflow:
+            self.device_underflows += 1
+        block = self.buffer.render(frames, now)
+        outdata[:] = block[:, None]
+        self.reference.append(PlayedBlock(now, now + self.buffer.output_latency, block))

@@ -1,0 +1,121 @@
+"""Command-line entry points: ``helpdesk-voice [--headless] ...``, ``devices``, ``selftest``.
+
+Exit codes: 0 fine, 1 runtime failure, 2 usage error (bad flag, unknown device), each failure
+with one clear line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from app import __version__
+from app.audio.devices import AudioDevice, DeviceError, Direction, find_device
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """The command line asked for something that does not exist (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse prints the whole usage; the contract is one clear line.
+        self.exit(EXIT_USAGE, f"helpdesk-voice: {message} (see --help)\n")
+
+
+def _add_device_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input-device", metavar="NAME", help="microphone: index, exact name or unique part")
+    parser.add_argument("--output-device", metavar="NAME", help="speaker: index, exact name or unique part")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="helpdesk-voice", description="Hands-free IT helpdesk voice assistant.")
+    parser.add_argument("--version", action="version", version=f"helpdesk-voice {__version__}")
+    parser.add_argument("--headless", action="store_true", help="run without a GUI, transcript on stdout")
+    _add_device_options(parser)
+    parser.add_argument("--duration", type=float, metavar="S", help="exit after S seconds")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    sub.add_parser("devices", help="list audio input and output devices")
+    selftest = sub.add_parser("selftest", help="check the audio devices; exit code 0 when all is well")
+    _add_device_options(selftest)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "devices":
+            return _devices()
+        if args.command == "selftest":
+            return _selftest(args.input_device, args.output_device)
+        return _listen(args)
+    except UsageError as exc:
+        print(f"helpdesk-voice: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception as exc:  # the last line of defence: one line, never a traceback
+        print(f"helpdesk-voice: {_describe(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _resolve(query: str | None, direction: Direction) -> AudioDevice:
+    try:
+        return find_device(query, direction)
+    except DeviceError as exc:
+        if query is None:
+            raise RuntimeError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc
+
+
+def _devices() -> int:
+    from app.audio.devices import format_device_table, list_devices
+
+    devices = list_devices()
+    if not devices:
+        print("helpdesk-voice: no audio devices found", file=sys.stderr)
+        return EXIT_FAILURE
+    print(format_device_table(devices))
+    return EXIT_OK
+
+
+def _selftest(input_query: str | None, output_query: str | None) -> int:
+    from app.audio.roundtrip import run_audio_check
+
+    input_device = _resolve(input_query, "input")
+    output_device = _resolve(output_query, "output")
+    print("audio check: playing a short test sound and listening for it...", flush=True)
+    result = run_audio_check(input_device, output_device)
+    print(result.report(), flush=True)
+    return EXIT_OK if result.heard else EXIT_FAILURE
+
+
+def _listen(args: argparse.Namespace) -> int:
+    """Listen on the microphone and report speech; the conversation itself arrives with the engine."""
+    from app.audio.pipeline import AudioPipeline
+
+    if not args.headless:
+        print("helpdesk-voice: the tray app is not available yet; running headless", file=sys.stderr)
+    input_device = _resolve(args.input_device, "input")
+    output_device = _resolve(args.output_device, "output")
+    deadline = None if args.duration is None else time.monotonic() + args.duration
+    with AudioPipeline(input_device, output_device) as pipeline:
+        print(f"listening on {input_device.name} -> {output_device.name}", flush=True)
+        events = pipeline.detector.events
+        while deadline is None or time.monotonic() < deadline:
+            while events:
+                event = events.popleft()
+                print(f"[{event.kind.replace('_', ' ')} at {event.at:.2f} s]", file=sys.stderr, flush=True)
+            time.sleep(0.05)
+    return EXIT_OK

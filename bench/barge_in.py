@@ -1,0 +1,147 @@
+"""Barge-in latency through the PulseAudio virtual devices, measured as a listener hears it.
+
+Each trial: the app's audio pipeline plays a steady assistant sound on the virtual speaker; after
+a random lead a synthetic user speaks into the virtual microphone. Both the microphone and the
+speaker's monitor are recorded on one monotonic clock. Halt latency is the time from the first
+user-speech sample in the microphone to the last loud assistant sample on the speaker.
+
+    python -m bench.barge_in [--trials 20] [--block-ms 10] [--out bench/results/barge_in.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+UTTERANCES = [
+    "Wait, that is not what I asked.",
+    "Hold on, my VPN keeps dropping.",
+    "Sorry, can you repeat that?",
+    "No, the printer is on the third floor.",
+    "Stop, I already tried restarting.",
+]
+TARGET_P95_MS = 150.0
+GOAL_P95_MS = 100.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    position = (len(ordered) - 1) * q
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    return {
+        "n": len(values),
+        "p50": round(percentile(values, 0.5), 1),
+        "p95": round(percentile(values, 0.95), 1),
+        "max": round(max(values), 1),
+        "mean": round(statistics.fmean(values), 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--block-ms", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/barge_in.json"))
+    args = parser.parse_args(argv)
+
+    from app.audio.virtual_rig import VirtualAudioRig
+
+    rig = VirtualAudioRig()
+    rig.start()  # before sounddevice initialises PortAudio, which fixes the device list
+    try:
+        from app.audio.measure import BargeInBench
+        from app.audio.pipeline import AudioSettings
+        from app.audio.probe import espeak_speech
+        from app.audio.resample import StreamResampler
+
+        rng = random.Random(args.seed)
+        load_before = os.getloadavg()
+        trials: list[dict[str, Any]] = []
+        with BargeInBench(rig, AudioSettings(block_ms=args.block_ms)) as bench:
+            feed_rate = bench.feed.default_samplerate
+            voices = []
+            for text in UTTERANCES:
+                samples, rate = espeak_speech(text)
+                voices.append(StreamResampler(rate, feed_rate, "HQ").process(samples, last=True))
+            for number in range(args.trials):
+                trial = bench.trial(voices[number % len(voices)], lead_s=rng.uniform(0.5, 1.5))
+                row = trial.as_dict()
+                trials.append(row)
+                halt = "missed" if row["halt_ms"] is None else f"{row['halt_ms']:.1f}"
+                print(f"trial {number + 1:>2}: halt {halt} ms", file=sys.stderr, flush=True)
+            capture_latency_ms = bench.pipeline.capture.latency * 1000.0
+            output_latency_ms = bench.pipeline.player.latency * 1000.0
+            counters = {
+                "player_device_underflows": bench.pipeline.player.device_underflows,
+                "player_buffer_underruns": bench.pipeline.player.buffer.underruns,
+                "capture_device_overflows": bench.pipeline.capture.device_overflows,
+                "capture_queue_overflows": bench.pipeline.capture.overflows,
+            }
+    finally:
+        rig.stop()
+
+    def column(name: str) -> list[float]:
+        return [row[name] for row in trials if row[name] is not None and row["barge_in"]]
+
+    halts = column("halt_ms")
+    result: dict[str, Any] = {
+        "benchmark": "barge_in",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "settings": {"block_ms": args.block_ms, "trials": args.trials, "seed": args.seed},
+        "halt_ms": summary(halts),
+        "detector_decision_ms": summary(column("detector_ms")),
+        "capture_latency_ms": summary(column("capture_ms")),
+        "halt_in_output_callback_ms": summary(column("halt_processed_ms")),
+        "stream_latency_ms": {"input": round(capture_latency_ms, 1), "output": round(output_latency_ms, 1)},
+        "counters": counters,
+        "missed": sum(1 for row in trials if not row["barge_in"] or row["halt_ms"] is None),
+        "target_p95_ms": TARGET_P95_MS,
+        "goal_p95_ms": GOAL_P95_MS,
+        "meets_target": bool(halts) and percentile(halts, 0.95) <= TARGET_P95_MS,
+        "trials": trials,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    print(f"{'figure':<44} {'p50':>7} {'p95':>7} {'max':>7}  (ms, {len(halts)} trials)")
+    for label, key in [
+        ("user onset in mic -> speaker silent", "halt_ms"),
+        ("user onset in mic -> detector decision", "detector_decision_ms"),
+        ("deciding frame captured -> callback saw it", "capture_latency_ms"),
+        ("user onset in mic -> output callback halted", "halt_in_output_callback_ms"),
+    ]:
+        stats = result[key]
+        print(f"{label:<44} {stats.get('p50', '-'):>7} {stats.get('p95', '-'):>7} {stats.get('max', '-'):>7}")
+    print(
+        f"missed barge-ins: {result['missed']}; target p95 <= {TARGET_P95_MS:.0f} ms: "
+        f"{'met' if result['meets_target'] else 'MISSED'}; written to {args.out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs Helpdesk Voice on Debian or Ubuntu: the system libraries it needs (apt-get), then the
+# app itself into a virtual environment in .venv. With --test it adds what the test suite needs:
+# a PulseAudio daemon for the virtual audio devices, sox, and the Python test tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+with_tests=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) with_tests=1 ;;
+    -h|--help) echo "usage: $0 [--test]"; exit 0 ;;
+    *) echo "install.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
+packages=(
+  # audio: PortAudio reaches PulseAudio/PipeWire through ALSA's pulse plugin
+  libportaudio2 libasound2-plugins
+  # offline voice fallback
+  espeak-ng
+  # Qt (PySide6) on X11/Wayland and offscreen
+  libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0
+  libxcb-render-util0 libxcb-image0 libegl1 libgl1 libfontconfig1 libdbus-1-3
+)
+if [ "$with_tests" = 1 ]; then
+  packages+=(pulseaudio pulseaudio-utils sox)
+fi
+if ! python3 -c "import ensurepip, venv" 2>/dev/null; then
+  packages+=(python3-venv python3-pip)
+fi
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing system packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+if [ "$with_tests" = 1 ]; then
+  .venv/bin/python -m pip install -q -e ".[test]"
+else
+  .venv/bin/python -m pip install -q -e .
+fi
+echo "installed: $(.venv/bin/helpdesk-voice --version)"

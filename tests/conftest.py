@@ -1,0 +1,62 @@
+"""Shared fixtures: the PulseAudio virtual devices and synthetic speech.
+
+The virtual devices start once per test session. Where PulseAudio cannot start, tests that need
+it skip with the reason, unless HELPDESK_VOICE_REQUIRE_DEVICES=1 (CI sets it), where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from functools import cache
+
+import numpy as np
+import pytest
+
+from app.audio.probe import espeak_speech
+from app.audio.resample import FloatArray, StreamResampler
+from app.audio.virtual_rig import RigUnavailable, VirtualAudioRig, reinitialise_portaudio
+
+
+@pytest.fixture(scope="session")
+def virtual_audio() -> Iterator[VirtualAudioRig]:
+    rig = VirtualAudioRig()
+    try:
+        rig.start()
+    except RigUnavailable as exc:
+        if os.environ.get("HELPDESK_VOICE_REQUIRE_DEVICES") == "1":
+            pytest.fail(f"virtual audio devices are required here but could not start: {exc}")
+        pytest.skip(f"virtual audio devices unavailable: {exc}")
+    if "sounddevice" in sys.modules:
+        reinitialise_portaudio()
+    try:
+        yield rig
+    finally:
+        rig.stop()
+
+
+@cache
+def _speech(text: str) -> tuple[FloatArray, int]:
+    return espeak_speech(text)
+
+
+@pytest.fixture(scope="session")
+def speech() -> Callable[[str, int], FloatArray]:
+    """``speech(text, rate)``: espeak-ng speech resampled to ``rate``."""
+
+    def make(text: str, rate: int) -> FloatArray:
+        try:
+            samples, source_rate = _speech(text)
+        except FileNotFoundError as exc:
+            pytest.skip(str(exc))
+        if source_rate == rate:
+            return samples.copy()
+        return StreamResampler(source_rate, rate, "HQ").process(samples, last=True)
+
+    return make
+
+
+def sine(freq: float, rate: float, seconds: float, amplitude: float = 0.5) -> FloatArray:
+    t = np.arange(int(rate * seconds)) / rate
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)

@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.audio.jitter import JitterBuffer
+from app.audio.resample import float_to_pcm16
+from tests.conftest import sine
+
+RATE = 24000
+BLOCK = 240  # 10 ms
+
+
+def pcm(ms: float, amplitude: float = 0.5, freq: float = 300.0) -> bytes:
+    return float_to_pcm16(sine(freq, RATE, ms / 1000.0, amplitude))
+
+
+def constant(ms: float, value: float = 0.5) -> bytes:
+    return float_to_pcm16(np.full(int(RATE * ms / 1000), value, np.float32))
+
+
+def render_blocks(buf: JitterBuffer, count: int, start: float = 0.0) -> np.ndarray:
+    return np.concatenate([buf.render(BLOCK, start + i * BLOCK / RATE) for i in range(count)])
+
+
+def test_waits_for_target_depth_before_starting() -> None:
+    buf = JitterBuffer(RATE, target_ms=60)
+    buf.push("a", pcm(40))
+    assert not np.any(buf.render(BLOCK, 0.0))
+    buf.push("a", pcm(40))
+    assert np.any(buf.render(BLOCK, 0.01))
+
+
+def test_short_finished_item_plays_without_waiting_for_target() -> None:
+    buf = JitterBuffer(RATE, target_ms=60)
+    buf.push("a", constant(30))
+    buf.end_item("a")
+    out = render_blocks(buf, 4)
+    assert np.count_nonzero(out) == int(RATE * 0.030)
+    assert buf.underruns == 0
+
+
+def test_underrun_fades_out_counts_and_resumes_with_fade_in() -> None:
+    buf = JitterBuffer(RATE, target_ms=20, fade_ms=5)
+    buf.push("a", constant(25))
+    out = render_blocks(buf, 3)  # 30 ms asked, 25 ms there
+    assert buf.underruns == 1
+    written = int(RATE * 0.025)
+    tail = out[written - buf.fade_frames : written]
+    assert tail[0] == pytest.approx(0.5, abs=1e-3) and tail[-1] == pytest.approx(0.0, abs=1e-3)
+    assert np.all(np.diff(tail) <= 1e-6)  # a ramp down, no step to zero
+    assert not np.any(out[written:])
+    # It waits for the target depth again, then fades in.
+    buf.push("a", constant(10))
+    assert not np.any(buf.render(BLOCK, 1.0))
+    buf.push("a", constant(20))
+    resumed = buf.render(BLOCK, 1.01)
+    assert resumed[0] == pytest.approx(0.0, abs=1e-3)
+    assert resumed[buf.fade_frames] == pytest.approx(0.5, abs=1e-3)
+    assert np.all(np.diff(resumed[: buf.fade_frames]) >= -1e-6)
+
+
+def test_end_of_an_item_is_not_an_underrun() -> None:
+    buf = JitterBuffer(RATE, target_ms=20)
+    buf.push("a", constant(35))
+    buf.end_item("a")
+    render_blocks(buf, 10)
+    assert buf.underruns == 0
+    assert not buf.is_active()
+
+
+def test_overflow_drops_and_counts() -> None:
+    buf = JitterBuffer(RATE, target_ms=20, max_ms=100)
+    assert buf.push("a", pcm(80))
+    assert not buf.push("a", pcm(40))
+    assert buf.overflows == 1
+    assert buf.account("a").received_ms == pytest.approx(80)  # type: ignore[union-attr]
+
+
+def test_per_item_accounting_back_to_back() -> None:
+    buf = JitterBuffer(RATE, target_ms=0)
+    buf.push("a", constant(30, 0.2))
+    buf.end_item("a")
+    buf.push("b", constant(50, 0.4))
+    buf.end_item("b")
+    out = render_blocks(buf, 10)
+    assert np.count_nonzero(np.isclose(out, 0.2, atol=1e-4)) == 720
+    assert np.count_nonzero(np.isclose(out, 0.4, atol=1e-4)) == 1200
+    a, b = buf.account("a"), buf.account("b")
+    assert a is not None and b is not None
+    assert (a.handed_frames, b.handed_frames) == (720, 1200)
+    assert a.done and b.done
+
+
+def test_played_ms_accounts_for_output_latency_and_never_exceeds_the_item() -> None:
+    buf = JitterBuffer(RATE, target_ms=0)
+    buf.output_latency = 0.040
+    buf.push("a", constant(100))
+    buf.end_item("a")
+    buf.render(BLOCK, 10.0)  # 10 ms handed at t=10.0, heard from 10.04 to 10.05
+    assert buf.played_ms("a", 10.0) == pytest.approx(0.0)
+    assert buf.played_ms("a", 10.045) == pytest.approx(5.0, abs=0.1)
+    assert buf.played_ms("a", 11.0) == pytest.approx(10.0)
+    for i in range(1, 20):
+        buf.render(BLOCK, 10.0 + i * 0.01)
+    assert buf.played_ms("a", 20.0) == pytest.approx(100.0)
+    assert buf.played_ms("unknown", 20.0) == 0.0
+
+
+def test_played_ms_is_clamped_to_received_audio_with_resampling() -> None:
+    buf = JitterBuffer(44100, target_ms=0)
+    buf.push("a", pcm(123))
+    buf.end_item("a")
+    for i in range(30):
+        buf.render(441, i * 0.01)
+        assert buf.played_ms("a", i * 0.01 + 1) <= 123.0
+    assert buf.played_ms("a", 100.0) == pytest.approx(123.0, abs=0.5)
+
+
+def test_halt_silences_from_next_block_with_a_fade_and_records_position() -> None:
+    buf = JitterBuffer(RATE, target_ms=0, fade_ms=4)
+    buf.push("a", constant(500))
+    render_blocks(buf, 5)  # 50 ms played
+    assert buf.is_active()
+    buf.halt()
+    block = buf.render(BLOCK, 1.0)
+    fade = buf.fade_frames
+    assert block[0] == pytest.approx(0.5, abs=1e-3)
+    assert np.all(np.diff(block[:fade]) <= 1e-6)
+    assert abs(block[fade - 1]) < 0.01
+    assert not np.any(block[fade:])
+    assert not np.any(render_blocks(buf, 5, 2.0))
+    record = buf.halts[-1]
+    assert record.played_ms == {"a": pytest.approx(54.0)}  # 50 ms plus the 4 ms fade
+    assert record.processed_at == 1.0
+    assert not buf.is_active()
+    assert not buf.push("a", constant(100))  # late deltas of the halted item are dropped
+    buf.end_item("a")
+    assert not np.any(render_blocks(buf, 3, 3.0))
+
+
+def test_new_item_plays_normally_after_a_halt() -> None:
+    buf = JitterBuffer(RATE, target_ms=0)
+    buf.push("a", constant(200))
+    render_blocks(buf, 2)
+    buf.halt()
+    buf.render(BLOCK, 1.0)
+    assert buf.push("b", constant(30, 0.3))
+    buf.end_item("b")
+    out = render_blocks(buf, 4, 2.0)
+    assert np.count_nonzero(np.isclose(out, 0.3, atol=1e-4)) == 720
+
+
+def test_halt_cuts_only_items_active_when_it_was_asked() -> None:
+    buf = JitterBuffer(RATE, target_ms=0)
+    buf.push("a", constant(200))
+    buf.halt()
+    buf.push("b", constant(20, 0.3))  # arrives after the halt, before the callback ran
+    buf.end_item("b")
+    first = buf.render(BLOCK, 0.0)
+    assert not np.any(first)
+    out = render_blocks(buf, 3, 0.01)
+    assert np.count_nonzero(np.isclose(out, 0.3, atol=1e-4)) == 480
+    assert buf.halts[-1].played_ms == {"a": 0.0}
+
+
+def test_halt_while_still_buffering_hands_nothing() -> None:
+    buf = JitterBuffer(RATE, target_ms=60)
+    buf.push("a", constant(30))
+    buf.halt()
+    assert not np.any(buf.render(BLOCK, 0.0))
+    assert buf.halts[-1].played_ms == {"a": 0.0}
+
+
+def test_halt_with_nothing_playing_cuts_nothing() -> None:
+    buf = JitterBuffer(RATE)
+    buf.halt()
+    buf.render(BLOCK, 0.0)
+    assert buf.halts[-1].played_ms == {}
+    buf.push("a", constant(100))
+    buf.end_item("a")
+    assert np.any(render_blocks(buf, 10))
+
+
+def test_first_audible_sample_time_is_recorded() -> None:
+    buf = JitterBuffer(RATE, target_ms=0)
+    buf.push("a", constant(20, 0.0) + constant(20, 0.3))
+    buf.end_item("a")
+    render_blocks(buf, 5, start=7.0)
+    account = buf.account("a")
+    assert account is not None and account.first_audible_at == pytest.approx(7.02)
