@@ -1,0 +1,1 @@
+"""Core logic of Helpdesk Voice that does no I/O of its own."""
