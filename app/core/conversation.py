@@ -1,0 +1,803 @@
+"""The conversation state machine: events in, actions out, no I/O.
+
+Inputs are server events (parsed by :mod:`app.core.protocol`), local speech-detector events,
+playback progress from the player, tool results, connection changes, user commands and clock
+ticks; every input takes ``now`` (monotonic seconds) so the machine never reads a clock itself.
+Outputs are :mod:`app.core.actions`.
+
+Barge-in: the local halt has already happened in the audio thread when the machine hears of it.
+The machine then cancels the response (only while one is in progress) and, once the player reports
+what the listener heard, truncates the item there (clamped to the item's audio, never for an item
+that finished playing) and cuts the assistant's transcript to match.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from app.core import protocol as p
+from app.core.actions import (
+    Action,
+    EndAudio,
+    Halt,
+    Notice,
+    PlayAudio,
+    PlayCue,
+    RunTool,
+    Send,
+    State,
+    StateChanged,
+    ToolActivity,
+    Transcript,
+    TurnCompleted,
+)
+from app.core.metrics import TurnMetrics
+
+LocalSpeechKind = Literal["speech_start", "speech_end", "barge_in"]
+
+# Errors that only mean the server had already done what we asked (a race, not a problem).
+BENIGN_ERROR_CODES = frozenset({"response_cancel_not_active", "item_truncate_invalid_item_id"})
+
+
+@dataclass
+class ConversationSettings:
+    session: p.SessionConfig
+    push_to_talk: bool = False
+    cue_after_s: float = 0.8
+    slow_tool_after_s: float = 1.5
+    backend: str = "embedded"
+    replay_limit: int = 40  # history items re-sent after a reconnect
+
+
+@dataclass
+class _AssistantItem:
+    item_id: str
+    response_id: str
+    audio_ms: float = 0.0  # received so far
+    transcript: str = ""
+    has_audio: bool = False
+    audio_done: bool = False
+    played_out: bool = False
+    interrupted: bool = False
+    heard_ms: float | None = None
+
+
+@dataclass
+class _Call:
+    call_id: str
+    name: str
+    arguments: str
+    response_id: str
+    started_at: float
+    output: str | None = None
+    slow_reported: bool = False
+
+
+@dataclass
+class _Response:
+    response_id: str
+    items: list[str] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    done: bool = False
+    cancel_sent: bool = False
+    follow_up_sent: bool = False  # response.create after its tool outputs
+
+
+@dataclass
+class _HistoryEntry:
+    kind: Literal["user", "assistant", "call", "call_output"]
+    key: str  # item id or call id
+    text: str = ""
+    name: str = ""
+
+
+@dataclass
+class _Turn:
+    metrics: TurnMetrics
+    user_item_id: str | None = None
+    user_text: str = ""
+    speech_onset_at: float | None = None
+    response_ids: list[str] = field(default_factory=list)
+    completed: bool = False
+    cue_deadline: float | None = None
+    underruns_at_start: int = 0
+
+
+class Conversation:
+    def __init__(self, settings: ConversationSettings) -> None:
+        self.settings = settings
+        self.state = State.IDLE
+        self.muted = False
+        self.connected = False
+        self.ptt_pressed = False
+        self._items: dict[str, _AssistantItem] = {}
+        self._responses: dict[str, _Response] = {}
+        self._active_response: str | None = None
+        self._calls: dict[str, _Call] = {}
+        self._history: list[_HistoryEntry] = []
+        self._turns: list[_Turn] = []
+        self._turn_number = 0
+        self._local_speech_end: float | None = None
+        self._local_speech_start: float | None = None
+        self._cue_counter = 0
+        self._cues_playing: list[str] = []
+        self._underruns = 0
+        self._pending_reply = False  # a user turn waits for an answer that a drop may have lost
+
+    # ------------------------------------------------------------------------------------------
+    # User commands
+    # ------------------------------------------------------------------------------------------
+    def start(self, now: float) -> list[Action]:
+        if self.state is not State.IDLE:
+            return []
+        return self._set_state(State.CONNECTING)
+
+    def stop(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        if self._audio_playing():
+            actions.append(Halt())
+        actions += self._cancel_active_response()
+        self._cancel_cue()
+        return actions + self._set_state(State.IDLE)
+
+    def set_muted(self, muted: bool, now: float) -> list[Action]:
+        self.muted = muted
+        actions: list[Action] = [StateChanged(self.state, self.muted)]
+        if muted and self.connected and not self.settings.push_to_talk:
+            # Whatever the server had of the user's speech should not become a turn.
+            actions.append(Send(p.input_audio_buffer_clear()))
+        return actions
+
+    def push_to_talk(self, pressed: bool, now: float) -> list[Action]:
+        if not self.settings.push_to_talk or pressed == self.ptt_pressed:
+            return []
+        self.ptt_pressed = pressed
+        actions: list[Action] = []
+        if pressed:
+            actions += self._interrupt_assistant(now, onset_at=now)
+            self._begin_user_turn(now)
+            if self.connected:
+                actions.append(Send(p.input_audio_buffer_clear()))
+            return actions + self._set_state(State.USER_SPEAKING)
+        turn = self._current_turn()
+        if turn is not None:
+            turn.metrics.user_speech_end = now
+        if self.connected:
+            actions += [Send(p.input_audio_buffer_commit()), Send(p.response_create())]
+            self._pending_reply = True
+        return actions + self._await_response(now)
+
+    def send_text(self, text: str, now: float) -> list[Action]:
+        text = text.strip()
+        if not text:
+            return []
+        actions = self._interrupt_assistant(now, onset_at=None)
+        turn = self._begin_user_turn(now)
+        turn.user_text = text
+        turn.metrics.user_speech_end = now
+        key = f"typed-{turn.metrics.turn}"
+        turn.user_item_id = key
+        self._history.append(_HistoryEntry("user", key, text))
+        actions.append(Transcript("user", key, text, final=True))
+        self._pending_reply = True
+        if self.connected:
+            actions += [Send(p.conversation_item_create_user_text(text)), Send(p.response_create())]
+        return actions + self._await_response(now)
+
+    # ------------------------------------------------------------------------------------------
+    # Microphone and local detector
+    # ------------------------------------------------------------------------------------------
+    def mic_frame(self, pcm16: bytes) -> list[Action]:
+        """A 24 kHz PCM16 frame from the microphone: forward it or not."""
+        if not self.connected or self.muted:
+            return []
+        if self.settings.push_to_talk and not self.ptt_pressed:
+            return []
+        return [Send(p.input_audio_buffer_append(pcm16))]
+
+    def local_speech(self, kind: LocalSpeechKind, at: float, now: float) -> list[Action]:
+        """A local detector event; ``at`` is the capture time of the speech it is about."""
+        if self.muted or self.state in (State.IDLE, State.ERROR):
+            return []
+        if kind == "speech_end":
+            self._local_speech_end = at
+            return []
+        self._local_speech_start = at
+        self._local_speech_end = None
+        if kind == "barge_in":
+            # The player is already silent; what remains is the protocol side and the metrics.
+            actions = self._interrupt_assistant(now, onset_at=at, halted_locally=True)
+            if not self.settings.push_to_talk:
+                self._begin_user_turn(now)
+                actions += self._set_state(State.USER_SPEAKING)
+            return actions
+        return []
+
+    # ------------------------------------------------------------------------------------------
+    # Playback progress
+    # ------------------------------------------------------------------------------------------
+    def playback_halted(self, played_ms: Mapping[str, float], silent_at: float, now: float) -> list[Action]:
+        """The player cut these items; ``played_ms`` is what the listener heard of each."""
+        actions: list[Action] = []
+        for item_id, heard in played_ms.items():
+            if item_id in self._cues_playing:
+                self._cues_playing.remove(item_id)
+                continue
+            item = self._items.get(item_id)
+            if item is None or item.played_out:
+                continue
+            item.interrupted = True
+            item.heard_ms = min(heard, item.audio_ms)
+            audio_end_ms = int(item.heard_ms)
+            turn = self._turn_of_response(item.response_id)
+            finished_playing = item.audio_done and heard >= item.audio_ms - 1.0
+            if self.connected and not finished_playing:
+                actions.append(Send(p.conversation_item_truncate(item_id, 0, audio_end_ms)))
+                if turn is not None:
+                    turn.metrics.truncated_at_ms = audio_end_ms
+            item.played_out = True
+            if turn is not None:
+                metrics = turn.metrics
+                metrics.barge_in = True
+                metrics.played_ms = item.heard_ms
+                if turn.speech_onset_at is not None:
+                    metrics.halt_ms = max(0.0, (silent_at - turn.speech_onset_at) * 1000.0)
+            cut = _cut_transcript(item.transcript, item.heard_ms, item.audio_ms, item.audio_done)
+            self._set_history_text(item_id, cut)
+            actions.append(Transcript("assistant", item_id, cut, final=True, interrupted=True))
+            actions += self._maybe_complete_turn_of(item.response_id, now)
+        return actions
+
+    def first_audio(self, item_id: str, at: float) -> list[Action]:
+        """The player handed the item's first audible sample to the device at ``at``."""
+        item = self._items.get(item_id)
+        turn = self._turn_of_response(item.response_id) if item else None
+        if turn is None or turn.metrics.first_audio_out is not None:
+            return []
+        turn.metrics.first_audio_out = at
+        if turn.metrics.user_speech_end is not None:
+            turn.metrics.ttfa_ms = max(0.0, (at - turn.metrics.user_speech_end) * 1000.0)
+        return []
+
+    def item_played_out(self, item_id: str, now: float) -> list[Action]:
+        if item_id in self._cues_playing:
+            self._cues_playing.remove(item_id)
+            return []
+        item = self._items.get(item_id)
+        if item is None or item.played_out or item.interrupted:
+            return []
+        item.played_out = True
+        turn = self._turn_of_response(item.response_id)
+        if turn is not None:
+            turn.metrics.played_ms = (turn.metrics.played_ms or 0.0) + item.audio_ms
+        return self._maybe_complete_turn_of(item.response_id, now)
+
+    def set_underruns(self, total: int) -> None:
+        self._underruns = total
+
+    # ------------------------------------------------------------------------------------------
+    # Connection
+    # ------------------------------------------------------------------------------------------
+    def connected_to_server(self, reconnected: bool, now: float) -> list[Action]:
+        self.connected = True
+        actions: list[Action] = [Send(p.session_update(self._session_config()))]
+        if reconnected:
+            actions += self._replay()
+            for turn in self._turns:
+                if not turn.completed:
+                    turn.metrics.reconnects += 1
+            if self._pending_reply or self._outputs_awaiting_follow_up():
+                actions.append(Send(p.response_create()))
+                self._pending_reply = True
+                for response in self._responses.values():
+                    if response.calls and all(self._calls[c].output is not None for c in response.calls):
+                        response.follow_up_sent = True
+                actions.append(Notice("info", "Reconnected; picking up where we left off."))
+                return actions + self._set_state(State.THINKING)
+            actions.append(Notice("info", "Reconnected."))
+        return actions + self._set_state(State.LISTENING)
+
+    def disconnected(self, message: str, retrying: bool, now: float) -> list[Action]:
+        self.connected = False
+        actions: list[Action] = []
+        # The response in flight is gone with the socket; what was buffered still plays out.
+        for response in self._responses.values():
+            if response.done:
+                continue
+            response.done = True
+            if not response.cancel_sent:
+                self._pending_reply = True  # the answer was lost with the socket: ask again
+            for item_id in response.items:
+                item = self._items[item_id]
+                if item.has_audio and not item.audio_done:
+                    item.audio_done = True
+                    actions.append(EndAudio(item_id))
+        self._active_response = None
+        self._cancel_cue()
+        level: Literal["warning", "error"] = "warning" if retrying else "error"
+        actions.append(Notice(level, message))
+        if self.state is State.IDLE:
+            return actions
+        return actions + self._set_state(State.RECONNECTING if retrying else State.ERROR)
+
+    # ------------------------------------------------------------------------------------------
+    # Tools
+    # ------------------------------------------------------------------------------------------
+    def tool_finished(self, call_id: str, output: str, ok: bool, now: float) -> list[Action]:
+        call = self._calls.get(call_id)
+        if call is None or call.output is not None:
+            return []
+        call.output = output
+        self._history.append(_HistoryEntry("call_output", call_id, output))
+        actions: list[Action] = [
+            ToolActivity(call_id, call.name, "done" if ok else "failed", _tool_message(call, output, ok))
+        ]
+        if self.connected:
+            actions.append(Send(p.conversation_item_create_function_call_output(call_id, output)))
+        return actions + self._maybe_follow_up(call.response_id, now)
+
+    # ------------------------------------------------------------------------------------------
+    # Time
+    # ------------------------------------------------------------------------------------------
+    def tick(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        turn = self._current_turn()
+        if turn is not None and turn.cue_deadline is not None and now >= turn.cue_deadline:
+            turn.cue_deadline = None
+            if not turn.metrics.cue_played:
+                turn.metrics.cue_played = True
+                self._cue_counter += 1
+                cue_id = f"cue-{self._cue_counter}"
+                self._cues_playing.append(cue_id)
+                actions.append(PlayCue(cue_id))
+        for call in self._calls.values():
+            if (
+                call.output is None
+                and not call.slow_reported
+                and now - call.started_at >= self.settings.slow_tool_after_s
+            ):
+                call.slow_reported = True
+                actions.append(
+                    ToolActivity(
+                        call.call_id, call.name, "slow", f"Still working on {_tool_label(call.name)}..."
+                    )
+                )
+        return actions
+
+    # ------------------------------------------------------------------------------------------
+    # Server events
+    # ------------------------------------------------------------------------------------------
+    def server_event(self, event: p.ServerEvent, now: float) -> list[Action]:
+        handler = _HANDLERS.get(type(event))
+        if handler is None:
+            return []
+        return handler(self, event, now)
+
+    def _on_speech_started(self, event: p.SpeechStarted, now: float) -> list[Action]:
+        actions: list[Action] = []
+        if self._audio_playing():
+            # The server heard the user over the assistant before our own detector did.
+            actions += self._interrupt_assistant(now, onset_at=None, server_cancels=self._server_interrupts())
+        if self.state is not State.USER_SPEAKING:
+            self._begin_user_turn(now)
+        return actions + self._set_state(State.USER_SPEAKING)
+
+    def _on_speech_stopped(self, event: p.SpeechStopped, now: float) -> list[Action]:
+        turn = self._begin_user_turn(now)
+        local_end = self._local_speech_end
+        turn.metrics.user_speech_end = local_end if local_end is not None and local_end <= now else now
+        turn.user_item_id = event.item_id or turn.user_item_id
+        self._pending_reply = True
+        return self._await_response(now)
+
+    def _on_committed(self, event: p.InputAudioBufferCommitted, now: float) -> list[Action]:
+        turn = self._current_turn()
+        if turn is not None and turn.user_item_id in (None, event.item_id):
+            turn.user_item_id = event.item_id
+        if not any(e.kind == "user" and e.key == event.item_id for e in self._history):
+            self._history.append(_HistoryEntry("user", event.item_id))
+        return []
+
+    def _on_user_delta(self, event: p.InputAudioTranscriptionDelta, now: float) -> list[Action]:
+        return [Transcript("user", event.item_id, event.delta, final=False)]
+
+    def _on_user_transcript(self, event: p.InputAudioTranscriptionCompleted, now: float) -> list[Action]:
+        text = event.transcript.strip()
+        self._set_history_text(event.item_id, text, kind="user")
+        for turn in reversed(self._turns):
+            if turn.user_item_id == event.item_id:
+                turn.user_text = text
+                break
+        return [Transcript("user", event.item_id, text, final=True)]
+
+    def _on_user_transcript_failed(self, event: p.InputAudioTranscriptionFailed, now: float) -> list[Action]:
+        return [Transcript("user", event.item_id, "(not transcribed)", final=True)]
+
+    def _on_response_created(self, event: p.ResponseCreated, now: float) -> list[Action]:
+        self._responses[event.response_id] = _Response(event.response_id)
+        self._active_response = event.response_id
+        turn = self._current_turn()
+        if turn is None or turn.completed:
+            turn = self._begin_user_turn(now)  # a response the server started on its own
+        turn.response_ids.append(event.response_id)
+        self._pending_reply = False
+        if self.state not in (State.USER_SPEAKING, State.ASSISTANT_SPEAKING):
+            return self._set_state(State.THINKING)
+        return []
+
+    def _on_output_item_added(self, event: p.ResponseOutputItemAdded, now: float) -> list[Action]:
+        response = self._response(event.response_id)
+        if event.item.type == "message":
+            self._assistant_item(event.item.id, response.response_id)
+        return []
+
+    def _on_audio_delta(self, event: p.ResponseOutputAudioDelta, now: float) -> list[Action]:
+        item = self._assistant_item(event.item_id, event.response_id)
+        if item.interrupted or item.audio_done:
+            return []  # late audio of a cancelled item must never play
+        item.has_audio = True
+        item.audio_ms += len(event.audio) / 2 / p.PCM_RATE * 1000.0
+        actions: list[Action] = []
+        turn = self._turn_of_response(event.response_id)
+        if turn is not None:
+            turn.cue_deadline = None
+        if self._cues_playing:
+            actions.append(Halt(tuple(self._cues_playing)))
+        actions.append(PlayAudio(event.item_id, event.audio))
+        if self.state is not State.ASSISTANT_SPEAKING and self.state is not State.USER_SPEAKING:
+            actions += self._set_state(State.ASSISTANT_SPEAKING)
+        return actions
+
+    def _on_audio_done(self, event: p.ResponseOutputAudioDone, now: float) -> list[Action]:
+        item = self._items.get(event.item_id)
+        if item is None or item.audio_done:
+            return []
+        item.audio_done = True
+        return [] if item.interrupted else [EndAudio(event.item_id)]
+
+    def _on_transcript_delta(
+        self, event: p.ResponseOutputAudioTranscriptDelta | p.ResponseOutputTextDelta, now: float
+    ) -> list[Action]:
+        item = self._assistant_item(event.item_id, event.response_id)
+        if item.interrupted:
+            return []
+        item.transcript += event.delta
+        return [Transcript("assistant", event.item_id, event.delta, final=False)]
+
+    def _on_transcript_done(
+        self, event: p.ResponseOutputAudioTranscriptDone | p.ResponseOutputTextDone, now: float
+    ) -> list[Action]:
+        item = self._assistant_item(event.item_id, event.response_id)
+        if item.interrupted:
+            return []
+        text = event.transcript if isinstance(event, p.ResponseOutputAudioTranscriptDone) else event.text
+        item.transcript = text
+        self._set_history_text(item.item_id, text)
+        return []
+
+    def _on_arguments_done(self, event: p.ResponseFunctionCallArgumentsDone, now: float) -> list[Action]:
+        if event.call_id in self._calls:
+            return []
+        response = self._response(event.response_id)
+        call = _Call(event.call_id, event.name, event.arguments, event.response_id, now)
+        self._calls[event.call_id] = call
+        response.calls.append(event.call_id)
+        self._history.append(_HistoryEntry("call", event.call_id, event.arguments, event.name))
+        actions: list[Action] = [
+            RunTool(event.call_id, event.name, event.arguments),
+            ToolActivity(event.call_id, event.name, "started", f"{_tool_label(event.name).capitalize()}..."),
+        ]
+        turn = self._turn_of_response(event.response_id)
+        if turn is not None:
+            turn.cue_deadline = None
+        if not self._audio_playing():
+            actions += self._set_state(State.TOOL_RUNNING)
+        return actions
+
+    def _on_response_done(self, event: p.ResponseDone, now: float) -> list[Action]:
+        response = self._response(event.response_id)
+        response.done = True
+        if self._active_response == event.response_id:
+            self._active_response = None
+        actions: list[Action] = []
+        for item_id in response.items:
+            item = self._items[item_id]
+            if item.has_audio and not item.audio_done:
+                item.audio_done = True
+                if not item.interrupted:
+                    actions.append(EndAudio(item_id))
+            if not item.has_audio and not item.interrupted:
+                item.played_out = True  # a text-only item has nothing left to play
+        if event.status == "failed":
+            detail = event.status_details.error_message if event.status_details else None
+            actions.append(
+                Notice("error", f"The assistant could not answer: {detail or 'the response failed'}.")
+            )
+        if response.calls:
+            actions += self._maybe_follow_up(event.response_id, now)
+            if any(self._calls[c].output is None for c in response.calls) and not self._audio_playing():
+                actions += self._set_state(State.TOOL_RUNNING)
+        return actions + self._maybe_complete_turn_of(event.response_id, now)
+
+    def _on_error(self, event: p.ErrorEvent, now: float) -> list[Action]:
+        if event.code in BENIGN_ERROR_CODES:
+            return []
+        return [
+            Notice(
+                "error", f"The server reported a problem: {event.message or event.code or 'unknown error'}"
+            )
+        ]
+
+    def _on_session(self, event: p.SessionCreated | p.SessionUpdated, now: float) -> list[Action]:
+        return []
+
+    # ------------------------------------------------------------------------------------------
+    # Internals
+    # ------------------------------------------------------------------------------------------
+    def _set_state(self, state: State) -> list[Action]:
+        if state is self.state:
+            return []
+        self.state = state
+        return [StateChanged(state, self.muted)]
+
+    def _session_config(self) -> p.SessionConfig:
+        if self.settings.push_to_talk:
+            return replace(self.settings.session, turn_detection=None)
+        return self.settings.session
+
+    def _server_interrupts(self) -> bool:
+        detection = self._session_config().turn_detection
+        return detection is not None and detection.interrupt_response
+
+    def _current_turn(self) -> _Turn | None:
+        return self._turns[-1] if self._turns else None
+
+    def _begin_user_turn(self, now: float) -> _Turn:
+        current = self._current_turn()
+        if current is not None and not current.completed and not current.response_ids:
+            # Still the same user turn (e.g. local detector, then the server's speech_started).
+            if self._local_speech_start is not None and current.speech_onset_at is None:
+                current.speech_onset_at = self._local_speech_start
+            return current
+        self._turn_number += 1
+        turn = _Turn(
+            TurnMetrics(turn=self._turn_number, backend=self.settings.backend),
+            speech_onset_at=self._local_speech_start,
+            underruns_at_start=self._underruns,
+        )
+        self._turns.append(turn)
+        del self._turns[:-16]  # old turns are done with; keep a few for late events
+        return turn
+
+    def _await_response(self, now: float) -> list[Action]:
+        turn = self._current_turn()
+        if turn is not None and not turn.metrics.cue_played:
+            turn.cue_deadline = now + self.settings.cue_after_s
+        return self._set_state(State.THINKING)
+
+    def _cancel_cue(self) -> None:
+        for turn in self._turns:
+            turn.cue_deadline = None
+
+    def _response(self, response_id: str) -> _Response:
+        response = self._responses.get(response_id)
+        if response is None:
+            # Events for a response whose response.created we never saw (e.g. after a reconnect).
+            response = _Response(response_id)
+            self._responses[response_id] = response
+        return response
+
+    def _assistant_item(self, item_id: str, response_id: str) -> _AssistantItem:
+        item = self._items.get(item_id)
+        if item is None:
+            response = self._response(response_id)
+            # A response the user already cut off may still send items: none of them may play.
+            item = _AssistantItem(item_id, response_id, interrupted=response.cancel_sent)
+            self._items[item_id] = item
+            response.items.append(item_id)
+            self._history.append(_HistoryEntry("assistant", item_id))
+        return item
+
+    def _turn_of_response(self, response_id: str) -> _Turn | None:
+        for turn in reversed(self._turns):
+            if response_id in turn.response_ids:
+                return turn
+        return None
+
+    def _audio_playing(self) -> bool:
+        return bool(self._items_playing())
+
+    def _cancel_active_response(self) -> list[Action]:
+        response_id = self._active_response
+        if response_id is None or not self.connected:
+            return []
+        response = self._responses[response_id]
+        if response.done or response.cancel_sent:
+            return []
+        response.cancel_sent = True
+        return [Send(p.response_cancel(response_id))]
+
+    def _interrupt_assistant(
+        self, now: float, onset_at: float | None, halted_locally: bool = False, server_cancels: bool = False
+    ) -> list[Action]:
+        """The user takes the floor: stop the assistant's response and drop its pending audio."""
+        actions: list[Action] = []
+        playing = self._audio_playing()
+        if playing and not halted_locally:
+            actions.append(Halt())
+        if not server_cancels:
+            actions += self._cancel_active_response()
+        elif self._active_response is not None:
+            self._responses[self._active_response].cancel_sent = True
+        if playing and onset_at is not None:
+            for response_id in {i.response_id for i in self._items_playing()}:
+                turn = self._turn_of_response(response_id)
+                if turn is not None:
+                    turn.speech_onset_at = onset_at
+                    turn.metrics.barge_in = True
+        # Audio still arriving for what was interrupted must not play. Items that were playing
+        # stay open until the player reports what the listener heard of them.
+        doomed = self._items_playing()
+        if self._active_response is not None:
+            doomed += [self._items[i] for i in self._responses[self._active_response].items]
+        for item in doomed:
+            if not item.played_out:
+                item.interrupted = True
+        self._cancel_cue()
+        return actions
+
+    def _items_playing(self) -> list[_AssistantItem]:
+        return [i for i in self._items.values() if i.has_audio and not i.played_out and not i.interrupted]
+
+    def _outputs_awaiting_follow_up(self) -> bool:
+        return any(
+            r.calls and not r.follow_up_sent and all(self._calls[c].output is not None for c in r.calls)
+            for r in self._responses.values()
+        )
+
+    def _maybe_follow_up(self, response_id: str, now: float) -> list[Action]:
+        """Once every tool call of a finished response has its output, ask for the answer."""
+        response = self._response(response_id)
+        if not response.done or response.follow_up_sent or not response.calls:
+            return []
+        if any(self._calls[c].output is None for c in response.calls):
+            return []
+        if not self.connected:
+            return []  # sent after the reconnect, with the replay
+        response.follow_up_sent = True
+        turn = self._turn_of_response(response_id)
+        if turn is not None and turn is not self._current_turn():
+            return []  # the user has spoken since; the server answers that turn, outputs included
+        if self.state is State.USER_SPEAKING:
+            return []
+        self._pending_reply = True
+        actions: list[Action] = [Send(p.response_create())]
+        return actions + self._set_state(State.THINKING)
+
+    def _maybe_complete_turn_of(self, response_id: str, now: float) -> list[Action]:
+        turn = self._turn_of_response(response_id)
+        if turn is None or turn.completed:
+            return []
+        responses = [self._responses[r] for r in turn.response_ids if r in self._responses]
+        if not all(r.done or r.cancel_sent for r in responses):
+            return []
+        items = [self._items[i] for r in responses for i in r.items]
+        if any(not (i.played_out or i.interrupted) for i in items):
+            return []
+        if any(r.calls and not r.follow_up_sent and not r.cancel_sent for r in responses):
+            return []  # tool outputs still on their way; the answer comes in a follow-up response
+        cancelled = any(r.cancel_sent for r in responses)
+        if not items and not cancelled and any(r.calls for r in responses):
+            return []  # only tool calls so far: the follow-up response carries the answer
+        turn.completed = True
+        turn.metrics.underruns = self._underruns - turn.underruns_at_start
+        assistant_text = " ".join(
+            _cut_transcript(i.transcript, i.heard_ms, i.audio_ms, i.audio_done)
+            if i.interrupted
+            else i.transcript
+            for i in items
+            if i.transcript
+        ).strip()
+        actions: list[Action] = []
+        for item in items:
+            if not item.interrupted and item.transcript:
+                actions.append(Transcript("assistant", item.item_id, item.transcript, final=True))
+        actions.append(TurnCompleted(turn.metrics, turn.user_text, assistant_text))
+        if self.state in (State.ASSISTANT_SPEAKING, State.THINKING, State.TOOL_RUNNING):
+            actions += self._set_state(State.LISTENING if self.connected else self.state)
+        return actions
+
+    def _set_history_text(self, key: str, text: str, kind: str = "assistant") -> None:
+        for entry in reversed(self._history):
+            if entry.key == key and entry.kind == kind:
+                entry.text = text
+                return
+        if kind == "user":
+            self._history.append(_HistoryEntry("user", key, text))
+
+    def _replay(self) -> list[Action]:
+        """The conversation so far, as text items, for a fresh server session."""
+        actions: list[Action] = []
+        entries = [e for e in self._history if e.text or e.kind == "call"][-self.settings.replay_limit :]
+        replayed_calls = {e.key for e in entries if e.kind == "call"}
+        for entry in entries:
+            if entry.kind == "user":
+                actions.append(Send(p.conversation_item_create_user_text(entry.text)))
+            elif entry.kind == "assistant":
+                actions.append(Send(p.conversation_item_create_assistant_text(entry.text)))
+            elif entry.kind == "call":
+                actions.append(
+                    Send(p.conversation_item_create_function_call(entry.key, entry.name, entry.text))
+                )
+            elif entry.key in replayed_calls:
+                # An output without its call would be rejected by the server.
+                actions.append(Send(p.conversation_item_create_function_call_output(entry.key, entry.text)))
+        return actions
+
+
+def _cut_transcript(text: str, heard_ms: float | None, audio_ms: float, audio_done: bool) -> str:
+    """The part of ``text`` the user heard, estimated from the share of the audio that played.
+
+    The transcript usually runs ahead of the audio; when the audio is complete its share is exact
+    enough, and when it is not, the share of what had arrived is the best estimate there is. The cut
+    lands on a word boundary and is marked with an ellipsis.
+    """
+    if heard_ms is None or not text:
+        return text
+    if audio_ms <= 0 or heard_ms <= 0:
+        return ""
+    share = min(1.0, heard_ms / audio_ms)
+    if share >= 0.999 and audio_done:
+        return text
+    position = int(len(text) * share)
+    cut = text[:position]
+    if position < len(text) and not text[position].isspace():
+        cut = re.sub(r"\S*$", "", cut)
+    cut = cut.rstrip(" ,;:-")
+    return f"{cut}..." if cut else ""
+
+
+def _tool_label(name: str) -> str:
+    labels = {"create_ticket": "creating a ticket", "search_knowledge_base": "looking that up"}
+    return labels.get(name, f"running {name}")
+
+
+def _tool_message(call: _Call, output: str, ok: bool) -> str:
+    try:
+        data = json.loads(output)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        if ok and isinstance(data.get("message"), str):
+            return str(data["message"])
+        error = data.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return f"{call.name} failed: {error['message']}"
+    return f"{call.name} {'finished' if ok else 'failed'}"
+
+
+_HANDLERS: dict[type[Any], Callable[[Conversation, Any, float], list[Action]]] = {
+    p.SessionCreated: Conversation._on_session,
+    p.SessionUpdated: Conversation._on_session,
+    p.SpeechStarted: Conversation._on_speech_started,
+    p.SpeechStopped: Conversation._on_speech_stopped,
+    p.InputAudioBufferCommitted: Conversation._on_committed,
+    p.InputAudioTranscriptionDelta: Conversation._on_user_delta,
+    p.InputAudioTranscriptionCompleted: Conversation._on_user_transcript,
+    p.InputAudioTranscriptionFailed: Conversation._on_user_transcript_failed,
+    p.ResponseCreated: Conversation._on_response_created,
+    p.ResponseOutputItemAdded: Conversation._on_output_item_added,
+    p.ResponseOutputAudioDelta: Conversation._on_audio_delta,
+    p.ResponseOutputAudioDone: Conversation._on_audio_done,
+    p.ResponseOutputAudioTranscriptDelta: Conversation._on_transcript_delta,
+    p.ResponseOutputTextDelta: Conversation._on_transcript_delta,
+    p.ResponseOutputAudioTranscriptDone: Conversation._on_transcript_done,
+    p.ResponseOutputTextDone: Conversation._on_transcript_done,
+    p.ResponseFunctionCallArgumentsDone: Conversation._on_arguments_done,
+    p.ResponseDone: Conversation._on_response_done,
+    p.ErrorEvent: Conversation._on_error,
+}
