@@ -189,3 +189,17 @@ def test_first_audible_sample_time_is_recorded() -> None:
     render_blocks(buf, 5, start=7.0)
     account = buf.account("a")
     assert account is not None and account.first_audible_at == pytest.approx(7.02)
+
+
+def test_halt_of_one_item_leaves_the_others_playing() -> None:
+    buf = JitterBuffer(RATE, target_ms=0)
+    buf.push("cue", constant(100, 0.1))
+    buf.end_item("cue")
+    buf.push("answer", constant(100, 0.4))
+    buf.end_item("answer")
+    render_blocks(buf, 2)  # 20 ms of the cue
+    buf.halt(["cue", "not-there"])
+    out = render_blocks(buf, 12, 1.0)
+    assert buf.halts[-1].played_ms == {"cue": pytest.approx(25.0)}  # 20 ms + the 5 ms fade
+    # The answer starts on the block after the cue's fade and plays whole.
+    assert np.count_nonzero(np.isclose(out, 0.4, atol=1e-4)) == 2400

@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -134,14 +135,18 @@ class JitterBuffer:
                 self._append(account, tail)
             account.ended = True
 
-    def halt(self) -> None:
+    def halt(self, item_ids: Iterable[str] | None = None) -> None:
         """Silence from the next block on, with a short fade; safe from any thread.
 
-        It cuts the items playing or expected now; items that start later play normally.
+        It cuts ``item_ids`` (default: every item playing or expected now); items that start later
+        play normally.
         """
         now = time.monotonic()
+        wanted = None if item_ids is None else set(item_ids)
         with self._lock:
-            targets = {a.item_id for a in self._accounts.values() if not a.done}
+            targets = {
+                a.item_id for a in self._accounts.values() if not a.done and (wanted is None or a.item_id in wanted)
+            }
             if self._pending_halt is None:
                 self._pending_halt = (now, targets)
             else:

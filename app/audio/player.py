@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,8 +54,8 @@ class Player(StreamOwner):
     def end_item(self, item_id: str) -> None:
         self.buffer.end_item(item_id)
 
-    def halt(self) -> None:
-        self.buffer.halt()
+    def halt(self, item_ids: Iterable[str] | None = None) -> None:
+        self.buffer.halt(item_ids)
 
     def is_playing(self) -> bool:
         return self.buffer.is_active()
