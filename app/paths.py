@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import platformdirs
+
+APP_NAME = "helpdesk-voice"
+DATA_DIR_ENV = "HELPDESK_VOICE_DATA_DIR"
+
 
 def assets_dir() -> Path:
     """The ``assets/`` folder: ``HELPDESK_VOICE_ASSETS`` if set, else the one beside the package."""
@@ -12,3 +17,12 @@ def assets_dir() -> Path:
     if override:
         return Path(override)
     return Path(__file__).resolve().parent.parent / "assets"
+
+
+def default_data_dir() -> Path:
+    """Where the app keeps its data; ``HELPDESK_VOICE_DATA_DIR`` overrides it (tests, testers)."""
+    override = os.environ.get(DATA_DIR_ENV, "").strip()
+    if override:
+        return Path(override).expanduser()
+    # appauthor=False: no extra "helpdesk-voice/helpdesk-voice" nesting on Windows.
+    return platformdirs.user_data_path(APP_NAME, appauthor=False)

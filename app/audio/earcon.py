@@ -33,7 +33,7 @@ def synthesize_earcon(rate: int = EARCON_RATE) -> FloatArray:
     for freq in NOTES_HZ:
         tone = np.sin(2 * np.pi * freq * t) + 0.2 * np.sin(2 * np.pi * 2 * freq * t)
         notes.append(tone * envelope)
-    signal = np.concatenate(notes + [np.zeros(int(rate * 0.02))])
+    signal = np.concatenate([*notes, np.zeros(int(rate * 0.02))])
     signal *= 10 ** (PEAK_DBFS / 20) / np.max(np.abs(signal))
     return signal.astype(np.float32)
 

@@ -1,0 +1,302 @@
+"""The ticket outbox: unique increasing ids across threads and processes, durable files, bad files skipped.
+
+Every test writes under ``tmp_path``; the real user data folder is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import pytest
+
+from app.tools import default_registry
+from app.tools.tickets import (
+    CATEGORIES,
+    DATA_DIR_ENV,
+    URGENCIES,
+    Ticket,
+    TicketOutbox,
+    default_data_dir,
+    default_outbox_dir,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+FIELDS = {"id", "created_at", "summary", "description", "category", "urgency", "contact", "status"}
+
+
+def create(outbox: TicketOutbox, summary: str = "VPN drops", **changes: Any) -> Ticket:
+    fields: dict[str, Any] = {
+        "summary": summary,
+        "description": "The VPN disconnects every few minutes at home.",
+        "category": "network",
+        "urgency": "normal",
+    }
+    fields.update(changes)
+    return outbox.create(**fields)
+
+
+def ticket_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("HD-*.json"))
+
+
+def test_ids_increase_from_hd_1001(tmp_path: Path) -> None:
+    outbox = TicketOutbox(tmp_path / "outbox")
+    ids = [create(outbox, f"problem {n}").id for n in range(3)]
+    assert ids == ["HD-1001", "HD-1002", "HD-1003"]
+
+
+def test_ticket_file_is_json_with_every_field(tmp_path: Path) -> None:
+    outbox = TicketOutbox(tmp_path)
+    before = datetime.now().astimezone()
+    ticket = create(outbox, "Printer jam", category="hardware", urgency="high", contact="ada@example.com")
+    path = tmp_path / f"{ticket.id}.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert set(data) >= FIELDS
+    assert data["id"] == ticket.id == "HD-1001"
+    assert data["summary"] == "Printer jam"
+    assert data["category"] == "hardware"
+    assert data["urgency"] == "high"
+    assert data["contact"] == "ada@example.com"
+    assert data["status"] == "queued"
+    created = datetime.fromisoformat(data["created_at"])
+    assert created.utcoffset() == timedelta(0)  # UTC
+    assert before - timedelta(seconds=2) <= created <= datetime.now().astimezone() + timedelta(seconds=2)
+    assert Ticket.from_dict(data) == ticket
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []  # no temp file left
+
+
+def test_tickets_survive_reopening_and_list_newest_first(tmp_path: Path) -> None:
+    created = [create(TicketOutbox(tmp_path), f"problem {n}") for n in range(4)]
+    reopened = TicketOutbox(tmp_path)
+    listing = reopened.list()
+    assert listing.problems == ()
+    assert list(listing.tickets) == created[::-1]
+    assert create(reopened).id == "HD-1005"  # numbering continues after a restart
+
+
+def test_ids_are_not_reused_after_a_sync_removes_tickets(tmp_path: Path) -> None:
+    outbox = TicketOutbox(tmp_path)
+    for _ in range(3):
+        create(outbox)
+    for path in ticket_files(tmp_path):
+        path.unlink()  # what a sync does after handing the tickets over
+    assert create(outbox).id == "HD-1004"
+
+
+def test_list_of_missing_folder_is_empty(tmp_path: Path) -> None:
+    listing = TicketOutbox(tmp_path / "never-created").list()
+    assert listing.tickets == () and listing.problems == ()
+    assert not (tmp_path / "never-created").exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"summary": "   "}, "summary must not be empty"),
+        ({"summary": "x" * 201}, "summary must be at most 200"),
+        ({"description": "x" * 4001}, "description must be at most 4000"),
+        ({"category": "coffee"}, "category must be one of"),
+        ({"urgency": "urgent"}, "urgency must be one of"),
+    ],
+)
+def test_bad_fields_are_refused_and_nothing_is_written(
+    tmp_path: Path, changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        create(TicketOutbox(tmp_path), **changes)
+    assert ticket_files(tmp_path) == []
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    outbox = TicketOutbox(tmp_path)
+
+    def fail(source: object, target: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="No space left"):
+        create(outbox)
+    monkeypatch.undo()
+    assert ticket_files(tmp_path) == []
+    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == []  # the temp file was removed
+    assert create(outbox).id == "HD-1002"  # the failed ticket's id stays burnt, never handed out twice
+
+
+def test_corrupt_files_are_reported_and_skipped(tmp_path: Path) -> None:
+    outbox = TicketOutbox(tmp_path)
+    good = [create(outbox, "first"), create(outbox, "second")]
+    (tmp_path / "HD-1003.json").write_text("{not json", encoding="utf-8")
+    (tmp_path / "HD-1004.json").write_text('["a list"]', encoding="utf-8")
+    (tmp_path / "HD-1005.json").write_text('{"id": "HD-1005"}', encoding="utf-8")
+    (tmp_path / "HD-1006.json").write_bytes(b"\xff\xfe\x00garbage")
+    moved = json.loads((tmp_path / "HD-1001.json").read_text(encoding="utf-8"))
+    (tmp_path / "HD-1007.json").write_text(json.dumps(moved), encoding="utf-8")  # id does not match name
+    bad_urgency = dict(moved, id="HD-1008", urgency="whenever")
+    (tmp_path / "HD-1008.json").write_text(json.dumps(bad_urgency), encoding="utf-8")
+    (tmp_path / "notes.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "README.txt").write_text("not a ticket", encoding="utf-8")
+
+    listing = outbox.list()
+    assert list(listing.tickets) == good[::-1]
+    problems = "\n".join(listing.problems)
+    assert len(listing.problems) == 7, problems
+    for name in ("HD-1003", "HD-1004", "HD-1005", "HD-1006", "HD-1007", "HD-1008", "notes.json"):
+        assert name in problems
+    assert "missing fields" in problems and "whenever" in problems
+    # A corrupt file is never overwritten: the next id is past it.
+    assert create(outbox).id == "HD-1009"
+    assert (tmp_path / "HD-1003.json").read_text(encoding="utf-8") == "{not json"
+
+
+def test_fifty_threads_get_unique_consecutive_ids(tmp_path: Path) -> None:
+    outbox = TicketOutbox(tmp_path)
+    barrier = threading.Barrier(50)
+
+    def one(n: int) -> str:
+        barrier.wait()  # all at once, to make the id race as likely as possible
+        return create(outbox, f"thread {n}").id
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        ids = list(pool.map(one, range(50)))
+    assert len(set(ids)) == 50
+    assert sorted(ids) == [f"HD-{n}" for n in range(1001, 1051)]
+    listing = outbox.list()
+    assert listing.problems == ()
+    assert len(listing.tickets) == 50
+    assert sorted(ticket.summary for ticket in listing) == sorted(f"thread {n}" for n in range(50))
+
+
+_CHILD = """
+import sys, time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from app.tools.tickets import TicketOutbox
+
+directory, go, label = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+outbox = TicketOutbox(directory)
+while not go.exists():
+    time.sleep(0.001)
+
+def one(n):
+    return outbox.create(f"{label} {n}", "from a subprocess", "software", "low").id
+
+with ThreadPoolExecutor(max_workers=5) as pool:
+    print("\\n".join(pool.map(one, range(25))))
+"""
+
+
+def test_two_processes_never_share_an_id(tmp_path: Path) -> None:
+    directory, go = tmp_path / "outbox", tmp_path / "go"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(directory), str(go), label],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for label in ("first", "second")
+    ]
+    time.sleep(0.5)  # let both import and reach the starting line
+    go.touch()
+    outputs = [child.communicate(timeout=60) for child in children]
+    for child, (_, stderr) in zip(children, outputs, strict=True):
+        assert child.returncode == 0, stderr
+    ids = [line for stdout, _ in outputs for line in stdout.split()]
+    assert len(ids) == 50
+    assert sorted(ids) == [f"HD-{n}" for n in range(1001, 1051)]
+    assert all(len(stdout.split()) == 25 for stdout, _ in outputs)
+    listing = TicketOutbox(directory).list()
+    assert listing.problems == ()
+    assert {ticket.id for ticket in listing} == set(ids)
+    assert sum(ticket.summary.startswith("first") for ticket in listing) == 25
+
+
+def test_default_outbox_dir_honours_the_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "data"))
+    assert default_data_dir() == tmp_path / "data"
+    assert default_outbox_dir() == tmp_path / "data" / "outbox"
+    assert TicketOutbox().directory == tmp_path / "data" / "outbox"
+
+
+def test_default_outbox_dir_without_override_is_the_user_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    expected = platformdirs.user_data_path("helpdesk-voice", appauthor=False) / "outbox"
+    assert default_outbox_dir() == expected  # only computed; nothing is created there
+
+
+# ---------------------------------------------------------------------------------------------------
+# The create_ticket tool
+# ---------------------------------------------------------------------------------------------------
+
+
+async def test_create_ticket_tool_writes_and_answers(tmp_path: Path) -> None:
+    registry = default_registry(outbox_dir=tmp_path)
+    arguments = {
+        "summary": "Outlook not syncing",
+        "description": "No new mail since 9am.",
+        "category": "email",
+    }
+    result = await registry.run("create_ticket", json.dumps(arguments))
+    assert result.ok, result.output
+    assert result.output == {"ticket_id": "HD-1001", "status": "queued", "message": "Ticket HD-1001 created"}
+    (ticket,) = TicketOutbox(tmp_path).list().tickets
+    assert ticket.urgency == "normal"  # the schema default
+    assert (ticket.summary, ticket.category, ticket.contact) == ("Outlook not syncing", "email", None)
+    second = await registry.run("create_ticket", json.dumps(dict(arguments, urgency="critical")))
+    assert second.output["ticket_id"] == "HD-1002"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        ({"summary": "x", "description": "y"}, "category is required"),
+        ({"summary": "x", "description": "y", "category": "coffee"}, "category must be one of"),
+        ({"summary": "x", "description": "y", "category": "email", "urgency": "asap"}, "urgency must be"),
+        ({"summary": "x" * 201, "description": "y", "category": "email"}, "at most 200 characters"),
+        ({"summary": "x", "description": "y" * 4001, "category": "email"}, "at most 4000 characters"),
+        ({"summary": "x", "description": "y", "category": "email", "contact": "me"}, "not a known parameter"),
+        ({"summary": "   ", "description": "y", "category": "email"}, "summary must not be empty"),
+    ],
+)
+async def test_create_ticket_tool_refuses_bad_arguments(
+    tmp_path: Path, arguments: dict[str, Any], expected: str
+) -> None:
+    result = await default_registry(outbox_dir=tmp_path).run("create_ticket", json.dumps(arguments))
+    assert not result.ok
+    assert result.output["error"]["type"] == "invalid_arguments"
+    assert expected in result.output["error"]["message"]
+    assert ticket_files(tmp_path) == []
+
+
+async def test_create_ticket_tool_reports_an_unwritable_outbox(tmp_path: Path) -> None:
+    blocker = tmp_path / "file-not-folder"
+    blocker.write_text("", encoding="utf-8")
+    arguments = {"summary": "x", "description": "y", "category": "other"}
+    result = await default_registry(outbox_dir=blocker / "outbox").run("create_ticket", json.dumps(arguments))
+    assert not result.ok
+    assert result.output["error"]["type"] == "ticket_not_saved"
+    assert "could not be saved" in result.output["error"]["message"]
+
+
+def test_schema_enums_match_the_outbox(tmp_path: Path) -> None:
+    registry = default_registry(outbox_dir=tmp_path)
+    (spec,) = [spec for spec in registry.specs() if spec.name == "create_ticket"]
+    properties = spec.parameters["properties"]
+    assert properties["category"]["enum"] == list(CATEGORIES)
+    assert properties["urgency"]["enum"] == list(URGENCIES)
+    assert properties["summary"]["maxLength"] == 200
+    assert properties["description"]["maxLength"] == 4000
+    assert spec.parameters["required"] == ["summary", "description", "category"]
