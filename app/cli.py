@@ -10,6 +10,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from app import __version__
 from app.audio.devices import AudioDevice, DeviceError, Direction, find_device
@@ -29,6 +30,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"helpdesk-voice: {message} (see --help)\n")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
 def _add_device_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-device", metavar="NAME", help="microphone: index, exact name or unique part")
     parser.add_argument("--output-device", metavar="NAME", help="speaker: index, exact name or unique part")
@@ -39,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"helpdesk-voice {__version__}")
     parser.add_argument("--headless", action="store_true", help="run without a GUI, transcript on stdout")
     _add_device_options(parser)
-    parser.add_argument("--duration", type=float, metavar="S", help="exit after S seconds")
+    parser.add_argument("--url", metavar="URL", help="realtime endpoint (ws:// or wss://)")
+    parser.add_argument("--metrics", type=Path, metavar="PATH", help="append one JSON object per turn")
+    parser.add_argument("--turns", type=_positive_int, metavar="N", help="exit after N assistant turns")
+    parser.add_argument("--duration", type=_positive_float, metavar="S", help="exit after S seconds")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     sub.add_parser("devices", help="list audio input and output devices")
     selftest = sub.add_parser("selftest", help="check the audio devices; exit code 0 when all is well")
@@ -54,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _devices()
         if args.command == "selftest":
             return _selftest(args.input_device, args.output_device)
+        if args.url:
+            return _converse(args)
         return _listen(args)
     except UsageError as exc:
         print(f"helpdesk-voice: {exc}", file=sys.stderr)
@@ -101,12 +121,70 @@ def _selftest(input_query: str | None, output_query: str | None) -> int:
     return EXIT_OK if result.heard else EXIT_FAILURE
 
 
-def _listen(args: argparse.Namespace) -> int:
-    """Listen on the microphone and report speech; the conversation itself arrives with the engine."""
-    from app.audio.pipeline import AudioPipeline
+def _converse(args: argparse.Namespace) -> int:
+    """A spoken conversation with the realtime endpoint at ``--url``."""
+    from app.console import ConsoleListener
+    from app.defaults import session_config
+    from app.engine import Engine, EngineConfig
+    from app.realtime import endpoint_from_url, lookup_api_key
+    from app.tools import default_registry
 
     if not args.headless:
         print("helpdesk-voice: the tray app is not available yet; running headless", file=sys.stderr)
+    key = lookup_api_key()
+    try:
+        endpoint = endpoint_from_url(args.url, key.key)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if endpoint.kind in ("openai", "azure") and key.key is None:
+        raise UsageError(
+            "no API key: set HELPDESK_VOICE_API_KEY or store one in the OS keyring"
+            + (f" ({key.reason})" if key.reason else "")
+        )
+    input_device = _resolve(args.input_device, "input")
+    output_device = _resolve(args.output_device, "output")
+    tools = default_registry()
+    listener = ConsoleListener(
+        f"listening on {input_device.name} -> {output_device.name}", args.metrics, args.turns
+    )
+    engine = Engine(
+        EngineConfig(
+            endpoint=endpoint,
+            session=session_config(tuple(tools.specs())),
+            input_device=input_device,
+            output_device=output_device,
+            tools=tools,
+            backend=endpoint.kind,
+        ),
+        listener,
+    )
+    engine.start()
+    deadline = None if args.duration is None else time.monotonic() + args.duration
+    try:
+        while not listener.enough.is_set() and engine.running:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            listener.enough.wait(0.05)
+    finally:
+        engine.stop()
+    problem = engine.final_problem
+    if (
+        problem is not None
+        and not listener.enough.is_set()
+        and (deadline is None or time.monotonic() < deadline)
+    ):
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _listen(args: argparse.Namespace) -> int:
+    """No endpoint: listen on the microphone and report speech, so devices can be checked."""
+    from app.audio.pipeline import AudioPipeline
+
+    print(
+        "helpdesk-voice: no realtime endpoint given (--url); only listening for speech",
+        file=sys.stderr,
+    )
     input_device = _resolve(args.input_device, "input")
     output_device = _resolve(args.output_device, "output")
     deadline = None if args.duration is None else time.monotonic() + args.duration

@@ -107,3 +107,11 @@ def test_frame_level() -> None:
     full_scale = np.full(FRAME_SAMPLES, 32767, np.int16)
     assert frame_level_dbfs(full_scale) == pytest.approx(0.0, abs=0.01)
     assert frame_level_dbfs(np.zeros(FRAME_SAMPLES, np.int16)) == -100.0
+
+
+def test_disabled_detector_neither_halts_nor_reports(utterance: FloatArray) -> None:
+    halts: list[float] = []
+    detector = BargeInDetector(lambda: True, lambda: halts.append(1.0))
+    detector.enabled = False
+    detector.feed(float_to_int16(utterance), 0.0)
+    assert halts == [] and not detector.events

@@ -201,6 +201,24 @@ def test_barge_in_mid_item_truncates_at_what_was_heard(h: Harness) -> None:
     assert not of(h.feed(s.audio_delta("resp_1", "item_a1", s.pcm(100))), PlayAudio)
 
 
+def test_turn_completes_only_after_the_halt_report(h: Harness) -> None:
+    h.user_turn()
+    h.feed(*s.spoken_answer("resp_1", "item_a1", ANSWER, audio_ms=4000)[:-3])
+    h.barge_in(at=101.0)
+    early = h.feed(s.response_done("resp_1", "cancelled", "client_cancelled"))
+    assert not of(early, TurnCompleted)  # what was heard is not known yet
+    (turn,) = of(h.halted({"item_a1": 1000.0}, silent_at=101.05), TurnCompleted)
+    assert turn.metrics.played_ms == 1000.0 and turn.assistant_text.endswith("...")
+
+
+def test_item_that_ends_before_the_halt_reaches_it_counts_as_heard_whole(h: Harness) -> None:
+    h.user_turn()
+    h.feed(*s.spoken_answer("resp_1", "item_a1", ANSWER, audio_ms=1000))
+    h.barge_in(at=101.0)
+    (turn,) = of(h.run(h.conv.item_played_out("item_a1", h.now)), TurnCompleted)
+    assert turn.metrics.played_ms == pytest.approx(1000.0) and turn.assistant_text == ANSWER
+
+
 def test_barge_in_while_buffered_audio_plays_after_response_done(h: Harness) -> None:
     h.user_turn()
     h.feed(*s.spoken_answer("resp_1", "item_a1", ANSWER, audio_ms=3000))
@@ -218,6 +236,16 @@ def test_barge_in_after_the_item_finished_playing_sends_nothing(h: Harness) -> N
     assert not sent(actions)
     # Even a halt report naming the finished item must not truncate it.
     assert not sent(h.halted({"item_a1": 1000.0}, silent_at=103.02))
+
+
+def test_server_cut_answer_heard_to_its_end_is_still_marked_as_cut(h: Harness) -> None:
+    h.user_turn()
+    h.feed(*s.spoken_answer("resp_1", "item_a1", ANSWER, audio_ms=4000)[:6])  # half the audio
+    h.feed(s.speech_started("item_u2"))  # the server interrupts its own answer...
+    h.feed(s.response_done("resp_1", "cancelled", "turn_detected"))
+    actions = h.halted({"item_a1": 2000.0}, silent_at=h.now)  # ...after all that arrived was heard
+    (cut,) = [a for a in actions if isinstance(a, Transcript)]
+    assert cut.interrupted and cut.text.endswith("...")
 
 
 def test_truncate_is_clamped_to_the_audio_the_item_holds(h: Harness) -> None:

@@ -70,6 +70,7 @@ class BargeInDetector:
         self._halt = halt
         self._vad = webrtcvad.Vad(self.settings.vad_mode)
         self.events: deque[SpeechEvent] = deque(maxlen=256)
+        self.enabled = True  # off while the microphone is muted: a muted user cannot interrupt
         self.noise_floor_dbfs = _SILENCE_DBFS
         self._floor = _MinimumTracker(self.settings.floor_window_frames)
         self._frames_seen = 0
@@ -83,6 +84,10 @@ class BargeInDetector:
 
     def feed(self, samples: npt.NDArray[np.int16], start_time: float) -> None:
         """Feed 16 kHz PCM16 samples of any length; ``start_time`` is when the first was captured."""
+        if not self.enabled:
+            self._pending = np.zeros(0, np.int16)
+            self._run = 0
+            return
         if len(self._pending) == 0:
             self._pending_start = start_time
         buffered = np.concatenate((self._pending, samples)) if len(self._pending) else samples

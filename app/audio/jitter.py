@@ -145,7 +145,9 @@ class JitterBuffer:
         wanted = None if item_ids is None else set(item_ids)
         with self._lock:
             targets = {
-                a.item_id for a in self._accounts.values() if not a.done and (wanted is None or a.item_id in wanted)
+                a.item_id
+                for a in self._accounts.values()
+                if not a.done and (wanted is None or a.item_id in wanted)
             }
             if self._pending_halt is None:
                 self._pending_halt = (now, targets)

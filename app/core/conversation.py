@@ -60,9 +60,11 @@ class _AssistantItem:
     audio_ms: float = 0.0  # received so far
     transcript: str = ""
     has_audio: bool = False
-    audio_done: bool = False
+    audio_done: bool = False  # no more audio will come (finished, cancelled or connection lost)
+    audio_complete: bool = False  # the server said the audio is whole (response.output_audio.done)
     played_out: bool = False
     interrupted: bool = False
+    halt_pending: bool = False  # cut while playing: waiting for the player to say what was heard
     heard_ms: float | None = None
 
 
@@ -231,10 +233,11 @@ class Conversation:
             if item is None or item.played_out:
                 continue
             item.interrupted = True
+            item.halt_pending = False
             item.heard_ms = min(heard, item.audio_ms)
             audio_end_ms = int(item.heard_ms)
             turn = self._turn_of_response(item.response_id)
-            finished_playing = item.audio_done and heard >= item.audio_ms - 1.0
+            finished_playing = item.audio_complete and heard >= item.audio_ms - 1.0
             if self.connected and not finished_playing:
                 actions.append(Send(p.conversation_item_truncate(item_id, 0, audio_end_ms)))
                 if turn is not None:
@@ -246,7 +249,7 @@ class Conversation:
                 metrics.played_ms = item.heard_ms
                 if turn.speech_onset_at is not None:
                     metrics.halt_ms = max(0.0, (silent_at - turn.speech_onset_at) * 1000.0)
-            cut = _cut_transcript(item.transcript, item.heard_ms, item.audio_ms, item.audio_done)
+            cut = _cut_transcript(item.transcript, item.heard_ms, item.audio_ms, item.audio_complete)
             self._set_history_text(item_id, cut)
             actions.append(Transcript("assistant", item_id, cut, final=True, interrupted=True))
             actions += self._maybe_complete_turn_of(item.response_id, now)
@@ -268,9 +271,11 @@ class Conversation:
             self._cues_playing.remove(item_id)
             return []
         item = self._items.get(item_id)
-        if item is None or item.played_out or item.interrupted:
+        if item is None or item.played_out or (item.interrupted and not item.halt_pending):
             return []
+        # An item can finish playing just before a halt reached it: then it was heard whole.
         item.played_out = True
+        item.halt_pending = False
         turn = self._turn_of_response(item.response_id)
         if turn is not None:
             turn.metrics.played_ms = (turn.metrics.played_ms or 0.0) + item.audio_ms
@@ -456,7 +461,7 @@ class Conversation:
         item = self._items.get(event.item_id)
         if item is None or item.audio_done:
             return []
-        item.audio_done = True
+        item.audio_done = item.audio_complete = True
         return [] if item.interrupted else [EndAudio(event.item_id)]
 
     def _on_transcript_delta(
@@ -642,6 +647,8 @@ class Conversation:
         # Audio still arriving for what was interrupted must not play. Items that were playing
         # stay open until the player reports what the listener heard of them.
         doomed = self._items_playing()
+        for item in doomed:
+            item.halt_pending = True
         if self._active_response is not None:
             doomed += [self._items[i] for i in self._responses[self._active_response].items]
         for item in doomed:
@@ -686,7 +693,7 @@ class Conversation:
         if not all(r.done or r.cancel_sent for r in responses):
             return []
         items = [self._items[i] for r in responses for i in r.items]
-        if any(not (i.played_out or i.interrupted) for i in items):
+        if any(i.halt_pending or not (i.played_out or i.interrupted) for i in items):
             return []
         if any(r.calls and not r.follow_up_sent and not r.cancel_sent for r in responses):
             return []  # tool outputs still on their way; the answer comes in a follow-up response
@@ -739,7 +746,7 @@ class Conversation:
         return actions
 
 
-def _cut_transcript(text: str, heard_ms: float | None, audio_ms: float, audio_done: bool) -> str:
+def _cut_transcript(text: str, heard_ms: float | None, audio_ms: float, audio_complete: bool) -> str:
     """The part of ``text`` the user heard, estimated from the share of the audio that played.
 
     The transcript usually runs ahead of the audio; when the audio is complete its share is exact
@@ -751,7 +758,7 @@ def _cut_transcript(text: str, heard_ms: float | None, audio_ms: float, audio_do
     if audio_ms <= 0 or heard_ms <= 0:
         return ""
     share = min(1.0, heard_ms / audio_ms)
-    if share >= 0.999 and audio_done:
+    if share >= 0.999 and audio_complete:
         return text
     position = int(len(text) * share)
     cut = text[:position]

@@ -1,0 +1,314 @@
+"""The engine: audio, the realtime connection, tools and the conversation wired together.
+
+It owns an asyncio loop in its own thread. Every 10 ms a pump moves microphone frames, detector
+events, halt reports and playback progress into the conversation state machine, and the actions
+that come out are carried out in order: events are sent by one sender task (so their order on the
+wire is the order the machine chose), audio goes to the player, tools run as tasks, and reports go
+to the listener's callbacks. The UI and the CLI drive the engine only through its thread-safe
+methods and hear from it only through the listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from app.audio.devices import AudioDevice
+from app.audio.earcon import load_earcon
+from app.audio.pipeline import AudioPipeline, AudioSettings
+from app.core import protocol as p
+from app.core.actions import (
+    Action,
+    EndAudio,
+    Halt,
+    Notice,
+    PlayAudio,
+    PlayCue,
+    RunTool,
+    Send,
+    StateChanged,
+    ToolActivity,
+    Transcript,
+    TurnCompleted,
+)
+from app.core.conversation import Conversation, ConversationSettings
+from app.core.protocol import UnknownTypeLog
+from app.realtime import ConnectionProblem, Endpoint, RealtimeTransport
+from app.tools.registry import ToolRegistry
+
+log = logging.getLogger("app.engine")
+
+PUMP_INTERVAL_S = 0.01
+
+
+class EngineListener(Protocol):
+    """What the engine reports. Called on the engine's thread: hand over to your own thread."""
+
+    def on_state(self, event: StateChanged) -> None: ...
+    def on_transcript(self, event: Transcript) -> None: ...
+    def on_tool(self, event: ToolActivity) -> None: ...
+    def on_turn(self, event: TurnCompleted) -> None: ...
+    def on_notice(self, event: Notice) -> None: ...
+
+
+@dataclass
+class EngineConfig:
+    endpoint: Endpoint
+    session: p.SessionConfig
+    input_device: AudioDevice
+    output_device: AudioDevice
+    tools: ToolRegistry
+    audio: AudioSettings = field(default_factory=AudioSettings)
+    push_to_talk: bool = False
+    cue_after_s: float = 0.8
+    backend: str = "custom"
+    rollover_after_s: float | None = 55 * 60.0  # before the server's session cap (60 min at OpenAI)
+    reconnect_attempts: int | None = None
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, listener: EngineListener) -> None:
+        self.config = config
+        self.listener = listener
+        self.conversation = Conversation(
+            ConversationSettings(
+                session=config.session,
+                push_to_talk=config.push_to_talk,
+                cue_after_s=config.cue_after_s,
+                backend=config.backend,
+            )
+        )
+        self.audio = AudioPipeline(config.input_device, config.output_device, config.audio)
+        self._earcon = load_earcon()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._stopped = threading.Event()
+        self._transport: RealtimeTransport | None = None
+        self._outbox: asyncio.Queue[dict[str, object]] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watched: dict[str, bool] = {}  # item id -> first audio reported
+        self._unknown = UnknownTypeLog()
+        self._rollover_pending = False
+        self.final_problem: ConnectionProblem | None = None
+
+    # ------------------------------------------------------------------------------------------
+    # Thread-safe controls
+    # ------------------------------------------------------------------------------------------
+    def start(self, timeout: float = 10.0) -> None:
+        """Open the audio devices and start connecting; raises if the audio cannot start."""
+        self.audio.start()
+        self._thread = threading.Thread(target=self._thread_main, name="helpdesk-engine", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise RuntimeError("the engine did not start")
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop audio, the connection and every task; returns within about ``timeout`` seconds."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
+        self._stopped.wait(timeout)
+        self.audio.close()
+        if self._thread is not None:
+            self._thread.join(max(0.0, timeout / 2))
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the engine has stopped by itself (fatal problem) or been stopped."""
+        return self._stopped.wait(timeout)
+
+    def set_muted(self, muted: bool) -> None:
+        self.audio.detector.enabled = not muted
+        self._call(lambda now: self.conversation.set_muted(muted, now))
+
+    def push_to_talk(self, pressed: bool) -> None:
+        self._call(lambda now: self.conversation.push_to_talk(pressed, now))
+
+    def send_text(self, text: str) -> None:
+        self._call(lambda now: self.conversation.send_text(text, now))
+
+    def _call(self, command: Callable[[float], list[Action]]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed in between
+            loop.call_soon_threadsafe(lambda: self._apply(command(time.monotonic())))
+
+    # ------------------------------------------------------------------------------------------
+    # The engine thread
+    # ------------------------------------------------------------------------------------------
+    def _thread_main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._main())
+        except Exception as exc:  # the last line of defence: report, never die silently
+            log.exception("engine crashed")
+            self.listener.on_notice(Notice("error", f"The assistant stopped unexpectedly: {exc}"))
+        finally:
+            loop.close()
+            self._stopped.set()
+
+    async def _main(self) -> None:
+        self._outbox = asyncio.Queue()
+        self._transport = RealtimeTransport(
+            self.config.endpoint, self, max_attempts=self.config.reconnect_attempts
+        )
+        self._apply(self.conversation.start(time.monotonic()))
+        sender = asyncio.create_task(self._sender())
+        pump = asyncio.create_task(self._pump())
+        self._started.set()
+        try:
+            self.final_problem = await self._transport.run()
+        finally:
+            for task in (sender, pump, *self._tasks):
+                task.cancel()
+            await asyncio.gather(sender, pump, *self._tasks, return_exceptions=True)
+
+    async def _shutdown(self) -> None:
+        self._apply(self.conversation.stop(time.monotonic()))
+        if self._transport is not None:
+            await self._transport.close()
+
+    async def _sender(self) -> None:
+        assert self._outbox is not None and self._transport is not None
+        while True:
+            event = await self._outbox.get()
+            await self._transport.send(event)
+
+    async def _pump(self) -> None:
+        capture = self.audio.capture
+        detector = self.audio.detector
+        buffer = self.audio.player.buffer
+        while True:
+            now = time.monotonic()
+            # Detector events first: a barge-in's onset time must be known before its halt report.
+            while detector.events:
+                speech = detector.events.popleft()
+                self._apply(self.conversation.local_speech(speech.kind, speech.at, now))
+            while buffer.halts:
+                record = buffer.halts.popleft()
+                self._apply(self.conversation.playback_halted(record.played_ms, record.silent_at, now))
+            while not capture.frames.empty():
+                self._apply(self.conversation.mic_frame(capture.frames.get_nowait().pcm16))
+            self._watch_playback(now)
+            self.conversation.set_underruns(buffer.underruns)
+            self._apply(self.conversation.tick(now))
+            await self._maybe_rollover(now)
+            await asyncio.sleep(PUMP_INTERVAL_S)
+
+    def _watch_playback(self, now: float) -> None:
+        buffer = self.audio.player.buffer
+        for item_id, reported in list(self._watched.items()):
+            account = buffer.account(item_id)
+            if account is None:
+                continue
+            if not reported and account.first_audible_at is not None:
+                self._watched[item_id] = True
+                self._apply(self.conversation.first_audio(item_id, account.first_audible_at))
+            if account.done:
+                del self._watched[item_id]
+                if not account.halted:
+                    self._apply(self.conversation.item_played_out(item_id, now))
+
+    async def _maybe_rollover(self, now: float) -> None:
+        transport = self._transport
+        limit = self.config.rollover_after_s
+        if transport is None or limit is None or transport.connected_at is None or self._rollover_pending:
+            return
+        if now - transport.connected_at < limit or self.conversation.state.value != "listening":
+            return
+        self._rollover_pending = True
+        log.info("planned session rollover after %.0f s", now - transport.connected_at)
+        try:
+            await transport.rollover()
+        finally:
+            self._rollover_pending = False
+
+    # ------------------------------------------------------------------------------------------
+    # Carrying out actions
+    # ------------------------------------------------------------------------------------------
+    def _apply(self, actions: list[Action]) -> None:
+        player = self.audio.player
+        for action in actions:
+            if isinstance(action, Send):
+                if self._outbox is not None:
+                    self._outbox.put_nowait(action.event)
+            elif isinstance(action, PlayAudio):
+                self._watched.setdefault(action.item_id, False)
+                player.push(action.item_id, action.pcm16)
+            elif isinstance(action, EndAudio):
+                player.end_item(action.item_id)
+            elif isinstance(action, Halt):
+                player.halt(action.item_ids)
+            elif isinstance(action, PlayCue):
+                player.push(action.cue_id, self._earcon)
+                player.end_item(action.cue_id)
+            elif isinstance(action, RunTool):
+                self._spawn(self._run_tool(action))
+            elif isinstance(action, StateChanged):
+                self.listener.on_state(action)
+            elif isinstance(action, Transcript):
+                self.listener.on_transcript(action)
+            elif isinstance(action, ToolActivity):
+                self.listener.on_tool(action)
+            elif isinstance(action, TurnCompleted):
+                self.listener.on_turn(action)
+            elif isinstance(action, Notice):
+                self.listener.on_notice(action)
+
+    def _spawn(self, coroutine: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_tool(self, call: RunTool) -> None:
+        result = await self.config.tools.run(call.name, call.arguments)
+        self._apply(
+            self.conversation.tool_finished(call.call_id, result.output_json(), result.ok, time.monotonic())
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # TransportHandler
+    # ------------------------------------------------------------------------------------------
+    async def on_connected(self, reconnected: bool) -> None:
+        self._drain_outbox()  # anything queued for the old socket is replaced by the replay
+        actions = self.conversation.connected_to_server(reconnected, time.monotonic())
+        # session.update and the replay go out from here, in order, before any microphone audio:
+        # the transport only lets this call send until it returns.
+        assert self._transport is not None
+        for action in actions:
+            if isinstance(action, Send):
+                await self._transport.send(action.event)
+        self._apply([a for a in actions if not isinstance(a, Send)])
+
+    async def on_event(self, event: p.ServerEvent) -> None:
+        if isinstance(event, p.UnknownEvent) and self._unknown.first_time(event.type):
+            log.info("ignoring server event type %s", event.type)
+        elif isinstance(event, p.MalformedEvent):
+            log.warning("malformed server event: %s", event.reason)
+        self._apply(self.conversation.server_event(event, time.monotonic()))
+
+    async def on_disconnected(self, problem: ConnectionProblem, retry_in: float | None) -> None:
+        self._drain_outbox()
+        message = problem.message
+        if retry_in is not None:
+            message = f"{message} Reconnecting in {retry_in:.1f} s."
+        self._apply(self.conversation.disconnected(message, retry_in is not None, time.monotonic()))
+
+    def _drain_outbox(self) -> None:
+        if self._outbox is None:
+            return
+        while not self._outbox.empty():
+            self._outbox.get_nowait()

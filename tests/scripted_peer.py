@@ -1,0 +1,229 @@
+"""A scripted realtime server on 127.0.0.1 for end-to-end tests of the client.
+
+It speaks GA events: an energy-based server VAD on the audio the client appends, a canned user
+transcript, and a canned spoken answer streamed faster than real time. It honours response.cancel,
+conversation.item.truncate, response.create and typed user text, interrupts its own answer when the
+user speaks (interrupt_response), and records every client event it receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from websockets.asyncio.server import Server, ServerConnection, serve
+
+from tests import server_events as s
+
+FRAME_MS = 20
+SPEECH_RMS = 0.01
+START_FRAMES = 3
+STOP_FRAMES = 25  # 500 ms of silence ends the user's turn
+
+
+@dataclass
+class Answer:
+    text: str
+    audio: bytes  # 24 kHz PCM16
+
+
+@dataclass
+class _Session:
+    ws: ServerConnection
+    pending: bytes = b""
+    in_speech: bool = False
+    loud: int = 0
+    quiet: int = 0
+    user_turns: int = 0
+    responding: asyncio.Task[None] | None = None
+    response_id: str | None = None
+
+
+@dataclass
+class ScriptedPeer:
+    answers: list[Answer]
+    user_lines: list[str] = field(default_factory=lambda: ["(the user's request)"])
+    realtime_factor: float = 3.0  # how much faster than real time the answer audio is sent
+    answer_delay_s: float = 0.05
+    received: list[dict[str, Any]] = field(default_factory=list)
+    connections: int = 0
+    _server: Server | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
+    _answer_index: int = 0
+    _current: _Session | None = None
+    url: str = ""
+
+    def __enter__(self) -> ScriptedPeer:
+        ready = threading.Event()
+
+        def main() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+
+            async def run() -> None:
+                self._server = await serve(self._handle, "127.0.0.1", 0, max_size=2**24)
+                port = self._server.sockets[0].getsockname()[1]
+                self.url = f"ws://127.0.0.1:{port}/v1/realtime?model=scripted"
+                ready.set()
+                await self._server.wait_closed()
+
+            loop.run_until_complete(run())
+            loop.close()
+
+        self._thread = threading.Thread(target=main, daemon=True)
+        self._thread.start()
+        if not ready.wait(5):
+            raise RuntimeError("scripted peer did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._server is not None:
+            self._loop.call_soon_threadsafe(self._server.close)
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def types(self) -> list[str]:
+        return [e.get("type", "?") for e in list(self.received)]
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in list(self.received) if e.get("type") == kind]
+
+    def drop_connection(self) -> None:
+        """Cut the TCP connection without a close frame, as a network failure would."""
+        session, loop = self._current, self._loop
+        if session is not None and loop is not None:
+            loop.call_soon_threadsafe(session.ws.transport.abort)
+
+    # -- server side -------------------------------------------------------------------------
+    async def _handle(self, ws: ServerConnection) -> None:
+        self.connections += 1
+        session = _Session(ws)
+        self._current = session
+        await self._send(session, s.session_created(f"sess_{self.connections}"))
+        with contextlib.suppress(Exception):
+            async for message in ws:
+                event = json.loads(message)
+                if event.get("type") != "input_audio_buffer.append":
+                    self.received.append(event)
+                else:
+                    self.received.append({"type": "input_audio_buffer.append"})  # audio not kept
+                await self._on_event(session, event)
+        if session.responding is not None:
+            session.responding.cancel()
+
+    async def _send(self, session: _Session, event: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):
+            await session.ws.send(json.dumps(event))
+
+    async def _on_event(self, session: _Session, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "session.update":
+            await self._send(
+                session, {"type": "session.updated", "event_id": "ev_su", "session": event["session"]}
+            )
+        elif kind == "input_audio_buffer.append":
+            await self._on_audio(session, base64.b64decode(event["audio"]))
+        elif kind == "response.cancel":
+            if session.responding is not None and not session.responding.done():
+                await self._cancel(session)
+            else:
+                await self._send(
+                    session, s.error("response_cancel_not_active", "There is no active response.")
+                )
+        elif kind == "conversation.item.truncate":
+            await self._send(
+                session,
+                {
+                    "type": "conversation.item.truncated",
+                    "event_id": "ev_tr",
+                    "item_id": event["item_id"],
+                    "content_index": event["content_index"],
+                    "audio_end_ms": event["audio_end_ms"],
+                },
+            )
+        elif kind == "response.create":
+            self._start_answer(session)
+
+    async def _on_audio(self, session: _Session, pcm: bytes) -> None:
+        session.pending += pcm
+        frame_bytes = 24 * FRAME_MS * 2
+        while len(session.pending) >= frame_bytes:
+            frame, session.pending = session.pending[:frame_bytes], session.pending[frame_bytes:]
+            samples = np.frombuffer(frame, "<i2").astype(np.float32) / 32768
+            loud = float(np.sqrt(np.mean(samples**2))) > SPEECH_RMS
+            if loud:
+                session.loud += 1
+                session.quiet = 0
+            else:
+                session.loud = 0
+                session.quiet += 1
+            item = f"item_user_{self.connections}_{session.user_turns}"
+            if not session.in_speech and session.loud >= START_FRAMES:
+                session.in_speech = True
+                if session.responding is not None and not session.responding.done():
+                    await self._cancel(session)  # interrupt_response
+                await self._send(session, s.speech_started(item))
+            elif session.in_speech and session.quiet >= STOP_FRAMES:
+                session.in_speech = False
+                session.user_turns += 1
+                line = self.user_lines[(session.user_turns - 1) % len(self.user_lines)]
+                for event in (s.speech_stopped(item), s.committed(item), s.user_transcript(item, line)):
+                    await self._send(session, event)
+                self._start_answer(session)
+
+    def _start_answer(self, session: _Session) -> None:
+        if session.responding is not None and not session.responding.done():
+            return
+        answer = self.answers[self._answer_index % len(self.answers)]
+        self._answer_index += 1
+        session.responding = asyncio.get_running_loop().create_task(self._stream(session, answer))
+
+    async def _stream(self, session: _Session, answer: Answer) -> None:
+        number = self._answer_index
+        response_id, item_id = f"resp_{self.connections}_{number}", f"item_answer_{self.connections}_{number}"
+        session.response_id = response_id
+        await asyncio.sleep(self.answer_delay_s)
+        await self._send(session, s.response_created(response_id))
+        await self._send(session, s.item_added(response_id, item_id))
+        chunk = 24 * 100 * 2  # 100 ms
+        words = answer.text.split(" ")
+        pieces = max(1, len(answer.audio) // chunk)
+        for i in range(pieces):
+            audio = answer.audio[i * chunk : (i + 1) * chunk if i < pieces - 1 else len(answer.audio)]
+            part = " ".join(words[i * len(words) // pieces : (i + 1) * len(words) // pieces])
+            if part:
+                await self._send(session, s.transcript_delta(response_id, item_id, part + " "))
+            await self._send(session, s.audio_delta(response_id, item_id, audio))
+            await asyncio.sleep(0.1 / self.realtime_factor)
+        for event in (
+            s.audio_done(response_id, item_id),
+            s.transcript_done(response_id, item_id, answer.text),
+            s.response_done(response_id),
+        ):
+            await self._send(session, event)
+        session.response_id = None
+
+    async def _cancel(self, session: _Session) -> None:
+        task, response_id = session.responding, session.response_id
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        session.responding = None
+        if response_id is not None:
+            session.response_id = None
+            await self._send(session, s.response_done(response_id, "cancelled", "turn_detected"))
+
+
+@contextlib.contextmanager
+def running_peer(answers: list[Answer], **options: Any) -> Iterator[ScriptedPeer]:
+    with ScriptedPeer(answers, **options) as peer:
+        yield peer

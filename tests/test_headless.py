@@ -1,0 +1,199 @@
+"""``helpdesk-voice --headless`` end to end: virtual devices, a real WebSocket peer, barge-in."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.audio.devices import find_device
+from app.audio.probe import SignalPlayer, TimedRecorder
+from app.audio.resample import FloatArray, float_to_pcm16
+from app.audio.streams import open_stream
+from app.audio.virtual_rig import VirtualAudioRig
+from tests.scripted_peer import Answer, ScriptedPeer
+
+pytestmark = pytest.mark.devices
+
+FIRST_ANSWER = (
+    "You can reset your password at the self service portal. Open the portal, choose forgot password, "
+    "and follow the code we send to your phone."
+)
+SECOND_ANSWER = "Okay, I will stop there. What would you like to do instead?"
+
+
+class HeadlessApp:
+    """The app as a child process, with its stdout lines collected as they come."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app", "--headless", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.errors: list[str] = []
+        threading.Thread(target=self._read, args=(self.process.stdout, self.lines), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.process.stderr, self.errors), daemon=True).start()
+
+    @staticmethod
+    def _read(stream: object, sink: list[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            sink.append(line.rstrip("\n"))
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if predicate(line):
+                    return line
+            if self.process.poll() is not None and not any(predicate(x) for x in self.lines):
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no matching line; stdout={self.lines} stderr={self.errors[-10:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(5)
+
+
+@pytest.fixture
+def monitor(virtual_audio: VirtualAudioRig) -> Iterator[TimedRecorder]:
+    device = find_device(virtual_audio.speaker_monitor, "input")
+    recorder = TimedRecorder(device.default_samplerate)
+    with open_stream("input", device, recorder.callback):
+        yield recorder
+
+
+def speak(rig: VirtualAudioRig, signal: FloatArray) -> None:
+    feed = find_device(rig.mic_feed, "output")
+    player = SignalPlayer(signal, feed.default_samplerate)
+    with open_stream("output", feed, player.callback):
+        player.finished.wait(len(signal) / feed.default_samplerate + 3)
+        time.sleep(0.1)
+
+
+def loud_since(recorder: TimedRecorder, since: float, threshold: float = 0.02) -> FloatArray:
+    times, samples = recorder.timeline()
+    return times[(times >= since) & (np.abs(samples) > threshold)]
+
+
+def test_spoken_conversation_with_barge_in_through_virtual_devices(
+    virtual_audio: VirtualAudioRig,
+    monitor: TimedRecorder,
+    speech: Callable[[str, int], FloatArray],
+    tmp_path: Path,
+) -> None:
+    feed_rate = int(find_device(virtual_audio.mic_feed, "output").default_samplerate)
+    answers = [
+        Answer(FIRST_ANSWER, float_to_pcm16(speech(FIRST_ANSWER, 24000))),
+        Answer(SECOND_ANSWER, float_to_pcm16(speech(SECOND_ANSWER, 24000))),
+    ]
+    metrics = tmp_path / "metrics.jsonl"
+    with ScriptedPeer(answers, user_lines=["I forgot my password", "wait, stop"]) as peer:
+        app = HeadlessApp(
+            [
+                "--url",
+                peer.url,
+                "--input-device",
+                virtual_audio.mic,
+                "--output-device",
+                virtual_audio.speaker,
+                "--metrics",
+                str(metrics),
+                "--turns",
+                "2",
+                "--duration",
+                "60",
+            ]
+        )
+        try:
+            ready = app.wait_for(lambda line: line.startswith("listening on"), 30)
+            assert ready == f"listening on {virtual_audio.mic} -> {virtual_audio.speaker}"
+            time.sleep(0.5)
+            speak(virtual_audio, speech("I forgot my password", feed_rate))
+            # The answer starts on the speaker.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and len(loud_since(monitor, time.monotonic() - 0.5)) == 0:
+                time.sleep(0.05)
+            assert len(loud_since(monitor, time.monotonic() - 1.0)), f"no answer was heard; {app.errors}"
+            time.sleep(1.2)  # let it talk for a while, then talk over it
+            interrupted_at = time.monotonic()
+            speak(virtual_audio, speech("wait, stop", feed_rate))
+            app.wait_for(lambda line: line.startswith("assistant: Okay"), 30)
+            assert app.process.wait(15) == 0, app.errors
+        finally:
+            app.stop()
+
+    # What the user saw.
+    assert "you: I forgot my password" in app.lines
+    assert "you: wait, stop" in app.lines
+    first = next(line for line in app.lines if line.startswith("assistant: You can"))
+    debug = (
+        f"{app.lines} {[t for t in peer.types() if t != 'input_audio_buffer.append']} {metrics.read_text()}"
+    )
+    assert first.endswith("...") and len(first) < len("assistant: " + FIRST_ANSWER), debug
+    # The speaker fell silent soon after the interruption began, before the second answer.
+    times, samples = monitor.timeline()
+    window = (times > interrupted_at) & (times < interrupted_at + 1.5)
+    loud = times[window & (np.abs(samples) > 0.02)]
+    assert len(loud) == 0 or loud[-1] - interrupted_at < 1.0
+    # What the server was told.
+    truncates = peer.of_type("conversation.item.truncate")
+    assert len(truncates) == 1
+    assert 1000 < truncates[0]["audio_end_ms"] < len(answers[0].audio) / 48
+    assert peer.of_type("session.update") and peer.of_type("input_audio_buffer.append")
+    # What the metrics file holds.
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [row["turn"] for row in rows] == [1, 2]
+    assert rows[0]["barge_in"] is True and rows[0]["truncated_at_ms"] == truncates[0]["audio_end_ms"]
+    assert rows[0]["halt_ms"] is not None and 0 < rows[0]["halt_ms"] < 500
+    assert rows[1]["barge_in"] is False and rows[1]["ttfa_ms"] is not None and rows[1]["ttfa_ms"] > 0
+    assert all(row["backend"] == "custom" for row in rows)
+
+
+def test_headless_without_a_reachable_endpoint_exits_with_one_clear_line(
+    virtual_audio: VirtualAudioRig,
+) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "--headless",
+            "--url",
+            "ws://127.0.0.1:9/v1/realtime",
+            "--input-device",
+            virtual_audio.mic,
+            "--output-device",
+            virtual_audio.speaker,
+            "--duration",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0  # --duration ends it; the refusals are reported, not fatal
+    assert "refused" in result.stderr.lower()
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_url_is_a_usage_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "--headless", "--url", "http://example.com/x"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
