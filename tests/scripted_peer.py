@@ -13,6 +13,7 @@ import base64
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,7 +54,10 @@ class ScriptedPeer:
     realtime_factor: float = 3.0  # how much faster than real time the answer audio is sent
     answer_delay_s: float = 0.05
     received: list[dict[str, Any]] = field(default_factory=list)
+    # Tool calls (name, JSON arguments) the next response makes instead of speaking.
+    tool_calls: list[tuple[str, str]] = field(default_factory=list)
     connections: int = 0
+    connected_at: list[float] = field(default_factory=list)
     _server: Server | None = None
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
@@ -105,6 +109,7 @@ class ScriptedPeer:
     # -- server side -------------------------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
         self.connections += 1
+        self.connected_at.append(time.monotonic())
         session = _Session(ws)
         self._current = session
         await self._send(session, s.session_created(f"sess_{self.connections}"))
@@ -182,6 +187,10 @@ class ScriptedPeer:
     def _start_answer(self, session: _Session) -> None:
         if session.responding is not None and not session.responding.done():
             return
+        if self.tool_calls:
+            calls, self.tool_calls = self.tool_calls, []
+            session.responding = asyncio.get_running_loop().create_task(self._call_tools(session, calls))
+            return
         answer = self.answers[self._answer_index % len(self.answers)]
         self._answer_index += 1
         session.responding = asyncio.get_running_loop().create_task(self._stream(session, answer))
@@ -210,6 +219,17 @@ class ScriptedPeer:
         ):
             await self._send(session, event)
         session.response_id = None
+
+    async def _call_tools(self, session: _Session, calls: list[tuple[str, str]]) -> None:
+        response_id = f"resp_{self.connections}_{len(self.received)}_tools"
+        await asyncio.sleep(self.answer_delay_s)
+        await self._send(session, s.response_created(response_id))
+        for index, (name, arguments) in enumerate(calls):
+            call_id = f"call_{len(self.received)}_{index}"
+            await self._send(
+                session, s.arguments_done(response_id, f"item_{call_id}", call_id, name, arguments)
+            )
+        await self._send(session, s.response_done(response_id))
 
     async def _cancel(self, session: _Session) -> None:
         task, response_id = session.responding, session.response_id

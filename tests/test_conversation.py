@@ -415,6 +415,13 @@ def test_drop_mid_turn_then_reconnect_replays_and_resumes(h: Harness) -> None:
     ]
     assert sent(actions)[-1]["type"] == "response.create"  # the lost answer is asked for again
     assert h.conv.state is State.THINKING
+    # The cut answer does not end the turn: the new answer belongs to it.
+    done = h.feed(*s.spoken_answer("resp_3", "item_a3", "The corporate profile needs a reset.", audio_ms=900))
+    done += h.run(h.conv.item_played_out("item_a2", h.now)) + h.run(h.conv.item_played_out("item_a3", h.now))
+    (turn,) = of(done, TurnCompleted)
+    assert turn.metrics.turn == 2 and turn.metrics.reconnects == 1
+    assert turn.user_text == "the corporate one"
+    assert turn.assistant_text.endswith("The corporate profile needs a reset.")
 
 
 def test_barge_in_during_reconnect_is_local_only_and_the_replay_has_the_cut_text(h: Harness) -> None:

@@ -105,6 +105,7 @@ class _Turn:
     speech_onset_at: float | None = None
     response_ids: list[str] = field(default_factory=list)
     completed: bool = False
+    awaiting_retry: bool = False  # its answer was lost with the connection; a new one will come
     cue_deadline: float | None = None
     underruns_at_start: int = 0
 
@@ -249,7 +250,7 @@ class Conversation:
                 metrics.played_ms = item.heard_ms
                 if turn.speech_onset_at is not None:
                     metrics.halt_ms = max(0.0, (silent_at - turn.speech_onset_at) * 1000.0)
-            cut = _cut_transcript(item.transcript, item.heard_ms, item.audio_ms, item.audio_complete)
+            cut = self._heard_text(item)
             self._set_history_text(item_id, cut)
             actions.append(Transcript("assistant", item_id, cut, final=True, interrupted=True))
             actions += self._maybe_complete_turn_of(item.response_id, now)
@@ -316,8 +317,14 @@ class Conversation:
             response.done = True
             if not response.cancel_sent:
                 self._pending_reply = True  # the answer was lost with the socket: ask again
+                turn = self._turn_of_response(response.response_id)
+                if turn is not None:
+                    turn.awaiting_retry = True
             for item_id in response.items:
                 item = self._items[item_id]
+                if not item.audio_complete:
+                    item.heard_ms = item.audio_ms  # the rest never arrives: shown as cut
+                    self._set_history_text(item_id, self._heard_text(item))
                 if item.has_audio and not item.audio_done:
                     item.audio_done = True
                     actions.append(EndAudio(item_id))
@@ -426,9 +433,10 @@ class Conversation:
         self._responses[event.response_id] = _Response(event.response_id)
         self._active_response = event.response_id
         turn = self._current_turn()
-        if turn is None or turn.completed:
+        if turn is None or (turn.completed and not turn.awaiting_retry):
             turn = self._begin_user_turn(now)  # a response the server started on its own
         turn.response_ids.append(event.response_id)
+        turn.awaiting_retry = False
         self._pending_reply = False
         if self.state not in (State.USER_SPEAKING, State.ASSISTANT_SPEAKING):
             return self._set_state(State.THINKING)
@@ -687,7 +695,7 @@ class Conversation:
 
     def _maybe_complete_turn_of(self, response_id: str, now: float) -> list[Action]:
         turn = self._turn_of_response(response_id)
-        if turn is None or turn.completed:
+        if turn is None or turn.completed or turn.awaiting_retry:
             return []
         responses = [self._responses[r] for r in turn.response_ids if r in self._responses]
         if not all(r.done or r.cancel_sent for r in responses):
@@ -702,21 +710,20 @@ class Conversation:
             return []  # only tool calls so far: the follow-up response carries the answer
         turn.completed = True
         turn.metrics.underruns = self._underruns - turn.underruns_at_start
-        assistant_text = " ".join(
-            _cut_transcript(i.transcript, i.heard_ms, i.audio_ms, i.audio_done)
-            if i.interrupted
-            else i.transcript
-            for i in items
-            if i.transcript
-        ).strip()
+        assistant_text = " ".join(self._heard_text(i) for i in items if i.transcript).strip()
         actions: list[Action] = []
         for item in items:
             if not item.interrupted and item.transcript:
-                actions.append(Transcript("assistant", item.item_id, item.transcript, final=True))
+                actions.append(Transcript("assistant", item.item_id, self._heard_text(item), final=True))
         actions.append(TurnCompleted(turn.metrics, turn.user_text, assistant_text))
         if self.state in (State.ASSISTANT_SPEAKING, State.THINKING, State.TOOL_RUNNING):
             actions += self._set_state(State.LISTENING if self.connected else self.state)
         return actions
+
+    def _heard_text(self, item: _AssistantItem) -> str:
+        if item.heard_ms is None:
+            return item.transcript
+        return _cut_transcript(item.transcript, item.heard_ms, item.audio_ms, item.audio_complete)
 
     def _set_history_text(self, key: str, text: str, kind: str = "assistant") -> None:
         for entry in reversed(self._history):
