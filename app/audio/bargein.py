@@ -82,6 +82,11 @@ class BargeInDetector:
         self._pending = np.zeros(0, np.int16)
         self._pending_start = 0.0
 
+    @property
+    def silence_frames(self) -> int:
+        """Non-speech frames since the last speech frame while in speech (a pause in progress)."""
+        return self._quiet if self.in_speech else 0
+
     def feed(self, samples: npt.NDArray[np.int16], start_time: float) -> None:
         """Feed 16 kHz PCM16 samples of any length; ``start_time`` is when the first was captured."""
         if not self.enabled:

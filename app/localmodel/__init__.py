@@ -1,0 +1,1 @@
+"""The embedded offline realtime server."""

@@ -1,0 +1,66 @@
+"""What the embedded server needs from its models, as interfaces, and the loader of the real ones.
+
+The server speaks the protocol; these do the listening, the thinking and the talking. Keeping them
+behind small interfaces lets the protocol be tested with light stand-ins, while the suite also runs
+the real models end to end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class Utterance(Protocol):
+    """Speech recognition of one user turn, fed while the user speaks."""
+
+    def add(self, pcm24k: bytes) -> None: ...
+    def partial(self) -> str: ...
+    def finish(self) -> str: ...
+
+
+class Recognizer(Protocol):
+    def utterance(self) -> Utterance: ...
+
+
+@dataclass(frozen=True)
+class ToolRequest:
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BrainReply:
+    text: str
+    tool_call: ToolRequest | None = None
+
+
+class Brain(Protocol):
+    """One session's dialog: what to say to the user's words and to tool results."""
+
+    def reply(self, user_text: str) -> BrainReply: ...
+    def tool_result(self, call_id: str, output: dict[str, Any]) -> BrainReply: ...
+
+
+@dataclass(frozen=True)
+class SpokenChunk:
+    pcm16: bytes = field(repr=False)  # 24 kHz mono
+    clause_text: str
+    first_of_clause: bool
+
+
+class Speech(Protocol):
+    """A reply being spoken: chunks as they are synthesised, clause by clause."""
+
+    def __aiter__(self) -> AsyncIterator[SpokenChunk]: ...
+    def cancel(self) -> None: ...
+
+
+@dataclass
+class Components:
+    recognizer: Recognizer
+    new_brain: Callable[[bool], Brain]  # argument: can the client create tickets
+    speak: Callable[[str], Speech]
+    description: str = ""

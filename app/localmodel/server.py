@@ -1,0 +1,361 @@
+"""The embedded offline realtime server: a ``websockets`` server speaking the OpenAI Realtime GA
+protocol on loopback, with local speech recognition, the helpdesk brain and a local voice.
+
+One :class:`~app.localmodel.session.Session` per connection decides what the protocol requires;
+this module runs the slow parts off the event loop (recognition and synthesis in worker threads)
+and streams replies clause by clause. A connection without the token is refused with HTTP 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import secrets
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, Literal
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from app.localmodel import events as ev
+from app.localmodel.components import Brain, BrainReply, Components, Utterance
+from app.localmodel.session import (
+    BeginUtterance,
+    CancelResponse,
+    Command,
+    EndUtterance,
+    Output,
+    ResponseInput,
+    Session,
+    StartResponse,
+    UtteranceAudio,
+    UtterancePaused,
+    UtteranceResumed,
+)
+
+log = logging.getLogger("app.localmodel.server")
+
+PATH = "/v1/realtime"
+PARTIAL_EVERY_S = 0.8
+MAX_MESSAGE_BYTES = 4 * 2**20
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+@dataclass(eq=False)  # identity, so connections can live in a set
+class _Connection:
+    ws: ServerConnection
+    session: Session
+    brain: Brain | None = None
+    can_create_tickets: bool = False
+    utterances: dict[str, Utterance] = field(default_factory=dict)
+    partial_tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    transcripts: dict[str, asyncio.Future[str]] = field(default_factory=dict)
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+    response_task: asyncio.Task[None] | None = None
+    response_id: str | None = None
+    cancel_reason: Literal["turn_detected", "client_cancelled"] | None = None
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class EmbeddedServer:
+    def __init__(self, components: Components, token: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.components = components
+        self.token = token
+        self.host = host
+        self.port = port
+        self._server: Server | None = None
+        self._connections: set[_Connection] = set()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.port}{PATH}"
+
+    async def start(self) -> None:
+        self._server = await serve(
+            self._handle,
+            self.host,
+            self.port,
+            process_request=self._check_token,
+            max_size=MAX_MESSAGE_BYTES,
+            ping_interval=20,
+            ping_timeout=20,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.wait_closed()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    # -- connection setup --------------------------------------------------------------------
+    def _check_token(self, connection: ServerConnection, request: Request) -> Response | None:
+        supplied = _bearer(request.headers)
+        if supplied is None or not hmac.compare_digest(supplied, self.token):
+            response = connection.respond(HTTPStatus.UNAUTHORIZED, "Missing or wrong token.\n")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="helpdesk-voice"'
+            return response
+        if request.path.split("?")[0] != PATH:
+            return connection.respond(HTTPStatus.NOT_FOUND, f"The realtime endpoint is {PATH}.\n")
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        connection = _Connection(ws, Session())
+        self._connections.add(connection)
+        try:
+            await self._emit(connection, connection.session.opened())
+            async for message in ws:
+                await self._emit(connection, connection.session.handle(message))
+        except Exception:  # a broken connection ends this session only, never the server
+            log.exception("session ended by an error")
+        finally:
+            self._connections.discard(connection)
+            await self._end(connection)
+
+    async def _end(self, connection: _Connection) -> None:
+        tasks = [*connection.partial_tasks.values(), *connection.background]
+        if connection.response_task is not None:
+            tasks.append(connection.response_task)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- carrying out a session's output ----------------------------------------------------
+    async def _emit(self, connection: _Connection, output: Output) -> None:
+        for event in output.events:
+            await self._send(connection, event)
+        for command in output.commands:
+            self._run(connection, command)
+
+    async def _send(self, connection: _Connection, event: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):  # a closed socket: the receive loop ends the session
+            async with connection.send_lock:
+                await connection.ws.send(json.dumps(event, separators=(",", ":")))
+
+    def _run(self, connection: _Connection, command: Command) -> None:
+        if isinstance(command, BeginUtterance):
+            utterance = self.components.recognizer.utterance()
+            connection.utterances[command.item_id] = utterance
+            connection.transcripts[command.item_id] = asyncio.get_running_loop().create_future()
+            connection.partial_tasks[command.item_id] = asyncio.create_task(
+                self._partials(connection, command.item_id, utterance)
+            )
+        elif isinstance(command, UtteranceAudio):
+            current = connection.utterances.get(command.item_id)
+            if current is not None:
+                current.add(command.pcm16)
+        elif isinstance(command, UtterancePaused | UtteranceResumed):
+            pass  # room for speculative decoding; the final decode starts at the end of the turn
+        elif isinstance(command, EndUtterance):
+            task = connection.partial_tasks.pop(command.item_id, None)
+            if task is not None:
+                task.cancel()
+            finishing = asyncio.create_task(self._finish_utterance(connection, command))
+            connection.background.add(finishing)
+            finishing.add_done_callback(connection.background.discard)
+        elif isinstance(command, StartResponse):
+            connection.response_id = command.response_id
+            connection.cancel_reason = None
+            connection.response_task = asyncio.create_task(self._respond(connection, command))
+        elif (
+            isinstance(command, CancelResponse)
+            and connection.response_id == command.response_id
+            and connection.response_task is not None
+        ):
+            connection.cancel_reason = command.reason
+            connection.response_task.cancel()
+
+    async def _partials(self, connection: _Connection, item_id: str, utterance: Utterance) -> None:
+        sent = ""
+        while True:
+            await asyncio.sleep(PARTIAL_EVERY_S)
+            text = await asyncio.to_thread(utterance.partial)
+            # Deltas only ever append; a revised partial waits for the final transcript.
+            if (
+                connection.session.config.transcription_model
+                and text.startswith(sent)
+                and len(text) > len(sent)
+            ):
+                await self._send(connection, ev.transcription_delta(item_id, text[len(sent) :]))
+                sent = text
+
+    async def _finish_utterance(self, connection: _Connection, command: EndUtterance) -> None:
+        utterance = connection.utterances.pop(command.item_id, None)
+        text = ""
+        if utterance is not None:
+            try:
+                text = (await asyncio.to_thread(utterance.finish)).strip()
+            except Exception as exc:
+                log.exception("speech recognition failed")
+                await self._send(connection, ev.transcription_failed(command.item_id, str(exc)))
+        future = connection.transcripts.pop(command.item_id, None)
+        if future is not None and not future.done():
+            future.set_result(text)
+        await self._emit(
+            connection, connection.session.user_transcribed(command.item_id, text, command.respond)
+        )
+
+    # -- replies ---------------------------------------------------------------------------
+    async def _think(self, connection: _Connection, source: ResponseInput) -> BrainReply:
+        session = connection.session
+        can_tickets = "create_ticket" in session.config.tool_names
+        if connection.brain is None or can_tickets != connection.can_create_tickets:
+            # The brain keeps the dialog; a change of the client's tools is rare and starts afresh.
+            connection.brain = self.components.new_brain(can_tickets)
+            connection.can_create_tickets = can_tickets
+        brain = connection.brain
+        text = source.user_text
+        if text is None and source.user_item_id is not None:
+            pending = connection.transcripts.get(source.user_item_id)
+            text = await pending if pending is not None else session.transcript_of(source.user_item_id)
+        reply: BrainReply | None = None
+        for call_id, output in source.tool_outputs:
+            reply = await asyncio.to_thread(brain.tool_result, call_id, _json_object(output))
+        if text:
+            reply = await asyncio.to_thread(brain.reply, text)
+        return reply or BrainReply("I'm here. What can I help you with?")
+
+    async def _respond(self, connection: _Connection, command: StartResponse) -> None:
+        response_id = command.response_id
+        voice = connection.session.config.voice
+        outputs: list[dict[str, Any]] = []
+        audio_items: dict[str, float] = {}
+        streaming: _Streaming | None = None
+        try:
+            await self._send(connection, ev.response_created(response_id, voice))
+            reply = await self._think(connection, command.source)
+            if reply.text:
+                streaming = _Streaming(response_id, ev.new_id("item"), len(outputs))
+                await self._speak(connection, streaming, reply.text)
+                outputs.append(streaming.finish_item("completed"))
+                audio_items[streaming.item_id] = streaming.audio_ms
+                await self._send_all(connection, streaming.closing_events("completed"))
+                streaming = None
+            if reply.tool_call is not None:
+                call = reply.tool_call
+                outputs.append(await self._call_tool(connection, response_id, len(outputs), call))
+            await self._send(connection, ev.response_done(response_id, outputs, voice))
+        except asyncio.CancelledError:
+            if streaming is not None:
+                streaming.stop()
+                outputs.append(streaming.finish_item("incomplete"))
+                audio_items[streaming.item_id] = streaming.audio_ms
+                await self._send_all(connection, streaming.closing_events("incomplete"))
+            reason = connection.cancel_reason or "client_cancelled"
+            await self._send(
+                connection, ev.response_done(response_id, outputs, voice, cancelled_because=reason)
+            )
+        except Exception as exc:
+            log.exception("reply failed")
+            await self._send(connection, ev.error(f"The reply failed: {exc}", "server_error", "server_error"))
+            await self._send(connection, ev.response_done(response_id, outputs, voice))
+        finally:
+            connection.session.response_finished(response_id, audio_items)
+            if connection.response_id == response_id:
+                connection.response_id = None
+
+    async def _speak(self, connection: _Connection, streaming: _Streaming, text: str) -> None:
+        await self._send_all(connection, streaming.opening_events())
+        speech = self.components.speak(text)
+        streaming.speech = speech
+        async for chunk in speech:
+            if chunk.first_of_clause:
+                delta = (" " if streaming.transcript else "") + chunk.clause_text
+                streaming.transcript += delta
+                await self._send(connection, streaming.transcript_delta(delta))
+            streaming.audio_bytes += len(chunk.pcm16)
+            await self._send(connection, streaming.audio_delta(chunk.pcm16))
+
+    async def _call_tool(
+        self, connection: _Connection, response_id: str, index: int, call: Any
+    ) -> dict[str, Any]:
+        item_id = ev.new_id("item")
+        arguments = json.dumps(call.arguments, separators=(",", ":"))
+        started = ev.function_call_item(item_id, call.call_id, call.name, "", "in_progress")
+        finished = ev.function_call_item(item_id, call.call_id, call.name, arguments, "completed")
+        await self._send_all(
+            connection,
+            [
+                ev.output_item_added(response_id, index, started),
+                ev.arguments_delta(response_id, item_id, index, call.call_id, arguments),
+                ev.arguments_done(response_id, item_id, index, call.call_id, call.name, arguments),
+                ev.output_item_done(response_id, index, finished),
+            ],
+        )
+        return finished
+
+    async def _send_all(self, connection: _Connection, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            await self._send(connection, event)
+
+
+@dataclass
+class _Streaming:
+    """One assistant audio item on its way out."""
+
+    response_id: str
+    item_id: str
+    index: int
+    transcript: str = ""
+    audio_bytes: int = 0
+    speech: Any = None
+
+    @property
+    def audio_ms(self) -> float:
+        return self.audio_bytes / 2 / 24000 * 1000.0
+
+    def opening_events(self) -> list[dict[str, Any]]:
+        item = ev.assistant_audio_item(self.item_id, None, "in_progress")
+        return [
+            ev.output_item_added(self.response_id, self.index, item),
+            ev.content_part_added(self.response_id, self.item_id, self.index),
+        ]
+
+    def transcript_delta(self, delta: str) -> dict[str, Any]:
+        return ev.transcript_delta(self.response_id, self.item_id, self.index, delta)
+
+    def audio_delta(self, pcm16: bytes) -> dict[str, Any]:
+        return ev.audio_delta(self.response_id, self.item_id, self.index, pcm16)
+
+    def finish_item(self, status: str) -> dict[str, Any]:
+        return ev.assistant_audio_item(self.item_id, self.transcript, status)  # type: ignore[arg-type]
+
+    def closing_events(self, status: str) -> list[dict[str, Any]]:
+        rid, iid, index = self.response_id, self.item_id, self.index
+        return [
+            ev.audio_done(rid, iid, index),
+            ev.transcript_done(rid, iid, index, self.transcript),
+            ev.content_part_done(rid, iid, index, self.transcript),
+            ev.output_item_done(rid, index, self.finish_item(status)),
+        ]
+
+    def stop(self) -> None:
+        if self.speech is not None:
+            self.speech.cancel()
+
+
+def _bearer(headers: Headers) -> str | None:
+    value = headers.get("Authorization", "")
+    if value.lower().startswith("bearer "):
+        return value[7:].strip()
+    return None
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"output": text}
+    return value if isinstance(value, dict) else {"output": value}
