@@ -1,0 +1,705 @@
+"""The offline assistant's side of the conversation: a scripted tier-1 technician.
+
+Without a cloud model, the embedded server still has to sound like a helpful person on the phone.
+:class:`HelpdeskBrain` takes what the user said (already transcribed) and returns what to say next:
+it finds the knowledge-base article, walks through its steps one at a time, understands "done",
+"that didn't work", "go back", "say that again" and "stop", asks which of two articles is meant when
+retrieval is unsure, and files a ticket through the client's ``create_ticket`` tool when the steps
+run out or the user asks for one.
+
+It is pure: no I/O, no clock, no threads. Text in, :class:`Reply` out; a ticket is a
+:class:`ToolCall` inside a reply, and the tool's output comes back through :meth:`tool_result`.
+
+Intents are small regular expressions over normalised text (lower case, no punctuation or
+apostrophes), because speech recognisers drop or add punctuation freely: "that didnt work",
+"It worked.", "nope" all have to land. Commands such as "stop" or "go back" only count in short
+utterances, so "it won't stop disconnecting" is a problem description, not a command.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from app.localmodel.retrieval import ArticleRetriever, Decision
+from app.tools.kb import Article, tokenize
+
+__all__ = ["GREETING", "SPOKEN_TOPICS", "HelpdeskBrain", "Reply", "ToolCall", "spoken_topic"]
+
+GREETING: Final = "Hi, I'm the IT helpdesk assistant. What can I help you with?"
+SUMMARY_MAX: Final = 200  # the create_ticket schema's limits
+DESCRIPTION_MAX: Final = 4000
+_SHORT: Final = 6  # words: longer utterances are descriptions, not commands
+
+# What each article is about, as a technician would say it: "Is this about your VPN or the Wi-Fi?"
+# An article missing here (added to the folder later) is named by its title instead.
+SPOKEN_TOPICS: Final[dict[str, str]] = {
+    "account-lockout": "a locked account",
+    "bluetooth-headset": "your Bluetooth headset",
+    "broken-screen-keyboard": "damaged hardware",
+    "browser-certificate-warning": "a security warning in the browser",
+    "disk-full": "low disk space",
+    "email-on-phone": "work email on your phone",
+    "external-monitor-docking-station": "your monitor or docking station",
+    "laptop-not-charging": "a laptop that won't charge or start",
+    "meeting-audio-microphone": "sound or the microphone in calls",
+    "meeting-room-booking": "booking a meeting room",
+    "mfa-authenticator-app": "the authenticator app",
+    "new-starter-setup": "setting up as a new starter",
+    "os-updates": "Windows updates",
+    "outlook-not-syncing": "Outlook not getting your email",
+    "password-reset": "resetting your password",
+    "printer-not-printing": "the printer",
+    "report-phishing-email": "a suspicious email",
+    "restore-deleted-file": "getting back a deleted file",
+    "shared-drive-access": "access to a shared drive",
+    "slow-laptop": "a slow laptop",
+    "software-install-request": "installing software",
+    "vpn-connection-drops": "your VPN",
+    "webcam-not-working": "your webcam",
+    "wifi-not-connecting": "the Wi-Fi",
+}
+
+
+def spoken_topic(article: Article) -> str:
+    """A few words naming what ``article`` is about, to fit "let's look at ..."."""
+    topic = SPOKEN_TOPICS.get(article.id)
+    if topic:
+        return topic
+    title = article.title
+    # "VPN disconnects" keeps its capitals; "Printer not printing" becomes "printer not printing".
+    return title if title[1:2].isupper() else title[:1].lower() + title[1:]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Replies
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call for the client to run; its output comes back through ``tool_result``."""
+
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the assistant says now, and what it is doing.
+
+    ``article_id`` and ``step`` (1-based) say which article step the text speaks, if any. An empty
+    ``text`` means there is nothing to say (a tool result nobody was waiting for).
+    """
+
+    text: str
+    tool_call: ToolCall | None = None
+    article_id: str | None = None
+    step: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Intents
+# ---------------------------------------------------------------------------------------------------
+
+_APOSTROPHE: Final = re.compile(r"['\u2019`]")
+_NON_WORD: Final = re.compile(r"[^a-z0-9]+")
+_FILLER: Final = re.compile(
+    r"^(?:(?:ok|okay|oh|um+|uh+|er+|erm|hm+|so|well|right|alright|actually|sorry)\s+)+"
+)
+
+
+def normalise(text: str) -> str:
+    """Lower case, apostrophes dropped ("didn't" -> "didnt"), other punctuation turned into spaces."""
+    return " ".join(_NON_WORD.sub(" ", _APOSTROPHE.sub("", text.lower())).split())
+
+
+def _rx(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+_STOP: Final = _rx(
+    r"^(?:please )?(?:stop|cancel|never ?mind|forget (?:it|about it)|leave it|quit|abort|enough|"
+    r"no stop|lets stop|stop (?:it|that|there|please))\b"
+)
+_WAIT: Final = _rx(
+    r"^(?:wait|hold on|hang on|not yet|bear with me|still (?:doing|working on) it|im still on it|"
+    r"(?:just a|one|give me a) (?:sec|second|moment|minute))\b"
+)
+_BACK: Final = _rx(
+    r"\b(?:go(?:ing)? back|back (?:one|a step|up)|previous|step before|last step|before that)\b|^back$"
+)
+_REPEAT: Final = _rx(
+    r"\b(?:repeat|again please|say (?:that|it) again|say again|come again|pardon|what was (?:that|the|it)|"
+    r"what did you say|didnt (?:catch|get|hear) (?:that|it|you)|one more time|huh)\b|^(?:what|sorry|eh)$"
+)
+_OUTCOME: Final = (
+    r"(?:work|works|working|worked|fix|fixed|help|helped|sort|sorted|solve|solved|change|changed|"
+    r"better|luck|load|loads|connect|connected)"
+)
+_NEGATIVE: Final = _rx(
+    r"^(?:no|nope|nah|negative|not really)\b(?! (?:problem|worries))|"
+    r"\b(?:didnt|did not|doesnt|does not|hasnt|has not|havent|isnt|is not|not|wont|never|cant|cannot)\b"
+    rf"(?: \w+){{0,3}} {_OUTCOME}\b|"
+    r"\bstill\b(?! (?:doing|working on|on) it)|^nothing\b|\b(?:worse|same as before)\b|"
+    r"\bno (?:luck|change|difference|joy|good|dice)\b|\bsame (?:problem|thing|issue|error)\b|"
+    r"\bnothing (?:changed|happened|happens)\b"
+)
+_FIXED: Final = _rx(
+    r"\b(?:it|that|this|which)(?: s| has| is)? "
+    r"(?:worked|works|did it|did the trick|fixed it|sorted it|solved it)\b|"
+    r"\b(?:fixed|sorted|solved|resolved)\b|\bworks now\b|\bworking (?:now|again|fine)\b|"
+    r"\b(?:its|thats|it is|that is) (?:working|fixed|sorted|solved|fine now|good now|ok now|okay now)\b|"
+    r"\b(?:back|up) and running\b|\ball (?:good|fine) now\b|\bthat did it\b"
+)
+_DONE: Final = _rx(
+    r"^(?:done|ok|okay|alright|all right|next|got it|did (?:it|that)|i did|i have|ive done|i ve done|"
+    r"finished|go on|continue|carry on|ready|whats next|what s next|and then|then what|yep|yeah|yes|yup|"
+    r"sure|cool|fine|great|perfect|mhm|uh huh)\b"
+)
+# Words that say "I did the step" even after "Did that work?": the user moved on, nothing more.
+_NEXT: Final = _rx(
+    r"\b(?:next|done|did (?:it|that)|finished|go on|continue|carry on|whats next|and then|then what)\b"
+)
+_YES: Final = _rx(
+    r"^(?:yes|yeah|yep|yup|ya|sure|ok|okay|please|go ahead|do it|do that|correct|right|thats right|"
+    r"that s right|absolutely|definitely|uh huh|mhm|of course|why not|i would|i d like|id like|sounds good)\b"
+)
+# A plain yes to "Did that work?"; "ok" or "sure" there only acknowledge the step.
+_AFFIRM: Final = _rx(r"^(?:yes|yeah|yep|yup|ya|correct|it did|it does|that did|absolutely|definitely)\b")
+_NO: Final = _rx(r"^(?:no|nope|nah|not really|no thanks|no thank you|dont|do not|neither|none)\b")
+_TICKET: Final = _rx(
+    r"\b(?:tickets?|escalate|escalation|raise (?:it|this|a case)|log (?:it|this|a case|a call)|open a case|"
+    r"a technician|an engineer|a human|a person|real person|someone from it|talk to someone|speak to someone|"
+    r"talk to a|speak to a)\b"
+)
+_TICKET_WORDS: Final = frozenset(
+    tokenize(
+        "create make raise log open file submit ticket tickets escalate escalation case call technician "
+        "engineer human person someone talk speak new a for me please can could you"
+    )
+)
+_URGENT: Final = _rx(
+    r"\b(?:urgent|urgently|asap|a s a p|as soon as possible|emergency|immediately|right away|right now|"
+    r"cant work|cannot work|unable to work|cant do (?:my|any) work|cant do anything|deadline|critical)\b"
+)
+_GREETING: Final = _rx(
+    r"^(?:hi|hello|hey|hiya|howdy|yo|good (?:morning|afternoon|evening)|morning|afternoon)"
+    r"(?: there| again)?\b"
+)
+_THANKS: Final = _rx(r"\b(?:thanks|thank you|thank u|cheers|ta|much appreciated|appreciate it)\b")
+_BYE: Final = _rx(
+    r"\b(?:bye|goodbye|good bye|see you|see ya|thats all|that s all|that is all|nothing else|im good|"
+    r"i m good|im done|all good thanks|have a good (?:day|one))\b"
+)
+_HOW_ARE_YOU: Final = _rx(
+    r"\bhow (?:are|r) (?:you|u)\b|\bhow s it going\b|\bhows it going\b|\bhow are things\b"
+)
+_WHO_ARE_YOU: Final = _rx(
+    r"\b(?:who are you|what are you|what can you do|what do you do|whats your name|what s your name|"
+    r"your name|are you (?:a )?(?:human|robot|bot|real|person))\b"
+)
+_JOKE: Final = _rx(r"\b(?:joke|funny|make me laugh)\b")
+_FIRST: Final = _rx(r"\b(?:first|1st|former|number one|option one|the one you said first)\b")
+_SECOND: Final = _rx(r"\b(?:second|2nd|latter|number two|option two|other one|the other|last one)\b")
+_NEITHER: Final = _rx(r"\b(?:neither|none of (?:them|those)|something else|not those|no neither)\b")
+_BOTH: Final = _rx(r"\bboth\b")
+# A request for help that does not yet say what is wrong.
+_VAGUE: Final = frozenset(
+    tokenize("help helping problem problems issue issues question questions wrong assistance support hand")
+)
+# Steps whose outcome can be checked at once get "Did that work?"; the rest "Tell me when you've done that."
+_CHECK_STEP: Final = _rx(
+    r"\b(?:restart|reload|again|reconnect|sign in|try|test|retry|print|replug|turn .* on|choose extend|"
+    r"detect)\b"
+)
+
+
+def _short(text: str) -> bool:
+    return len(text.split()) <= _SHORT
+
+
+def _core(text: str) -> str:
+    """``text`` without leading fillers ("ok so um stop" -> "stop"); the text itself if only filler."""
+    return _FILLER.sub("", text + " ").strip() or text
+
+
+def _content(text: str) -> list[str]:
+    """The words that carry meaning (kb.tokenize: no stop words, lightly stemmed)."""
+    return tokenize(text)
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 3].rsplit(" ", 1)[0].rstrip(",;:")
+    return cut + "..."
+
+
+def _sentence(text: str) -> str:
+    text = " ".join(text.split()).strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text[-1] in ".!?" else text + "."
+
+
+# ---------------------------------------------------------------------------------------------------
+# The dialog manager
+# ---------------------------------------------------------------------------------------------------
+
+_State = Literal[
+    "idle", "walkthrough", "clarify", "offer_ticket", "describe", "ticket_pending", "anything_else"
+]
+_Prompt = Literal["done", "worked", "ticket"]
+
+
+@dataclass
+class _Case:
+    """One problem the user raised: their words, the article, and how far the steps got."""
+
+    requests: list[str] = field(default_factory=list)
+    article: Article | None = None
+    furthest_step: int = 0  # 1-based; 0 when no step was given
+    urgent: bool = False
+    details: list[str] = field(default_factory=list)  # what the user added for the ticket
+
+    def add_request(self, text: str) -> None:
+        text = " ".join(text.split())
+        if text and text not in self.requests:
+            self.requests.append(text)
+        if _URGENT.search(normalise(text)):
+            self.urgent = True
+
+
+class HelpdeskBrain:
+    """A scripted helpdesk technician over ``retriever``'s articles.
+
+    ``can_create_tickets``: whether the client offered a ``create_ticket`` tool. Without it the brain
+    never emits a tool call and sends the user to the service desk instead.
+    """
+
+    def __init__(self, retriever: ArticleRetriever, *, can_create_tickets: bool) -> None:
+        self._retriever = retriever
+        self._can_create_tickets = can_create_tickets
+        self._state: _State = "idle"
+        self._case = _Case()
+        self._step = 0  # 0-based index of the step being worked on
+        self._prompt: _Prompt = "done"
+        self._candidates: list[Article] = []
+        self._pending_call: str | None = None
+        self._calls = 0
+        self._last = Reply(GREETING)
+
+    @property
+    def state(self) -> str:
+        """The dialog state, for logs and tests: idle, walkthrough, clarify, offer_ticket, ..."""
+        return self._state
+
+    # --- entry points ------------------------------------------------------------------------------
+
+    def greeting(self) -> Reply:
+        """What to say when a session starts."""
+        return self._say(Reply(GREETING))
+
+    def reply(self, user_text: str) -> Reply:
+        """The answer to one user utterance."""
+        text = normalise(user_text)
+        if not text:
+            return Reply("Sorry, I didn't catch that. Could you say it again?")
+        return self._say(self._dispatch(user_text, text))
+
+    def tool_result(self, call_id: str, output: dict[str, Any]) -> Reply:
+        """The answer once the client has run a tool call this brain made."""
+        if call_id != self._pending_call:
+            return Reply("")
+        self._pending_call = None
+        ticket_id = output.get("ticket_id")
+        case = self._case
+        if isinstance(ticket_id, str) and ticket_id.strip() and "error" not in output:
+            self._reset("anything_else")
+            return self._say(
+                Reply(
+                    f"I've created ticket {ticket_id.strip()}. Someone from IT will contact you. "
+                    "Is there anything else I can help with?"
+                )
+            )
+        self._reset("anything_else")
+        about = f" about {spoken_topic(case.article)}" if case.article else ""
+        return self._say(
+            Reply(
+                "Sorry, I couldn't create the ticket. Please contact the IT service desk directly and tell "
+                f"them about the problem{about}. Is there anything else I can help with?"
+            )
+        )
+
+    # --- dispatch ----------------------------------------------------------------------------------
+
+    def _say(self, reply: Reply) -> Reply:
+        if reply.text:
+            self._last = reply
+        return reply
+
+    def _reset(self, state: _State) -> None:
+        self._state = state
+        self._case = _Case()
+        self._step = 0
+        self._candidates = []
+
+    def _dispatch(self, raw: str, text: str) -> Reply:
+        core = _core(text)
+        short = _short(core)
+        if _URGENT.search(text):
+            self._case.urgent = True
+        if self._state == "ticket_pending":
+            if short and _REPEAT.search(core):
+                return self._last
+            return Reply("I'm creating the ticket now, just a moment.")
+        if short and _STOP.search(core):
+            return self._stop()
+        if self._state == "describe":
+            return self._on_description(raw, text, core)
+        if _TICKET.search(text) and not _NO.search(core):
+            return self._ticket_requested(raw, text)
+        if self._state == "walkthrough":
+            return self._on_walkthrough(raw, text, core)
+        if self._state == "clarify":
+            return self._on_clarify(raw, text, core)
+        if self._state == "offer_ticket":
+            if short and _YES.search(core) and not _NEGATIVE.search(core):
+                return self._start_ticket()
+            if short and (_NO.search(core) or _NEGATIVE.search(core)):
+                self._reset("anything_else")
+                return Reply("Okay, no ticket. If it comes back, just ask me again. Is there anything else?")
+        if self._state == "anything_else" and short:
+            if _NO.search(core) or _BYE.search(core):
+                self._reset("idle")
+                return Reply("Alright. Have a good day!")
+            if _YES.search(core) and not _content(core):
+                self._reset("idle")
+                return Reply("Sure, what's the problem?")
+        return self._on_idle(raw, text, core)
+
+    def _stop(self) -> Reply:
+        busy = self._state in ("walkthrough", "clarify", "offer_ticket", "describe")
+        self._reset("idle")
+        if busy:
+            return Reply("Okay, I'll stop there. If you need me again, just tell me what's wrong.")
+        return Reply("Okay. I'm here if you need anything.")
+
+    # --- idle: small talk or a new problem --------------------------------------------------------------
+
+    def _on_idle(self, raw: str, text: str, core: str) -> Reply:
+        short = _short(core)
+        greeted = _GREETING.search(core)
+        rest = _GREETING.sub("", core).strip() if greeted else core
+        if short and _HOW_ARE_YOU.search(text):
+            return Reply("I'm good, thanks for asking. What IT problem can I help you with?")
+        if short and _WHO_ARE_YOU.search(text):
+            return Reply(
+                "I'm the IT helpdesk assistant. Tell me what's wrong, and I'll walk you through a fix or "
+                "get a technician involved."
+            )
+        if short and _JOKE.search(text):
+            return Reply("I'm better at fixing laptops than telling jokes. What can I help you with?")
+        if short and _THANKS.search(text) and not _content_beyond(rest, _THANKS):
+            return Reply("You're welcome! Is there anything else I can help with?")
+        if short and _BYE.search(text):
+            self._reset("idle")
+            return Reply("Bye for now. Good luck!")
+        if greeted and not _content(rest):
+            return Reply("Hi! What can I help you with today?")
+        if short and _FIXED.search(core) and not _NEGATIVE.search(core):
+            return Reply("Glad to hear it's working. Is there anything else I can help with?")
+        if short and (_REPEAT.search(core) or _BACK.search(core)):
+            return self._last
+        if short and _WAIT.search(core):
+            return Reply("Sure, take your time.")
+        if not set(_content(rest)) - _VAGUE:
+            if _content(rest):
+                return Reply("Of course. What's going wrong?")
+            if _YES.search(core):
+                return Reply("Great. What can I help you with?")
+            if _NO.search(core) or _NEGATIVE.search(core):
+                return Reply("Okay. Tell me what's going wrong, and I'll see what I can do.")
+            return Reply("Sorry, I didn't quite get that. What's the problem you're having?")
+        return self._new_problem(raw)
+
+    def _new_problem(self, raw: str) -> Reply:
+        self._reset("idle")
+        self._case.add_request(raw)
+        return self._act_on(self._retriever.decide(raw))
+
+    def _act_on(self, decision: Decision) -> Reply:
+        if decision.kind == "confident" and decision.best is not None:
+            return self._begin(decision.best.article)
+        if decision.kind == "ambiguous" and decision.best is not None:
+            self._candidates = [decision.best.article]
+            if decision.runner_up is not None:
+                self._candidates.append(decision.runner_up.article)
+            self._state = "clarify"
+            return self._clarifying_question()
+        return self._no_match()
+
+    def _no_match(self) -> Reply:
+        if self._can_create_tickets:
+            self._state = "offer_ticket"
+            return Reply(
+                "Sorry, I don't have a guide for that. Would you like me to create a ticket so someone from "
+                "IT can help?"
+            )
+        self._reset("anything_else")
+        return Reply(
+            "Sorry, I don't have a guide for that, and I can't file tickets from here. Please contact the IT "
+            "service desk. Is there anything else I can help with?"
+        )
+
+    # --- clarifying between candidates --------------------------------------------------------------------
+
+    def _clarifying_question(self, prefix: str = "") -> Reply:
+        topics = [spoken_topic(article) for article in self._candidates]
+        if len(topics) == 1:
+            return Reply(f"{prefix}Just to check, is this about {topics[0]}?")
+        return Reply(f"{prefix}Is this about {topics[0]}, or {topics[1]}?")
+
+    def _on_clarify(self, raw: str, text: str, core: str) -> Reply:
+        candidates = self._candidates
+        chosen: Article | None = None
+        if _short(core) and _REPEAT.search(core):
+            return self._clarifying_question()
+        if _short(core) and _WAIT.search(core):
+            return Reply("Sure, take your time.")
+        if _FIXED.search(core) and not _NEGATIVE.search(core):
+            self._reset("anything_else")
+            return Reply("Glad to hear it's working. Is there anything else I can help with?")
+        if _NEITHER.search(core) or (_short(core) and _NO.search(core) and not _content(core)):
+            self._state = "idle"
+            return Reply("Okay. Could you tell me a bit more about what's going wrong?")
+        single_yes = len(candidates) == 1 and _short(core) and _YES.search(core)
+        if len(candidates) > 1 and _SECOND.search(core):
+            chosen = candidates[1]
+        elif _FIRST.search(core) or _BOTH.search(core) or single_yes:
+            chosen = candidates[0]
+        else:
+            chosen = self._named(raw, core)
+        if chosen is not None:
+            if len(_content(raw)) >= 3:
+                self._case.add_request(raw)  # an answer with detail is worth keeping for a ticket
+            return self._begin(chosen)
+        if len(_content(raw)) >= 3:
+            # A fuller description rather than an answer: search again with everything said so far.
+            self._case.add_request(raw)
+            return self._act_on(self._retriever.decide(" ".join(self._case.requests)))
+        return self._clarifying_question("Sorry, which one? ")
+
+    def _named(self, raw: str, core: str) -> Article | None:
+        """The candidate the answer names ("the vpn", "wifi"), if it clearly names one."""
+        words = set(_content(core))
+        if not words:
+            return None
+        overlaps = []
+        for article in self._candidates:
+            vocabulary = set(_content(" ".join((spoken_topic(article), article.title, *article.keywords))))
+            overlaps.append(len(words & vocabulary))
+        if len(overlaps) == 2 and overlaps[0] != overlaps[1]:
+            return self._candidates[0] if overlaps[0] > overlaps[1] else self._candidates[1]
+        if len(overlaps) == 1:
+            return self._candidates[0] if overlaps[0] else None
+        # No shared word ("the wireless one"): let meaning decide, but only with a clear lead, since
+        # a wrong guess here starts the wrong walkthrough.
+        ranked = self._retriever.rank(raw, self._candidates)
+        if len(ranked) == 2 and ranked[0].score - ranked[1].score >= 0.05 and ranked[0].score >= 0.3:
+            return ranked[0].article
+        return None
+
+    # --- walking through an article ----------------------------------------------------------------------
+
+    def _begin(self, article: Article) -> Reply:
+        self._state = "walkthrough"
+        self._case.article = article
+        self._step = 0
+        return self._step_reply(f"Okay, let's look at {spoken_topic(article)}. ")
+
+    def _step_reply(self, prefix: str = "") -> Reply:
+        article = self._case.article
+        assert article is not None
+        number = self._step + 1
+        total = len(article.steps)
+        self._case.furthest_step = max(self._case.furthest_step, number)
+        step = article.steps[self._step]
+        if "ticket" in step.lower() and self._can_create_tickets:
+            self._prompt = "ticket"
+            prompt = "Shall I create that ticket for you now?"
+        elif number == total or _CHECK_STEP.search(normalise(step)):
+            self._prompt = "worked"
+            prompt = "Did that work?"
+        else:
+            self._prompt = "done"
+            prompt = "Tell me when you've done that."
+        lead = f"Step {number} of {total}: " if total > 1 else ""
+        return Reply(f"{prefix}{lead}{step} {prompt}", article_id=article.id, step=number)
+
+    def _on_walkthrough(self, raw: str, text: str, core: str) -> Reply:
+        article = self._case.article
+        assert article is not None
+        short = _short(core)
+        last = self._step == len(article.steps) - 1
+        if self._prompt == "ticket" and short:
+            if _YES.search(core) and not _NEGATIVE.search(core):
+                return self._start_ticket()
+            if _NO.search(core):
+                if last:
+                    self._reset("anything_else")
+                    return Reply("Okay, no ticket for now. Is there anything else I can help with?")
+                return self._advance("Okay. ")
+        if _NEGATIVE.search(core) and not (short and (_BACK.search(core) or _REPEAT.search(core))):
+            if last:
+                return self._steps_exhausted()
+            return self._advance("Okay, let's try the next thing. ")
+        if _FIXED.search(core):
+            return self._solved()
+        if short:
+            if _BACK.search(core):
+                if self._step == 0:
+                    return self._step_reply("That's the first step. ")
+                self._step -= 1
+                return self._step_reply("Sure, going back. ")
+            if _REPEAT.search(core):
+                return self._step_reply("Sure. ")
+            if _WAIT.search(core):
+                return Reply("Sure, take your time. Tell me when you're ready.", article_id=article.id)
+            if self._prompt == "worked" and _AFFIRM.search(core) and not _NEXT.search(core):
+                return self._solved()
+            if _DONE.search(core):
+                if last:
+                    self._prompt = "worked"
+                    return Reply("Great. Is it working now?", article_id=article.id, step=self._step + 1)
+                return self._advance("Okay, next. ")
+            if _THANKS.search(core):
+                return Reply("You're welcome. Tell me how that step went.", article_id=article.id)
+        if len(_content(raw)) >= 3:
+            decision = self._retriever.decide(raw)
+            best = decision.best.article if decision.best is not None else None
+            if best is not None and best.id == article.id:
+                self._case.details.append(" ".join(raw.split()))
+                return self._step_reply("Yes, that's what we're working on. ")
+            if decision.kind == "confident" and best is not None:
+                # A different problem: start over with it rather than push on with the old steps.
+                self._reset("idle")
+                self._case.add_request(raw)
+                return self._begin(best)
+            self._case.details.append(" ".join(raw.split()))
+        return Reply(
+            "Sorry, I'm not sure how that went. Did that step work? You can also say repeat, go back, "
+            "or stop.",
+            article_id=article.id,
+            step=self._step + 1,
+        )
+
+    def _advance(self, prefix: str) -> Reply:
+        article = self._case.article
+        assert article is not None
+        if self._step >= len(article.steps) - 1:
+            return self._steps_exhausted()
+        self._step += 1
+        return self._step_reply(prefix)
+
+    def _solved(self) -> Reply:
+        self._reset("anything_else")
+        return Reply("Great, I'm glad that's sorted! Is there anything else I can help with?")
+
+    def _steps_exhausted(self) -> Reply:
+        if self._can_create_tickets:
+            self._state = "offer_ticket"
+            return Reply(
+                "I'm sorry, that was the last thing I can suggest. Shall I create a ticket so a technician "
+                "can take a look?"
+            )
+        self._reset("anything_else")
+        return Reply(
+            "I'm sorry, that was the last thing I can suggest. I can't file tickets from here, so please "
+            "contact the IT service desk. Is there anything else I can help with?"
+        )
+
+    # --- tickets -----------------------------------------------------------------------------------------
+
+    def _ticket_requested(self, raw: str, text: str) -> Reply:
+        if _URGENT.search(text):
+            self._case.urgent = True
+        extra = [word for word in _content(raw) if word not in _TICKET_WORDS]
+        if len(extra) >= 2:
+            self._case.add_request(raw)
+        return self._start_ticket()
+
+    def _start_ticket(self) -> Reply:
+        if not self._can_create_tickets:
+            case = self._case
+            self._reset("anything_else")
+            about = f" and mention {spoken_topic(case.article)}" if case.article else ""
+            return Reply(
+                f"I can't create tickets from here. Please contact the IT service desk{about}. "
+                "Is there anything else I can help with?"
+            )
+        if not self._case.requests:
+            self._state = "describe"
+            return Reply("Sure. In a sentence or two, what's the problem?")
+        return self._file_ticket()
+
+    def _on_description(self, raw: str, text: str, core: str) -> Reply:
+        if (
+            _short(core)
+            and not _content(core)
+            and (_YES.search(core) or _NO.search(core) or _DONE.search(core))
+        ):
+            return Reply("What should the ticket say? Just describe the problem in a sentence.")
+        self._case.add_request(raw)
+        if self._case.article is None:
+            # Only to file it under the right category and title; the user asked for a ticket, not steps.
+            decision = self._retriever.decide(raw)
+            if decision.kind == "confident" and decision.best is not None:
+                self._case.article = decision.best.article
+        return self._file_ticket()
+
+    def _file_ticket(self) -> Reply:
+        case = self._case
+        article = case.article
+        first = _sentence(case.requests[0]) if case.requests else ""
+        if article is not None and first:
+            summary = _clip(f"{article.title}: {first}", SUMMARY_MAX)
+        else:
+            summary = _clip(article.title if article is not None else first or "Help requested", SUMMARY_MAX)
+        lines = [f'The user said: "{_sentence(request)}"' for request in case.requests]
+        lines += [f'They added: "{_sentence(detail)}"' for detail in case.details]
+        if article is not None:
+            if case.furthest_step:
+                lines.append(
+                    f"Went through the knowledge base article '{article.title}' ({article.id}) up to step "
+                    f"{case.furthest_step} of {len(article.steps)}; the problem was not solved."
+                )
+            else:
+                lines.append(f"Related knowledge base article: '{article.title}' ({article.id}).")
+        if case.urgent:
+            lines.append("The user says this is urgent.")
+        description = _clip(" ".join(lines) or "The user asked for a ticket.", DESCRIPTION_MAX)
+        self._calls += 1
+        call = ToolCall(
+            call_id=f"call_{self._calls}",
+            name="create_ticket",
+            arguments={
+                "summary": summary,
+                "description": description,
+                "category": article.category if article is not None else "other",
+                "urgency": "high" if case.urgent else "normal",
+            },
+        )
+        self._pending_call = call.call_id
+        self._state = "ticket_pending"
+        return Reply("Okay, I'm creating a ticket for you now.", tool_call=call)
+
+
+def _content_beyond(text: str, pattern: re.Pattern[str]) -> list[str]:
+    """Content words of ``text`` once ``pattern``'s matches are removed."""
+    return _content(pattern.sub(" ", text))
