@@ -247,6 +247,27 @@ def test_rank_among_two(retriever: ArticleRetriever) -> None:
     assert len(retriever.rank("the vpn", pair)) == 2
 
 
+@pytest.mark.parametrize("mode", ["embedding", "keyword"])
+def test_assess_is_decide_plus_every_score(
+    retriever: ArticleRetriever, keyword_retriever: ArticleRetriever, mode: str
+) -> None:
+    chosen = retriever if mode == "embedding" else keyword_retriever
+    for query in ("my vpn keeps dropping", "I can't connect to the network", "book me a flight", ""):
+        assessment = chosen.assess(query)
+        assert assessment.decision == chosen.decide(query)
+        assert assessment.thresholds == chosen.thresholds
+        if not query:
+            assert assessment.matches == ()
+            continue
+        assert len(assessment.matches) == len(ARTICLES)
+        scores = [match.score for match in assessment.matches]
+        assert scores == sorted(scores, reverse=True)
+        pair = [BY_ID["wifi-not-connecting"], BY_ID["vpn-connection-drops"]]
+        for match in chosen.rank(query, pair):
+            assert assessment.score(match.article.id) == pytest.approx(match.score)
+    assert chosen.assess("my vpn").score("no-such-article") == 0.0
+
+
 def test_every_article_is_embedded_from_all_its_texts() -> None:
     article = BY_ID["password-reset"]
     texts = article_texts(article)

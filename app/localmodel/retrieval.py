@@ -33,6 +33,7 @@ __all__ = [
     "KEYWORD_THRESHOLDS",
     "KEYWORD_WEIGHT",
     "ArticleRetriever",
+    "Assessment",
     "Decision",
     "DecisionKind",
     "Encoder",
@@ -111,6 +112,24 @@ class Decision:
     kind: DecisionKind
     best: Match | None
     runner_up: Match | None
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """A request's decision together with every article's score, from one embedding of the request.
+
+    The dialog needs more than the decision when the user is already in the middle of one article:
+    how well the request fits *that* article too. ``thresholds`` are the ones the decision was made
+    with (keyword ones when embedding this request failed, even in embedding mode).
+    """
+
+    decision: Decision
+    matches: tuple[Match, ...]  # every article, best first
+    thresholds: Thresholds
+
+    def score(self, article_id: str) -> float:
+        """``article_id``'s score for the request; 0 for an article not scored."""
+        return next((match.score for match in self.matches if match.article.id == article_id), 0.0)
 
 
 def article_texts(article: Article) -> list[str]:
@@ -226,9 +245,13 @@ class ArticleRetriever:
 
     def decide(self, query: str) -> Decision:
         """Retrieve and judge: a sure match, two (or one) candidates to ask about, or nothing."""
+        return self.assess(query).decision
+
+    def assess(self, query: str) -> Assessment:
+        """:meth:`decide`'s decision plus every article's score (as :meth:`rank` gives them)."""
         matches, mode = self._score(query)
         thresholds = EMBEDDING_THRESHOLDS if mode == "embedding" else KEYWORD_THRESHOLDS
-        return judge(matches, thresholds)
+        return Assessment(judge(matches, thresholds), tuple(matches), thresholds)
 
 
 def judge(matches: Sequence[Match], thresholds: Thresholds) -> Decision:
