@@ -7,6 +7,7 @@ with one clear line on stderr.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from app import __version__
 from app.audio.devices import AudioDevice, DeviceError, Direction, find_device
+from app.realtime.endpoint import Endpoint
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -44,6 +46,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {text}")
+    return value
+
+
 def _add_device_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-device", metavar="NAME", help="microphone: index, exact name or unique part")
     parser.add_argument("--output-device", metavar="NAME", help="speaker: index, exact name or unique part")
@@ -53,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="helpdesk-voice", description="Hands-free IT helpdesk voice assistant.")
     parser.add_argument("--version", action="version", version=f"helpdesk-voice {__version__}")
     parser.add_argument("--headless", action="store_true", help="run without a GUI, transcript on stdout")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")
     _add_device_options(parser)
     parser.add_argument("--url", metavar="URL", help="realtime endpoint (ws:// or wss://)")
     parser.add_argument("--metrics", type=Path, metavar="PATH", help="append one JSON object per turn")
@@ -62,19 +72,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("devices", help="list audio input and output devices")
     selftest = sub.add_parser("selftest", help="check the audio devices; exit code 0 when all is well")
     _add_device_options(selftest)
+    serve = sub.add_parser("serve", help="run the embedded offline realtime server alone")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    serve.add_argument("--port", type=_port, default=0, help="port (default: a free one)")
+    serve.add_argument("--token", help="the token clients must present (default: a random one, printed)")
+    serve.add_argument("--watch-stdin", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+        stream=sys.stderr,
+        format="%(name)s: %(message)s",
+    )
+    logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
         if args.command == "devices":
             return _devices()
         if args.command == "selftest":
             return _selftest(args.input_device, args.output_device)
-        if args.url:
-            return _converse(args)
-        return _listen(args)
+        if args.command == "serve":
+            from app.localmodel.serve import serve_main
+
+            return serve_main(args.host, args.port, args.token, args.watch_stdin)
+        return _converse(args)
     except UsageError as exc:
         print(f"helpdesk-voice: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -122,27 +145,51 @@ def _selftest(input_query: str | None, output_query: str | None) -> int:
 
 
 def _converse(args: argparse.Namespace) -> int:
-    """A spoken conversation with the realtime endpoint at ``--url``."""
-    from app.console import ConsoleListener
-    from app.defaults import session_config
-    from app.engine import Engine, EngineConfig
+    """A spoken conversation: with ``--url``, or else with the embedded offline server."""
+    from app.localmodel.launcher import EmbeddedServerProcess, ServerStartError
     from app.realtime import endpoint_from_url, lookup_api_key
-    from app.tools import default_registry
 
     if not args.headless:
         print("helpdesk-voice: the tray app is not available yet; running headless", file=sys.stderr)
-    key = lookup_api_key()
-    try:
-        endpoint = endpoint_from_url(args.url, key.key)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
-    if endpoint.kind in ("openai", "azure") and key.key is None:
-        raise UsageError(
-            "no API key: set HELPDESK_VOICE_API_KEY or store one in the OS keyring"
-            + (f" ({key.reason})" if key.reason else "")
-        )
+    endpoint: Endpoint | None = None
+    if args.url:
+        key = lookup_api_key()
+        try:
+            endpoint = endpoint_from_url(args.url, key.key)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        if endpoint.kind in ("openai", "azure") and key.key is None:
+            raise UsageError(
+                "no API key: set HELPDESK_VOICE_API_KEY or store one in the OS keyring"
+                + (f" ({key.reason})" if key.reason else "")
+            )
     input_device = _resolve(args.input_device, "input")
     output_device = _resolve(args.output_device, "output")
+    server: EmbeddedServerProcess | None = None
+    if endpoint is None:
+        print("helpdesk-voice: starting the offline assistant (no endpoint configured)", file=sys.stderr)
+        server = EmbeddedServerProcess(
+            progress=lambda line: print(f"helpdesk-voice: {line}", file=sys.stderr)
+        )
+        try:
+            endpoint = server.start()
+        except ServerStartError as exc:
+            raise RuntimeError(str(exc)) from exc
+    try:
+        return _run_engine(args, endpoint, input_device, output_device)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _run_engine(
+    args: argparse.Namespace, endpoint: Endpoint, input_device: AudioDevice, output_device: AudioDevice
+) -> int:
+    from app.console import ConsoleListener
+    from app.defaults import session_config
+    from app.engine import Engine, EngineConfig
+    from app.tools import default_registry
+
     tools = default_registry()
     listener = ConsoleListener(
         f"listening on {input_device.name} -> {output_device.name}", args.metrics, args.turns
@@ -150,7 +197,7 @@ def _converse(args: argparse.Namespace) -> int:
     engine = Engine(
         EngineConfig(
             endpoint=endpoint,
-            session=session_config(tuple(tools.specs())),
+            session=session_config(tuple(tools.specs()), backend=endpoint.kind),
             input_device=input_device,
             output_device=output_device,
             tools=tools,
@@ -174,26 +221,4 @@ def _converse(args: argparse.Namespace) -> int:
         and (deadline is None or time.monotonic() < deadline)
     ):
         return EXIT_FAILURE
-    return EXIT_OK
-
-
-def _listen(args: argparse.Namespace) -> int:
-    """No endpoint: listen on the microphone and report speech, so devices can be checked."""
-    from app.audio.pipeline import AudioPipeline
-
-    print(
-        "helpdesk-voice: no realtime endpoint given (--url); only listening for speech",
-        file=sys.stderr,
-    )
-    input_device = _resolve(args.input_device, "input")
-    output_device = _resolve(args.output_device, "output")
-    deadline = None if args.duration is None else time.monotonic() + args.duration
-    with AudioPipeline(input_device, output_device) as pipeline:
-        print(f"listening on {input_device.name} -> {output_device.name}", flush=True)
-        events = pipeline.detector.events
-        while deadline is None or time.monotonic() < deadline:
-            while events:
-                event = events.popleft()
-                print(f"[{event.kind.replace('_', ' ')} at {event.at:.2f} s]", file=sys.stderr, flush=True)
-            time.sleep(0.05)
     return EXIT_OK

@@ -58,6 +58,7 @@ class ConsoleListener:
         if self.metrics_path is None or self._metrics_failed:
             return
         try:
+            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
             with self.metrics_path.open("a", encoding="utf-8") as file:
                 file.write(event.metrics.to_json() + "\n")
         except OSError as exc:

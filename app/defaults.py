@@ -14,14 +14,21 @@ INSTRUCTIONS = (
 )
 VOICE = "marin"
 TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
+SILENCE_MS = 500  # end of the user's turn after this much silence (cloud models)
+# The embedded server prepares its answer during the first 150 ms of a pause, so it can afford to
+# take the turn sooner: 400 ms still lets people pause between words without being cut off.
+EMBEDDED_SILENCE_MS = 400
 
 
-def session_config(tools: tuple[p.ToolSpec, ...] = (), model: str | None = None) -> p.SessionConfig:
+def session_config(
+    tools: tuple[p.ToolSpec, ...] = (), model: str | None = None, backend: str = "custom"
+) -> p.SessionConfig:
+    silence = EMBEDDED_SILENCE_MS if backend == "embedded" else SILENCE_MS
     return p.SessionConfig(
         instructions=INSTRUCTIONS,
         model=model,
         voice=VOICE,
         transcription_model=TRANSCRIPTION_MODEL,
-        turn_detection=p.TurnDetection(kind="server_vad", silence_duration_ms=500),
+        turn_detection=p.TurnDetection(kind="server_vad", silence_duration_ms=silence),
         tools=tools,
     )

@@ -14,8 +14,10 @@ from functools import cache
 import numpy as np
 import pytest
 
-from app.audio.probe import espeak_speech
+from app.audio.devices import find_device
+from app.audio.probe import TimedRecorder, espeak_speech
 from app.audio.resample import FloatArray, StreamResampler
+from app.audio.streams import open_stream
 from app.audio.virtual_rig import RigUnavailable, VirtualAudioRig, reinitialise_portaudio
 
 
@@ -34,6 +36,15 @@ def virtual_audio() -> Iterator[VirtualAudioRig]:
         yield rig
     finally:
         rig.stop()
+
+
+@pytest.fixture
+def monitor(virtual_audio: VirtualAudioRig) -> Iterator[TimedRecorder]:
+    """A recording of the virtual speaker, running for the test."""
+    device = find_device(virtual_audio.speaker_monitor, "input")
+    recorder = TimedRecorder(device.default_samplerate)
+    with open_stream("input", device, recorder.callback):
+        yield recorder
 
 
 @cache

@@ -23,7 +23,7 @@ class FakeUtterance:
         self.audio += pcm24k
 
     def partial(self) -> str:
-        return self.text.split(" ")[0] if self.audio else ""
+        return self.finish()
 
     def finish(self) -> str:
         return self.text if len(self.audio) > 4800 else ""
@@ -53,6 +53,13 @@ class FakeBrain:
             return BrainReply("Okay, I'll create a ticket.", request)
         return BrainReply(f"You said {user_text}. Let's fix that. Step one, restart the app.")
 
+    def preview(self, user_text: str) -> BrainReply:
+        heard, calls = list(self.heard), self.calls
+        try:
+            return self.reply(user_text)
+        finally:
+            self.heard, self.calls = heard, calls
+
     def tool_result(self, call_id: str, output: dict[str, Any]) -> BrainReply:
         return BrainReply(f"Done. Your ticket is {output.get('ticket_id', 'unknown')}.")
 
@@ -64,6 +71,7 @@ class FakeSpeech:
         self.clauses = [c.strip() for c in text.replace(",", ".").split(".") if c.strip()]
         self.delay = chunk_delay_s
         self.cancelled = False
+        self.started = False
 
     async def _chunks(self) -> AsyncIterator[SpokenChunk]:
         t = np.arange(2400) / 24000
@@ -79,6 +87,9 @@ class FakeSpeech:
 
     def __aiter__(self) -> AsyncIterator[SpokenChunk]:
         return self._chunks()
+
+    def start(self) -> None:
+        self.started = True
 
     def cancel(self) -> None:
         self.cancelled = True

@@ -340,3 +340,66 @@ def test_the_oracle_rejects_an_incomplete_event() -> None:
     # The events above were validated as they arrived; this only guards the oracle itself.
     with pytest.raises(Exception):  # noqa: B017 - any validation error will do
         SERVER_EVENT.validate_python({"type": "response.done", "event_id": "e"})
+
+
+class CountingSpeech:
+    """Wraps fake_components' speak() to see which speech objects the server made and used."""
+
+    def __init__(self) -> None:
+        self.components = fake_components()
+        self.made: list[Any] = []
+        inner = self.components.speak
+
+        def speak(text: str) -> Any:
+            self.made.append(inner(text))
+            return self.made[-1]
+
+        self.components.speak = speak
+
+
+async def _connect(server: EmbeddedServer) -> Any:
+    return connect(server.url, additional_headers={"Authorization": f"Bearer {server.token}"})
+
+
+async def test_a_pause_prepares_the_answer_and_the_end_of_turn_uses_it() -> None:
+    counting = CountingSpeech()
+    running = EmbeddedServer(counting.components, new_token())
+    await running.start()
+    try:
+        async with await _connect(running) as ws:
+            c = Client(ws)
+            await c.next("session.created")
+            await c.append(silence(0.5))
+            await c.append(speechlike(1.0))
+            await c.append(silence(0.35))  # a pause: the server prepares its answer
+            await asyncio.sleep(0.2)
+            assert len(counting.made) == 1 and counting.made[0].started
+            await c.append(silence(0.5))  # the turn really ends
+            events = await c.until("response.done", timeout=10)
+    finally:
+        await running.close()
+    assert len(counting.made) == 1, "the prepared answer was not used"
+    assert not counting.made[0].cancelled
+    assert events[-1]["response"]["status"] == "completed"
+
+
+async def test_speech_after_a_pause_discards_the_prepared_answer() -> None:
+    counting = CountingSpeech()
+    running = EmbeddedServer(counting.components, new_token())
+    await running.start()
+    try:
+        async with await _connect(running) as ws:
+            c = Client(ws)
+            await c.next("session.created")
+            await c.append(silence(0.5))
+            await c.append(speechlike(0.8))
+            await c.append(silence(0.35))
+            await asyncio.sleep(0.2)
+            await c.append(speechlike(0.8))  # the user goes on
+            await c.append(silence(0.8))
+            events = await c.until("response.done", timeout=10)
+    finally:
+        await running.close()
+    assert counting.made[0].cancelled
+    assert len(counting.made) == 2 and not counting.made[1].cancelled
+    assert [e["type"] for e in events].count("response.created") == 1

@@ -5,19 +5,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from app.audio.devices import find_device
-from app.audio.probe import SignalPlayer, TimedRecorder
+from app.audio.probe import TimedRecorder
 from app.audio.resample import FloatArray, float_to_pcm16
-from app.audio.streams import open_stream
 from app.audio.virtual_rig import VirtualAudioRig
+from tests.app_driver import HeadlessApp, loud_since, speak
 from tests.scripted_peer import Answer, ScriptedPeer
 
 pytestmark = pytest.mark.devices
@@ -27,64 +26,6 @@ FIRST_ANSWER = (
     "and follow the code we send to your phone."
 )
 SECOND_ANSWER = "Okay, I will stop there. What would you like to do instead?"
-
-
-class HeadlessApp:
-    """The app as a child process, with its stdout lines collected as they come."""
-
-    def __init__(self, args: list[str]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app", "--headless", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self.errors: list[str] = []
-        threading.Thread(target=self._read, args=(self.process.stdout, self.lines), daemon=True).start()
-        threading.Thread(target=self._read, args=(self.process.stderr, self.errors), daemon=True).start()
-
-    @staticmethod
-    def _read(stream: object, sink: list[str]) -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            sink.append(line.rstrip("\n"))
-
-    def wait_for(self, predicate: Callable[[str], bool], timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if predicate(line):
-                    return line
-            if self.process.poll() is not None and not any(predicate(x) for x in self.lines):
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"no matching line; stdout={self.lines} stderr={self.errors[-10:]}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(5)
-
-
-@pytest.fixture
-def monitor(virtual_audio: VirtualAudioRig) -> Iterator[TimedRecorder]:
-    device = find_device(virtual_audio.speaker_monitor, "input")
-    recorder = TimedRecorder(device.default_samplerate)
-    with open_stream("input", device, recorder.callback):
-        yield recorder
-
-
-def speak(rig: VirtualAudioRig, signal: FloatArray) -> None:
-    feed = find_device(rig.mic_feed, "output")
-    player = SignalPlayer(signal, feed.default_samplerate)
-    with open_stream("output", feed, player.callback):
-        player.finished.wait(len(signal) / feed.default_samplerate + 3)
-        time.sleep(0.1)
-
-
-def loud_since(recorder: TimedRecorder, since: float, threshold: float = 0.02) -> FloatArray:
-    times, samples = recorder.timeline()
-    return times[(times >= since) & (np.abs(samples) > threshold)]
 
 
 def test_spoken_conversation_with_barge_in_through_virtual_devices(

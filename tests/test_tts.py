@@ -390,3 +390,44 @@ async def test_stream_with_espeak_and_empty_text(espeak: EspeakVoice) -> None:
 def test_stream_rejects_bad_settings(espeak: EspeakVoice) -> None:
     with pytest.raises(ValueError):
         SpeechStream(espeak, "Hello there.", chunk_ms=0)
+
+
+def test_quick_opener_becomes_its_own_first_clause() -> None:
+    from app.localmodel.tts import split_clauses as split
+
+    openers = frozenset({"okay,", "sure."})
+    assert split("Okay, let's look at resetting your password.", openers) == [
+        "Okay,",
+        "let's look at resetting your password.",
+    ]
+    assert split("Sure. In a sentence or two, what's going wrong?", openers)[0] == "Sure."
+    # Without the opener set the short piece still joins the next one.
+    assert split("Okay, let's look at resetting your password.")[0] != "Okay,"
+    # An opener that is the whole reply stays one clause.
+    assert split("Okay.", frozenset({"okay."})) == ["Okay."]
+    # Only at the very start.
+    assert "Okay," not in split("Let's see. Okay, restart the laptop now please.", openers)
+
+
+def test_cached_voice_replays_stock_phrases_without_synthesis() -> None:
+    from app.localmodel.tts import CachedVoice
+
+    class Counting:
+        name = "counting"
+        sample_rate = 24000
+
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def synthesize(self, text: str) -> np.ndarray:
+            self.calls.append(text)
+            return np.full(2400, 0.1, np.float32)
+
+    inner = Counting()
+    voice = CachedVoice(inner, ("Okay,", "Sure."))
+    assert inner.calls == ["Okay,", "Sure."] and voice.quick_openers == {"okay,", "sure."}
+    first = voice.synthesize("Okay,")
+    first[:] = 0  # callers may change what they get; the cache must not
+    assert np.all(voice.synthesize("okay,") == np.float32(0.1))
+    voice.synthesize("Restart the laptop.")
+    assert inner.calls == ["Okay,", "Sure.", "Restart the laptop."]

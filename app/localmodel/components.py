@@ -41,6 +41,10 @@ class Brain(Protocol):
     """One session's dialog: what to say to the user's words and to tool results."""
 
     def reply(self, user_text: str) -> BrainReply: ...
+    def preview(self, user_text: str) -> BrainReply:
+        """What :meth:`reply` would say now, without moving the dialog on (for speculation)."""
+        ...
+
     def tool_result(self, call_id: str, output: dict[str, Any]) -> BrainReply: ...
 
 
@@ -55,6 +59,10 @@ class Speech(Protocol):
     """A reply being spoken: chunks as they are synthesised, clause by clause."""
 
     def __aiter__(self) -> AsyncIterator[SpokenChunk]: ...
+    def start(self) -> None:
+        """Begin synthesising now, before anyone iterates (needs a running loop)."""
+        ...
+
     def cancel(self) -> None: ...
 
 

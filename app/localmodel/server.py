@@ -14,6 +14,7 @@ import hmac
 import json
 import logging
 import secrets
+import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Literal
@@ -23,7 +24,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from app.localmodel import events as ev
-from app.localmodel.components import Brain, BrainReply, Components, Utterance
+from app.localmodel.components import Brain, BrainReply, Components, Speech, Utterance
 from app.localmodel.session import (
     BeginUtterance,
     CancelResponse,
@@ -49,6 +50,19 @@ def new_token() -> str:
     return secrets.token_urlsafe(24)
 
 
+@dataclass
+class _Speculation:
+    """An answer prepared while the user paused, used if the turn really ended there."""
+
+    item_id: str
+    reply: BrainReply
+    speech: Speech | None
+
+    def discard(self) -> None:
+        if self.speech is not None:
+            self.speech.cancel()
+
+
 @dataclass(eq=False)  # identity, so connections can live in a set
 class _Connection:
     ws: ServerConnection
@@ -62,6 +76,9 @@ class _Connection:
     response_task: asyncio.Task[None] | None = None
     response_id: str | None = None
     cancel_reason: Literal["turn_detected", "client_cancelled"] | None = None
+    timing: dict[str, float] = field(default_factory=dict)  # this turn's milestones, for the log
+    speculation: _Speculation | None = None
+    speculation_task: asyncio.Task[None] | None = None
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -125,6 +142,7 @@ class EmbeddedServer:
             await self._end(connection)
 
     async def _end(self, connection: _Connection) -> None:
+        self._drop_speculation(connection)
         tasks = [*connection.partial_tasks.values(), *connection.background]
         if connection.response_task is not None:
             tasks.append(connection.response_task)
@@ -156,8 +174,16 @@ class EmbeddedServer:
             current = connection.utterances.get(command.item_id)
             if current is not None:
                 current.add(command.pcm16)
-        elif isinstance(command, UtterancePaused | UtteranceResumed):
-            pass  # room for speculative decoding; the final decode starts at the end of the turn
+        elif isinstance(command, UtterancePaused):
+            paused = connection.utterances.get(command.item_id)
+            detection = connection.session.config.turn_detection
+            if paused is not None and detection is not None and detection.create_response:
+                self._drop_speculation(connection)
+                connection.speculation_task = asyncio.create_task(
+                    self._speculate(connection, command.item_id, paused)
+                )
+        elif isinstance(command, UtteranceResumed):
+            self._drop_speculation(connection)
         elif isinstance(command, EndUtterance):
             task = connection.partial_tasks.pop(command.item_id, None)
             if task is not None:
@@ -177,6 +203,44 @@ class EmbeddedServer:
             connection.cancel_reason = command.reason
             connection.response_task.cancel()
 
+    async def _speculate(self, connection: _Connection, item_id: str, utterance: Utterance) -> None:
+        """The user paused: decode now (``finish`` reuses it) and start speaking the likely answer."""
+        text = (await asyncio.to_thread(utterance.partial)).strip()
+        if not text or (connection.response_task is not None and not connection.response_task.done()):
+            return
+        brain = self._brain(connection)
+        reply = await asyncio.to_thread(brain.preview, text)
+        speech = None
+        if reply.text:
+            speech = self.components.speak(reply.text)
+            speech.start()
+        connection.speculation = _Speculation(item_id, reply, speech)
+
+    def _drop_speculation(self, connection: _Connection) -> None:
+        if connection.speculation_task is not None:
+            connection.speculation_task.cancel()
+            connection.speculation_task = None
+        if connection.speculation is not None:
+            connection.speculation.discard()
+            connection.speculation = None
+
+    async def _take_speculation(
+        self, connection: _Connection, item_id: str | None, reply: BrainReply
+    ) -> Speech | None:
+        """The speculative speech, if it was for this turn and says what the brain now says."""
+        task = connection.speculation_task
+        if task is not None and not task.done() and item_id is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        connection.speculation_task = None
+        speculation, connection.speculation = connection.speculation, None
+        if speculation is None:
+            return None
+        if speculation.item_id == item_id and speculation.reply == reply and speculation.speech is not None:
+            return speculation.speech
+        speculation.discard()
+        return None
+
     async def _partials(self, connection: _Connection, item_id: str, utterance: Utterance) -> None:
         sent = ""
         while True:
@@ -192,6 +256,7 @@ class EmbeddedServer:
                 sent = text
 
     async def _finish_utterance(self, connection: _Connection, command: EndUtterance) -> None:
+        connection.timing = {"turn_end": time.monotonic()}
         utterance = connection.utterances.pop(command.item_id, None)
         text = ""
         if utterance is not None:
@@ -200,6 +265,7 @@ class EmbeddedServer:
             except Exception as exc:
                 log.exception("speech recognition failed")
                 await self._send(connection, ev.transcription_failed(command.item_id, str(exc)))
+        connection.timing["transcribed"] = time.monotonic()
         future = connection.transcripts.pop(command.item_id, None)
         if future is not None and not future.done():
             future.set_result(text)
@@ -208,14 +274,17 @@ class EmbeddedServer:
         )
 
     # -- replies ---------------------------------------------------------------------------
-    async def _think(self, connection: _Connection, source: ResponseInput) -> BrainReply:
-        session = connection.session
-        can_tickets = "create_ticket" in session.config.tool_names
+    def _brain(self, connection: _Connection) -> Brain:
+        can_tickets = "create_ticket" in connection.session.config.tool_names
         if connection.brain is None or can_tickets != connection.can_create_tickets:
             # The brain keeps the dialog; a change of the client's tools is rare and starts afresh.
             connection.brain = self.components.new_brain(can_tickets)
             connection.can_create_tickets = can_tickets
-        brain = connection.brain
+        return connection.brain
+
+    async def _think(self, connection: _Connection, source: ResponseInput) -> BrainReply:
+        session = connection.session
+        brain = self._brain(connection)
         text = source.user_text
         if text is None and source.user_item_id is not None:
             pending = connection.transcripts.get(source.user_item_id)
@@ -236,9 +305,11 @@ class EmbeddedServer:
         try:
             await self._send(connection, ev.response_created(response_id, voice))
             reply = await self._think(connection, command.source)
+            connection.timing["replied"] = time.monotonic()
+            prepared = await self._take_speculation(connection, command.source.user_item_id, reply)
             if reply.text:
                 streaming = _Streaming(response_id, ev.new_id("item"), len(outputs))
-                await self._speak(connection, streaming, reply.text)
+                await self._speak(connection, streaming, reply.text, prepared)
                 outputs.append(streaming.finish_item("completed"))
                 audio_items[streaming.item_id] = streaming.audio_ms
                 await self._send_all(connection, streaming.closing_events("completed"))
@@ -266,17 +337,38 @@ class EmbeddedServer:
             if connection.response_id == response_id:
                 connection.response_id = None
 
-    async def _speak(self, connection: _Connection, streaming: _Streaming, text: str) -> None:
+    async def _speak(
+        self, connection: _Connection, streaming: _Streaming, text: str, prepared: Speech | None
+    ) -> None:
         await self._send_all(connection, streaming.opening_events())
-        speech = self.components.speak(text)
+        speech = prepared or self.components.speak(text)
         streaming.speech = speech
         async for chunk in speech:
             if chunk.first_of_clause:
                 delta = (" " if streaming.transcript else "") + chunk.clause_text
                 streaming.transcript += delta
                 await self._send(connection, streaming.transcript_delta(delta))
+            if streaming.audio_bytes == 0:
+                self._log_timing(connection)
             streaming.audio_bytes += len(chunk.pcm16)
             await self._send(connection, streaming.audio_delta(chunk.pcm16))
+
+    @staticmethod
+    def _log_timing(connection: _Connection) -> None:
+        timing = connection.timing
+        start = timing.get("turn_end")
+        if start is None:
+            return  # a typed request or a tool follow-up: no spoken turn to time
+        now = time.monotonic()
+        parts = [
+            f"{name} +{(timing[name] - start) * 1000:.0f} ms"
+            for name in ("transcribed", "replied")
+            if name in timing
+        ]
+        log.info(
+            "turn timing: end of turn -> %s, first audio +%.0f ms", ", ".join(parts), (now - start) * 1000
+        )
+        connection.timing = {}
 
     async def _call_tool(
         self, connection: _Connection, response_id: str, index: int, call: Any

@@ -24,7 +24,7 @@ from app.localmodel import events as ev
 
 RATE = 24000
 MAX_BUFFER_S = 300  # a manual-commit buffer holds at most five minutes; older audio is dropped
-SPECULATE_AFTER_MS = 200  # a pause this long lets the server start on the reply early
+SPECULATE_AFTER_MS = 150  # a pause this long lets the server start on the reply early
 _EAGERNESS_SILENCE_MS = {"low": 800, "medium": 500, "auto": 500, "high": 300}
 
 

@@ -23,6 +23,7 @@ import threading
 import time
 import wave
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -78,6 +79,7 @@ class Voice(Protocol):
 # --- clause splitting -------------------------------------------------------------------------------
 
 FIRST_MIN_WORDS: Final = 3
+MAX_OPENER_WORDS: Final = 3
 FIRST_MAX_WORDS: Final = 8
 # The second clause is synthesised while the first plays; with an RTF of up to ~0.25 under load it
 # must stay within a few times the first clause's length or the listener hears a gap.
@@ -151,8 +153,12 @@ def _break_kind(text: str, spans: list[tuple[int, int]], index: int) -> str:
     return ""
 
 
-def split_clauses(text: str) -> list[str]:
+def split_clauses(text: str, quick_openers: frozenset[str] = frozenset()) -> list[str]:
     """Split a reply into speakable clauses, each an exact, stripped substring of ``text``.
+
+    ``quick_openers``: opening words whose audio is ready at once (:class:`CachedVoice`), such as
+    "Okay," or "Sure."; a reply that starts with one speaks it as a clause of its own, so the first
+    sound needs no synthesis while the next clause is synthesised behind it.
 
     Breaks at sentence ends, line breaks, and at commas, semicolons, colons and dashes followed by a
     space once the clause is long enough: the first clause is short (3-8 words where punctuation
@@ -179,7 +185,13 @@ def split_clauses(text: str) -> list[str]:
 
     clauses: list[str] = []
     start = 0
+    opener = _quick_opener(text, spans, kinds, quick_openers)
+    if opener is not None:
+        clauses.append(text[spans[0][0] : spans[opener][1]])
+        start = opener + 1
     for index, kind in enumerate(kinds):
+        if index < start:
+            continue
         if not kind:
             continue
         count = words_between(start, index)
@@ -201,6 +213,17 @@ def split_clauses(text: str) -> list[str]:
             clauses.append(text[spans[start][0] : spans[index][1]])
             start = index + 1
     return clauses
+
+
+def _quick_opener(
+    text: str, spans: list[tuple[int, int]], kinds: list[str], openers: frozenset[str]
+) -> int | None:
+    """Index of the last token of a leading quick opener followed by more text, else None."""
+    for index in range(min(len(spans) - 1, MAX_OPENER_WORDS)):
+        if kinds[index] in ("hard", "soft"):
+            candidate = text[spans[0][0] : spans[index][1]]
+            return index if candidate.lower() in openers else None
+    return None
 
 
 # --- audio helpers ----------------------------------------------------------------------------------
@@ -335,6 +358,52 @@ class PiperVoice:
         return _to_output(self.synthesize_raw(text), self.source_rate, _PIPER_GAIN)
 
 
+# Words replies often open with: their audio is made once, at start-up, so they play at once.
+STOCK_OPENERS: Final = (
+    "Okay,",
+    "Okay.",
+    "Sure,",
+    "Sure.",
+    "Alright,",
+    "Alright.",
+    "Great,",
+    "Great.",
+    "Of course.",
+    "Sorry,",
+    "Got it.",
+    "Right,",
+    "Thanks,",
+    "Hi!",
+)
+
+
+class CachedVoice:
+    """A voice that keeps the audio of short stock phrases, made once and replayed at no cost.
+
+    A reply opening with one of :data:`STOCK_OPENERS` starts sounding as soon as it is known, and
+    the rest of its first sentence is synthesised while the opener plays.
+    """
+
+    def __init__(self, voice: Voice, phrases: Sequence[str] = STOCK_OPENERS) -> None:
+        self.voice = voice
+        self.name = voice.name
+        self.sample_rate = voice.sample_rate
+        self._lock = threading.Lock()
+        self._cache: dict[str, FloatArray] = {}
+        for phrase in phrases:
+            audio = voice.synthesize(phrase)
+            if len(audio):
+                self._cache[phrase.lower()] = audio
+        self.quick_openers = frozenset(self._cache)
+
+    def synthesize(self, text: str) -> FloatArray:
+        with self._lock:
+            cached = self._cache.get(text.strip().lower())
+        if cached is not None:
+            return cached.copy()
+        return self.voice.synthesize(text)
+
+
 class EspeakVoice:
     """The ``espeak-ng`` program (a subprocess per clause): robotic, but always there as a fallback."""
 
@@ -450,7 +519,7 @@ class SpeechStream:
             raise ValueError("chunk_ms must be positive and pause_s not negative")
         self.voice = voice
         self.text = text
-        self.clauses = split_clauses(text)
+        self.clauses = split_clauses(text, getattr(voice, "quick_openers", frozenset()))
         self.chunk_bytes = max(1, round(OUTPUT_RATE * chunk_ms / 1000.0)) * 2
         self._pause = np.zeros(round(OUTPUT_RATE * pause_s), np.float32)
         self._pending: deque[SpeechChunk] = deque()

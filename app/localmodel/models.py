@@ -1,0 +1,80 @@
+"""Loading the embedded server's real models behind the interfaces in :mod:`components`.
+
+Runs only in the server process (it imports the GPL voice runtime). Each step reports progress,
+so the app can show what is loading.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from app.localmodel.components import BrainReply, Components, Speech, ToolRequest
+
+
+class _Brain:
+    """Adapts :class:`HelpdeskBrain` replies to the server's :class:`BrainReply`."""
+
+    def __init__(self, brain: Any) -> None:
+        self._brain = brain
+
+    @staticmethod
+    def _convert(reply: Any) -> BrainReply:
+        call = reply.tool_call
+        request = None if call is None else ToolRequest(call.call_id, call.name, dict(call.arguments))
+        return BrainReply(reply.text, request)
+
+    def reply(self, user_text: str) -> BrainReply:
+        return self._convert(self._brain.reply(user_text))
+
+    def preview(self, user_text: str) -> BrainReply:
+        return self._convert(self._brain.preview(user_text))
+
+    def tool_result(self, call_id: str, output: dict[str, Any]) -> BrainReply:
+        return self._convert(self._brain.tool_result(call_id, output))
+
+
+class _Recognizer:
+    def __init__(self, recognizer: Any, utterance_class: Any) -> None:
+        self._recognizer = recognizer
+        self._utterance_class = utterance_class
+
+    def utterance(self) -> Any:
+        return self._utterance_class(self._recognizer)
+
+
+def load_models(progress: Callable[[str], None]) -> Components:
+    def step(what: str, load: Callable[[], Any]) -> Any:
+        started = time.monotonic()
+        progress(f"loading {what}...")
+        result = load()
+        progress(f"loading {what}: done in {time.monotonic() - started:.1f} s")
+        return result
+
+    from app.localmodel.asr import SpeechRecognizer, UtteranceTranscriber
+    from app.localmodel.brain import HelpdeskBrain
+    from app.localmodel.retrieval import load_retriever
+    from app.localmodel.tts import CachedVoice, SpeechStream, load_voice
+
+    def load_recognizer() -> SpeechRecognizer:
+        recognizer = SpeechRecognizer()
+        recognizer.load()
+        return recognizer
+
+    recognizer = step("speech recognition (Whisper tiny.en)", load_recognizer)
+    retriever = step("knowledge base (MiniLM embeddings)", load_retriever)
+    voice = step("voice (Piper)", lambda: CachedVoice(load_voice()))
+
+    def speak(text: str) -> Speech:
+        return SpeechStream(voice, text)
+
+    def new_brain(can_create_tickets: bool) -> _Brain:
+        return _Brain(HelpdeskBrain(retriever, can_create_tickets=can_create_tickets))
+
+    return Components(
+        recognizer=_Recognizer(recognizer, UtteranceTranscriber),
+        new_brain=new_brain,
+        speak=speak,
+        description=f"Whisper tiny.en, {retriever.mode} retrieval, {voice.name} voice",
+    )

@@ -1,0 +1,69 @@
+"""Driving the app as a person would: a child process, speech into the virtual microphone."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from app.audio.devices import find_device
+from app.audio.probe import SignalPlayer, TimedRecorder
+from app.audio.resample import FloatArray
+from app.audio.streams import open_stream
+from app.audio.virtual_rig import VirtualAudioRig
+
+
+class HeadlessApp:
+    """The app as a child process, with its stdout lines collected as they come."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app", "--headless", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self.errors: list[str] = []
+        threading.Thread(target=self._read, args=(self.process.stdout, self.lines), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.process.stderr, self.errors), daemon=True).start()
+
+    @staticmethod
+    def _read(stream: object, sink: list[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            sink.append(line.rstrip("\n"))
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if predicate(line):
+                    return line
+            if self.process.poll() is not None and not any(predicate(x) for x in self.lines):
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no matching line; stdout={self.lines} stderr={self.errors[-10:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(5)
+
+
+def speak(rig: VirtualAudioRig, signal: FloatArray) -> None:
+    feed = find_device(rig.mic_feed, "output")
+    player = SignalPlayer(signal, feed.default_samplerate)
+    with open_stream("output", feed, player.callback):
+        player.finished.wait(len(signal) / feed.default_samplerate + 3)
+        time.sleep(0.1)
+
+
+def loud_since(recorder: TimedRecorder, since: float, threshold: float = 0.02) -> FloatArray:
+    times, samples = recorder.timeline()
+    return times[(times >= since) & (np.abs(samples) > threshold)]
