@@ -113,6 +113,24 @@ def test_word_error_rate_on_spoken_helpdesk_requests(
     print(f"WER {rate:.1%} over {len(report)} utterances")
 
 
+def test_word_error_rate_on_requests_in_the_piper_voice(recognizer: SpeechRecognizer) -> None:
+    """The embedded server's own voice, a neural one unlike espeak-ng's, is recognised as well."""
+    from app.localmodel.tts import PiperVoice
+
+    voice = PiperVoice()
+    errors = total = 0
+    report = []
+    for text in REQUESTS:
+        audio = StreamResampler(voice.sample_rate, RATE, "HQ").process(voice.synthesize(text), last=True)
+        result = recognizer.transcribe(np.concatenate((silence(0.3), audio, silence(0.3))))
+        errors += word_errors(text, result.text)
+        total += len(words(text))
+        report.append(f"piper: {text!r} -> {result.text!r}")
+    rate = errors / total
+    assert rate < MAX_WER, f"WER {rate:.1%} over {len(report)} utterances:\n" + "\n".join(report)
+    print(f"Piper-voice WER {rate:.1%} over {len(report)} utterances")
+
+
 def test_speech_over_hum_and_noise_is_still_recognised(
     recognizer: SpeechRecognizer, say: Callable[..., FloatArray]
 ) -> None:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 from app.audio.devices import find_device
@@ -50,6 +51,12 @@ class Recorder:
                 if left <= 0:
                     raise AssertionError(f"timed out waiting for {what}; events: {self.events[-15:]}")
                 self._changed.wait(min(left, 0.1))
+
+
+def wait_ready(listener: Recorder) -> None:
+    listener.wait_for(
+        lambda: any(e.state.value == "listening" for e in listener.of(StateChanged)), 10, "ready"
+    )
 
 
 async def _slow_lookup(args: dict[str, Any]) -> dict[str, Any]:
@@ -95,9 +102,7 @@ def test_slow_tool_reports_status_while_audio_keeps_flowing(virtual_audio: Any, 
     engine = _engine(virtual_audio, peer, listener)
     engine.start()
     try:
-        listener.wait_for(
-            lambda: any(e.state.value == "listening" for e in listener.of(StateChanged)), 10, "ready"
-        )
+        wait_ready(listener)
         peer.tool_calls = [("slow_lookup", '{"topic": "VPN"}')]
         engine.send_text("my vpn keeps dropping")
         listener.wait_for(
@@ -138,9 +143,7 @@ def test_drop_mid_answer_reconnects_restores_the_session_and_carries_on(
     engine = _engine(virtual_audio, peer, listener)
     engine.start()
     try:
-        listener.wait_for(
-            lambda: any(e.state.value == "listening" for e in listener.of(StateChanged)), 10, "ready"
-        )
+        wait_ready(listener)
         engine.send_text("my vpn keeps dropping")
         listener.wait_for(
             lambda: any(e.role == "assistant" for e in listener.of(Transcript)), 10, "the answer to start"
@@ -211,3 +214,26 @@ def test_ctrl_c_exits_cleanly_within_a_second(virtual_audio: Any, peer: Scripted
     assert code == 0
     assert took < 1.5, f"took {took:.2f} s to exit"
     assert "Traceback" not in (process.stderr.read() if process.stderr else "")
+
+
+def test_slow_answer_gets_the_earcon_then_the_answer_replaces_it(
+    virtual_audio: Any, peer: ScriptedPeer, monitor: Any
+) -> None:
+    peer.answer_delay_s = 1.6
+    listener = Recorder()
+    engine = _engine(virtual_audio, peer, listener)
+    engine.start()
+    try:
+        wait_ready(listener)
+        asked = time.monotonic()
+        engine.send_text("my vpn keeps dropping")
+        listener.wait_for(lambda: bool(listener.of(TurnCompleted)), 10, "the answer")
+    finally:
+        engine.stop()
+    (turn,) = listener.of(TurnCompleted)
+    assert turn.metrics.cue_played
+    times, samples = monitor.timeline()
+    cue = np.abs(samples[(times > asked + 0.75) & (times < asked + 1.3)])
+    assert len(cue) and 0.03 < cue.max() < 0.2, "no soft earcon while waiting"
+    before = np.abs(samples[(times > asked) & (times < asked + 0.7)])
+    assert len(before) and before.max() < 0.01, "the earcon came too early"
