@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, default=0, help="port (default: a free one)")
     serve.add_argument("--token", help="the token clients must present (default: a random one, printed)")
     serve.add_argument("--watch-stdin", action="store_true", help=argparse.SUPPRESS)
+    config = sub.add_parser("config", help="where the settings live and what they are")
+    config_sub = config.add_subparsers(
+        dest="config_command", parser_class=_Parser, required=True, metavar="{path,show}"
+    )
+    config_sub.add_parser("path", help="print the site policy and user settings file paths")
+    config_sub.add_parser("show", help="print every setting with its value and where it comes from")
     return parser
 
 
@@ -97,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from app.localmodel.serve import serve_main
 
             return serve_main(args.host, args.port, args.token, args.watch_stdin)
+        if args.command == "config":
+            from app.config import config_main
+
+            return config_main(args)
         return _converse(args)
     except UsageError as exc:
         print(f"helpdesk-voice: {exc}", file=sys.stderr)

@@ -1,0 +1,798 @@
+"""Layered settings: built-in defaults < site policy < user settings < environment < command line.
+
+- **Site policy** (admin, read-only): ``policy.toml`` in the site config folder, or the file named by
+  ``HELPDESK_VOICE_POLICY``. It sets values and can lock keys, either with a list
+  (``locked = ["endpoint.url"]``, locking the key at the policy's or the built-in value) or with a
+  table (``[locked]`` then ``endpoint.url = "wss://..."``, setting and locking at once). A locked key
+  ignores every later layer, and :func:`save_user_setting` refuses it.
+- **User settings**: ``settings.toml`` in the user config folder (``HELPDESK_VOICE_CONFIG_DIR``
+  overrides the folder), written atomically by :func:`save_user_setting`.
+- **Environment**: ``HELPDESK_VOICE_<KEY>`` with dots as underscores (``HELPDESK_VOICE_ENDPOINT_URL``;
+  ``HELPDESK_VOICE_INPUT_DEVICE`` and ``HELPDESK_VOICE_OUTPUT_DEVICE`` for the audio devices). Booleans
+  are 1/0, true/false, yes/no, on/off; lists are comma-separated.
+- **Command line**: a mapping of dotted keys to values, ``None`` meaning "not given".
+
+Nothing here crashes the app: every problem (bad TOML, a wrong type, a value out of range, an unknown
+key) becomes one line in :attr:`LoadedSettings.problems` and the layer's value is ignored. A user file
+that is not valid TOML or holds a value of the wrong type is renamed to
+``settings.toml.corrupt-<timestamp>``; the policy file is never touched, only reported.
+
+Secrets never live in these files: a key that looks like one (``api_key``, ``token``, ``password``...)
+is refused with a warning and not loaded, and the API key is kept in the OS keyring through
+:data:`secrets` (or comes from ``HELPDESK_VOICE_API_KEY``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal, TypeAlias
+
+import platformdirs
+
+from app import defaults
+from app.paths import APP_NAME
+from app.realtime.endpoint import (
+    API_KEY_ENV,
+    KEYRING_SERVICE,
+    KEYRING_USERNAME,
+    KeyStoreError,
+    lookup_api_key,
+    redact_url,
+    store_api_key,
+)
+
+__all__ = [
+    "CONFIG_DIR_ENV",
+    "ENV_PREFIX",
+    "KNOWN_TOOLS",
+    "POLICY_ENV",
+    "SETTINGS",
+    "ConfigError",
+    "ConfigPaths",
+    "LoadedSettings",
+    "Origin",
+    "SecretStoreError",
+    "Setting",
+    "config_main",
+    "config_paths",
+    "load_settings",
+    "save_user_setting",
+    "secrets",
+]
+
+Origin: TypeAlias = Literal["default", "policy", "user", "env", "cli"]
+Value: TypeAlias = str | int | bool | tuple[str, ...]
+
+ENV_PREFIX: Final = "HELPDESK_VOICE_"
+POLICY_ENV: Final = "HELPDESK_VOICE_POLICY"
+CONFIG_DIR_ENV: Final = "HELPDESK_VOICE_CONFIG_DIR"
+POLICY_FILE: Final = "policy.toml"
+USER_FILE: Final = "settings.toml"
+KNOWN_TOOLS: Final = ("search_knowledge_base", "create_ticket")
+# A key whose last part matches this holds a secret, which belongs in the keyring, never in a file.
+_SECRET_KEY: Final = re.compile(r"(api[_-]?key|token|password|passwd|secret|credential)", re.IGNORECASE)
+_BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class ConfigError(ValueError):
+    """A setting cannot be saved: unknown key, invalid value, locked by policy or a failed write."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# The schema
+# ---------------------------------------------------------------------------------------------------
+
+
+def _choice(*options: str) -> Callable[[Value], str | None]:
+    def check(value: Value) -> str | None:
+        if value in options:
+            return None
+        return f"must be one of {', '.join(options)}, not {value!r}"
+
+    return check
+
+
+def _int_range(low: int, high: int) -> Callable[[Value], str | None]:
+    def check(value: Value) -> str | None:
+        assert isinstance(value, int)
+        if low <= value <= high:
+            return None
+        return f"must be a whole number from {low} to {high}, not {value}"
+
+    return check
+
+
+def _ws_url(value: Value) -> str | None:
+    assert isinstance(value, str)
+    if value == "":
+        return None  # no endpoint configured
+    if any(ch.isspace() for ch in value):
+        return "must not contain spaces or line breaks"
+    if not value.lower().startswith(("ws://", "wss://")):
+        return f"must start with ws:// or wss://, not {redact_url(value)!r}"
+    if "@" in value.split("/", 3)[2]:
+        return "must not contain a user name or password; store the API key in the keyring instead"
+    return None
+
+
+def _no_spaces(value: Value) -> str | None:
+    assert isinstance(value, str)
+    return "must not contain spaces" if any(ch.isspace() for ch in value) else None
+
+
+def _not_blank(value: Value) -> str | None:
+    assert isinstance(value, str)
+    return "must not be empty" if not value.strip() else None
+
+
+def _tools(value: Value) -> str | None:
+    assert isinstance(value, tuple)
+    unknown = [name for name in value if name not in KNOWN_TOOLS]
+    if unknown:
+        return f"names unknown tools ({', '.join(unknown)}); known tools: {', '.join(KNOWN_TOOLS)}"
+    if len(set(value)) != len(value):
+        return "lists a tool twice"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting: its dotted key, type, built-in default, check and environment variable."""
+
+    key: str
+    kind: type[str] | type[int] | type[bool] | type[tuple[str, ...]]
+    default: Value
+    check: Callable[[Value], str | None] | None = None
+    env_aliases: tuple[str, ...] = ()
+    help: str = ""
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.key.upper().replace(".", "_")
+
+    @property
+    def type_name(self) -> str:
+        return {str: "text", int: "a whole number", bool: "true or false", tuple: "a list of names"}[
+            self.kind
+        ]
+
+
+_SETTINGS: Final = (
+    Setting("backend", str, "embedded", _choice("embedded", "openai", "azure", "custom")),
+    Setting("endpoint.url", str, "", _ws_url, help="ws:// or wss:// URL of a custom realtime server"),
+    Setting("endpoint.model", str, "gpt-realtime", _no_spaces),
+    Setting("endpoint.azure_resource", str, "", _no_spaces),
+    Setting("endpoint.azure_deployment", str, "", _no_spaces),
+    Setting("voice", str, defaults.VOICE, _not_blank),
+    Setting("instructions", str, defaults.INSTRUCTIONS, _not_blank),
+    Setting("turn_detection", str, "server_vad", _choice("server_vad", "semantic_vad")),
+    Setting("eagerness", str, "auto", _choice("low", "medium", "high", "auto")),
+    Setting("silence_ms", int, defaults.SILENCE_MS, _int_range(200, 2000)),
+    Setting("barge_in.sensitivity", str, "medium", _choice("low", "medium", "high")),
+    Setting("push_to_talk", bool, False),
+    Setting("audio.input_device", str, "", env_aliases=(ENV_PREFIX + "INPUT_DEVICE",)),
+    Setting("audio.output_device", str, "", env_aliases=(ENV_PREFIX + "OUTPUT_DEVICE",)),
+    Setting("audio.block_ms", int, 10, _int_range(5, 40)),
+    Setting("transcript.retention_days", int, 30, _int_range(0, 3650)),
+    Setting("tools.allowed", tuple, KNOWN_TOOLS, _tools),
+)
+SETTINGS: Final[Mapping[str, Setting]] = {s.key: s for s in _SETTINGS}
+
+
+def _typed(setting: Setting, raw: object) -> Value:
+    """``raw`` as the setting's type, or a ValueError saying what was expected."""
+    if setting.kind is bool:
+        if isinstance(raw, bool):
+            return raw
+    elif setting.kind is int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if isinstance(raw, float) and math.isfinite(raw) and raw.is_integer():
+            return int(raw)
+    elif setting.kind is tuple:
+        if isinstance(raw, list | tuple) and all(isinstance(item, str) for item in raw):
+            return tuple(item.strip() for item in raw)
+    elif isinstance(raw, str):
+        return raw
+    raise ValueError(f"{setting.key} must be {setting.type_name}, not {_describe_value(raw)}")
+
+
+def _parse_text(setting: Setting, text: str) -> Value:
+    """A value given as text (environment, command line) as the setting's type."""
+    if setting.kind is bool:
+        word = text.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{setting.key} must be true or false (1/0, yes/no, on/off), not {text!r}")
+    if setting.kind is int:
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise ValueError(f"{setting.key} must be a whole number, not {text!r}") from None
+    if setting.kind is tuple:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    return text
+
+
+def _validate(setting: Setting, raw: object, *, from_text: bool = False) -> Value:
+    """The checked value, or a ValueError with one clear sentence naming the key."""
+    value = _parse_text(setting, raw) if from_text and isinstance(raw, str) else _typed(setting, raw)
+    if setting.check is not None:
+        problem = setting.check(value)
+        if problem is not None:
+            raise ValueError(f"{setting.key} {problem}")
+    return value
+
+
+def _describe_value(raw: object) -> str:
+    if isinstance(raw, dict):
+        return "a table"
+    if isinstance(raw, list | tuple):
+        return "a list"
+    if isinstance(raw, bool):
+        return f"the boolean {str(raw).lower()}"
+    if isinstance(raw, int | float):
+        return f"the number {raw}"
+    if isinstance(raw, str):
+        return f"the text {raw[:40]!r}"
+    return f"a {type(raw).__name__}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Paths
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigPaths:
+    policy: Path
+    user: Path
+
+
+def config_paths(environ: Mapping[str, str] = os.environ) -> ConfigPaths:
+    """Where the site policy and the user settings live (environment overrides applied)."""
+    policy_override = environ.get(POLICY_ENV, "").strip()
+    if policy_override:
+        policy = Path(policy_override).expanduser()
+    else:
+        policy = platformdirs.site_config_path(APP_NAME, appauthor=False) / POLICY_FILE
+    dir_override = environ.get(CONFIG_DIR_ENV, "").strip()
+    user_dir = (
+        Path(dir_override).expanduser()
+        if dir_override
+        else platformdirs.user_config_path(APP_NAME, appauthor=False)
+    )
+    return ConfigPaths(policy, user_dir / USER_FILE)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading files
+# ---------------------------------------------------------------------------------------------------
+
+
+def _flatten(table: Mapping[str, object], prefix: str = "") -> dict[str, object]:
+    """``{"endpoint": {"url": x}}`` as ``{"endpoint.url": x}``; a known key keeps its value whole."""
+    flat: dict[str, object] = {}
+    for name, value in table.items():
+        key = f"{prefix}{name}"
+        if key not in SETTINGS and isinstance(value, dict):
+            flat.update(_flatten(value, key + "."))
+        else:
+            flat[key] = value
+    return flat
+
+
+def _is_secret_key(key: str) -> bool:
+    return any(_SECRET_KEY.search(part) for part in key.split("."))
+
+
+@dataclass(slots=True)
+class _Layer:
+    values: dict[str, Value] = field(default_factory=dict)
+    locked: set[str] = field(default_factory=set)
+    unknown: dict[str, object] = field(default_factory=dict)  # kept so a save does not lose them
+    problems: list[str] = field(default_factory=list)
+    corrupt: str | None = None  # why the whole file is unusable
+    unreadable: bool = False  # it exists but cannot be read: never set aside nor overwritten
+
+
+class _Unreadable(Exception):
+    """The file exists but cannot be read (permissions, a folder in its place): leave it alone."""
+
+
+def _read_toml(path: Path, label: str) -> tuple[dict[str, object] | None, str | None]:
+    """The parsed file (None when it does not exist) or the one-line reason its content is bad.
+
+    Raises :class:`_Unreadable` when the file cannot be read at all.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        raise _Unreadable(f"{label} {path} cannot be read ({exc.strerror or type(exc).__name__})") from None
+    try:
+        return tomllib.loads(data.decode("utf-8")), None
+    except UnicodeDecodeError:
+        return None, f"{label} {path} is not UTF-8 text"
+    except tomllib.TOMLDecodeError as exc:
+        return None, f"{label} {path} is not valid TOML ({exc})"
+
+
+def _take_values(flat: Mapping[str, object], label: str, layer: _Layer, *, strict_types: bool) -> None:
+    unknown: list[str] = []
+    for key, raw in flat.items():
+        if _is_secret_key(key):
+            layer.problems.append(
+                f"{label}: {key!r} looks like a secret and was not loaded; secrets belong in the OS keyring "
+                f"(or {API_KEY_ENV}), never in a settings file: remove it from the file"
+            )
+            continue
+        setting = SETTINGS.get(key)
+        if setting is None:
+            unknown.append(key)
+            layer.unknown[key] = raw
+            continue
+        try:
+            typed = _typed(setting, raw)
+        except ValueError as exc:
+            if strict_types:
+                layer.corrupt = f"{label}: {exc}"
+                return
+            layer.problems.append(f"{label}: {exc}; ignored")
+            continue
+        try:
+            layer.values[key] = _validate(setting, typed)
+        except ValueError as exc:
+            layer.problems.append(f"{label}: {exc}; ignored")
+    if unknown:
+        layer.problems.append(f"{label}: unknown settings ignored: {', '.join(sorted(unknown))}")
+
+
+def _read_policy(path: Path) -> _Layer:
+    layer = _Layer()
+    label = f"site policy {path}"
+    try:
+        data, reason = _read_toml(path, "site policy")
+    except _Unreadable as exc:
+        data, reason = None, str(exc)
+    if reason is not None:
+        layer.problems.append(f"{reason}; the policy is ignored")
+        return layer
+    if data is None:
+        return layer
+    locked_list = data.pop("locked", [])
+    locked_table: dict[str, object] = {}
+    if isinstance(locked_list, dict):
+        locked_table = _flatten(locked_list)
+        locked_list = list(locked_table)
+    if not isinstance(locked_list, list) or not all(isinstance(key, str) for key in locked_list):
+        layer.problems.append(f"{label}: 'locked' must be a list of setting names or a table; no keys locked")
+        locked_list = []
+    flat = _flatten(data)
+    flat.update(locked_table)
+    # An admin's typo must not undo the other settings or any lock: a bad value is skipped alone.
+    _take_values(flat, label, layer, strict_types=False)
+    unknown_locks = sorted(key for key in locked_list if key not in SETTINGS)
+    if unknown_locks:
+        layer.problems.append(f"{label}: cannot lock unknown settings: {', '.join(unknown_locks)}")
+    layer.locked = {key for key in locked_list if key in SETTINGS}
+    return layer
+
+
+def _set_aside(path: Path) -> Path | None:
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime())
+    for attempt in range(100):
+        target = path.with_name(f"{path.name}.corrupt-{stamp}" + (f"-{attempt}" if attempt else ""))
+        if target.exists():
+            continue
+        try:
+            os.replace(path, target)
+        except OSError:
+            return None
+        return target
+    return None
+
+
+def _read_user(path: Path) -> _Layer:
+    layer = _Layer()
+    try:
+        data, reason = _read_toml(path, "user settings")
+    except _Unreadable as exc:
+        layer.problems.append(f"{exc}; built-in values are used")
+        layer.unreadable = True
+        return layer
+    if data is not None:
+        _take_values(_flatten(data), f"user settings {path}", layer, strict_types=True)
+        reason = layer.corrupt
+    if reason is None:
+        return layer
+    fresh = _Layer()
+    moved = _set_aside(path)
+    where = f"moved to {moved.name}" if moved else "could not be moved aside"
+    fresh.problems.append(f"{reason}; the file was {where} and built-in values are used")
+    fresh.corrupt = reason
+    return fresh
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedSettings:
+    """Every setting's effective value, the layer it came from, and whether policy locks it."""
+
+    values: Mapping[str, Value]
+    origins: Mapping[str, Origin]
+    locks: frozenset[str]
+    problems: list[str]
+    paths: ConfigPaths
+
+    def value(self, key: str) -> Value:
+        return self.values[_known(key)]
+
+    def origin(self, key: str) -> Origin:
+        return self.origins[_known(key)]
+
+    def locked(self, key: str) -> bool:
+        return _known(key) in self.locks
+
+
+def _known(key: str) -> str:
+    if key not in SETTINGS:
+        raise KeyError(f"unknown setting {key!r}; known settings: {', '.join(SETTINGS)}")
+    return key
+
+
+def _env_values(environ: Mapping[str, str], problems: list[str]) -> dict[str, tuple[str, Value]]:
+    found: dict[str, tuple[str, Value]] = {}
+    for setting in _SETTINGS:
+        for name in (setting.env, *setting.env_aliases):  # the full name wins over an alias
+            if name not in environ:
+                continue
+            try:
+                found[setting.key] = (name, _validate(setting, environ[name], from_text=True))
+            except ValueError as exc:
+                problems.append(f"environment {name}: {exc}; ignored")
+            break
+    return found
+
+
+def load_settings(
+    cli_overrides: Mapping[str, object] | None = None, environ: Mapping[str, str] = os.environ
+) -> LoadedSettings:
+    """The effective settings; never raises for bad files or values (see ``problems``)."""
+    paths = config_paths(environ)
+    values: dict[str, Value] = {s.key: s.default for s in _SETTINGS}
+    origins: dict[str, Origin] = dict.fromkeys(SETTINGS, "default")
+    policy = _read_policy(paths.policy)
+    user = _read_user(paths.user)
+    problems = policy.problems + user.problems
+    env = _env_values(environ, problems)
+    cli: dict[str, Value] = {}
+    for key, raw in (cli_overrides or {}).items():
+        if raw is None:
+            continue
+        setting = SETTINGS.get(key)
+        if setting is None:
+            problems.append(f"command line: unknown setting {key!r} ignored")
+            continue
+        try:
+            cli[key] = _validate(setting, raw, from_text=setting.kind is not str)
+        except ValueError as exc:
+            problems.append(f"command line: {exc}; ignored")
+
+    layers: list[tuple[Origin, Mapping[str, Value], str]] = [
+        ("user", user.values, "in the user settings"),
+        ("env", {key: value for key, (_, value) in env.items()}, "from the environment"),
+        ("cli", cli, "on the command line"),
+    ]
+    for key, value in policy.values.items():
+        values[key], origins[key] = value, "policy"
+    for origin, layer, where in layers:
+        for key, value in layer.items():
+            if key in policy.locked:
+                detail = f" ({env[key][0]})" if origin == "env" else ""
+                problems.append(f"{key} is locked by the site policy; the value {where}{detail} is ignored")
+                continue
+            values[key], origins[key] = value, origin
+    return LoadedSettings(values, origins, frozenset(policy.locked), problems, paths)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------------------------------
+
+
+def _toml_key(part: str) -> str:
+    return part if _BARE_KEY.fullmatch(part) else _toml_string(part)
+
+
+_ESCAPES: Final = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_string(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to a settings file")
+
+
+def _writable(value: object) -> bool:
+    try:
+        _toml_value(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _to_toml(flat: Mapping[str, object]) -> str:
+    """A TOML document of flat values (text, numbers, booleans, lists of them) under dotted keys.
+
+    Enough for settings, so the app needs no TOML writer package; the result is parsed back before
+    it is written, so a writer bug cannot leave an unreadable file behind.
+    """
+    tables: dict[tuple[str, ...], list[str]] = {}
+    for key in sorted(flat, key=lambda k: (k.count(".") > 0, k)):
+        *parents, name = key.split(".")
+        tables.setdefault(tuple(parents), []).append(f"{_toml_key(name)} = {_toml_value(flat[key])}")
+    chunks = ["# Helpdesk Voice user settings. Secrets (the API key) live in the OS keyring, never here.\n"]
+    for table, lines in tables.items():
+        header = f"[{'.'.join(_toml_key(part) for part in table)}]\n" if table else ""
+        chunks.append("\n" + header + "".join(line + "\n" for line in lines))
+    return "".join(chunks)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """``path`` holds either its old content or all of ``text``, never a mix, even after a crash."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_name)
+        raise
+    if sys.platform != "win32":  # make the rename itself durable
+        with contextlib.suppress(OSError):
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+
+def save_user_setting(key: str, value: object, environ: Mapping[str, str] = os.environ) -> None:
+    """Stores ``key = value`` in the user settings, keeping the other keys; ``None`` removes the key.
+
+    Raises :class:`ConfigError` with one clear sentence for an unknown key, a secret, an invalid
+    value, a key the site policy locks, or a failed write (the old file is then left as it was).
+    """
+    if _is_secret_key(key):
+        raise ConfigError(
+            f"{key!r} looks like a secret; store the API key in the OS keyring, never in a file"
+        )
+    setting = SETTINGS.get(key)
+    if setting is None:
+        raise ConfigError(f"unknown setting {key!r}; known settings: {', '.join(SETTINGS)}")
+    paths = config_paths(environ)
+    if key in _read_policy(paths.policy).locked:
+        raise ConfigError(
+            f"{key} is locked by your administrator's policy ({paths.policy}) and cannot be changed"
+        )
+    checked: Value | None = None
+    if value is not None:
+        try:
+            checked = _validate(setting, value, from_text=setting.kind is not str)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    user = _read_user(paths.user)
+    if user.unreadable:
+        raise ConfigError(f"{user.problems[0].split('; ')[0]}; nothing was changed")
+    # Unknown keys (perhaps from a newer version) are kept when they can be written back.
+    current: dict[str, object] = {k: v for k, v in user.unknown.items() if _writable(v)}
+    current.update(user.values)
+    if checked is None:
+        current.pop(key, None)
+    else:
+        current[key] = checked
+    current = {k: list(v) if isinstance(v, tuple) else v for k, v in current.items()}
+    text = _to_toml(current)
+    if _flatten(tomllib.loads(text)) != current:  # pragma: no cover - a writer bug, not a user error
+        raise ConfigError("internal error: the settings could not be written faithfully; nothing was changed")
+    try:
+        _write_atomically(paths.user, text)
+    except OSError as exc:
+        raise ConfigError(
+            f"could not write {paths.user} ({exc.strerror or type(exc).__name__}); the old settings are kept"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Secrets: the API key, in the OS keyring only
+# ---------------------------------------------------------------------------------------------------
+
+
+class SecretStoreError(KeyStoreError):
+    """The OS keyring cannot do what was asked; the message says why and never holds the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyStatus:
+    """Whether an API key is set and where, without the key itself."""
+
+    source: Literal["env", "keyring"] | None
+    reason: str | None = None
+
+    @property
+    def is_set(self) -> bool:
+        return self.source is not None
+
+    def describe(self) -> str:
+        if self.source == "env":
+            return f"set (env {API_KEY_ENV})"
+        if self.source == "keyring":
+            return "set (keyring)"
+        return "not set" + (f" ({self.reason})" if self.reason else "")
+
+
+_NO_KEYRING: Final = (
+    f"no OS keyring is available here (on Linux, install and unlock a Secret Service such as GNOME "
+    f"Keyring or KWallet); set {API_KEY_ENV} instead"
+)
+
+
+class _Secrets:
+    """Stores, reads and deletes the API key in the OS keyring; nothing else ever holds it."""
+
+    @staticmethod
+    def _backend_available() -> bool:
+        import keyring
+        import keyring.backends.fail
+
+        return not isinstance(keyring.get_keyring(), keyring.backends.fail.Keyring)
+
+    def store_api_key(self, api_key: str) -> None:
+        if not self._backend_available():
+            raise SecretStoreError(_NO_KEYRING)
+        try:
+            store_api_key(api_key)
+        except ValueError as exc:  # empty or unsendable key: the message does not contain it
+            raise SecretStoreError(str(exc)) from None
+        except KeyStoreError as exc:
+            raise SecretStoreError(str(exc)) from None
+
+    def read_api_key(self, environ: Mapping[str, str] = os.environ) -> str | None:
+        """The key from the environment or the keyring, or None (see :meth:`status` for why)."""
+        return lookup_api_key(environ).key
+
+    def delete_api_key(self) -> bool:
+        """Removes the key from the keyring; False when none was stored."""
+        import keyring
+        import keyring.errors
+
+        if not self._backend_available():
+            raise SecretStoreError(_NO_KEYRING)
+        try:
+            if keyring.get_password(KEYRING_SERVICE, KEYRING_USERNAME) is None:
+                return False
+            keyring.delete_password(KEYRING_SERVICE, KEYRING_USERNAME)
+        except keyring.errors.PasswordDeleteError:
+            return False
+        except Exception as exc:
+            raise SecretStoreError(
+                f"the system keyring could not delete the key ({type(exc).__name__})"
+            ) from None
+        return True
+
+    def status(self, environ: Mapping[str, str] = os.environ) -> ApiKeyStatus:
+        found = lookup_api_key(environ)
+        if found.source == "environment":
+            return ApiKeyStatus("env")
+        if found.source == "keyring":
+            return ApiKeyStatus("keyring")
+        return ApiKeyStatus(None, found.reason)
+
+
+secrets: Final = _Secrets()
+
+
+# ---------------------------------------------------------------------------------------------------
+# ``helpdesk-voice config path|show``
+# ---------------------------------------------------------------------------------------------------
+
+
+def _exists(path: Path) -> str:
+    try:
+        return "exists" if path.is_file() else "not found"
+    except OSError:
+        return "cannot be checked"
+
+
+def _display(key: str, value: Value, width: int = 60) -> str:
+    if key == "endpoint.url" and isinstance(value, str) and value:
+        return redact_url(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ", ".join(value) if value else "(none)"
+    if isinstance(value, str):
+        if value == "":
+            return '""'
+        text = " ".join(value.split())
+        return text if len(text) <= width else text[: width - 3] + "..."
+    return str(value)
+
+
+def format_settings(settings: LoadedSettings, key_status: ApiKeyStatus) -> str:
+    width = max(len(key) for key in SETTINGS)
+    lines = []
+    for key in SETTINGS:
+        mark = " [locked]" if settings.locked(key) else ""
+        lines.append(f"{key:<{width}}  {_display(key, settings.value(key))}  ({settings.origin(key)}){mark}")
+    lines.append(f"{'api_key':<{width}}  {key_status.describe()}")
+    return "\n".join(lines)
+
+
+def _cli_overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "endpoint.url": getattr(args, "url", None),
+        "audio.input_device": getattr(args, "input_device", None),
+        "audio.output_device": getattr(args, "output_device", None),
+    }
+
+
+def _print_problems(problems: Iterable[str]) -> None:
+    for problem in problems:
+        print(f"helpdesk-voice: warning: {problem}", file=sys.stderr)
+
+
+def config_main(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> int:
+    """``config path``: where the files are; ``config show``: every setting, its value and origin."""
+    paths = config_paths(environ)
+    if args.config_command == "path":
+        print(f"policy: {paths.policy} ({_exists(paths.policy)})")
+        print(f"user:   {paths.user} ({_exists(paths.user)})")
+        return 0
+    settings = load_settings(_cli_overrides(args), environ)
+    _print_problems(settings.problems)
+    print(format_settings(settings, secrets.status(environ)))
+    return 0

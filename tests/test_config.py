@@ -1,0 +1,597 @@
+"""Layered settings: defaults < policy < user < environment < command line, locks, files and secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import keyring
+import keyring.backends.fail
+import keyring.errors
+import pytest
+from keyring.backend import KeyringBackend
+from keyring.compat import properties
+
+from app import config
+from app.cli import main
+from app.config import ConfigError, SecretStoreError, load_settings, save_user_setting, secrets
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "sk-test-0123456789abcdefSECRET"
+KEYRING_FILE_ENV = "HELPDESK_VOICE_TEST_KEYRING_FILE"
+
+
+class FileKeyring(KeyringBackend):
+    """A real keyring backend keeping passwords in a JSON file (path given or from the environment).
+
+    The subprocess test loads it with ``PYTHON_KEYRING_BACKEND=tests.test_config.FileKeyring``. It is
+    not viable (so keyring never picks it by itself) unless that test's environment variable is set.
+    """
+
+    @properties.classproperty
+    def priority(cls) -> float:
+        if KEYRING_FILE_ENV not in os.environ:
+            raise RuntimeError("a test keyring, only for tests that name its file")
+        return 1
+
+    def __init__(self, path: Path | None = None) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.path = path if path is not None else Path(os.environ[KEYRING_FILE_ENV])
+
+    def _load(self) -> dict[str, str]:
+        if not self.path.exists():
+            return {}
+        data: dict[str, str] = json.loads(self.path.read_text("utf-8"))
+        return data
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self._load().get(f"{service}\0{username}")
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        data = self._load()
+        data[f"{service}\0{username}"] = password
+        self.path.write_text(json.dumps(data), "utf-8")
+
+    def delete_password(self, service: str, username: str) -> None:
+        data = self._load()
+        if data.pop(f"{service}\0{username}", None) is None:
+            raise keyring.errors.PasswordDeleteError(username)
+        self.path.write_text(json.dumps(data), "utf-8")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """An environment whose policy and user files live in ``tmp_path`` (and nothing else is set)."""
+    (tmp_path / "user").mkdir()
+    return {
+        config.CONFIG_DIR_ENV: str(tmp_path / "user"),
+        config.POLICY_ENV: str(tmp_path / "policy.toml"),
+    }
+
+
+def user_file(env: dict[str, str]) -> Path:
+    return Path(env[config.CONFIG_DIR_ENV]) / "settings.toml"
+
+
+def policy_file(env: dict[str, str]) -> Path:
+    return Path(env[config.POLICY_ENV])
+
+
+def write(path: Path, text: str) -> None:
+    path.write_text(text, "utf-8")
+
+
+@pytest.fixture
+def file_keyring(tmp_path: Path) -> Iterator[FileKeyring]:
+    original = keyring.get_keyring()
+    backend = FileKeyring(tmp_path / "keyring.json")
+    keyring.set_keyring(backend)
+    try:
+        yield backend
+    finally:
+        keyring.set_keyring(original)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_defaults_when_nothing_is_configured(env: dict[str, str]) -> None:
+    settings = load_settings(None, env)
+    assert settings.problems == []
+    for key, setting in config.SETTINGS.items():
+        assert settings.value(key) == setting.default
+        assert settings.origin(key) == "default"
+        assert not settings.locked(key)
+    assert settings.value("backend") == "embedded"
+    assert settings.value("silence_ms") == 500
+    with pytest.raises(KeyError, match="unknown setting 'nope'"):
+        settings.value("nope")
+
+
+def test_later_layers_win(env: dict[str, str]) -> None:
+    write(policy_file(env), 'voice = "alloy"\nsilence_ms = 700\n[barge_in]\nsensitivity = "low"\n')
+    write(user_file(env), 'voice = "cedar"\nsilence_ms = 800\neagerness = "high"\n')
+    env |= {"HELPDESK_VOICE_SILENCE_MS": "900", "HELPDESK_VOICE_EAGERNESS": "low"}
+    settings = load_settings({"eagerness": "medium", "audio.input_device": None}, env)
+    assert settings.problems == []
+    assert (settings.value("barge_in.sensitivity"), settings.origin("barge_in.sensitivity")) == (
+        "low",
+        "policy",
+    )
+    assert (settings.value("voice"), settings.origin("voice")) == ("cedar", "user")
+    assert (settings.value("silence_ms"), settings.origin("silence_ms")) == (900, "env")
+    assert (settings.value("eagerness"), settings.origin("eagerness")) == ("medium", "cli")
+    # None on the command line means "not given".
+    assert settings.origin("audio.input_device") == "default"
+
+
+def test_locked_list_ignores_later_layers_and_refuses_saving(env: dict[str, str]) -> None:
+    write(
+        policy_file(env),
+        'locked = ["endpoint.url", "push_to_talk"]\n[endpoint]\nurl = "wss://voice.corp.example/rt"\n',
+    )
+    write(user_file(env), 'push_to_talk = true\n[endpoint]\nurl = "ws://localhost:1234"\n')
+    env["HELPDESK_VOICE_ENDPOINT_URL"] = "wss://elsewhere.example/rt"
+    settings = load_settings({"endpoint.url": "wss://cli.example/rt", "push_to_talk": True}, env)
+    assert settings.value("endpoint.url") == "wss://voice.corp.example/rt"
+    assert settings.origin("endpoint.url") == "policy"
+    assert settings.locked("endpoint.url")
+    # Locked with no policy value: stays at the built-in one.
+    assert (settings.value("push_to_talk"), settings.origin("push_to_talk")) == (False, "default")
+    assert settings.locked("push_to_talk")
+    assert not settings.locked("voice")
+    text = "\n".join(settings.problems)
+    assert "endpoint.url is locked by the site policy; the value in the user settings is ignored" in text
+    assert "(HELPDESK_VOICE_ENDPOINT_URL)" in text
+    assert "the value on the command line is ignored" in text
+    before = user_file(env).read_bytes()
+    with pytest.raises(ConfigError, match=r"endpoint\.url is locked by your administrator's policy"):
+        save_user_setting("endpoint.url", "wss://mine.example/rt", env)
+    assert user_file(env).read_bytes() == before
+
+
+def test_locked_table_sets_and_locks(env: dict[str, str]) -> None:
+    write(
+        policy_file(env),
+        '[locked]\ntools.allowed = ["search_knowledge_base"]\n[locked.audio]\nblock_ms = 20\n',
+    )
+    write(user_file(env), 'tools.allowed = ["create_ticket"]\n')
+    settings = load_settings({}, env)
+    assert settings.value("tools.allowed") == ("search_knowledge_base",)
+    assert settings.value("audio.block_ms") == 20
+    assert settings.locked("tools.allowed") and settings.locked("audio.block_ms")
+    assert settings.origin("audio.block_ms") == "policy"
+    with pytest.raises(ConfigError, match="locked"):
+        save_user_setting("audio.block_ms", 15, env)
+
+
+def test_policy_problems_do_not_undo_its_locks(env: dict[str, str]) -> None:
+    write(policy_file(env), 'locked = ["silence_ms", "nonsense.key"]\nsilence_ms = "fast"\n')
+    settings = load_settings({"silence_ms": 300}, env)
+    assert settings.locked("silence_ms")
+    assert settings.value("silence_ms") == 500
+    text = "\n".join(settings.problems)
+    assert "silence_ms must be a whole number, not the text 'fast'; ignored" in text
+    assert "cannot lock unknown settings: nonsense.key" in text
+
+
+# ---------------------------------------------------------------------------------------------------
+# The environment and the command line
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1", True),
+        ("true", True),
+        ("Yes", True),
+        ("on", True),
+        ("0", False),
+        ("FALSE", False),
+        ("off", False),
+    ],
+)
+def test_env_booleans(env: dict[str, str], text: str, expected: bool) -> None:
+    env["HELPDESK_VOICE_PUSH_TO_TALK"] = text
+    settings = load_settings(None, env)
+    assert (settings.value("push_to_talk"), settings.origin("push_to_talk")) == (expected, "env")
+
+
+def test_env_ints_lists_strings_and_aliases(env: dict[str, str]) -> None:
+    env |= {
+        "HELPDESK_VOICE_TRANSCRIPT_RETENTION_DAYS": " 0 ",
+        "HELPDESK_VOICE_TOOLS_ALLOWED": "create_ticket, search_knowledge_base,",
+        "HELPDESK_VOICE_INPUT_DEVICE": "USB Headset",
+        "HELPDESK_VOICE_AUDIO_OUTPUT_DEVICE": "Speakers",
+        "HELPDESK_VOICE_OUTPUT_DEVICE": "ignored: the full name wins",
+        "HELPDESK_VOICE_API_KEY": KEY,  # not a setting: never shown as one
+    }
+    settings = load_settings(None, env)
+    assert settings.problems == []
+    assert settings.value("transcript.retention_days") == 0
+    assert settings.value("tools.allowed") == ("create_ticket", "search_knowledge_base")
+    assert settings.value("audio.input_device") == "USB Headset"
+    assert settings.value("audio.output_device") == "Speakers"
+    env["HELPDESK_VOICE_TOOLS_ALLOWED"] = ""
+    assert load_settings(None, env).value("tools.allowed") == ()
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("HELPDESK_VOICE_PUSH_TO_TALK", "maybe", "push_to_talk must be true or false"),
+        ("HELPDESK_VOICE_SILENCE_MS", "5OO", "silence_ms must be a whole number, not '5OO'"),
+        ("HELPDESK_VOICE_SILENCE_MS", "100", "silence_ms must be a whole number from 200 to 2000, not 100"),
+        ("HELPDESK_VOICE_TOOLS_ALLOWED", "rm_rf", "tools.allowed names unknown tools (rm_rf)"),
+        ("HELPDESK_VOICE_ENDPOINT_URL", "https://x.example", "endpoint.url must start with ws:// or wss://"),
+    ],
+)
+def test_bad_env_values_are_reported_and_ignored(
+    env: dict[str, str], name: str, text: str, message: str
+) -> None:
+    env[name] = text
+    settings = load_settings(None, env)
+    assert len(settings.problems) == 1
+    assert f"environment {name}: {message}" in settings.problems[0]
+    assert settings.problems[0].endswith("; ignored")
+    assert all(origin == "default" for origin in settings.origins.values())
+
+
+def test_cli_values_are_checked(env: dict[str, str]) -> None:
+    settings = load_settings({"audio.block_ms": "50", "bogus": 1, "backend": "azure"}, env)
+    assert settings.value("audio.block_ms") == 10
+    assert (settings.value("backend"), settings.origin("backend")) == ("azure", "cli")
+    text = "\n".join(settings.problems)
+    assert "command line: audio.block_ms must be a whole number from 5 to 40, not 50; ignored" in text
+    assert "command line: unknown setting 'bogus' ignored" in text
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad files
+# ---------------------------------------------------------------------------------------------------
+
+
+def corrupt_copies(env: dict[str, str]) -> list[Path]:
+    return sorted(user_file(env).parent.glob("settings.toml.corrupt-*"))
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('voice = "cedar"\nsilence_ms = = 3\n', "is not valid TOML"),
+        ('voice = "cedar"\nsilence_ms = "fast"\n', "silence_ms must be a whole number, not the text 'fast'"),
+        ("push_to_talk = 1\n", "push_to_talk must be true or false, not the number 1"),
+        ("[voice]\nname = 'x'\n", "voice must be text, not a table"),
+        (b"voice = '\xff'\n".decode("latin-1"), "is not UTF-8 text"),
+    ],
+)
+def test_corrupt_user_file_is_set_aside(env: dict[str, str], text: str, reason: str) -> None:
+    path = user_file(env)
+    path.write_bytes(text.encode("latin-1"))
+    settings = load_settings(None, env)
+    assert settings.value("voice") == config.SETTINGS["voice"].default
+    assert settings.origin("voice") == "default"
+    assert len(settings.problems) == 1
+    problem = settings.problems[0]
+    assert reason in problem and "\n" not in problem
+    assert not path.exists()
+    [aside] = corrupt_copies(env)
+    assert aside.read_bytes() == text.encode("latin-1")
+    assert f"moved to {aside.name}" in problem
+    # The next save starts afresh and works.
+    save_user_setting("voice", "cedar", env)
+    assert load_settings(None, env).value("voice") == "cedar"
+
+
+def test_corrupt_policy_is_reported_not_renamed(env: dict[str, str]) -> None:
+    write(policy_file(env), 'locked = ["voice"\nvoice = "alloy"\n')
+    write(user_file(env), 'voice = "cedar"\n')
+    settings = load_settings(None, env)
+    assert (settings.value("voice"), settings.origin("voice")) == ("cedar", "user")
+    assert not settings.locked("voice")
+    [problem] = settings.problems
+    assert problem.startswith(f"site policy {policy_file(env)} is not valid TOML")
+    assert problem.endswith("the policy is ignored")
+    assert policy_file(env).read_text("utf-8") == 'locked = ["voice"\nvoice = "alloy"\n'
+    assert list(policy_file(env).parent.glob("policy.toml.*")) == []
+
+
+def test_unreadable_user_file_is_left_alone(env: dict[str, str]) -> None:
+    user_file(env).mkdir()  # a folder where the file should be: reading fails with an OSError
+    settings = load_settings(None, env)
+    [problem] = settings.problems
+    assert problem.startswith(f"user settings {user_file(env)} cannot be read")
+    assert settings.origin("voice") == "default"
+    assert corrupt_copies(env) == []
+    with pytest.raises(ConfigError, match=r"cannot be read.*nothing was changed"):
+        save_user_setting("voice", "cedar", env)
+    assert user_file(env).is_dir()
+
+
+def test_unknown_keys_are_reported_and_kept_on_save(env: dict[str, str]) -> None:
+    write(user_file(env), 'voice = "cedar"\ncolour = "blue"\n[audio]\nblock_ms = 20\ngain = 3\n')
+    settings = load_settings(None, env)
+    assert settings.value("voice") == "cedar" and settings.value("audio.block_ms") == 20
+    assert settings.problems == [
+        f"user settings {user_file(env)}: unknown settings ignored: audio.gain, colour"
+    ]
+    assert corrupt_copies(env) == []
+    save_user_setting("eagerness", "low", env)
+    import tomllib
+
+    saved = tomllib.loads(user_file(env).read_text("utf-8"))
+    assert saved == {
+        "voice": "cedar",
+        "colour": "blue",
+        "eagerness": "low",
+        "audio": {"block_ms": 20, "gain": 3},
+    }
+
+
+def test_out_of_range_value_in_user_file_is_ignored_alone(env: dict[str, str]) -> None:
+    write(user_file(env), 'voice = "cedar"\nsilence_ms = 5000\nturn_detection = "loud"\n')
+    settings = load_settings(None, env)
+    assert settings.value("voice") == "cedar"
+    assert settings.value("silence_ms") == 500
+    text = "\n".join(settings.problems)
+    assert "silence_ms must be a whole number from 200 to 2000, not 5000; ignored" in text
+    assert "turn_detection must be one of server_vad, semantic_vad, not 'loud'; ignored" in text
+    assert corrupt_copies(env) == []
+
+
+@pytest.mark.parametrize("field", ["api_key", "token", "password", "endpoint.api-key", "azure.secret"])
+def test_secret_fields_in_files_are_refused(env: dict[str, str], field: str) -> None:
+    *table, name = field.split(".")
+    header = f"[{table[0]}]\n" if table else ""
+    write(user_file(env), f'voice = "cedar"\n{header}{name} = "{KEY}"\n')
+    write(policy_file(env), f'{header}{name} = "{KEY}"\n')
+    settings = load_settings(None, env)
+    assert settings.value("voice") == "cedar"
+    assert KEY not in repr(settings)
+    assert KEY not in "\n".join(settings.problems)
+    assert sum("looks like a secret and was not loaded" in p for p in settings.problems) == 2
+    # A save drops the secret from the user file rather than copying it along.
+    save_user_setting("eagerness", "high", env)
+    assert KEY not in user_file(env).read_text("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("backend", "gemini", "backend must be one of embedded, openai, azure, custom, not 'gemini'"),
+        ("silence_ms", 2001, "silence_ms must be a whole number from 200 to 2000, not 2001"),
+        ("silence_ms", True, "silence_ms must be a whole number, not the boolean true"),
+        ("silence_ms", "soon", "silence_ms must be a whole number, not 'soon'"),
+        ("audio.block_ms", 4, "audio.block_ms must be a whole number from 5 to 40, not 4"),
+        ("transcript.retention_days", -1, "from 0 to 3650, not -1"),
+        ("push_to_talk", "sometimes", "push_to_talk must be true or false"),
+        ("endpoint.url", "http://x.example/rt", "endpoint.url must start with ws:// or wss://"),
+        ("endpoint.url", "wss://me:pw@x.example/rt", "must not contain a user name or password"),
+        ("endpoint.model", "gpt realtime", "endpoint.model must not contain spaces"),
+        ("voice", " ", "voice must not be empty"),
+        ("eagerness", "eager", "eagerness must be one of low, medium, high, auto"),
+        ("barge_in.sensitivity", 3, "barge_in.sensitivity must be text, not the number 3"),
+        ("tools.allowed", ["create_ticket", "create_ticket"], "tools.allowed lists a tool twice"),
+        ("tools.allowed", [1], "tools.allowed must be a list of names, not a list"),
+        ("volume", 3, "unknown setting 'volume'"),
+        ("api_key", KEY, "'api_key' looks like a secret"),
+    ],
+)
+def test_save_refuses_invalid_values(env: dict[str, str], key: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        save_user_setting(key, value, env)
+    assert message in str(caught.value)
+    assert KEY not in str(caught.value)
+    assert not user_file(env).exists()
+
+
+def test_save_round_trips_and_keeps_other_keys(env: dict[str, str]) -> None:
+    tricky = 'Say "hi" \\ then\n\ttab, ünïcödé \u007f and \x01.'
+    save_user_setting("instructions", tricky, env)
+    save_user_setting("push_to_talk", True, env)
+    save_user_setting("tools.allowed", ["create_ticket"], env)
+    save_user_setting("silence_ms", "650", env)  # text from a form field is parsed
+    save_user_setting("endpoint.url", "wss://voice.example/rt?model=m", env)
+    save_user_setting("audio.input_device", "Mic (USB)", env)
+    settings = load_settings(None, env)
+    assert settings.problems == []
+    assert settings.value("instructions") == tricky
+    assert settings.value("push_to_talk") is True
+    assert settings.value("tools.allowed") == ("create_ticket",)
+    assert settings.value("silence_ms") == 650
+    assert settings.value("endpoint.url") == "wss://voice.example/rt?model=m"
+    assert settings.value("audio.input_device") == "Mic (USB)"
+    assert all(settings.origin(k) == "user" for k in ("instructions", "silence_ms", "endpoint.url"))
+    save_user_setting("silence_ms", None, env)  # None removes the key
+    settings = load_settings(None, env)
+    assert settings.origin("silence_ms") == "default"
+    assert settings.value("push_to_talk") is True
+    assert [p.name for p in user_file(env).parent.iterdir()] == ["settings.toml"]  # no temp files
+
+
+def test_save_creates_missing_folder(tmp_path: Path) -> None:
+    env = {config.CONFIG_DIR_ENV: str(tmp_path / "a" / "b"), config.POLICY_ENV: str(tmp_path / "none.toml")}
+    save_user_setting("voice", "cedar", env)
+    assert load_settings(None, env).value("voice") == "cedar"
+
+
+def test_failed_write_leaves_old_file_intact(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    save_user_setting("voice", "cedar", env)
+    save_user_setting("silence_ms", 700, env)
+    before = user_file(env).read_bytes()
+
+    def broken_replace(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(
+        ConfigError, match=r"could not write .*No space left on device.*old settings are kept"
+    ):
+        save_user_setting("voice", "alloy", env)
+    monkeypatch.undo()
+    assert user_file(env).read_bytes() == before
+    assert [p.name for p in user_file(env).parent.iterdir()] == ["settings.toml"]
+    settings = load_settings(None, env)
+    assert (settings.value("voice"), settings.value("silence_ms")) == ("cedar", 700)
+
+
+def test_failed_fsync_leaves_old_file_intact(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    save_user_setting("voice", "cedar", env)
+    before = user_file(env).read_bytes()
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(ConfigError, match="Input/output error"):
+        save_user_setting("voice", "alloy", env)
+    monkeypatch.undo()
+    assert user_file(env).read_bytes() == before
+    assert [p.name for p in user_file(env).parent.iterdir()] == ["settings.toml"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Secrets
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_keyring_round_trip_never_touches_files(
+    env: dict[str, str], file_keyring: FileKeyring, tmp_path: Path
+) -> None:
+    assert secrets.status(env).source is None
+    assert secrets.delete_api_key() is False
+    secrets.store_api_key(f"{KEY}\n")
+    assert json.loads(file_keyring.path.read_text("utf-8")) == {"helpdesk-voice\0api-key": KEY}
+    assert secrets.read_api_key(env) == KEY
+    status = secrets.status(env)
+    assert (status.source, status.is_set, status.describe()) == ("keyring", True, "set (keyring)")
+    assert KEY not in repr(status)
+    # The environment wins over the keyring.
+    assert secrets.status({**env, "HELPDESK_VOICE_API_KEY": "other"}).describe() == (
+        "set (env HELPDESK_VOICE_API_KEY)"
+    )
+    # Saving and loading settings never copies the key into a settings file.
+    save_user_setting("voice", "cedar", env)
+    settings = load_settings({"voice": "alloy"}, env)
+    assert KEY not in repr(settings) and KEY not in "\n".join(settings.problems)
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path != file_keyring.path:
+            assert KEY not in path.read_text("utf-8", errors="replace"), path
+    assert secrets.delete_api_key() is True
+    assert secrets.read_api_key(env) is None
+    assert secrets.delete_api_key() is False
+
+
+def test_bad_key_is_refused_without_echoing_it(file_keyring: FileKeyring) -> None:
+    with pytest.raises(SecretStoreError, match="cannot be sent in an HTTP header") as caught:
+        secrets.store_api_key("sk-abc def")
+    assert "sk-abc" not in str(caught.value)
+    with pytest.raises(SecretStoreError, match="empty"):
+        secrets.store_api_key("  ")
+
+
+def test_no_keyring_backend_gives_a_clear_error(env: dict[str, str]) -> None:
+    original = keyring.get_keyring()
+    keyring.set_keyring(keyring.backends.fail.Keyring())  # type: ignore[no-untyped-call]
+    try:
+        with pytest.raises(SecretStoreError, match=r"no OS keyring is available.*set HELPDESK_VOICE_API_KEY"):
+            secrets.store_api_key(KEY)
+        with pytest.raises(SecretStoreError, match="no OS keyring is available"):
+            secrets.delete_api_key()
+        status = secrets.status(env)
+        assert status.source is None
+        assert status.describe().startswith("not set (the system keyring is unavailable")
+    finally:
+        keyring.set_keyring(original)
+
+
+# ---------------------------------------------------------------------------------------------------
+# ``helpdesk-voice config path|show``
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_config_path(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    write(user_file(env), 'voice = "cedar"\n')
+    assert main(["config", "path"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"policy: {policy_file(env)} (not found)", f"user:   {user_file(env)} (exists)"]
+
+
+def test_config_without_subcommand_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["config"])
+    assert caught.value.code == 2
+    assert "required: {path,show}" in capsys.readouterr().err
+
+
+def run_show(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HELPDESK_VOICE_", "PYTHON_KEYRING"))}
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args, "config", "show"],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def show_lines(stdout: str) -> dict[str, str]:
+    return {line.split()[0]: line for line in stdout.splitlines()}
+
+
+def test_config_show_masks_the_key_and_shows_origins(env: dict[str, str]) -> None:
+    write(
+        policy_file(env),
+        'locked = ["endpoint.url"]\n[endpoint]\nurl = "wss://voice.corp.example/rt?token=abc"\n',
+    )
+    write(user_file(env), f'voice = "cedar"\ncolour = "blue"\napi_key = "{KEY}"\n')
+    env |= {
+        "HELPDESK_VOICE_SILENCE_MS": "900",
+        "HELPDESK_VOICE_API_KEY": KEY,
+        "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring",
+    }
+    result = run_show(env, "--input-device", "USB Mic")
+    assert result.returncode == 0, result.stderr
+    assert KEY not in result.stdout + result.stderr
+    lines = show_lines(result.stdout)
+    assert set(lines) == {*config.SETTINGS, "api_key"}
+    assert lines["endpoint.url"].endswith("(policy) [locked]")
+    assert "token=%2A%2A%2A" in lines["endpoint.url"] or "token=***" in lines["endpoint.url"]
+    assert "abc" not in lines["endpoint.url"]
+    assert lines["voice"].split()[1:] == ["cedar", "(user)"]
+    assert lines["silence_ms"].split()[1:] == ["900", "(env)"]
+    assert lines["audio.input_device"].endswith("USB Mic  (cli)")
+    assert lines["backend"].split()[1:] == ["embedded", "(default)"]
+    assert lines["api_key"].split(None, 1)[1] == "set (env HELPDESK_VOICE_API_KEY)"
+    assert "unknown settings ignored: colour" in result.stderr
+    assert "'api_key' looks like a secret and was not loaded" in result.stderr
+
+
+def test_config_show_reports_a_keyring_key(env: dict[str, str], tmp_path: Path) -> None:
+    store = tmp_path / "keyring.json"
+    store.write_text(json.dumps({"helpdesk-voice\0api-key": KEY}), "utf-8")
+    env |= {"PYTHON_KEYRING_BACKEND": "tests.test_config.FileKeyring", KEYRING_FILE_ENV: str(store)}
+    result = run_show(env)
+    assert result.returncode == 0, result.stderr
+    assert KEY not in result.stdout + result.stderr
+    assert show_lines(result.stdout)["api_key"].split(None, 1)[1] == "set (keyring)"
+    store.write_text("{}", "utf-8")
+    result = run_show(env)
+    assert show_lines(result.stdout)["api_key"].split(None, 1)[1].startswith("not set")
