@@ -1,0 +1,363 @@
+"""Echo handling in the capture path: the assistant's own voice out of the microphone signal.
+
+Everything here works on 16 kHz mono float32 in 10 ms frames (160 samples), the barge-in
+detector's rate and frame size, and is plain code fed with data and timestamps:
+
+- :class:`WebRtcEchoCanceller` wraps WebRTC AEC3 (``pywebrtc-audio``). It is not thread-safe, so
+  one instance per session lives on one worker thread, off the audio callbacks, and is never reset
+  between turns (it keeps its converged filter and delay estimate).
+- :class:`ReferenceEchoGate` is the fallback when AEC3 cannot load: no DSP, it learns the echo
+  path's delay and gain from playback and microphone frame energies and silences frames whose
+  energy the playback explains.
+- :func:`load_echo_canceller` picks the first that works and warns in one line otherwise.
+- :class:`ReferenceAligner` turns what the player handed to the device (``PlayedBlock``: device
+  rate samples and when they became audible) into reference frames aligned with microphone frames
+  by their capture times, on one monotonic clock.
+- :class:`EchoPath` ties the aligner and a canceller together for the capture worker: microphone
+  samples with their capture time in, cleaned frames with their attenuation out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from app.audio.resample import FloatArray, StreamResampler
+
+log = logging.getLogger(__name__)
+
+ECHO_RATE = 16000
+FRAME_MS = 10
+FRAME_SAMPLES = ECHO_RATE * FRAME_MS // 1000
+_POWER_FLOOR = 1e-10  # -100 dBFS: levels and ratios below this are silence
+
+
+def power(frame: FloatArray) -> float:
+    """Mean square of a float frame (full scale 1.0)."""
+    if len(frame) == 0:
+        return 0.0
+    return float(np.mean(np.square(frame, dtype=np.float64)))
+
+
+def power_db(value: float) -> float:
+    return 10.0 * math.log10(max(value, _POWER_FLOOR))
+
+
+@dataclass(frozen=True)
+class EchoResult:
+    cleaned: FloatArray  # the microphone frame with the echo removed (or gated)
+    attenuation_db: float  # microphone level minus cleaned level: what the canceller took away
+    mic_dbfs: float
+    reference_dbfs: float
+
+
+class EchoCanceller(Protocol):
+    """One session's echo canceller; not thread-safe: call it from one thread only."""
+
+    name: str
+
+    def process(self, mic: FloatArray, reference: FloatArray) -> EchoResult:
+        """One 10 ms pair: the microphone frame and the reference frame aligned with it."""
+        ...
+
+
+def _result(mic: FloatArray, cleaned: FloatArray, reference: FloatArray) -> EchoResult:
+    mic_power = power(mic)
+    cleaned_power = power(cleaned)
+    attenuation = power_db(mic_power) - power_db(cleaned_power)
+    return EchoResult(cleaned, attenuation, power_db(mic_power), power_db(power(reference)))
+
+
+class WebRtcEchoCanceller:
+    """WebRTC AEC3 (with its always-on high-pass filter) on 16 kHz mono 10 ms frames."""
+
+    name = "webrtc-aec3"
+
+    def __init__(self, delay_hint_ms: int = 0, rate: int = ECHO_RATE) -> None:
+        from pywebrtc_audio import EchoCanceller as Aec3
+
+        if rate not in (16000, 32000, 48000):
+            raise ValueError(f"AEC3 runs at 16, 32 or 48 kHz, not {rate}")
+        self.rate = rate
+        self.frame_samples = rate * FRAME_MS // 1000
+        self._aec = Aec3(sample_rate=rate, num_channels=1, stream_delay_ms=int(delay_hint_ms))
+
+    @property
+    def delay_hint_ms(self) -> int:
+        return int(self._aec.stream_delay_ms)
+
+    @delay_hint_ms.setter
+    def delay_hint_ms(self, value: int) -> None:
+        self._aec.stream_delay_ms = int(value)
+
+    def process(self, mic: FloatArray, reference: FloatArray) -> EchoResult:
+        if len(mic) != self.frame_samples or len(reference) != self.frame_samples:
+            raise ValueError(f"AEC3 takes {self.frame_samples}-sample frames")
+        near = np.ascontiguousarray(mic, dtype=np.float32)
+        far = np.ascontiguousarray(reference, dtype=np.float32)
+        cleaned: FloatArray = np.asarray(self._aec.process(near, far), dtype=np.float32)
+        return _result(near, cleaned, far)
+
+
+@dataclass
+class GateSettings:
+    max_delay_frames: int = 50  # echo path delays searched: up to 500 ms
+    tail_ms: float = 300.0  # reverberation: the reference envelope decays 60 dB over this
+    history_frames: int = 400  # 4 s of frame energies for the delay and gain estimate
+    update_every: int = 25  # frames between estimates
+    min_active_frames: int = 100  # active playback frames before the estimate is trusted
+    active_dbfs: float = -55.0  # reference frames above this count as playback
+    gain_percentile: float = 50.0  # robust to the user talking during part of the history
+    spread_frames: int = 2  # the prediction takes the loudest envelope within this of the delay
+    margin_db: float = 6.0  # a frame is the user when it stands this far above the predicted echo
+    prior_gain_db: float = 0.0  # echo gain assumed until estimated: as loud as the playback
+    suppress_db: float = 40.0  # what a gated frame loses
+
+
+class ReferenceEchoGate:
+    """Fallback without DSP: explains microphone frame energy by the playback, gates what it explains.
+
+    The reference's energy envelope (with an exponential reverberation tail) delayed by the echo
+    path delay and scaled by its gain predicts the echo energy in each microphone frame. Delay and
+    gain are estimated by cross-correlating log energies over the last seconds. A frame whose energy
+    stays within ``margin_db`` of the prediction is echo and loses ``suppress_db``; anything louder
+    passes unchanged. Until the estimate is trusted the prediction is the loudest playback of the
+    whole delay window at ``prior_gain_db``: strict, so early barge-ins need a loud user.
+    """
+
+    name = "reference-gate"
+
+    def __init__(self, settings: GateSettings | None = None, delay_hint_ms: int | None = None) -> None:
+        self.settings = s = settings or GateSettings()
+        tail_frames = max(1.0, s.tail_ms / FRAME_MS)
+        self._decay = 10.0 ** (-6.0 / tail_frames)  # power decay per frame: 60 dB over the tail
+        self._envelope = 0.0
+        self._env: deque[float] = deque(maxlen=s.history_frames + s.max_delay_frames)
+        self._mic: deque[float] = deque(maxlen=s.history_frames)
+        self._frames = 0
+        self.delay_frames: int | None = None
+        if delay_hint_ms is not None:
+            self.delay_frames = min(s.max_delay_frames, max(0, round(delay_hint_ms / FRAME_MS)))
+        self.gain_db: float | None = None
+        self._suppress = 10.0 ** (-s.suppress_db / 20.0)
+
+    @property
+    def converged(self) -> bool:
+        return self.gain_db is not None
+
+    def process(self, mic: FloatArray, reference: FloatArray) -> EchoResult:
+        s = self.settings
+        mic_power = power(mic)
+        self._envelope = max(power(reference), self._envelope * self._decay)
+        self._env.append(self._envelope)
+        self._mic.append(mic_power)
+        self._frames += 1
+        if self._frames % s.update_every == 0:
+            self._estimate()
+        predicted = self._predicted_echo()
+        explained = predicted > 0.0 and power_db(mic_power) <= power_db(predicted) + s.margin_db
+        cleaned = (mic * self._suppress).astype(np.float32) if explained else mic.astype(np.float32)
+        return _result(mic, cleaned, reference)
+
+    def _predicted_echo(self) -> float:
+        s = self.settings
+        env = self._env
+        active_floor = 10.0 ** (s.active_dbfs / 10.0)
+        if self.gain_db is None or self.delay_frames is None:
+            window = list(env)[-(s.max_delay_frames + 1) :]
+            loudest = max(window) if window else 0.0
+            return loudest * 10.0 ** (s.prior_gain_db / 10.0) if loudest >= active_floor else 0.0
+        # the loudest envelope within ``spread_frames`` of the estimated delay: timing slack
+        newest = len(env) - 1 - self.delay_frames + s.spread_frames
+        oldest = newest - 2 * s.spread_frames
+        if newest < 0:
+            return 0.0
+        loudest = max(env[i] for i in range(max(oldest, 0), min(newest, len(env) - 1) + 1))
+        if loudest < active_floor * 10.0 ** (-6.0):  # the tail counts down to -60 dB
+            return 0.0
+        return loudest * float(10.0 ** (self.gain_db / 10.0))
+
+    def _estimate(self) -> None:
+        s = self.settings
+        mic = np.asarray(self._mic)
+        env = np.asarray(self._env)
+        n = len(mic)
+        if n < s.min_active_frames:
+            return
+        mic_db = 10.0 * np.log10(np.maximum(mic, _POWER_FLOOR))
+        env_db = 10.0 * np.log10(np.maximum(env, _POWER_FLOOR))
+        best: tuple[float, int, int] | None = None
+        for delay in range(s.max_delay_frames + 1):
+            # microphone frame k (of the last n) against the envelope ``delay`` frames earlier
+            end = len(env) - delay
+            start = end - n
+            if start < 0:
+                break
+            ref = env_db[start:end]
+            active = ref >= s.active_dbfs
+            count = int(np.count_nonzero(active))
+            if count < s.min_active_frames:
+                continue
+            corr = float(np.corrcoef(ref[active], mic_db[active])[0, 1])
+            if not math.isnan(corr) and (best is None or corr > best[0]):
+                best = (corr, delay, count)
+        if best is None or best[0] < 0.3:
+            return
+        _, delay, _ = best
+        end = len(env) - delay
+        ref = env_db[end - n : end]
+        active = ref >= s.active_dbfs
+        self.delay_frames = delay
+        self.gain_db = float(np.percentile(mic_db[active] - ref[active], s.gain_percentile))
+
+
+def load_echo_canceller(
+    delay_hint_ms: int = 0,
+    warn: Callable[[str], None] | None = None,
+) -> EchoCanceller:
+    """WebRTC AEC3 when ``pywebrtc-audio`` loads, else the reference gate with a one-line warning."""
+    try:
+        return WebRtcEchoCanceller(delay_hint_ms)
+    except Exception as exc:  # ImportError, a broken wheel, an unsupported platform
+        message = (
+            f"echo cancellation unavailable ({type(exc).__name__}: {exc}); using the reference echo gate"
+        )
+        (warn or log.warning)(message)
+        return ReferenceEchoGate(delay_hint_ms=delay_hint_ms or None)
+
+
+class PlayedBlockLike(Protocol):
+    @property
+    def audible_at(self) -> float: ...
+
+    @property
+    def samples(self) -> FloatArray: ...
+
+
+class ReferenceAligner:
+    """Playback blocks (device rate, with the time they became audible) to 16 kHz reference frames.
+
+    The output device consumes samples at a steady rate, so the reference is one continuous
+    stream: sample k became audible at ``anchor + k / rate``. Callback times only ever come late,
+    so the anchor is the earliest per-block estimate over the last ``anchor_blocks`` blocks; that
+    window also follows the slow drift between the output and input clocks. A block that does not
+    fit the stream (a restart, a long stall) starts a new one. ``frame_at(t)`` returns the reference
+    samples heard ``delay_s`` before microphone time ``t`` (zeros where nothing was played).
+    ``lead_s`` shifts the reference slightly earlier so timestamp errors keep it causal.
+    """
+
+    def __init__(
+        self,
+        device_rate: float,
+        *,
+        rate: int = ECHO_RATE,
+        delay_s: float = 0.0,
+        lead_s: float = 0.01,
+        history_s: float = 2.0,
+        anchor_blocks: int = 200,
+        restart_s: float = 0.1,
+    ) -> None:
+        self.device_rate = float(device_rate)
+        self.rate = rate
+        self.delay_s = delay_s
+        self.lead_s = lead_s
+        self._history = int(history_s * rate)
+        self._anchors: deque[float] = deque(maxlen=anchor_blocks)
+        self._restart_s = restart_s
+        self.restarts = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._resampler = StreamResampler(self.device_rate, self.rate)
+        self._in_count = 0  # device samples of this stream
+        self._out_count = 0  # 16 kHz samples of this stream
+        self._buffer = np.zeros(0, np.float32)
+        self._buffer_start = 0  # stream index of _buffer[0]
+        self._anchors.clear()
+        self.anchor: float | None = None
+
+    def push(self, block: PlayedBlockLike) -> None:
+        samples = np.asarray(block.samples, np.float32)
+        candidate = block.audible_at - self._in_count / self.device_rate
+        if self.anchor is not None and abs(candidate - self.anchor) > self._restart_s:
+            self.restarts += 1
+            self._reset()
+            candidate = block.audible_at
+        self._anchors.append(candidate)
+        self.anchor = min(self._anchors)
+        self._in_count += len(samples)
+        converted = self._resampler.process(samples)
+        # soxr withholds its filter delay: output sample k stands for input position k * in/out,
+        # so the stream index below is already in the right place on the timeline.
+        self._out_count += len(converted)
+        self._buffer = np.concatenate((self._buffer, converted))
+        excess = len(self._buffer) - self._history
+        if excess > 0:
+            self._buffer = self._buffer[excess:]
+            self._buffer_start += excess
+
+    def extend(self, blocks: Iterable[PlayedBlockLike]) -> None:
+        for block in blocks:
+            self.push(block)
+
+    def frame_at(self, at: float, samples: int = FRAME_SAMPLES) -> FloatArray:
+        frame = np.zeros(samples, np.float32)
+        if self.anchor is None:
+            return frame
+        first = round((at - self.delay_s - self.lead_s - self.anchor) * self.rate) - self._buffer_start
+        lo = max(first, 0)
+        hi = min(first + samples, len(self._buffer))
+        if hi > lo:
+            frame[lo - first : hi - first] = self._buffer[lo:hi]
+        return frame
+
+
+@dataclass(frozen=True)
+class CleanedFrame:
+    samples: FloatArray  # 16 kHz, 10 ms
+    captured_at: float  # monotonic capture time of the first sample
+    attenuation_db: float
+    mic_dbfs: float
+    reference_dbfs: float
+
+
+class EchoPath:
+    """The capture worker's echo stage: microphone samples in, cleaned 10 ms frames out.
+
+    Call :meth:`add_reference` with new playback blocks and :meth:`process` with 16 kHz microphone
+    samples and the capture time of the first, from one thread (the canceller is not thread-safe).
+    """
+
+    def __init__(self, canceller: EchoCanceller, aligner: ReferenceAligner) -> None:
+        self.canceller = canceller
+        self.aligner = aligner
+        self._pending = np.zeros(0, np.float32)
+        self._pending_at = 0.0
+
+    def add_reference(self, blocks: Iterable[PlayedBlockLike]) -> None:
+        self.aligner.extend(blocks)
+
+    def process(self, samples: FloatArray, captured_at: float) -> list[CleanedFrame]:
+        if len(self._pending) == 0:
+            self._pending_at = captured_at
+        buffered = np.concatenate((self._pending, samples)) if len(self._pending) else samples
+        count = len(buffered) // FRAME_SAMPLES
+        frames: list[CleanedFrame] = []
+        for i in range(count):
+            mic = np.asarray(buffered[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES], np.float32)
+            at = self._pending_at + i * FRAME_MS / 1000.0
+            result = self.canceller.process(mic, self.aligner.frame_at(at))
+            frames.append(
+                CleanedFrame(
+                    result.cleaned, at, result.attenuation_db, result.mic_dbfs, result.reference_dbfs
+                )
+            )
+        self._pending = np.asarray(buffered[count * FRAME_SAMPLES :], np.float32).copy()
+        self._pending_at += count * FRAME_MS / 1000.0
+        return frames
