@@ -6,6 +6,10 @@ speaker's monitor are recorded on one monotonic clock. Halt latency is the time 
 user-speech sample in the microphone to the last loud assistant sample on the speaker.
 
     python -m bench.barge_in [--trials 20] [--block-ms 10] [--out bench/results/barge_in.json]
+                             [--echo-cancellation] [--room-echo]
+
+``--echo-cancellation`` runs the detector behind the echo worker; ``--room-echo`` loads the
+virtual rig's speaker-to-microphone loopback, like laptop speakers.
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block-ms", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench/results/barge_in.json"))
+    parser.add_argument("--echo-cancellation", action="store_true")
+    parser.add_argument("--room-echo", action="store_true")
     args = parser.parse_args(argv)
 
     from app.audio.virtual_rig import VirtualAudioRig
@@ -75,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         rng = random.Random(args.seed)
         load_before = os.getloadavg()
         trials: list[dict[str, Any]] = []
-        with BargeInBench(rig, AudioSettings(block_ms=args.block_ms)) as bench:
+        if args.room_echo:
+            rig.set_echo(True)
+        settings = AudioSettings(block_ms=args.block_ms, echo_cancellation=args.echo_cancellation)
+        with BargeInBench(rig, settings) as bench:
             feed_rate = bench.feed.default_samplerate
             voices = []
             for text in UTTERANCES:
@@ -94,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 "player_buffer_underruns": bench.pipeline.player.buffer.underruns,
                 "capture_device_overflows": bench.pipeline.capture.device_overflows,
                 "capture_queue_overflows": bench.pipeline.capture.overflows,
+                "capture_echo_drops": bench.pipeline.capture.echo_drops,
             }
     finally:
         rig.stop()
@@ -111,7 +121,13 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
         },
-        "settings": {"block_ms": args.block_ms, "trials": args.trials, "seed": args.seed},
+        "settings": {
+            "block_ms": args.block_ms,
+            "trials": args.trials,
+            "seed": args.seed,
+            "echo_cancellation": args.echo_cancellation,
+            "room_echo": args.room_echo,
+        },
         "halt_ms": summary(halts),
         "detector_decision_ms": summary(column("detector_ms")),
         "capture_latency_ms": summary(column("capture_ms")),

@@ -115,3 +115,95 @@ def test_disabled_detector_neither_halts_nor_reports(utterance: FloatArray) -> N
     detector.enabled = False
     detector.feed(float_to_int16(utterance), 0.0)
     assert halts == [] and not detector.events
+
+
+# --- the echo gate: frames from the echo canceller, with its attenuation -------------------------
+
+
+def run_frames(
+    signal: FloatArray, playing: bool, attenuation_db: float | None, **settings: int | float
+) -> tuple[BargeInDetector, list[float]]:
+    """Feed ``signal`` frame by frame as the echo worker does, every frame with one attenuation."""
+    halts: list[float] = []
+    detector = BargeInDetector(lambda: playing, lambda: halts.append(1.0), DetectorSettings(**settings))
+    pcm = float_to_int16(signal)
+    for i in range(len(pcm) // FRAME_SAMPLES):
+        frame = pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
+        detector.feed_frame(frame, i * FRAME_SAMPLES / RATE, attenuation_db=attenuation_db)
+    return detector, halts
+
+
+def late_in_playback(utterance: FloatArray) -> FloatArray:
+    """The utterance starting well after the 2 s in which the gate is stricter."""
+    return np.concatenate((np.zeros(int(RATE * 2.5), np.float32), utterance))
+
+
+@pytest.mark.parametrize("attenuation_db", [10.0, 25.0, 40.0])
+def test_frames_the_canceller_took_much_from_are_echo_and_never_halt(
+    utterance: FloatArray, attenuation_db: float
+) -> None:
+    detector, halts = run_frames(late_in_playback(utterance), True, attenuation_db)
+    assert halts == [] and not detector.events
+
+
+@pytest.mark.parametrize("attenuation_db", [None, 0.0, 6.0, 9.5])
+def test_frames_the_canceller_left_alone_are_the_user(
+    utterance: FloatArray, attenuation_db: float | None
+) -> None:
+    signal = late_in_playback(utterance)
+    detector, halts = run_frames(signal, True, attenuation_db)
+    assert halts == [1.0]
+    event = detector.events[0]
+    assert event.kind == "barge_in"
+    assert event.at == pytest.approx(first_loud(signal), abs=0.06)
+    assert event.decided_at - event.at == pytest.approx(0.020, abs=1e-6)  # the usual three frames
+
+
+def test_early_in_playback_an_onset_needs_five_frames(utterance: FloatArray) -> None:
+    detector, halts = run_frames(utterance, True, 0.0)  # speech 0.5 s after playback started
+    assert halts == [1.0]
+    event = detector.events[0]
+    assert event.decided_at - event.at == pytest.approx(0.040, abs=1e-6)
+    assert detector.playing_since == 0.0
+
+
+def test_early_in_playback_an_onset_needs_a_wider_margin(utterance: FloatArray) -> None:
+    # Over a -40 dBFS floor, speech peaking at -10 dBFS clears the usual 10 dB margin but not
+    # 10 + 40 dB: the extra early margin applies only in the first seconds, and only with a canceller.
+    rng = np.random.default_rng(3)
+    voice = utterance * (10 ** (-10 / 20) / float(np.max(np.abs(utterance))))
+    late = late_in_playback(voice)
+    noise = rng.normal(0, 10 ** (-40 / 20), len(late)).astype(np.float32)
+    early = voice + noise[: len(voice)]
+    assert run_frames(late + noise, True, 0.0, early_margin_db=40.0)[1]
+    strict = {"early_margin_db": 40.0, "early_playback_s": 10.0}  # the whole utterance is early
+    assert run_frames(early, True, 0.0, **strict)[1] == []
+    assert run_frames(early, True, None, **strict)[1]  # direct path: the old rule
+    assert run_frames(early, True, 0.0)[1]  # the default +6 dB still lets this through
+
+
+def test_without_a_canceller_early_playback_keeps_three_frames(utterance: FloatArray) -> None:
+    detector, _ = run_frames(utterance, True, None)
+    assert detector.events[0].decided_at - detector.events[0].at == pytest.approx(0.020, abs=1e-6)
+
+
+def test_attenuation_does_not_matter_with_nothing_playing(utterance: FloatArray) -> None:
+    detector, halts = run_frames(utterance, False, 40.0)
+    assert halts == []
+    assert [e.kind for e in detector.events][:1] == ["speech_start"]
+    assert detector.playing_since is None
+
+
+def test_playing_since_follows_the_player() -> None:
+    playing = [False]
+    detector = BargeInDetector(lambda: playing[0], lambda: None)
+    silence = np.zeros(FRAME_SAMPLES, np.int16)
+    detector.feed_frame(silence, 1.0)
+    assert detector.playing_since is None
+    playing[0] = True
+    detector.feed_frame(silence, 1.01)
+    detector.feed_frame(silence, 1.02)
+    assert detector.playing_since == 1.01
+    playing[0] = False
+    detector.feed_frame(silence, 1.03)
+    assert detector.playing_since is None

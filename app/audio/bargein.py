@@ -45,6 +45,11 @@ class DetectorSettings:
     min_level_dbfs: float = -50.0  # and above this absolute level
     warmup_frames: int = 30  # frames heard before the noise floor is trusted (300 ms)
     floor_window_frames: int = 150  # the noise floor is the quietest level of the last 1.5 s
+    # Frames from the echo canceller (``attenuation_db`` given), while the assistant plays:
+    echo_attenuation_db: float = 10.0  # a frame the canceller took this much from is echo, not the user
+    early_playback_s: float = 2.0  # the canceller may not have converged yet this soon after playback starts
+    early_onset_frames: int = 5  # so early on an onset needs more frames
+    early_margin_db: float = 6.0  # and this much more above the noise floor
 
 
 def frame_level_dbfs(frame: npt.NDArray[np.int16]) -> float:
@@ -81,6 +86,7 @@ class BargeInDetector:
         self._last_speech_at = 0.0
         self._pending = np.zeros(0, np.int16)
         self._pending_start = 0.0
+        self.playing_since: float | None = None  # capture time of the first frame heard while playing
 
     @property
     def silence_frames(self) -> int:
@@ -103,24 +109,50 @@ class BargeInDetector:
         self._pending = buffered[count * FRAME_SAMPLES :].copy()
         self._pending_start += count * FRAME_MS / 1000.0
 
-    def feed_frame(self, frame: npt.NDArray[np.int16], at: float) -> None:
-        """One 10 ms frame of 16 kHz PCM16 captured at monotonic time ``at``."""
+    def feed_frame(
+        self, frame: npt.NDArray[np.int16], at: float, attenuation_db: float | None = None
+    ) -> None:
+        """One 10 ms frame of 16 kHz PCM16 captured at monotonic time ``at``.
+
+        ``attenuation_db`` is what the echo canceller removed from this frame (``None`` without
+        one). While the assistant plays, a frame it removed ``echo_attenuation_db`` or more from
+        is echo; in the first ``early_playback_s`` of playback, onsets need more frames and level.
+        """
+        if not self.enabled:
+            self._run = 0
+            return
+        s = self.settings
+        playing = self._is_playing()
+        if not playing:
+            self.playing_since = None
+        elif self.playing_since is None:
+            self.playing_since = at
         level = frame_level_dbfs(frame)
         self.noise_floor_dbfs = self._floor.add(level)
         self._frames_seen += 1
-        if self._frames_seen <= self.settings.warmup_frames:
+        if self._frames_seen <= s.warmup_frames:
             return
-        voiced = self._vad.is_speech(np.ascontiguousarray(frame, dtype="<i2").tobytes(), VAD_RATE)
-        loud = level >= max(self.settings.min_level_dbfs, self.noise_floor_dbfs + self.settings.margin_db)
+        onset_frames = s.onset_frames
+        margin_db = s.margin_db
+        echo = False
+        if playing and attenuation_db is not None:
+            echo = attenuation_db >= s.echo_attenuation_db
+            if self.playing_since is not None and at - self.playing_since < s.early_playback_s:
+                onset_frames = max(onset_frames, s.early_onset_frames)
+                margin_db += s.early_margin_db
+        voiced = not echo and self._vad.is_speech(
+            np.ascontiguousarray(frame, dtype="<i2").tobytes(), VAD_RATE
+        )
+        loud = level >= max(s.min_level_dbfs, self.noise_floor_dbfs + margin_db)
         if voiced and loud:
             if self._run == 0:
                 self._run_start = at
             self._run += 1
             self._quiet = 0
             self._last_speech_at = at
-            if not self.in_speech and self._run >= self.settings.onset_frames:
+            if not self.in_speech and self._run >= onset_frames:
                 self.in_speech = True
-                if self._is_playing():
+                if playing:
                     self._halt()
                     self._emit("barge_in", self._run_start, at, level)
                 else:
@@ -129,7 +161,7 @@ class BargeInDetector:
             self._run = 0
             if self.in_speech:
                 self._quiet += 1
-                if self._quiet >= self.settings.hangover_frames:
+                if self._quiet >= s.hangover_frames:
                     self.in_speech = False
                     self._quiet = 0
                     self._emit("speech_end", self._last_speech_at + FRAME_MS / 1000.0, at, level)
