@@ -25,12 +25,10 @@ is refused with a warning and not loaded, and the API key is kept in the OS keyr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import re
 import sys
-import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -41,6 +39,7 @@ from typing import Final, Literal, TypeAlias
 import platformdirs
 
 from app import defaults
+from app.fileio import write_atomically
 from app.paths import APP_NAME
 from app.realtime.endpoint import (
     API_KEY_ENV,
@@ -577,29 +576,6 @@ def _to_toml(flat: Mapping[str, object]) -> str:
     return "".join(chunks)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """``path`` holds either its old content or all of ``text``, never a mix, even after a crash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_name)
-        raise
-    if sys.platform != "win32":  # make the rename itself durable
-        with contextlib.suppress(OSError):
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-
-
 def save_user_setting(key: str, value: object, environ: Mapping[str, str] = os.environ) -> None:
     """Stores ``key = value`` in the user settings, keeping the other keys; ``None`` removes the key.
 
@@ -639,7 +615,7 @@ def save_user_setting(key: str, value: object, environ: Mapping[str, str] = os.e
     if _flatten(tomllib.loads(text)) != current:  # pragma: no cover - a writer bug, not a user error
         raise ConfigError("internal error: the settings could not be written faithfully; nothing was changed")
     try:
-        _write_atomically(paths.user, text)
+        write_atomically(paths.user, text)
     except OSError as exc:
         raise ConfigError(
             f"could not write {paths.user} ({exc.strerror or type(exc).__name__}); the old settings are kept"

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bench.stats import percentile, summary
+
 FloatArray = npt.NDArray[np.float32]
 
 REQUESTS = [
@@ -102,28 +104,6 @@ def wer(pairs: list[tuple[str, str]]) -> float:
         errors += e
         total += n
     return errors / total if total else 0.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    position = (len(ordered) - 1) * q
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"n": 0}
-    return {
-        "n": len(values),
-        "p50": round(percentile(values, 0.5), 1),
-        "p95": round(percentile(values, 0.95), 1),
-        "max": round(max(values), 1),
-        "mean": round(statistics.fmean(values), 1),
-    }
 
 
 @dataclass

@@ -19,11 +19,12 @@ import json
 import os
 import platform
 import random
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.stats import percentile, summary
 
 UTTERANCES = [
     "Wait, that is not what I asked.",
@@ -34,28 +35,6 @@ UTTERANCES = [
 ]
 TARGET_P95_MS = 150.0
 GOAL_P95_MS = 100.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    position = (len(ordered) - 1) * q
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"n": 0}
-    return {
-        "n": len(values),
-        "p50": round(percentile(values, 0.5), 1),
-        "p95": round(percentile(values, 0.95), 1),
-        "max": round(max(values), 1),
-        "mean": round(statistics.fmean(values), 1),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

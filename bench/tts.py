@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 from app.audio.resample import FloatArray
 from app.localmodel.components import Speech
 from app.localmodel.tts import OUTPUT_RATE, EspeakVoice, PiperVoice, SpeechStream, Voice, split_clauses
+from bench.stats import percentile, summary
 
 REPLIES = [
     "Okay, let's reset your password. First, open the self-service portal at portal.example.com.",
@@ -68,28 +68,6 @@ class TimedVoice:
         audio = self.voice.synthesize(text)
         self.clauses.append((text, time.perf_counter() - started, len(audio) / OUTPUT_RATE))
         return audio
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    position = (len(ordered) - 1) * q
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def summary(values: list[float], digits: int = 3) -> dict[str, float]:
-    if not values:
-        return {"n": 0}
-    return {
-        "n": len(values),
-        "p50": round(percentile(values, 0.5), digits),
-        "p95": round(percentile(values, 0.95), digits),
-        "max": round(max(values), digits),
-        "mean": round(statistics.fmean(values), digits),
-    }
 
 
 async def speak(voice: Voice, text: str) -> dict[str, Any]:
@@ -170,9 +148,9 @@ def bench_voice(label: str, voice: Voice, load: dict[str, float], repeats: int) 
     return {
         "voice": voice.name,
         "load": {name: round(value, 3) for name, value in load.items()},
-        "first_audio_s": summary(firsts),
-        "first_clause_synthesis_s": summary([row["first_clause_synthesis_s"] for row in rows]),
-        "first_clause_audio_s": summary([row["first_clause_audio_s"] for row in rows]),
+        "first_audio_s": summary(firsts, 3),
+        "first_clause_synthesis_s": summary([row["first_clause_synthesis_s"] for row in rows], 3),
+        "first_clause_audio_s": summary([row["first_clause_audio_s"] for row in rows], 3),
         "first_clause_words": summary([float(row["first_clause_words"]) for row in rows], 1),
         "stream_overhead_s": summary(overhead, 4),
         "rtf": round(synth / audio, 4) if audio else None,

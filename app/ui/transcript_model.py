@@ -6,10 +6,8 @@ one line per call, and a completed turn attaches its time to first audio to the 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from app.core.actions import Notice, ToolActivity, Transcript, TurnCompleted
+from app.fileio import write_atomically
 
 EntryKind = Literal["user", "assistant", "tool", "notice"]
 
@@ -155,7 +154,7 @@ class TranscriptModel:
         """Write JSON for ``.json``, else Markdown, atomically (temporary file, then rename)."""
         target = Path(path)
         content = self.to_json() + "\n" if target.suffix.lower() == ".json" else self.to_markdown()
-        write_atomic(target, content)
+        write_atomically(target, content)
         return target
 
 
@@ -165,18 +164,3 @@ def _plain_line(entry: Entry) -> str:
     if entry.interrupted:
         line += f" ({INTERRUPTED_MARK})"
     return line
-
-
-def write_atomic(target: Path, content: str) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
