@@ -10,7 +10,9 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from functools import cache
+from pathlib import Path
 
+import keyring
 import numpy as np
 import pytest
 
@@ -19,6 +21,7 @@ from app.audio.probe import TimedRecorder, espeak_speech
 from app.audio.resample import FloatArray, StreamResampler
 from app.audio.streams import open_stream
 from app.audio.virtual_rig import RigUnavailable, VirtualAudioRig, reinitialise_portaudio
+from tests.file_keyring import FileKeyring
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +39,18 @@ def virtual_audio() -> Iterator[VirtualAudioRig]:
         yield rig
     finally:
         rig.stop()
+
+
+@pytest.fixture
+def file_keyring(tmp_path: Path) -> Iterator[FileKeyring]:
+    """The OS keyring replaced by a file in ``tmp_path`` for the test."""
+    original = keyring.get_keyring()
+    backend = FileKeyring(tmp_path / "keyring.json")
+    keyring.set_keyring(backend)
+    try:
+        yield backend
+    finally:
+        keyring.set_keyring(original)
 
 
 @pytest.fixture

@@ -6,61 +6,20 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import keyring
 import keyring.backends.fail
 import keyring.errors
 import pytest
-from keyring.backend import KeyringBackend
-from keyring.compat import properties
 
 from app import config
 from app.cli import main
 from app.config import ConfigError, SecretStoreError, load_settings, save_user_setting, secrets
+from tests.file_keyring import KEYRING_FILE_ENV, FileKeyring
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-test-0123456789abcdefSECRET"
-KEYRING_FILE_ENV = "HELPDESK_VOICE_TEST_KEYRING_FILE"
-
-
-class FileKeyring(KeyringBackend):
-    """A real keyring backend keeping passwords in a JSON file (path given or from the environment).
-
-    The subprocess test loads it with ``PYTHON_KEYRING_BACKEND=tests.test_config.FileKeyring``. It is
-    not viable (so keyring never picks it by itself) unless that test's environment variable is set.
-    """
-
-    @properties.classproperty
-    def priority(cls) -> float:
-        if KEYRING_FILE_ENV not in os.environ:
-            raise RuntimeError("a test keyring, only for tests that name its file")
-        return 1
-
-    def __init__(self, path: Path | None = None) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.path = path if path is not None else Path(os.environ[KEYRING_FILE_ENV])
-
-    def _load(self) -> dict[str, str]:
-        if not self.path.exists():
-            return {}
-        data: dict[str, str] = json.loads(self.path.read_text("utf-8"))
-        return data
-
-    def get_password(self, service: str, username: str) -> str | None:
-        return self._load().get(f"{service}\0{username}")
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        data = self._load()
-        data[f"{service}\0{username}"] = password
-        self.path.write_text(json.dumps(data), "utf-8")
-
-    def delete_password(self, service: str, username: str) -> None:
-        data = self._load()
-        if data.pop(f"{service}\0{username}", None) is None:
-            raise keyring.errors.PasswordDeleteError(username)
-        self.path.write_text(json.dumps(data), "utf-8")
 
 
 @pytest.fixture
@@ -83,17 +42,6 @@ def policy_file(env: dict[str, str]) -> Path:
 
 def write(path: Path, text: str) -> None:
     path.write_text(text, "utf-8")
-
-
-@pytest.fixture
-def file_keyring(tmp_path: Path) -> Iterator[FileKeyring]:
-    original = keyring.get_keyring()
-    backend = FileKeyring(tmp_path / "keyring.json")
-    keyring.set_keyring(backend)
-    try:
-        yield backend
-    finally:
-        keyring.set_keyring(original)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -587,7 +535,7 @@ def test_config_show_masks_the_key_and_shows_origins(env: dict[str, str]) -> Non
 def test_config_show_reports_a_keyring_key(env: dict[str, str], tmp_path: Path) -> None:
     store = tmp_path / "keyring.json"
     store.write_text(json.dumps({"helpdesk-voice\0api-key": KEY}), "utf-8")
-    env |= {"PYTHON_KEYRING_BACKEND": "tests.test_config.FileKeyring", KEYRING_FILE_ENV: str(store)}
+    env |= {"PYTHON_KEYRING_BACKEND": "tests.file_keyring.FileKeyring", KEYRING_FILE_ENV: str(store)}
     result = run_show(env)
     assert result.returncode == 0, result.stderr
     assert KEY not in result.stdout + result.stderr

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import keyring
 import keyring.errors
@@ -26,6 +24,7 @@ from app.realtime import (
     resolve_api_key,
     store_api_key,
 )
+from tests.file_keyring import FileKeyring
 
 KEY = "sk-proj-TESTKEY1234567890abcdef"
 
@@ -189,36 +188,6 @@ def test_redact_url_masks_possible_tokens() -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-class FileKeyring(KeyringBackend):
-    """A real keyring backend that keeps passwords in a JSON file, as keyrings.alt would."""
-
-    priority = 1
-
-    def __init__(self, path: Path) -> None:
-        super().__init__()
-        self.path = path
-
-    def _load(self) -> dict[str, str]:
-        if not self.path.exists():
-            return {}
-        data: dict[str, str] = json.loads(self.path.read_text("utf-8"))
-        return data
-
-    def get_password(self, service: str, username: str) -> str | None:
-        return self._load().get(f"{service}\0{username}")
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        data = self._load()
-        data[f"{service}\0{username}"] = password
-        self.path.write_text(json.dumps(data), "utf-8")
-
-    def delete_password(self, service: str, username: str) -> None:
-        data = self._load()
-        if data.pop(f"{service}\0{username}", None) is None:
-            raise keyring.errors.PasswordDeleteError(username)
-        self.path.write_text(json.dumps(data), "utf-8")
-
-
 class LockedKeyring(KeyringBackend):
     priority = 1
 
@@ -230,17 +199,6 @@ class LockedKeyring(KeyringBackend):
 
     def delete_password(self, service: str, username: str) -> None:
         raise keyring.errors.PasswordDeleteError("locked")
-
-
-@pytest.fixture
-def file_keyring(tmp_path: Path) -> Iterator[FileKeyring]:
-    original = keyring.get_keyring()
-    backend = FileKeyring(tmp_path / "keyring.json")
-    keyring.set_keyring(backend)
-    try:
-        yield backend
-    finally:
-        keyring.set_keyring(original)
 
 
 @pytest.fixture
