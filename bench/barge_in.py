@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.stats import percentile, summary
+from bench.stats import machine, percentile, summary
 
 UTTERANCES = [
     "Wait, that is not what I asked.",
@@ -94,12 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "benchmark": "barge_in",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine(load_before),
         "settings": {
             "block_ms": args.block_ms,
             "trials": args.trials,

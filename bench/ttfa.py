@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.stats import percentile
+from bench.stats import machine, percentile
 
 REQUESTS: list[tuple[str, str]] = [
     ("I forgot my password", "password-reset"),
@@ -100,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         from app.audio.streams import open_stream
         from app.tools.kb import load_articles
 
+        load_before = os.getloadavg()
         started = time.monotonic()
         data_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"hv-bench-{os.getpid()}"
         # The app as a user runs it: no endpoint, so it starts its own embedded server.
@@ -189,11 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "benchmark": "ttfa",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average": os.getloadavg(),
-        },
+        "machine": machine(load_before),
         "start_to_listening_s": round(load_s, 1),
         "requests": len(rows),
         "answered": len(ttfa),

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 from app.audio.resample import FloatArray
 from app.localmodel.components import Speech
 from app.localmodel.tts import OUTPUT_RATE, EspeakVoice, PiperVoice, SpeechStream, Voice, split_clauses
-from bench.stats import percentile, summary
+from bench.stats import machine, percentile, summary
 
 REPLIES = [
     "Okay, let's reset your password. First, open the self-service portal at portal.example.com.",
@@ -203,13 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "benchmark": "tts",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine(load_before, numpy=np.__version__),
         "settings": {"repeats": args.repeats, "replies": len(REPLIES), "chunk_ms": 100},
         "target_first_audio_p95_s": TARGET_FIRST_AUDIO_S,
         "goal_first_audio_p95_s": GOAL_FIRST_AUDIO_S,
