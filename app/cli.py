@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app import __version__
 from app.audio.devices import AudioDevice, DeviceError, Direction, find_device
-from app.realtime.endpoint import Endpoint
+
+if TYPE_CHECKING:
+    from app.config import LoadedSettings
+    from app.launch import LaunchPlan
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -154,68 +159,67 @@ def _selftest(input_query: str | None, output_query: str | None) -> int:
     return EXIT_OK if result.heard else EXIT_FAILURE
 
 
-def _converse(args: argparse.Namespace) -> int:
-    """A spoken conversation: with ``--url``, or else with the embedded offline server."""
-    from app.localmodel.launcher import EmbeddedServerProcess, ServerStartError
-    from app.realtime import endpoint_from_url, lookup_api_key
+def _settings_for(args: argparse.Namespace) -> LoadedSettings:
+    """The effective settings with this command line on top; problems are reported, never fatal."""
+    from app.config import load_settings
 
+    settings = load_settings(
+        {
+            "endpoint.url": args.url,
+            "audio.input_device": args.input_device,
+            "audio.output_device": args.output_device,
+        }
+    )
+    for problem in settings.problems:
+        if problem.startswith("command line:"):
+            raise UsageError(problem.removeprefix("command line:").removesuffix("; ignored").strip())
+        print(f"helpdesk-voice: settings: {problem}", file=sys.stderr)
+    return settings
+
+
+def _has_display() -> bool:
+    if sys.platform != "linux":
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or (
+        os.environ.get("QT_QPA_PLATFORM", "") in ("offscreen", "minimal")
+    )
+
+
+def _converse(args: argparse.Namespace) -> int:
+    """A spoken conversation with the configured endpoint, else the embedded offline server."""
+    from app.launch import LaunchError, plan_from_settings
+
+    settings = _settings_for(args)
+    try:
+        plan = plan_from_settings(settings)
+    except LaunchError as exc:
+        if exc.usage or args.url:
+            raise UsageError(str(exc)) from exc
+        raise RuntimeError(str(exc)) from exc
     if not args.headless:
         print("helpdesk-voice: the tray app is not available yet; running headless", file=sys.stderr)
-    endpoint: Endpoint | None = None
-    if args.url:
-        key = lookup_api_key()
-        try:
-            endpoint = endpoint_from_url(args.url, key.key)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from exc
-        if endpoint.kind in ("openai", "azure") and key.key is None:
-            raise UsageError(
-                "no API key: set HELPDESK_VOICE_API_KEY or store one in the OS keyring"
-                + (f" ({key.reason})" if key.reason else "")
-            )
-    input_device = _resolve(args.input_device, "input")
-    output_device = _resolve(args.output_device, "output")
-    server: EmbeddedServerProcess | None = None
-    if endpoint is None:
-        print("helpdesk-voice: starting the offline assistant (no endpoint configured)", file=sys.stderr)
-        server = EmbeddedServerProcess(
-            progress=lambda line: print(f"helpdesk-voice: {line}", file=sys.stderr)
-        )
-        try:
-            endpoint = server.start()
-        except ServerStartError as exc:
-            raise RuntimeError(str(exc)) from exc
-    try:
-        return _run_engine(args, endpoint, input_device, output_device)
-    finally:
-        if server is not None:
-            server.stop()
+    return _run_headless(args, plan)
 
 
-def _run_engine(
-    args: argparse.Namespace, endpoint: Endpoint, input_device: AudioDevice, output_device: AudioDevice
-) -> int:
+def _print_progress(line: str) -> None:
+    print(f"helpdesk-voice: {line}", file=sys.stderr, flush=True)
+
+
+def _run_headless(args: argparse.Namespace, plan: LaunchPlan) -> int:
     from app.console import ConsoleListener
-    from app.defaults import session_config
-    from app.engine import Engine, EngineConfig
-    from app.tools import default_registry
+    from app.launch import ConversationRunner, LaunchError
 
-    tools = default_registry()
-    listener = ConsoleListener(
-        f"listening on {input_device.name} -> {output_device.name}", args.metrics, args.turns
-    )
-    engine = Engine(
-        EngineConfig(
-            endpoint=endpoint,
-            session=session_config(tuple(tools.specs()), backend=endpoint.kind),
-            input_device=input_device,
-            output_device=output_device,
-            tools=tools,
-            backend=endpoint.kind,
-        ),
-        listener,
-    )
-    engine.start()
+    runner: ConversationRunner
+    listener = ConsoleListener(lambda: runner.description, args.metrics, args.turns)
+    runner = ConversationRunner(plan, listener, _print_progress)
+    try:
+        runner.start()
+    except LaunchError as exc:
+        if exc.usage:
+            raise UsageError(str(exc)) from exc
+        raise RuntimeError(str(exc)) from exc
+    engine = runner.engine
+    assert engine is not None
     deadline = None if args.duration is None else time.monotonic() + args.duration
     try:
         while not listener.enough.is_set() and engine.running:
@@ -223,7 +227,7 @@ def _run_engine(
                 break
             listener.enough.wait(0.05)
     finally:
-        engine.stop()
+        runner.stop()
     problem = engine.final_problem
     if (
         problem is not None

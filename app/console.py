@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -11,11 +12,11 @@ from app.core.actions import Notice, State, StateChanged, ToolActivity, Transcri
 
 
 class ConsoleListener:
-    """Prints ``listening on IN -> OUT`` once ready, then ``you:`` and ``assistant:`` lines."""
+    """Prints ``ready_line()`` (``listening on IN -> OUT``) once ready, then ``you:``/``assistant:`` lines."""
 
     def __init__(
         self,
-        ready_line: str,
+        ready_line: Callable[[], str],
         metrics_path: Path | None = None,
         turns: int | None = None,
         out: TextIO = sys.stdout,
@@ -34,7 +35,7 @@ class ConsoleListener:
     def on_state(self, event: StateChanged) -> None:
         if event.state is State.LISTENING and not self._ready:
             self._ready = True
-            self._print(self.ready_line)
+            self._print(self.ready_line())
 
     def on_transcript(self, event: Transcript) -> None:
         if event.role == "user" and event.final and event.text:

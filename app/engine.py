@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from app.audio.bargein import DetectorSettings
 from app.audio.devices import AudioDevice
 from app.audio.earcon import load_earcon
 from app.audio.pipeline import AudioPipeline, AudioSettings
@@ -45,6 +46,11 @@ from app.tools.registry import ToolRegistry
 log = logging.getLogger("app.engine")
 
 PUMP_INTERVAL_S = 0.01
+DEVICE_CHECK_INTERVAL_S = 0.5
+DEVICE_RETRY_INTERVAL_S = 3.0
+# After this many failed connection attempts in a row the endpoint counts as unreachable, and the
+# user hears of it (a desktop notification) rather than only a status line; one blip is not worth it.
+UNREACHABLE_AFTER_FAILURES = 3
 
 
 class EngineListener(Protocol):
@@ -65,6 +71,7 @@ class EngineConfig:
     output_device: AudioDevice
     tools: ToolRegistry
     audio: AudioSettings = field(default_factory=AudioSettings)
+    detector: DetectorSettings | None = None  # None: the detector's defaults
     push_to_talk: bool = False
     cue_after_s: float = 0.8
     backend: str = "custom"
@@ -84,7 +91,7 @@ class Engine:
                 backend=config.backend,
             )
         )
-        self.audio = AudioPipeline(config.input_device, config.output_device, config.audio)
+        self.audio = AudioPipeline(config.input_device, config.output_device, config.audio, config.detector)
         self._earcon = load_earcon()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -96,6 +103,9 @@ class Engine:
         self._watched: dict[str, bool] = {}  # item id -> first audio reported
         self._unknown = UnknownTypeLog()
         self._rollover_pending = False
+        self._failures_in_a_row = 0
+        self._device_checked_at = 0.0
+        self._lost_since: dict[str, float] = {}  # "microphone"/"speaker" -> lost or last retried at
         self.final_problem: ConnectionProblem | None = None
 
     # ------------------------------------------------------------------------------------------
@@ -205,6 +215,9 @@ class Engine:
             self._watch_playback(now)
             self.conversation.set_underruns(buffer.underruns)
             self._apply(self.conversation.tick(now))
+            if now - self._device_checked_at >= DEVICE_CHECK_INTERVAL_S:
+                self._device_checked_at = now
+                self._check_devices(now)
             await self._maybe_rollover(now)
             await asyncio.sleep(PUMP_INTERVAL_S)
 
@@ -221,6 +234,33 @@ class Engine:
                 del self._watched[item_id]
                 if not account.halted:
                     self._apply(self.conversation.item_played_out(item_id, now))
+
+    def _check_devices(self, now: float) -> None:
+        """Notices a device that stopped, says so once, reopens it every few seconds until it works."""
+        for role, stream in (("microphone", self.audio.capture), ("speaker", self.audio.player)):
+            retried_at = self._lost_since.get(role)
+            if retried_at is None:
+                if stream.lost(now):
+                    self._lost_since[role] = now
+                    log.warning("the %s (%s) stopped", role, stream.device.name)
+                    self.listener.on_notice(
+                        Notice(
+                            "error",
+                            f"The {role} ({stream.device.name}) stopped working; was it unplugged? "
+                            f"Plug it back in or choose another {role} in Settings.",
+                            needs_user=True,
+                        )
+                    )
+            elif stream.delivering(now):
+                del self._lost_since[role]
+                log.info("the %s (%s) works again", role, stream.device.name)
+                self.listener.on_notice(Notice("info", f"The {role} ({stream.device.name}) works again."))
+            elif now - retried_at >= DEVICE_RETRY_INTERVAL_S:
+                self._lost_since[role] = now
+                try:
+                    stream.reopen()
+                except Exception as exc:
+                    log.info("the %s is still unavailable: %s", role, exc)
 
     async def _maybe_rollover(self, now: float) -> None:
         transport = self._transport
@@ -283,6 +323,7 @@ class Engine:
     # TransportHandler
     # ------------------------------------------------------------------------------------------
     async def on_connected(self, reconnected: bool) -> None:
+        self._failures_in_a_row = 0
         self._drain_outbox()  # anything queued for the old socket is replaced by the replay
         actions = self.conversation.connected_to_server(reconnected, time.monotonic())
         # session.update and the replay go out from here, in order, before any microphone audio:
@@ -302,10 +343,16 @@ class Engine:
 
     async def on_disconnected(self, problem: ConnectionProblem, retry_in: float | None) -> None:
         self._drain_outbox()
+        self._failures_in_a_row += 1
         message = problem.message
         if retry_in is not None:
             message = f"{message} Reconnecting in {retry_in:.1f} s."
-        self._apply(self.conversation.disconnected(message, retry_in is not None, time.monotonic()))
+        unreachable = self._failures_in_a_row == UNREACHABLE_AFTER_FAILURES
+        self._apply(
+            self.conversation.disconnected(
+                message, retry_in is not None, time.monotonic(), needs_user=retry_in is None or unreachable
+            )
+        )
 
     def _drain_outbox(self) -> None:
         if self._outbox is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -237,3 +238,44 @@ def test_slow_answer_gets_the_earcon_then_the_answer_replaces_it(
     assert len(cue) and 0.03 < cue.max() < 0.2, "no soft earcon while waiting"
     before = np.abs(samples[(times > asked) & (times < asked + 0.7)])
     assert len(before) and before.max() < 0.01, "the earcon came too early"
+
+
+def _pactl(rig: Any, *args: str) -> str:
+    done = subprocess.run(
+        ["pactl", *args],
+        env={**os.environ, **rig.env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    )
+    return done.stdout
+
+
+def test_a_stalled_microphone_is_reported_once_and_works_again_when_it_returns(
+    virtual_audio: Any, peer: ScriptedPeer
+) -> None:
+    listener = Recorder()
+    engine = _engine(virtual_audio, peer, listener)
+    engine.start()
+    try:
+        wait_ready(listener)
+        # A suspended source stops delivering, as a device that is pulled out does on many systems.
+        _pactl(virtual_audio, "suspend-source", virtual_audio.mic, "1")
+
+        def lost() -> list[Notice]:
+            return [n for n in listener.of(Notice) if n.needs_user and "microphone" in n.message]
+
+        listener.wait_for(lambda: bool(lost()), 5, "the lost-microphone notice")
+        assert "unplugged" in lost()[0].message and virtual_audio.mic in lost()[0].message
+        time.sleep(3.5)  # long enough for at least one attempt to reopen it while it is still gone
+        _pactl(virtual_audio, "suspend-source", virtual_audio.mic, "0")
+        listener.wait_for(
+            lambda: any("works again" in n.message for n in listener.of(Notice)), 10, "the microphone back"
+        )
+        assert len(lost()) == 1, "the loss was reported more than once"
+        appends = len(peer.of_type("input_audio_buffer.append"))
+        time.sleep(0.5)
+        assert len(peer.of_type("input_audio_buffer.append")) > appends + 10, "no audio after reopening"
+    finally:
+        engine.stop()

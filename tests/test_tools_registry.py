@@ -303,3 +303,11 @@ def test_default_registry_specs_validate_as_realtime_session_tools(tmp_path: Pat
         assert tool.parameters == spec.parameters
         assert tool.description
     assert not (tmp_path / "outbox").exists()  # building the registry writes nothing
+
+
+def test_only_keeps_the_allowed_tools_in_their_order(tmp_path: Path) -> None:
+    registry = default_registry(outbox_dir=tmp_path)
+    assert registry.only(["create_ticket"]).names() == ["create_ticket"]
+    assert registry.only(["nonexistent", "search_knowledge_base"]).names() == ["search_knowledge_base"]
+    assert len(registry.only([])) == 0
+    assert len(registry) == 2  # the original is untouched

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Callable
 from typing import Any, Literal, Self
 
@@ -56,6 +58,9 @@ class StreamOwner:
         self.blocksize = frames_for_ms(self.rate, block_ms)
         self._block_ms = block_ms
         self._stream: Any = None
+        self._running = False  # started by us and not stopped by us
+        self._started_at = 0.0
+        self._last_callback_at = 0.0  # monotonic; a float store is atomic, so the callback may write it
 
     @property
     def latency(self) -> float:
@@ -65,19 +70,53 @@ class StreamOwner:
     def start(self) -> None:
         if self._stream is None:
             self._stream = open_stream(
-                self.direction, self.device, self._callback, self._block_ms, self.rate, self.channels
+                self.direction, self.device, self._timed_callback, self._block_ms, self.rate, self.channels
             )
             self._opened()
+        self._started_at = time.monotonic()
         self._stream.start()
+        self._running = True
 
     def stop(self) -> None:
+        self._running = False
         if self._stream is not None:
             self._stream.stop()
 
     def close(self) -> None:
+        self._running = False
         if self._stream is not None:
-            self._stream.close()
-            self._stream = None
+            stream, self._stream = self._stream, None
+            # A stream whose device vanished may fail to close; it is gone either way.
+            with contextlib.suppress(Exception):
+                stream.close()
+
+    def lost(self, now: float, stall_s: float = 1.5) -> bool:
+        """True when the running stream stopped by itself or its callbacks stopped coming.
+
+        Both happen when a device is unplugged or its sound server goes away: PortAudio either ends
+        the stream or, through some ALSA plugins, simply stops calling back.
+        """
+        if not self._running or self._stream is None:
+            return False
+        try:
+            active = bool(self._stream.active)
+        except Exception:
+            return True
+        return not active or now - max(self._started_at, self._last_callback_at) > stall_s
+
+    def delivering(self, now: float, within_s: float = 0.25) -> bool:
+        """True when the running stream has called back lately (a reopened stream may stay silent)."""
+        last = self._last_callback_at
+        return self._running and last > self._started_at and now - last < within_s
+
+    def reopen(self) -> None:
+        """Closes the stream and opens it anew on the same device; raises if it still cannot open."""
+        self.close()
+        self.start()
+
+    def _timed_callback(self, data: Any, frames: int, time_info: Any, status: Any) -> None:
+        self._last_callback_at = time.monotonic()
+        self._callback(data, frames, time_info, status)
 
     def __enter__(self) -> Self:
         self.start()

@@ -108,6 +108,9 @@ class Notice:
 
     level: Literal["info", "warning", "error"]
     message: str
+    # The user must act (plug a device back, fix the key, check the network): worth a desktop
+    # notification, where other notices only go to the status line and the transcript.
+    needs_user: bool = False
 
 
 Action = (

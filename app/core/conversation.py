@@ -307,7 +307,10 @@ class Conversation:
             actions.append(Notice("info", "Reconnected."))
         return actions + self._set_state(State.LISTENING)
 
-    def disconnected(self, message: str, retrying: bool, now: float) -> list[Action]:
+    def disconnected(
+        self, message: str, retrying: bool, now: float, needs_user: bool | None = None
+    ) -> list[Action]:
+        """The connection is gone; ``needs_user`` defaults to "only when no retry will fix it"."""
         self.connected = False
         actions: list[Action] = []
         # The response in flight is gone with the socket; what was buffered still plays out.
@@ -331,7 +334,7 @@ class Conversation:
         self._active_response = None
         self._cancel_cue()
         level: Literal["warning", "error"] = "warning" if retrying else "error"
-        actions.append(Notice(level, message))
+        actions.append(Notice(level, message, needs_user=not retrying if needs_user is None else needs_user))
         if self.state is State.IDLE:
             return actions
         return actions + self._set_state(State.RECONNECTING if retrying else State.ERROR)

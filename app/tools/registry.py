@@ -300,6 +300,10 @@ class ToolRegistry:
     def specs(self) -> list[ToolSpec]:
         return [tool.spec() for tool in self._tools.values()]
 
+    def only(self, names: Iterable[str]) -> ToolRegistry:
+        """A registry with just the named tools (an admin may allow fewer); unknown names are skipped."""
+        return ToolRegistry(self._tools[name] for name in names if name in self._tools)
+
     def __contains__(self, name: object) -> bool:
         return name in self._tools
 

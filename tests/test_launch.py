@@ -1,0 +1,178 @@
+"""From settings to a plan (pure), and the runner that carries a plan out (real server and devices)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app import config
+from app.audio.bargein import DetectorSettings
+from app.config import load_settings
+from app.core.actions import Notice, StateChanged
+from app.launch import ConversationRunner, LaunchError, LaunchPlan, detector_settings, plan_from_settings
+from app.realtime.endpoint import API_KEY_ENV
+from tests.test_engine import Recorder
+
+KEY = "sk-test-0123456789abcdefSECRET"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "user").mkdir()
+    return {config.CONFIG_DIR_ENV: str(tmp_path / "user"), config.POLICY_ENV: str(tmp_path / "policy.toml")}
+
+
+def plan(env: dict[str, str], cli: dict[str, object] | None = None, **extra: str) -> LaunchPlan:
+    environ = {**env, **extra}
+    return plan_from_settings(load_settings(cli, environ), environ)
+
+
+def test_nothing_configured_means_the_embedded_server_with_its_shorter_pause(env: dict[str, str]) -> None:
+    result = plan(env)
+    assert result.backend == "embedded" and result.endpoint is None
+    assert result.session.turn_detection is not None
+    assert result.session.turn_detection.silence_duration_ms == 400
+    assert result.session.model is None
+    assert result.input_device is None and result.output_device is None
+    assert result.tools_allowed == ("search_knowledge_base", "create_ticket")
+    assert result.detector == DetectorSettings()
+
+
+def test_a_url_on_the_command_line_means_that_server(env: dict[str, str]) -> None:
+    result = plan(env, {"endpoint.url": "ws://127.0.0.1:9/realtime", "audio.input_device": "Headset"})
+    assert result.backend == "custom" and result.endpoint is not None
+    assert result.endpoint.url == "ws://127.0.0.1:9/realtime"
+    assert result.endpoint.headers == {}  # no key known: none sent
+    assert result.input_device == "Headset"
+    assert result.session.turn_detection is not None
+    assert result.session.turn_detection.silence_duration_ms == 500  # the cloud default
+
+
+def test_openai_without_a_key_is_refused_with_where_to_put_one(env: dict[str, str]) -> None:
+    (Path(env[config.CONFIG_DIR_ENV]) / "settings.toml").write_text('backend = "openai"\n')
+    with pytest.raises(LaunchError, match=r"no API key for OpenAI.*Settings.*HELPDESK_VOICE_API_KEY"):
+        plan(env, **{API_KEY_ENV: ""})
+
+
+def test_openai_with_a_key_uses_the_model_in_the_url_and_the_key_in_a_header(env: dict[str, str]) -> None:
+    (Path(env[config.CONFIG_DIR_ENV]) / "settings.toml").write_text(
+        'backend = "openai"\n[endpoint]\nmodel = "gpt-realtime-mini"\n'
+    )
+    result = plan(env, **{API_KEY_ENV: KEY})
+    assert result.backend == "openai" and result.endpoint is not None
+    assert result.endpoint.url.endswith("?model=gpt-realtime-mini")
+    assert result.endpoint.headers == {"Authorization": f"Bearer {KEY}"}
+    assert KEY not in repr(result)
+
+
+def test_azure_without_a_deployment_is_a_clear_refusal(env: dict[str, str]) -> None:
+    (Path(env[config.CONFIG_DIR_ENV]) / "settings.toml").write_text(
+        'backend = "azure"\n[endpoint]\nazure_resource = "contoso"\n'
+    )
+    with pytest.raises(LaunchError, match="Azure deployment name is empty") as caught:
+        plan(env, **{API_KEY_ENV: KEY})
+    assert caught.value.usage
+
+
+def test_conversation_settings_reach_the_session(env: dict[str, str]) -> None:
+    (Path(env[config.CONFIG_DIR_ENV]) / "settings.toml").write_text(
+        'voice = "cedar"\ninstructions = "Be brief."\nturn_detection = "semantic_vad"\neagerness = "high"\n'
+        'push_to_talk = true\n[barge_in]\nsensitivity = "low"\n[audio]\nblock_ms = 20\n'
+        '[tools]\nallowed = ["search_knowledge_base"]\n'
+    )
+    result = plan(env)
+    assert result.session.voice == "cedar" and result.session.instructions == "Be brief."
+    detection = result.session.turn_detection
+    assert detection is not None and detection.kind == "semantic_vad" and detection.eagerness == "high"
+    assert detection.to_dict().get("silence_duration_ms") is None
+    assert result.push_to_talk and result.audio.block_ms == 20.0
+    assert result.detector == detector_settings("low")
+    assert result.tools_allowed == ("search_knowledge_base",)
+
+
+def test_a_chosen_pause_length_wins_over_the_backend_default(env: dict[str, str]) -> None:
+    (Path(env[config.CONFIG_DIR_ENV]) / "settings.toml").write_text("silence_ms = 700\n")
+    detection = plan(env).session.turn_detection
+    assert detection is not None and detection.silence_duration_ms == 700
+
+
+def test_sensitivity_orders_how_readily_the_user_interrupts() -> None:
+    low, medium, high = (detector_settings(s) for s in ("low", "medium", "high"))
+    assert high.onset_frames < medium.onset_frames < low.onset_frames
+    assert high.margin_db < medium.margin_db < low.margin_db
+    with pytest.raises(ValueError, match="low, medium or high"):
+        detector_settings("loud")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The runner, for real
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.devices
+def test_stop_during_the_offline_server_start_ends_it_quickly(
+    virtual_audio: Any, env: dict[str, str]
+) -> None:
+    progress: list[str] = []
+    runner = ConversationRunner(
+        plan(env, {"audio.input_device": virtual_audio.mic, "audio.output_device": virtual_audio.speaker}),
+        Recorder(),
+        progress.append,
+    )
+    outcome: list[BaseException | None] = []
+
+    def start() -> None:
+        try:
+            runner.start()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not progress and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert progress, "no progress from the offline server"
+    time.sleep(0.5)  # the models are loading now
+    stop_at = time.monotonic()
+    runner.stop()
+    thread.join(5)
+    took = time.monotonic() - stop_at
+    assert not thread.is_alive()
+    assert took < 2.0, f"stopping mid-start took {took:.2f} s"
+    assert isinstance(outcome[0], LaunchError) and "stopped before it started" in str(outcome[0])
+    assert runner.engine is None
+
+
+@pytest.mark.devices
+def test_runner_reaches_listening_and_stops_within_a_second(virtual_audio: Any, env: dict[str, str]) -> None:
+    listener = Recorder()
+    runner = ConversationRunner(
+        plan(env, {"audio.input_device": virtual_audio.mic, "audio.output_device": virtual_audio.speaker}),
+        listener,
+    )
+    runner.start()
+    try:
+        assert runner.description == f"listening on {virtual_audio.mic} -> {virtual_audio.speaker}"
+        listener.wait_for(
+            lambda: any(e.state.value == "listening" for e in listener.of(StateChanged)), 60, "listening"
+        )
+        assert runner.engine is not None and runner.engine.running
+    finally:
+        stop_at = time.monotonic()
+        runner.stop()
+        took = time.monotonic() - stop_at
+    assert took < 1.5, f"stopping took {took:.2f} s"
+    assert not [n for n in listener.of(Notice) if n.level == "error"]
+
+
+def test_an_unknown_device_is_a_usage_error(env: dict[str, str]) -> None:
+    runner = ConversationRunner(plan(env, {"audio.input_device": "no-such-microphone-xyz"}), Recorder())
+    with pytest.raises(LaunchError) as caught:
+        runner.start()
+    assert caught.value.usage and "no-such-microphone-xyz" in str(caught.value)
