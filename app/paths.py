@@ -9,6 +9,7 @@ import platformdirs
 
 APP_NAME = "helpdesk-voice"
 DATA_DIR_ENV = "HELPDESK_VOICE_DATA_DIR"
+CACHE_DIR_ENV = "HELPDESK_VOICE_CACHE_DIR"
 
 
 def assets_dir() -> Path:
@@ -26,3 +27,11 @@ def default_data_dir() -> Path:
         return Path(override).expanduser()
     # appauthor=False: no extra "helpdesk-voice/helpdesk-voice" nesting on Windows.
     return platformdirs.user_data_path(APP_NAME, appauthor=False)
+
+
+def default_cache_dir() -> Path:
+    """Where the app keeps what it can always compute again; ``HELPDESK_VOICE_CACHE_DIR`` overrides it."""
+    override = os.environ.get(CACHE_DIR_ENV, "").strip()
+    if override:
+        return Path(override).expanduser()
+    return platformdirs.user_cache_path(APP_NAME, appauthor=False)

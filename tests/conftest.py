@@ -24,6 +24,32 @@ from app.audio.virtual_rig import RigUnavailable, VirtualAudioRig, reinitialise_
 from tests.file_keyring import FileKeyring
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_app_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The app (and the servers it starts) sees none of this machine's own settings, data or cache.
+
+    One cache for the whole session: the offline server embeds the articles once, not per test.
+    """
+    root = tmp_path_factory.mktemp("app-dirs")
+    names = {
+        "HELPDESK_VOICE_CONFIG_DIR": root / "config",
+        "HELPDESK_VOICE_POLICY": root / "policy.toml",
+        "HELPDESK_VOICE_DATA_DIR": root / "data",
+        "HELPDESK_VOICE_CACHE_DIR": root / "cache",
+    }
+    saved = {name: os.environ.get(name) for name in names}
+    for name, path in names.items():
+        os.environ[name] = str(path)
+    try:
+        yield root
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def virtual_audio() -> Iterator[VirtualAudioRig]:
     rig = VirtualAudioRig()

@@ -333,3 +333,47 @@ def test_no_articles_means_no_match(encoder: MiniLMEncoder, tmp_path: Path) -> N
     retriever = ArticleRetriever(empty, encoder, KeywordIndex(empty))
     assert retriever.retrieve("my vpn", 3) == [] and retriever.decide("my vpn").kind == "none"
     assert load_retriever(tmp_path, use_embeddings=False).decide("my vpn").kind == "none"
+
+
+class _CountingEncoder:
+    """The real encoder, counting the texts it embeds, with the identity the cache keys on."""
+
+    def __init__(self, inner: MiniLMEncoder, identity: str | None) -> None:
+        self.inner = inner
+        self.identity = identity
+        self.texts = 0
+
+    def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        self.texts += len(texts)
+        return self.inner.encode(texts)
+
+
+def test_article_vectors_are_cached_on_disk_and_reused(encoder: MiniLMEncoder, tmp_path: Path) -> None:
+    assert encoder.identity is not None and "model.safetensors" not in encoder.identity
+    first = _CountingEncoder(encoder, encoder.identity)
+    built = ArticleRetriever(ARTICLES, first, KeywordIndex(ARTICLES), tmp_path)
+    (cached,) = tmp_path.glob("kb-vectors-*.npy")
+    embedded = first.texts
+    assert embedded > len(ARTICLES)  # every article's texts were embedded once
+    second = _CountingEncoder(encoder, encoder.identity)
+    again = ArticleRetriever(ARTICLES, second, KeywordIndex(ARTICLES), tmp_path)
+    assert second.texts == 0 and again.mode == "embedding"
+    request = "my vpn keeps dropping every few minutes"
+    assert [m.article.id for m in again.retrieve(request)] == [m.article.id for m in built.retrieve(request)]
+    assert again.retrieve(request)[0].score == pytest.approx(built.retrieve(request)[0].score)
+
+    cached.write_bytes(b"\x93NUMPY torn")  # a crash mid-write elsewhere, or another program
+    third = _CountingEncoder(encoder, encoder.identity)
+    assert ArticleRetriever(ARTICLES, third, KeywordIndex(ARTICLES), tmp_path).mode == "embedding"
+    assert third.texts == embedded
+    assert np.load(cached).shape[0] == embedded  # rewritten whole
+
+    fewer = ARTICLES[:3]
+    ArticleRetriever(fewer, _CountingEncoder(encoder, encoder.identity), KeywordIndex(fewer), tmp_path)
+    assert [p.name for p in tmp_path.glob("kb-vectors-*.npy")] != [cached.name]  # the old one is gone
+    assert len(list(tmp_path.glob("kb-vectors-*.npy"))) == 1
+
+
+def test_an_encoder_without_identity_is_never_cached(encoder: MiniLMEncoder, tmp_path: Path) -> None:
+    ArticleRetriever(ARTICLES[:2], _CountingEncoder(encoder, None), KeywordIndex(ARTICLES[:2]), tmp_path)
+    assert list(tmp_path.iterdir()) == []

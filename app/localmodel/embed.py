@@ -203,6 +203,14 @@ class MiniLMEncoder:
         directory = Path(model_dir) if model_dir is not None else default_model_dir()
         config = _config(directory)
         self.model_dir = directory
+        try:
+            weights_file = (directory / "model.safetensors").stat()
+            # Names these exact weights, so vectors cached on disk are reused only with them.
+            self.identity: str | None = (
+                f"minilm|{directory.resolve()}|{weights_file.st_size}|{weights_file.st_mtime_ns}"
+            )
+        except OSError:
+            self.identity = None
         self.layer_norm_eps = float(config.get("layer_norm_eps", 1e-12))
         self.heads = int(config.get("num_attention_heads", 12))
         layer_count = int(config.get("num_hidden_layers", 6))

@@ -56,6 +56,7 @@ def load_models(progress: Callable[[str], None]) -> Components:
     from app.localmodel.brain import HelpdeskBrain
     from app.localmodel.retrieval import load_retriever
     from app.localmodel.tts import CachedVoice, SpeechStream, load_voice
+    from app.paths import default_cache_dir
 
     def load_recognizer() -> SpeechRecognizer:
         recognizer = SpeechRecognizer()
@@ -63,7 +64,9 @@ def load_models(progress: Callable[[str], None]) -> Components:
         return recognizer
 
     recognizer = step("speech recognition (Whisper tiny.en)", load_recognizer)
-    retriever = step("knowledge base (MiniLM embeddings)", load_retriever)
+    retriever = step(
+        "knowledge base (MiniLM embeddings)", lambda: load_retriever(cache_dir=default_cache_dir())
+    )
     voice = step("voice (Piper)", lambda: CachedVoice(load_voice()))
 
     def speak(text: str) -> Speech:

@@ -16,6 +16,8 @@ The thresholds were chosen on the ``dev`` half of ``tests/data/kb_requests.jsonl
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import re
 from collections.abc import Sequence
@@ -26,6 +28,7 @@ from typing import Final, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from app.fileio import write_atomically
 from app.tools.kb import Article, KeywordIndex, load_articles
 
 __all__ = [
@@ -149,6 +152,7 @@ class ArticleRetriever:
         articles: Sequence[Article],
         encoder: Encoder | None,
         keyword_index: KeywordIndex | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         self._articles = list(articles)
         self._by_id = {article.id: article for article in self._articles}
@@ -157,25 +161,32 @@ class ArticleRetriever:
         self._vectors: npt.NDArray[np.float32] = np.zeros((0, 0), dtype=np.float32)
         self._owner: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
         if encoder is not None and self._articles:
-            self._embed_articles(encoder)
+            self._embed_articles(encoder, cache_dir)
 
-    def _embed_articles(self, encoder: Encoder) -> None:
+    def _embed_articles(self, encoder: Encoder, cache_dir: Path | None) -> None:
         texts: list[str] = []
         owners: list[int] = []
         for index, article in enumerate(self._articles):
             for text in article_texts(article):
                 texts.append(text)
                 owners.append(index)
-        try:
-            vectors = np.asarray(encoder.encode(texts), dtype=np.float32)
-        except Exception:  # any encoder failure means keyword mode, never a dead assistant
-            _log.warning("embedding the knowledge base failed; using keyword search only", exc_info=True)
-            return
-        if vectors.ndim != 2 or vectors.shape[0] != len(texts) or not np.isfinite(vectors).all():
-            _log.warning(
-                "the encoder returned %s for %d texts; using keyword search only", vectors.shape, len(texts)
-            )
-            return
+        cache = VectorCache.for_texts(cache_dir, getattr(encoder, "identity", None), texts)
+        vectors = cache.load(len(texts)) if cache is not None else None
+        if vectors is None:
+            try:
+                vectors = np.asarray(encoder.encode(texts), dtype=np.float32)
+            except Exception:  # any encoder failure means keyword mode, never a dead assistant
+                _log.warning("embedding the knowledge base failed; using keyword search only", exc_info=True)
+                return
+            if not _usable(vectors, len(texts)):
+                _log.warning(
+                    "the encoder returned %s for %d texts; using keyword search only",
+                    vectors.shape,
+                    len(texts),
+                )
+                return
+            if cache is not None:
+                cache.save(vectors)
         self._encoder = encoder
         self._vectors = vectors
         self._owner = np.asarray(owners, dtype=np.intp)
@@ -267,8 +278,61 @@ def judge(matches: Sequence[Match], thresholds: Thresholds) -> Decision:
     return Decision("ambiguous", best, runner_up)
 
 
+def _usable(vectors: npt.NDArray[np.float32], rows: int) -> bool:
+    return vectors.ndim == 2 and vectors.shape[0] == rows and bool(np.isfinite(vectors).all())
+
+
+class VectorCache:
+    """The article vectors on disk, named by a hash of the encoder's identity and every text.
+
+    Embedding the knowledge base is most of the offline server's start-up; the same weights and the
+    same articles always give the same vectors, so they are computed once. Any problem with the file
+    (missing, corrupt, another shape) just means computing them again.
+    """
+
+    PREFIX: Final = "kb-vectors-"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def for_texts(cls, cache_dir: Path | None, identity: object, texts: Sequence[str]) -> VectorCache | None:
+        if cache_dir is None or not isinstance(identity, str) or not identity:
+            return None
+        digest = hashlib.sha256("\0".join([identity, *texts]).encode("utf-8")).hexdigest()[:32]
+        return cls(cache_dir / f"{cls.PREFIX}{digest}.npy")
+
+    def load(self, rows: int) -> npt.NDArray[np.float32] | None:
+        try:
+            vectors = np.load(self.path, allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # a torn or foreign file: compute again
+            _log.info("ignoring the cached article vectors %s: %s", self.path, exc)
+            return None
+        if vectors.dtype != np.float32 or not _usable(vectors, rows):
+            _log.info("ignoring the cached article vectors %s: shape %s", self.path, vectors.shape)
+            return None
+        return np.asarray(vectors, dtype=np.float32)
+
+    def save(self, vectors: npt.NDArray[np.float32]) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, vectors, allow_pickle=False)
+        try:
+            write_atomically(self.path, buffer.getvalue())
+            for old in self.path.parent.glob(f"{self.PREFIX}*.npy"):  # earlier articles or weights
+                if old != self.path:
+                    old.unlink(missing_ok=True)
+        except OSError as exc:  # a read-only or full disk costs start-up time, nothing else
+            _log.info("could not cache the article vectors in %s: %s", self.path.parent, exc)
+
+
 def load_retriever(
-    kb_dir: Path | None = None, model_dir: Path | None = None, *, use_embeddings: bool = True
+    kb_dir: Path | None = None,
+    model_dir: Path | None = None,
+    *,
+    use_embeddings: bool = True,
+    cache_dir: Path | None = None,
 ) -> ArticleRetriever:
     """A retriever over the articles in ``kb_dir``, with embeddings when the model loads.
 
@@ -285,4 +349,4 @@ def load_retriever(
             encoder = MiniLMEncoder(model_dir)
         except Exception:
             _log.warning("the sentence encoder is unavailable; using keyword search only", exc_info=True)
-    return ArticleRetriever(articles, encoder, KeywordIndex(articles))
+    return ArticleRetriever(articles, encoder, KeywordIndex(articles), cache_dir)
