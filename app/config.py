@@ -68,6 +68,7 @@ __all__ = [
     "load_settings",
     "save_user_setting",
     "secrets",
+    "validate_setting",
 ]
 
 Origin: TypeAlias = Literal["default", "policy", "user", "env", "cli"]
@@ -79,8 +80,11 @@ CONFIG_DIR_ENV: Final = "HELPDESK_VOICE_CONFIG_DIR"
 POLICY_FILE: Final = "policy.toml"
 USER_FILE: Final = "settings.toml"
 KNOWN_TOOLS: Final = ("search_knowledge_base", "create_ticket")
-# A key whose last part matches this holds a secret, which belongs in the keyring, never in a file.
-_SECRET_KEY: Final = re.compile(r"(api[_-]?key|token|password|passwd|secret|credential)", re.IGNORECASE)
+# A key part named like this holds a secret, which belongs in the keyring, never in a file. Whole
+# names, so that a setting such as ``max_tokens`` or ``token_limit`` is not taken for one.
+_SECRET_KEY: Final = re.compile(
+    r"(\w*[_-])?(api[_-]?key|token|password|passwd|secret|credentials?)", re.IGNORECASE
+)
 _BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -250,6 +254,21 @@ def _describe_value(raw: object) -> str:
     return f"a {type(raw).__name__}"
 
 
+def validate_setting(key: str, raw: object) -> Value:
+    """``raw`` checked as :func:`save_user_setting` would check it, as the setting's type.
+
+    Lets a form report every bad field before anything is saved. Text is parsed for numbers and
+    booleans (``"45"`` is 45). Raises :class:`ConfigError` with one clear sentence naming the key.
+    """
+    setting = SETTINGS.get(key)
+    if setting is None:
+        raise ConfigError(f"unknown setting {key!r}; known settings: {', '.join(SETTINGS)}")
+    try:
+        return _validate(setting, raw, from_text=setting.kind is not str)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 # ---------------------------------------------------------------------------------------------------
 # Paths
 # ---------------------------------------------------------------------------------------------------
@@ -295,7 +314,7 @@ def _flatten(table: Mapping[str, object], prefix: str = "") -> dict[str, object]
 
 
 def _is_secret_key(key: str) -> bool:
-    return any(_SECRET_KEY.search(part) for part in key.split("."))
+    return any(_SECRET_KEY.fullmatch(part) for part in key.split("."))
 
 
 @dataclass(slots=True)

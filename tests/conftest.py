@@ -50,6 +50,17 @@ def isolated_app_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
                 os.environ[name] = value
 
 
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """An environment for app.config whose policy and user files live in ``tmp_path``, and nothing else."""
+    (tmp_path / "user").mkdir()
+    (tmp_path / "policy").mkdir()
+    return {
+        "HELPDESK_VOICE_CONFIG_DIR": str(tmp_path / "user"),
+        "HELPDESK_VOICE_POLICY": str(tmp_path / "policy" / "policy.toml"),
+    }
+
+
 @pytest.fixture(scope="session")
 def virtual_audio() -> Iterator[VirtualAudioRig]:
     rig = VirtualAudioRig()

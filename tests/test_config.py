@@ -22,16 +22,6 @@ ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-test-0123456789abcdefSECRET"
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    """An environment whose policy and user files live in ``tmp_path`` (and nothing else is set)."""
-    (tmp_path / "user").mkdir()
-    return {
-        config.CONFIG_DIR_ENV: str(tmp_path / "user"),
-        config.POLICY_ENV: str(tmp_path / "policy.toml"),
-    }
-
-
 def user_file(env: dict[str, str]) -> Path:
     return Path(env[config.CONFIG_DIR_ENV]) / "settings.toml"
 
@@ -292,6 +282,13 @@ def test_out_of_range_value_in_user_file_is_ignored_alone(env: dict[str, str]) -
     assert "silence_ms must be a whole number from 200 to 2000, not 5000; ignored" in text
     assert "turn_detection must be one of server_vad, semantic_vad, not 'loud'; ignored" in text
     assert corrupt_copies(env) == []
+
+
+def test_names_that_only_contain_a_secret_word_are_not_secrets() -> None:
+    for key in ("max_tokens", "token_limit", "push_to_talk_key", "keyboard.shortcut", "secretary"):
+        assert not config._is_secret_key(key), key
+    for key in ("access_token", "endpoint.client_secret", "proxy.password", "azure.api-key"):
+        assert config._is_secret_key(key), key
 
 
 @pytest.mark.parametrize("field", ["api_key", "token", "password", "endpoint.api-key", "azure.secret"])

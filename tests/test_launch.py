@@ -20,12 +20,6 @@ from tests.test_engine import Recorder
 KEY = "sk-test-0123456789abcdefSECRET"
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    (tmp_path / "user").mkdir()
-    return {config.CONFIG_DIR_ENV: str(tmp_path / "user"), config.POLICY_ENV: str(tmp_path / "policy.toml")}
-
-
 def plan(env: dict[str, str], cli: dict[str, object] | None = None, **extra: str) -> LaunchPlan:
     environ = {**env, **extra}
     return plan_from_settings(load_settings(cli, environ), environ)

@@ -269,10 +269,12 @@ class KeyStoreError(Exception):
 
 
 def _keyring_problem(exc: BaseException) -> str:
-    # keyring's own messages name the missing backend or the locked collection, which is what the
-    # user needs; a backend's exception for a failed *read* carries no password.
-    detail = str(exc).strip()
     name = type(exc).__name__
+    if name == "NoKeyringError":  # keyring's own text goes on about packages, which helps nobody here
+        return "the system keyring is unavailable: no keyring service such as GNOME Keyring or KWallet runs"
+    # Otherwise keyring's first sentence names the locked collection or the failing service, which
+    # is what the user needs; a backend's exception for a failed *read* carries no password.
+    detail = str(exc).strip().split(". ")[0].rstrip(".")
     return f"the system keyring is unavailable ({name}: {detail})" if detail else f"keyring error ({name})"
 
 

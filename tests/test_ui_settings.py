@@ -1,0 +1,789 @@
+"""The settings dialog, the level meter and the device probe: real widgets offscreen, real files,
+a file-backed keyring, and the PulseAudio virtual devices for the microphone and speaker checks."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import math
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import keyring
+import keyring.backends.fail
+import numpy as np
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import QAbstractButton, QDialog, QLabel, QPushButton, QWidget
+from pytestqt.qtbot import QtBot
+
+from app import config
+from app.audio.devices import AudioDevice, DeviceError, find_device
+from app.audio.level_probe import (
+    SILENCE_DBFS,
+    DeviceUnavailable,
+    InputLevelProbe,
+    chime,
+    peak_dbfs,
+    play_test_sound,
+)
+from app.audio.probe import SignalPlayer, TimedRecorder
+from app.audio.resample import FloatArray
+from app.audio.streams import open_stream
+from app.audio.virtual_rig import VirtualAudioRig
+from app.config import load_settings, secrets
+from app.ui.level_meter import FLOOR_DBFS, LevelMeter, describe_level
+from app.ui.settings_dialog import (
+    API_KEY_FIELD,
+    LOCKED_NOTE,
+    SYSTEM_DEFAULT_LABEL,
+    SettingsDialog,
+)
+from tests.file_keyring import FileKeyring
+
+KEY = "sk-test-settings-dialog-0123456789SECRET"
+UTTERANCE = "Hello, can you hear me?"
+
+
+def user_file(env: dict[str, str]) -> Path:
+    return Path(env[config.CONFIG_DIR_ENV]) / "settings.toml"
+
+
+def write_policy(env: dict[str, str], text: str) -> None:
+    path = Path(env[config.POLICY_ENV])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, "utf-8")
+
+
+@pytest.fixture
+def make_dialog(
+    qtbot: QtBot, env: dict[str, str], file_keyring: FileKeyring
+) -> Callable[..., SettingsDialog]:
+    def make(environ: dict[str, str] | None = None) -> SettingsDialog:
+        dialog = SettingsDialog(environ=environ if environ is not None else env)
+        qtbot.addWidget(dialog)
+        return dialog
+
+    return make
+
+
+def show_page(qtbot: QtBot, dialog: SettingsDialog, page: QWidget) -> None:
+    """Shows the dialog on ``page``; any page but Audio keeps the microphone closed."""
+    dialog.tabs.setCurrentWidget(page)
+    dialog.show()
+    qtbot.waitExposed(dialog)
+
+
+def shown(label: QLabel, dialog: SettingsDialog) -> bool:
+    return label.isVisibleTo(dialog) and bool(label.text())
+
+
+# ----------------------------------------------------------------------------------------------
+# LevelMeter
+# ----------------------------------------------------------------------------------------------
+def test_level_meter_clamps_and_speaks_the_level_in_words(qtbot: QtBot) -> None:
+    meter = LevelMeter()
+    qtbot.addWidget(meter)
+    assert meter.level() == FLOOR_DBFS
+    assert "silent" in meter.accessibleName()
+
+    meter.set_level(-20.0)
+    assert meter.level() == -20.0
+    assert meter.accessibleName().endswith(": good")
+    assert "about -20 dB" in meter.accessibleDescription()
+
+    meter.set_level(3.0)  # above full scale
+    assert meter.level() == 0.0
+    assert "too loud" in meter.accessibleName()
+
+    for reading in (-math.inf, math.nan, -200.0):
+        meter.set_level(reading)
+        assert meter.level() == FLOOR_DBFS
+        assert "silent" in meter.accessibleName()
+
+    meter.set_label("Speaker level")
+    meter.set_level(-40.0)
+    assert meter.accessibleName() == "Speaker level: quiet"
+    assert [describe_level(x) for x in (-1, -8, -25, -40, -50, -70)] == [
+        "too loud",
+        "loud",
+        "good",
+        "quiet",
+        "very quiet",
+        "silent",
+    ]
+
+
+def test_level_meter_peak_holds_then_falls(qtbot: QtBot) -> None:
+    meter = LevelMeter()
+    qtbot.addWidget(meter)
+    meter.set_level(-6.0)
+    meter.set_level(-25.0)
+    assert meter.level() == -25.0
+    assert meter.peak() == -6.0  # held for a moment after the level drops
+    start = time.monotonic()
+    qtbot.waitUntil(lambda: meter.peak() < -10.0, timeout=3000)
+    assert time.monotonic() - start > 0.8  # it held before it fell
+    qtbot.waitUntil(lambda: meter.peak() == -25.0, timeout=3000)  # falls to the level, not below
+    meter.set_level(-12.0)
+    assert meter.peak() == -12.0  # a new peak is caught at once
+
+
+def test_level_meter_paints_in_the_palette_colours(qtbot: QtBot) -> None:
+    meter = LevelMeter()
+    qtbot.addWidget(meter)
+    meter.resize(200, 16)
+    meter.set_level(-30.0)  # half way
+
+    def colours(highlight: QColor, base: QColor) -> tuple[QColor, QColor]:
+        palette = meter.palette()
+        palette.setColor(QPalette.ColorRole.Highlight, highlight)
+        palette.setColor(QPalette.ColorRole.Base, base)
+        meter.setPalette(palette)
+        image = meter.grab().toImage()
+        return image.pixelColor(40, 8), image.pixelColor(170, 8)
+
+    filled, empty = colours(QColor("#ff0000"), QColor("#ffffff"))
+    assert filled == QColor("#ff0000") and empty == QColor("#ffffff")
+    filled, empty = colours(QColor("#00aa00"), QColor("#101010"))  # a dark theme
+    assert filled == QColor("#00aa00") and empty == QColor("#101010")
+
+
+# ----------------------------------------------------------------------------------------------
+# InputLevelProbe and the test sound, alone
+# ----------------------------------------------------------------------------------------------
+def test_peak_dbfs_reads_the_loudest_sample() -> None:
+    assert peak_dbfs(np.zeros((480, 1), np.float32)) == SILENCE_DBFS
+    assert peak_dbfs(np.zeros((0, 2), np.float32)) == SILENCE_DBFS
+    assert peak_dbfs(np.full((480, 2), np.nan, np.float32)) == SILENCE_DBFS
+    assert peak_dbfs(np.array([[0.1], [-0.05]], np.float32)) == pytest.approx(-20.0, abs=0.01)
+    assert peak_dbfs(np.array([[0.2, -0.5]], np.float32)) == pytest.approx(-6.02, abs=0.01)
+    assert peak_dbfs(np.ones((4, 1), np.float32)) == pytest.approx(0.0)
+
+
+def ghost(inputs: int = 1, outputs: int = 1) -> AudioDevice:
+    return AudioDevice(9999, "Ghost headset", "ALSA", inputs, outputs, 48000.0)
+
+
+def test_unopenable_devices_raise_a_clear_device_error() -> None:
+    probe = InputLevelProbe(ghost())
+    with pytest.raises(DeviceError, match="cannot open the input device 'Ghost headset'"):
+        probe.start()
+    assert not probe.running
+    assert probe.level_dbfs == SILENCE_DBFS
+    probe.stop()  # harmless when nothing is open
+
+    with pytest.raises(DeviceUnavailable, match="'Ghost headset' is not an input device"):
+        InputLevelProbe(ghost(inputs=0)).start()
+    with pytest.raises(DeviceError, match="cannot open the output device 'Ghost headset'"):
+        play_test_sound(ghost())
+    with pytest.raises(DeviceUnavailable, match="not an output device"):
+        play_test_sound(ghost(outputs=0))
+
+
+@contextmanager
+def play_into_mic(rig: VirtualAudioRig, signal: FloatArray) -> Iterator[SignalPlayer]:
+    """Plays ``signal`` (at the feed's rate) into the virtual microphone while the block runs."""
+    feed = find_device(rig.mic_feed, "output")
+    player = SignalPlayer(signal, feed.default_samplerate)
+    with open_stream("output", feed, player.callback):
+        yield player
+
+
+@pytest.mark.devices
+def test_probe_follows_speech_on_the_virtual_mic(
+    virtual_audio: VirtualAudioRig, speech: Callable[[str, int], FloatArray]
+) -> None:
+    mic = find_device(virtual_audio.mic, "input")
+    feed = find_device(virtual_audio.mic_feed, "output")
+    with InputLevelProbe(mic) as probe:
+        assert probe.running
+        time.sleep(0.3)
+        quiet = probe.level_dbfs
+        loudest = SILENCE_DBFS
+        with play_into_mic(virtual_audio, speech(UTTERANCE, int(feed.default_samplerate))) as player:
+            deadline = time.monotonic() + 10
+            while not player.finished.is_set() and time.monotonic() < deadline:
+                loudest = max(loudest, probe.level_dbfs)
+                time.sleep(0.01)
+    assert quiet < -60
+    assert loudest > -30, f"the probe never heard the speech (loudest {loudest:.1f} dBFS)"
+    assert not probe.running and probe.level_dbfs == SILENCE_DBFS
+
+
+def dominant_hz(samples: FloatArray, rate: float) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.fft.rfftfreq(len(samples), 1 / rate)[int(np.argmax(spectrum))])
+
+
+def assert_chime_heard(recording: FloatArray, rate: float) -> None:
+    loud = np.flatnonzero(np.abs(recording) > 0.01)
+    assert len(loud), "nothing reached the speaker"
+    peak = 20 * math.log10(float(np.max(np.abs(recording))))
+    assert -21 < peak < -15, f"the test sound peaked at {peak:.1f} dBFS, not the earcon's -18"
+    tone = dominant_hz(recording[loud[0] : loud[-1] + 1], rate)
+    assert min(abs(tone - 659.25), abs(tone - 880.0)) < 15, f"heard {tone:.0f} Hz, not the chime"
+    heard_s = (loud[-1] - loud[0]) / rate
+    expected_s = len(chime(rate)) / rate
+    assert expected_s - 0.15 < heard_s < expected_s + 0.1  # played whole, once
+
+
+@pytest.mark.devices
+def test_test_sound_is_heard_on_the_speaker_and_returns_at_once(
+    virtual_audio: VirtualAudioRig, monitor: TimedRecorder
+) -> None:
+    speaker = find_device(virtual_audio.speaker, "output")
+    time.sleep(0.2)
+    started = time.monotonic()
+    play_test_sound(speaker)
+    assert time.monotonic() - started < 0.3  # shorter than the sound: it did not wait for it
+    time.sleep(len(chime(speaker.default_samplerate)) / speaker.default_samplerate + 0.8)
+    assert_chime_heard(monitor.recording(), monitor.rate)
+
+
+# ----------------------------------------------------------------------------------------------
+# The dialog: values, notes, locks
+# ----------------------------------------------------------------------------------------------
+def test_shows_effective_values_with_override_notes(
+    make_dialog: Callable[..., SettingsDialog], env: dict[str, str]
+) -> None:
+    user_file(env).write_text('voice = "cedar"\n[transcript]\nretention_days = 90\n', "utf-8")
+    dialog = make_dialog(
+        env | {"HELPDESK_VOICE_EAGERNESS": "high", "HELPDESK_VOICE_TURN_DETECTION": "semantic_vad"}
+    )
+    assert dialog.voice_combo.currentText() == "cedar"
+    assert dialog.retention_edit.text() == "90"
+    assert dialog.backend_combo.currentText() == "Embedded (offline)"
+    assert dialog.eagerness_combo.currentData() == "high"
+    note = dialog.field("eagerness").note
+    assert "Overridden for this run" in note.text() and "HELPDESK_VOICE_EAGERNESS" in note.text()
+    assert not dialog.field("voice").note.text()  # from the user's own file: no note
+    assert dialog.problems_label.isHidden()
+
+
+def test_locked_settings_are_disabled_noted_and_never_saved(
+    qtbot: QtBot, make_dialog: Callable[..., SettingsDialog], env: dict[str, str]
+) -> None:
+    write_policy(
+        env,
+        '[locked]\nbackend = "custom"\nvoice = "alloy"\n[locked.endpoint]\nurl = "wss://voice.corp.example/rt"\n',
+    )
+    dialog = make_dialog()
+    show_page(qtbot, dialog, dialog.connection_page)
+    for key, widget in (
+        ("backend", dialog.backend_combo),
+        ("endpoint.url", dialog.url_edit),
+        ("voice", dialog.voice_combo),
+    ):
+        field = dialog.field(key)
+        assert not widget.isEnabled(), key
+        assert field.note.text() == LOCKED_NOTE
+        assert "policy" in widget.toolTip() and "policy" in field.note.toolTip()
+    assert dialog.field("endpoint.url").note.isVisible()
+    assert dialog.url_edit.text() == "wss://voice.corp.example/rt"
+    assert dialog.instructions_edit.isEnabled()  # unlocked keys stay editable
+
+    # Poke the disabled widgets from code, as a buggy caller or an accessibility tool might.
+    dialog.url_edit.setText("wss://attacker.example/rt")
+    dialog.voice_combo.setCurrentText("echo")
+    dialog.backend_combo.setCurrentIndex(dialog.backend_combo.findData("openai"))
+    dialog.push_to_talk_check.setChecked(True)
+    with qtbot.waitSignal(dialog.settings_saved, timeout=1000):
+        assert dialog.save()
+    assert dialog.errors() == {}
+    text = user_file(env).read_text("utf-8")
+    assert "push_to_talk = true" in text
+    for secret in ("attacker", "echo", "openai", "backend", "voice"):
+        assert secret not in text
+    reloaded = load_settings(environ=env)
+    assert reloaded.value("voice") == "alloy" and reloaded.value("backend") == "custom"
+    assert reloaded.value("push_to_talk") is True
+
+
+# ----------------------------------------------------------------------------------------------
+# Checking: invalid input is refused, with the field marked and a message naming it
+# ----------------------------------------------------------------------------------------------
+def set_backend(dialog: SettingsDialog, backend: str) -> None:
+    dialog.backend_combo.setCurrentIndex(dialog.backend_combo.findData(backend))
+
+
+def bad_custom_url(dialog: SettingsDialog) -> None:
+    set_backend(dialog, "custom")
+    dialog.url_edit.setText("https://voice.example.com/rt")
+
+
+def azure_without_deployment(dialog: SettingsDialog) -> None:
+    set_backend(dialog, "azure")
+    dialog.azure_resource_edit.setText("contoso-voice")
+    dialog.api_key_edit.setText(KEY)
+
+
+def retention_out_of_range(dialog: SettingsDialog) -> None:
+    dialog.retention_edit.setText("5000")
+
+
+def retention_not_a_number(dialog: SettingsDialog) -> None:
+    dialog.retention_edit.setText("a month")
+
+
+def blank_instructions(dialog: SettingsDialog) -> None:
+    dialog.instructions_edit.setPlainText("  \n\t\n")
+
+
+def custom_without_url(dialog: SettingsDialog) -> None:
+    set_backend(dialog, "custom")
+
+
+def openai_without_key(dialog: SettingsDialog) -> None:
+    set_backend(dialog, "openai")
+
+
+@pytest.mark.parametrize(
+    ("spoil", "key", "message", "fix"),
+    [
+        (
+            bad_custom_url,
+            "endpoint.url",
+            "Custom URL: must start with ws:// or wss://, not 'https://voice.example.com/rt'",
+            lambda d: d.url_edit.setText("wss://voice.example.com/rt"),
+        ),
+        (
+            custom_without_url,
+            "endpoint.url",
+            "Custom URL: must be filled in for the Custom URL backend (the server's ws:// or wss:// address)",
+            lambda d: d.url_edit.setText("ws://localhost:8765/rt"),
+        ),
+        (
+            azure_without_deployment,
+            "endpoint.azure_deployment",
+            "Azure deployment: must be filled in for the Azure OpenAI backend",
+            lambda d: d.azure_deployment_edit.setText("gpt-realtime"),
+        ),
+        (
+            retention_out_of_range,
+            "transcript.retention_days",
+            "Keep transcripts for: must be a whole number from 0 to 3650, not 5000",
+            lambda d: d.retention_edit.setText("365"),
+        ),
+        (
+            retention_not_a_number,
+            "transcript.retention_days",
+            "Keep transcripts for: must be a whole number, not 'a month'",
+            lambda d: d.retention_edit.setText("0"),
+        ),
+        (
+            blank_instructions,
+            "instructions",
+            "Instructions: must not be empty",
+            lambda d: d.instructions_edit.setPlainText("Be brief."),
+        ),
+        (
+            openai_without_key,
+            API_KEY_FIELD,
+            "API key: the OpenAI backend needs an API key and none is stored",
+            lambda d: d.api_key_edit.setText(KEY),
+        ),
+    ],
+    ids=[
+        "bad-url",
+        "custom-no-url",
+        "azure-no-deployment",
+        "retention-range",
+        "retention-text",
+        "blank-instructions",
+        "openai-no-key",
+    ],
+)
+def test_invalid_input_is_refused_with_the_field_marked(
+    qtbot: QtBot,
+    make_dialog: Callable[..., SettingsDialog],
+    env: dict[str, str],
+    spoil: Callable[[SettingsDialog], None],
+    key: str,
+    message: str,
+    fix: Callable[[SettingsDialog], None],
+) -> None:
+    dialog = make_dialog()
+    show_page(
+        qtbot, dialog, dialog.privacy_page if key != "transcript.retention_days" else dialog.connection_page
+    )
+    dialog.voice_combo.setCurrentText("sage")  # a valid change, which must wait for the invalid one
+    spoil(dialog)
+    with qtbot.assertNotEmitted(dialog.settings_saved):
+        qtbot.mouseClick(dialog.save_button, Qt.MouseButton.LeftButton)
+    assert dialog.isVisible() and dialog.result() != QDialog.DialogCode.Accepted
+    assert list(dialog.errors()) == [key]
+    assert dialog.errors()[key].startswith(message)
+    field = dialog.field(key)
+    assert field.error.isVisible() and message in field.error.text()
+    assert field.widget.property("invalid") is True
+    assert message in field.widget.accessibleDescription()
+    assert dialog.message_label.isVisible() and message in dialog.message_label.text()
+    assert "Nothing was saved" in dialog.message_label.text()
+    assert dialog.tabs.currentWidget().isAncestorOf(field.widget)  # the page with the problem is shown
+    assert not user_file(env).exists()
+    assert secrets.read_api_key(env) is None  # not even a typed key is stored
+
+    fix(dialog)
+    with qtbot.waitSignal(dialog.settings_saved, timeout=1000):
+        qtbot.mouseClick(dialog.save_button, Qt.MouseButton.LeftButton)
+    assert dialog.result() == QDialog.DialogCode.Accepted and not dialog.isVisible()
+    assert dialog.errors() == {} and field.widget.property("invalid") is False
+    assert load_settings(environ=env).value("voice") == "sage"
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving
+# ----------------------------------------------------------------------------------------------
+def test_valid_save_writes_only_changes_and_a_reload_shows_them(
+    qtbot: QtBot, make_dialog: Callable[..., SettingsDialog], env: dict[str, str]
+) -> None:
+    user_file(env).write_text('[audio]\noutput_device = "Conference Speakerphone"\n', "utf-8")
+    dialog = make_dialog()
+    assert dialog.changed_values() == {}
+    set_backend(dialog, "openai")
+    dialog.model_edit.setText("  gpt-realtime-mini ")
+    dialog.api_key_edit.setText(KEY)
+    dialog.voice_combo.setCurrentText("echo")
+    instructions = "You are a helpdesk agent.\nAnswer in one sentence."
+    dialog.instructions_edit.setPlainText(instructions)
+    dialog.turn_detection_combo.setCurrentIndex(dialog.turn_detection_combo.findData("semantic_vad"))
+    dialog.eagerness_combo.setCurrentIndex(dialog.eagerness_combo.findData("low"))
+    dialog.sensitivity_combo.setCurrentIndex(dialog.sensitivity_combo.findData("high"))
+    dialog.push_to_talk_check.setChecked(True)
+    dialog.retention_edit.setText("7")
+    expected = {
+        "backend": "openai",
+        "endpoint.model": "gpt-realtime-mini",
+        "voice": "echo",
+        "instructions": instructions,
+        "turn_detection": "semantic_vad",
+        "eagerness": "low",
+        "barge_in.sensitivity": "high",
+        "push_to_talk": True,
+        "transcript.retention_days": 7,
+    }
+    assert dialog.changed_values() == expected
+    with qtbot.waitSignal(dialog.settings_saved, timeout=1000):
+        dialog.accept()
+    assert dialog.result() == QDialog.DialogCode.Accepted
+
+    reloaded = load_settings(environ=env)
+    assert reloaded.problems == []
+    for key, value in expected.items():
+        assert (reloaded.value(key), reloaded.origin(key)) == (value, "user"), key
+    # Untouched settings stay out of the file; the user's earlier device survives.
+    assert reloaded.value("audio.output_device") == "Conference Speakerphone"
+    for key in ("endpoint.url", "endpoint.azure_resource", "audio.input_device", "silence_ms"):
+        assert reloaded.origin(key) == "default", key
+
+    again = make_dialog()
+    assert again.backend_combo.currentData() == "openai"
+    assert again.model_edit.text() == "gpt-realtime-mini"
+    assert again.instructions_edit.toPlainText() == instructions
+    assert again.eagerness_combo.currentData() == "low" and again.eagerness_combo.isEnabled()
+    assert again.push_to_talk_check.isChecked()
+    assert again.retention_edit.text() == "7"
+    assert again.output_combo.currentText() == "Conference Speakerphone (not connected)"
+    assert again.changed_values() == {}
+
+
+def test_nothing_changed_saves_nothing_and_signals_nothing(
+    qtbot: QtBot, make_dialog: Callable[..., SettingsDialog], env: dict[str, str]
+) -> None:
+    dialog = make_dialog()
+    with qtbot.assertNotEmitted(dialog.settings_saved):
+        assert dialog.save()
+    assert not user_file(env).exists()
+
+
+def test_api_key_goes_to_the_keyring_and_never_to_a_file(
+    qtbot: QtBot,
+    make_dialog: Callable[..., SettingsDialog],
+    env: dict[str, str],
+    file_keyring: FileKeyring,
+    tmp_path: Path,
+) -> None:
+    dialog = make_dialog()
+    assert "not set" in dialog.key_status_label.text()
+    assert not dialog.remove_key_button.isEnabled()
+    set_backend(dialog, "azure")
+    dialog.azure_resource_edit.setText("contoso-voice")
+    dialog.azure_deployment_edit.setText("realtime")
+    dialog.api_key_edit.setText(f" {KEY} ")
+    assert dialog.api_key_edit.echoMode() == dialog.api_key_edit.EchoMode.Password
+    with qtbot.waitSignal(dialog.settings_saved, timeout=1000):
+        assert dialog.save()
+    assert secrets.read_api_key(env) == KEY
+    assert file_keyring.get_password("helpdesk-voice", "api-key") == KEY
+    assert dialog.api_key_edit.text() == ""
+    assert "set (keyring)" in dialog.key_status_label.text()
+    config_files = [p for p in Path(env[config.CONFIG_DIR_ENV]).rglob("*") if p.is_file()]
+    assert [p.name for p in config_files] == ["settings.toml"]
+    for path in config_files:
+        assert KEY.encode() not in path.read_bytes()
+        assert b"api_key" not in path.read_bytes()
+
+    # An empty field leaves the stored key alone.
+    second = make_dialog()
+    assert second.remove_key_button.isEnabled()
+    second.retention_edit.setText("10")
+    assert second.save()
+    assert secrets.read_api_key(env) == KEY
+
+    # Remove key: gone from the keyring at once, and a cloud backend then asks for one.
+    qtbot.mouseClick(second.remove_key_button, Qt.MouseButton.LeftButton)
+    assert secrets.read_api_key(env) is None
+    assert "not set" in second.key_status_label.text()
+    assert not second.remove_key_button.isEnabled()
+    assert not second.save()
+    assert list(second.errors()) == [API_KEY_FIELD]
+
+
+def test_key_is_refused_cleanly_without_a_keyring(
+    make_dialog: Callable[..., SettingsDialog], env: dict[str, str]
+) -> None:
+    keyring.set_keyring(keyring.backends.fail.Keyring())  # the file_keyring fixture restores it
+    dialog = make_dialog()
+    set_backend(dialog, "openai")
+    dialog.api_key_edit.setText(KEY)
+    dialog.voice_combo.setCurrentText("ballad")
+    assert not dialog.save()
+    assert list(dialog.errors()) == [API_KEY_FIELD]
+    assert "no OS keyring is available" in dialog.errors()[API_KEY_FIELD]
+    assert KEY not in dialog.message_label.text()
+    assert not user_file(env).exists()  # the settings wait for the key
+
+
+def test_key_from_the_environment_is_reported_and_satisfies_the_check(
+    make_dialog: Callable[..., SettingsDialog], env: dict[str, str]
+) -> None:
+    dialog = make_dialog(env | {"HELPDESK_VOICE_API_KEY": KEY})
+    assert "HELPDESK_VOICE_API_KEY" in dialog.key_status_label.text()
+    assert KEY not in dialog.key_status_label.text()
+    set_backend(dialog, "openai")
+    assert dialog.save()
+    assert secrets.read_api_key(env) is None  # nothing copied from the environment to the keyring
+
+
+def test_backend_choice_enables_only_the_fields_it_uses(make_dialog: Callable[..., SettingsDialog]) -> None:
+    dialog = make_dialog()
+    connection = {
+        "model": dialog.model_edit,
+        "resource": dialog.azure_resource_edit,
+        "deployment": dialog.azure_deployment_edit,
+        "url": dialog.url_edit,
+        "key": dialog.api_key_edit,
+    }
+    expected = {
+        "embedded": set(),
+        "openai": {"model", "key"},
+        "azure": {"resource", "deployment", "key"},
+        "custom": {"url", "key"},
+    }
+    for backend, enabled in expected.items():
+        set_backend(dialog, backend)
+        assert {name for name, widget in connection.items() if widget.isEnabled()} == enabled, backend
+        assert dialog.field("endpoint.url").label.isEnabled() == ("url" in enabled)
+
+    assert not dialog.eagerness_combo.isEnabled()  # server VAD has no eagerness
+    dialog.turn_detection_combo.setCurrentIndex(dialog.turn_detection_combo.findData("semantic_vad"))
+    assert dialog.eagerness_combo.isEnabled()
+
+
+def test_edits_left_in_another_backends_fields_are_not_checked_or_saved(
+    make_dialog: Callable[..., SettingsDialog], env: dict[str, str]
+) -> None:
+    dialog = make_dialog()
+    set_backend(dialog, "custom")
+    dialog.url_edit.setText("not a url")
+    set_backend(dialog, "embedded")
+    dialog.voice_combo.setCurrentText("verse")
+    assert dialog.save()
+    reloaded = load_settings(environ=env)
+    assert reloaded.value("voice") == "verse"
+    assert reloaded.origin("endpoint.url") == "default"
+
+
+def test_missing_device_is_kept_and_shown_not_connected(
+    qtbot: QtBot, make_dialog: Callable[..., SettingsDialog], env: dict[str, str]
+) -> None:
+    user_file(env).write_text('[audio]\ninput_device = "Imaginary USB Headset"\n', "utf-8")
+    dialog = make_dialog()
+    combo = dialog.input_combo
+    assert combo.itemText(0) == SYSTEM_DEFAULT_LABEL and combo.itemData(0) == ""
+    assert combo.currentText() == "Imaginary USB Headset (not connected)"
+    assert dialog.output_combo.currentText() == SYSTEM_DEFAULT_LABEL
+    show_page(qtbot, dialog, dialog.audio_page)
+    assert dialog.probe is None
+    assert dialog.level_status.text() == "Imaginary USB Headset is not connected"
+    dialog.retention_edit.setText("1")
+    assert dialog.save()
+    assert load_settings(environ=env).value("audio.input_device") == "Imaginary USB Headset"
+
+    combo.setCurrentIndex(0)  # back to the system default
+    assert dialog.changed_values() == {"audio.input_device": ""}
+    assert dialog.save()
+    reloaded = load_settings(environ=env)
+    assert (reloaded.value("audio.input_device"), reloaded.origin("audio.input_device")) == ("", "user")
+
+
+# ----------------------------------------------------------------------------------------------
+# Keyboard and accessibility
+# ----------------------------------------------------------------------------------------------
+def mnemonic(text: str) -> str:
+    found = re.search(r"&(\w)", text)
+    assert found is not None, f"{text!r} has no mnemonic"
+    return found.group(1).lower()
+
+
+def test_every_field_has_a_name_a_mnemonic_and_a_buddy(make_dialog: Callable[..., SettingsDialog]) -> None:
+    dialog = make_dialog()
+    tab_keys = {
+        re.search(r"&(\w)", dialog.tabs.tabText(i)).group(1).lower() for i in range(dialog.tabs.count())
+    }  # type: ignore[union-attr]
+    assert len(tab_keys) == dialog.tabs.count()
+    global_keys = tab_keys | {"s", "c"}  # Save, Cancel
+    for index in range(dialog.tabs.count()):
+        page = dialog.tabs.widget(index)
+        page_keys: list[str] = []
+        for field in dialog.fields():
+            if not page.isAncestorOf(field.widget):
+                continue
+            assert field.widget.accessibleName(), field.key
+            assert field.label.buddy() is field.widget, field.key
+            texts = [field.label.text()]
+            if isinstance(field.widget, QAbstractButton):
+                texts.append(field.widget.text())
+            for text in texts:
+                found = re.search(r"&(\w)", text)
+                if found:
+                    page_keys.append(found.group(1).lower())
+        for button in page.findChildren(QPushButton):
+            assert button.accessibleName()
+            found = re.search(r"&(\w)", button.text())
+            if found:
+                page_keys.append(found.group(1).lower())
+        assert page_keys, dialog.tabs.tabText(index)
+        assert len(page_keys) == len(set(page_keys)), f"mnemonics clash on {dialog.tabs.tabText(index)}"
+        assert not set(page_keys) & global_keys, f"a mnemonic on {dialog.tabs.tabText(index)} clashes"
+
+
+def test_tab_moves_through_the_enabled_fields_in_order(
+    qtbot: QtBot, make_dialog: Callable[..., SettingsDialog]
+) -> None:
+    dialog = make_dialog()
+    set_backend(dialog, "custom")
+    show_page(qtbot, dialog, dialog.connection_page)
+    dialog.activateWindow()
+    dialog.backend_combo.setFocus()
+    qtbot.waitUntil(dialog.backend_combo.hasFocus, timeout=1000)
+    visited = []
+    for _ in range(3):
+        qtbot.keyClick(dialog.focusWidget(), Qt.Key.Key_Tab)
+        visited.append(dialog.focusWidget())
+    # Model and the Azure fields are disabled for a custom URL, and Remove key with no key stored.
+    assert visited == [dialog.url_edit, dialog.api_key_edit, dialog.save_button]
+    qtbot.keyClick(dialog, Qt.Key.Key_U, Qt.KeyboardModifier.AltModifier)
+    assert dialog.focusWidget() is dialog.url_edit
+
+
+# ----------------------------------------------------------------------------------------------
+# The Audio page on the virtual devices
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.devices
+def test_level_meter_moves_when_someone_speaks_into_the_selected_mic(
+    qtbot: QtBot,
+    virtual_audio: VirtualAudioRig,
+    speech: Callable[[str, int], FloatArray],
+    make_dialog: Callable[..., SettingsDialog],
+    env: dict[str, str],
+) -> None:
+    user_file(env).write_text(f'[audio]\ninput_device = "{virtual_audio.mic}"\n', "utf-8")
+    dialog = make_dialog()
+    assert dialog.input_combo.currentText() == virtual_audio.mic
+    assert dialog.probe is None  # nothing listens before the dialog is shown
+    show_page(qtbot, dialog, dialog.audio_page)
+    probe = dialog.probe
+    assert probe is not None and probe.running and probe.device.name == virtual_audio.mic
+    assert dialog.level_status.text() == f"Listening to {virtual_audio.mic}"
+    qtbot.wait(300)
+    assert dialog.level_meter.level() < -55
+
+    feed = find_device(virtual_audio.mic_feed, "output")
+    with play_into_mic(virtual_audio, speech(UTTERANCE, int(feed.default_samplerate))):
+        qtbot.waitUntil(lambda: dialog.level_meter.level() > -30, timeout=5000)
+        assert "Microphone level" in dialog.level_meter.accessibleName()
+
+    # Another page, another device, or closing: the microphone is let go.
+    dialog.tabs.setCurrentWidget(dialog.privacy_page)
+    assert dialog.probe is None and not probe.running
+    dialog.tabs.setCurrentWidget(dialog.audio_page)
+    assert dialog.probe is not None
+    dialog.input_combo.setCurrentIndex(dialog.input_combo.findData(virtual_audio.speaker_monitor))
+    assert dialog.probe is not None and dialog.probe.device.name == virtual_audio.speaker_monitor
+    last = dialog.probe
+    dialog.reject()
+    assert dialog.probe is None and not last.running
+    assert dialog.level_meter.level() == FLOOR_DBFS
+
+
+@pytest.mark.devices
+def test_play_test_sound_button_is_heard_on_the_chosen_speaker(
+    qtbot: QtBot,
+    virtual_audio: VirtualAudioRig,
+    monitor: TimedRecorder,
+    make_dialog: Callable[..., SettingsDialog],
+) -> None:
+    dialog = make_dialog()
+    dialog.output_combo.setCurrentIndex(dialog.output_combo.findData(virtual_audio.speaker))
+    assert dialog.output_combo.currentText() == virtual_audio.speaker
+    show_page(qtbot, dialog, dialog.conversation_page)
+    dialog.tabs.setCurrentWidget(dialog.audio_page)
+    qtbot.wait(200)
+    qtbot.mouseClick(dialog.test_sound_button, Qt.MouseButton.LeftButton)
+    assert dialog.test_sound_status.text() == f"Playing the test sound on {virtual_audio.speaker}"
+    qtbot.wait(1400)
+    assert_chime_heard(monitor.recording(), monitor.rate)
+    assert dialog.changed_values() == {"audio.output_device": virtual_audio.speaker}  # tried, not saved yet
+
+
+@pytest.mark.devices
+def test_a_device_that_will_not_open_is_reported_not_fatal(
+    qtbot: QtBot,
+    virtual_audio: VirtualAudioRig,
+    make_dialog: Callable[..., SettingsDialog],
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    user_file(env).write_text(
+        f'[audio]\ninput_device = "{virtual_audio.mic}"\noutput_device = "{virtual_audio.speaker}"\n', "utf-8"
+    )
+
+    def refuse(self: InputLevelProbe) -> None:
+        raise DeviceUnavailable(f"cannot open the input device {self.device.name!r}: Device unavailable")
+
+    def refuse_output(device: AudioDevice) -> None:
+        raise DeviceUnavailable(f"cannot open the output device {device.name!r}: Device busy")
+
+    # As when the device is unplugged or taken between listing and opening.
+    monkeypatch.setattr(InputLevelProbe, "start", refuse)
+    monkeypatch.setattr("app.ui.settings_dialog.play_test_sound", refuse_output)
+    dialog = make_dialog()
+    show_page(qtbot, dialog, dialog.audio_page)
+    assert dialog.probe is None
+    assert dialog.level_status.text() == (
+        f"Cannot listen: cannot open the input device '{virtual_audio.mic}': Device unavailable"
+    )
+    qtbot.mouseClick(dialog.test_sound_button, Qt.MouseButton.LeftButton)
+    assert dialog.test_sound_status.text() == (
+        f"Cannot play: cannot open the output device '{virtual_audio.speaker}': Device busy"
+    )
+    dialog.retention_edit.setText("3")
+    assert dialog.save()  # the rest of the dialog still works
