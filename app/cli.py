@@ -159,17 +159,19 @@ def _selftest(input_query: str | None, output_query: str | None) -> int:
     return EXIT_OK if result.heard else EXIT_FAILURE
 
 
+def _cli_settings(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "endpoint.url": args.url,
+        "audio.input_device": args.input_device,
+        "audio.output_device": args.output_device,
+    }
+
+
 def _settings_for(args: argparse.Namespace) -> LoadedSettings:
     """The effective settings with this command line on top; problems are reported, never fatal."""
     from app.config import load_settings
 
-    settings = load_settings(
-        {
-            "endpoint.url": args.url,
-            "audio.input_device": args.input_device,
-            "audio.output_device": args.output_device,
-        }
-    )
+    settings = load_settings(_cli_settings(args))
     for problem in settings.problems:
         if problem.startswith("command line:"):
             raise UsageError(problem.removeprefix("command line:").removesuffix("; ignored").strip())
@@ -190,14 +192,22 @@ def _converse(args: argparse.Namespace) -> int:
     from app.launch import LaunchError, plan_from_settings
 
     settings = _settings_for(args)
+    if not args.headless:
+        if _has_display():
+            from app.config import load_settings
+            from app.ui.app import run_gui
+
+            overrides = _cli_settings(args)
+            # Read afresh at every start: the user may fix a problem in Settings and start again,
+            # so a plan that cannot work is shown in the window, not turned into an exit code.
+            return run_gui(lambda: plan_from_settings(load_settings(overrides)))
+        print("helpdesk-voice: no graphical display (DISPLAY is not set); running headless", file=sys.stderr)
     try:
         plan = plan_from_settings(settings)
     except LaunchError as exc:
         if exc.usage or args.url:
             raise UsageError(str(exc)) from exc
         raise RuntimeError(str(exc)) from exc
-    if not args.headless:
-        print("helpdesk-voice: the tray app is not available yet; running headless", file=sys.stderr)
     return _run_headless(args, plan)
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs Helpdesk Voice on Debian or Ubuntu: the system libraries it needs (apt-get), then the
 # app itself into a virtual environment in .venv. With --test it adds what the test suite needs:
-# a PulseAudio daemon for the virtual audio devices, sox, and the Python test tools.
+# a PulseAudio daemon for the virtual audio devices, sox, Xvfb with trayer, and the Python test tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +24,8 @@ packages=(
   libxcb-render-util0 libxcb-image0 libegl1 libgl1 libfontconfig1 libdbus-1-3
 )
 if [ "$with_tests" = 1 ]; then
-  packages+=(pulseaudio pulseaudio-utils sox)
+  # virtual audio devices and measuring them; a virtual screen with a system tray for screenshots
+  packages+=(pulseaudio pulseaudio-utils sox xvfb trayer)
 fi
 if ! python3 -c "import ensurepip, venv" 2>/dev/null; then
   packages+=(python3-venv python3-pip)

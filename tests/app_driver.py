@@ -19,15 +19,26 @@ from app.audio.virtual_rig import VirtualAudioRig
 
 
 class HeadlessApp:
-    """The app as a child process, with its stdout lines collected as they come."""
+    """The app as a child process, with its stdout and stderr lines collected as they come.
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    ``headless=False`` runs ``helpdesk-voice`` as a user does, with ``args`` alone.
+    """
+
+    def __init__(
+        self, args: list[str], env: dict[str, str | None] | None = None, *, headless: bool = True
+    ) -> None:
+        environ = dict(os.environ)
+        for name, value in (env or {}).items():  # None: not set for the app
+            if value is None:
+                environ.pop(name, None)
+            else:
+                environ[name] = value
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app", "--headless", *args],
+            [sys.executable, "-m", "app", *(["--headless"] if headless else []), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, **(env or {})},
+            env=environ,
         )
         self.lines: list[str] = []
         self.errors: list[str] = []
@@ -39,13 +50,14 @@ class HeadlessApp:
         for line in stream:  # type: ignore[attr-defined]
             sink.append(line.rstrip("\n"))
 
-    def wait_for(self, predicate: Callable[[str], bool], timeout: float) -> str:
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float, *, stderr: bool = False) -> str:
+        lines = self.errors if stderr else self.lines
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for line in list(self.lines):
+            for line in list(lines):
                 if predicate(line):
                     return line
-            if self.process.poll() is not None and not any(predicate(x) for x in self.lines):
+            if self.process.poll() is not None and not any(predicate(x) for x in lines):
                 break
             time.sleep(0.05)
         raise AssertionError(f"no matching line; stdout={self.lines} stderr={self.errors[-10:]}")

@@ -138,3 +138,36 @@ def test_bad_url_is_a_usage_error() -> None:
     )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _device_env(rig: VirtualAudioRig) -> dict[str, str | None]:
+    return {"HELPDESK_VOICE_INPUT_DEVICE": rig.mic, "HELPDESK_VOICE_OUTPUT_DEVICE": rig.speaker}
+
+
+def test_no_arguments_opens_the_tray_app_on_the_offline_assistant(virtual_audio: VirtualAudioRig) -> None:
+    # Offscreen Qt has no system tray: the app opens its window instead, and -v logs when it listens.
+    env = {**_device_env(virtual_audio), "QT_QPA_PLATFORM": "offscreen"}
+    app = HeadlessApp(["-v"], env, headless=False)
+    try:
+        line = app.wait_for(lambda text: "listening on" in text, 120, stderr=True)
+        assert f"listening on {virtual_audio.mic} -> {virtual_audio.speaker}" in line
+        assert "offline assistant" in line
+        assert not app.lines, "the tray app printed a transcript to stdout as if headless"
+        sent = time.monotonic()
+        app.process.terminate()
+        code = app.process.wait(5)
+        took = time.monotonic() - sent
+    finally:
+        app.stop()
+    assert code == 0
+    assert took < 1.5, f"quitting took {took:.2f} s"
+
+
+def test_without_a_display_the_app_says_so_and_runs_headless(virtual_audio: VirtualAudioRig) -> None:
+    env = {**_device_env(virtual_audio), "DISPLAY": None, "WAYLAND_DISPLAY": None, "QT_QPA_PLATFORM": None}
+    app = HeadlessApp([], env, headless=False)
+    try:
+        app.wait_for(lambda text: text.startswith("listening on"), 120)
+        assert any("no graphical display" in text and "running headless" in text for text in app.errors)
+    finally:
+        app.stop()

@@ -64,6 +64,28 @@ def test_server_process_reports_progress_and_refuses_strangers() -> None:
     assert pid is not None and not _alive(pid)
 
 
+def test_the_server_outlives_the_thread_that_started_it() -> None:
+    """A GUI starts the server on a worker thread that ends long before the app does."""
+    import threading
+
+    server = EmbeddedServerProcess()
+    started = threading.Thread(target=server.start)
+    started.start()
+    started.join(120)
+    try:
+        assert server.pid is not None
+        time.sleep(1.0)
+        assert _alive(server.pid), "the server died with the thread that started it"
+
+        async def session_created() -> str:
+            async with connect(server.endpoint.url, additional_headers=server.endpoint.headers) as ws:
+                return str(await ws.recv())
+
+        assert '"session.created"' in asyncio.run(session_created())
+    finally:
+        server.stop()
+
+
 @pytest.mark.devices
 def test_killing_the_app_takes_the_server_with_it(virtual_audio: VirtualAudioRig, tmp_path: Path) -> None:
     app = HeadlessApp(

@@ -3,9 +3,8 @@
 The server runs in its own process: its models load without blocking the app, and the GPL parts
 (the Piper runtime, espeak-ng) stay out of the Apache-2.0 app process. The child reports its
 loading steps on stdout; the launcher passes them on as progress and returns once the child says
-``ready``. Two guards against orphans: on Linux the child asks the kernel for SIGTERM when its
-parent dies, and everywhere it exits when its stdin (a pipe from the app) closes, which happens
-however the app ends, a crash or a kill included.
+``ready``. The guard against orphans: the child exits when its stdin (a pipe from the app that
+is never written) closes, which happens however the app ends, a crash or a kill included.
 """
 
 from __future__ import annotations
@@ -118,17 +117,12 @@ class EmbeddedServerProcess:
 
 
 def die_with_parent(watch_stdin: bool) -> None:
-    """In the child: exit when the parent goes, however it goes."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            import signal
+    """In the child: exit when the parent goes, however it goes.
 
-            libc = ctypes.CDLL(None, use_errno=True)
-            pr_set_pdeathsig = 1
-            libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-        except (OSError, AttributeError):
-            pass  # the stdin watch below still covers it
+    The parent holds the write end of our stdin and never writes: the kernel closes it when the
+    parent process ends, a crash or SIGKILL included. (Linux's PR_SET_PDEATHSIG would fire when the
+    *thread* that started us ends, which a GUI's worker thread does long before the app quits.)
+    """
     if watch_stdin:
 
         def watch() -> None:

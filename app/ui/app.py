@@ -1,0 +1,607 @@
+"""The tray app: the conversation behind a tray icon (or a window where there is no tray).
+
+``HelpdeskApp`` wires the pieces. Engine reports reach the GUI only through ``EngineBridge``'s
+queued signals. Everything that can block (reading the key from the keyring, opening devices,
+starting the offline server, stopping) runs on worker threads, whose results come back as queued
+signals too, so the GUI thread never waits for the engine. Each start gets a generation number:
+results from a start that was stopped or superseded in the meantime are dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from types import FrameType
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot
+from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
+
+import app as app_package
+from app.core.actions import Notice, State, StateChanged
+from app.launch import ConversationRunner, LaunchError, LaunchPlan
+from app.ui.bridge import EngineBridge
+from app.ui.icons import app_icon
+from app.ui.main_window import ConversationPanel, MainWindow, TranscriptWindow
+from app.ui.transcript import TranscriptView
+from app.ui.transcript_model import TranscriptModel
+from app.ui.tray import APP_TITLE, AppActions, TrayController, needs_user
+
+if TYPE_CHECKING:
+    from app.engine import Engine, EngineListener
+    from app.ui.settings_dialog import SettingsDialog
+
+__all__ = ["HelpdeskApp", "default_plan", "run_gui"]
+
+log = logging.getLogger("app.ui")
+
+STOP_TIMEOUT_S = 1.0
+# Quitting waits this long for the conversation to stop, then leaves anyway: the offline server
+# dies with the process (it watches its parent), and nothing else outlives it.
+QUIT_DEADLINE_S = 1.2
+LEVEL_POLL_MS = 50
+SIGNAL_TICK_MS = 200
+SILENCE_DBFS = -120.0
+LICENCE = "Apache License 2.0"
+
+Phase = Literal["stopped", "starting", "running", "stopping"]
+
+
+class Runner(Protocol):
+    """What the app needs of ``app.launch.ConversationRunner``."""
+
+    engine: Engine | None
+    description: str
+
+    def start(self) -> None: ...
+    def stop(self, timeout: float = 1.0) -> None: ...
+
+
+RunnerFactory = Callable[[LaunchPlan, "EngineListener", Callable[[str], None]], Runner]
+
+
+def _real_runner(plan: LaunchPlan, listener: EngineListener, progress: Callable[[str], None]) -> Runner:
+    return ConversationRunner(plan, listener, progress)
+
+
+def default_plan() -> LaunchPlan:
+    """The plan the user's effective settings describe (read afresh: settings may have changed)."""
+    from app.config import load_settings
+    from app.launch import plan_from_settings
+
+    return plan_from_settings(load_settings())
+
+
+class _WorkerSignals(QObject):
+    """Results of the worker threads; emitted there, delivered queued on the GUI thread."""
+
+    progress = Signal(int, str)  # generation, line
+    started = Signal(int, object, str)  # generation, LaunchPlan, description
+    failed = Signal(int, str)  # generation, reason
+    stopped = Signal(int)  # generation
+
+
+class _Lifecycle:
+    """The thread side of starting and stopping, holding no reference to the app or its widgets.
+
+    A worker thread can outlive the app (quitting does not wait for a stuck stop); if it held the
+    last reference to the app, the app's Qt objects would be destroyed on that thread.
+    """
+
+    def __init__(
+        self,
+        signals: _WorkerSignals,
+        plan_factory: Callable[[], LaunchPlan],
+        runner_factory: RunnerFactory,
+        listener: EngineListener,
+    ) -> None:
+        self.signals = signals
+        self.plan_factory = plan_factory
+        self.runner_factory = runner_factory
+        self.listener = listener
+        self.lock = threading.Lock()  # guards generation and runner against the workers
+        self.generation = 0
+        self.runner: Runner | None = None
+
+    def _emit(self, name: str, *args: object) -> None:
+        # RuntimeError: the app is gone (its QObjects deleted), so nobody is listening.
+        with contextlib.suppress(RuntimeError):
+            getattr(self.signals, name).emit(*args)
+
+    def start(self, ptt_choice: bool | None, muted: bool) -> int:
+        with self.lock:
+            self.generation += 1
+            generation = self.generation
+        threading.Thread(
+            target=self._start, args=(generation, ptt_choice, muted), name="helpdesk-start", daemon=True
+        ).start()
+        return generation
+
+    def _start(self, generation: int, ptt_choice: bool | None, muted: bool) -> None:
+        try:
+            plan = self.plan_factory()
+            if ptt_choice is not None:
+                plan = replace(plan, push_to_talk=ptt_choice)
+            runner = self.runner_factory(
+                plan, self.listener, lambda line: self._emit("progress", generation, line)
+            )
+            with self.lock:
+                if generation != self.generation:
+                    return  # stopped before the runner existed: nothing to undo
+                self.runner = runner
+            runner.start()
+            engine = runner.engine
+            if engine is not None and muted:
+                engine.set_muted(True)  # before the user can be heard
+        except LaunchError as exc:
+            self._emit("failed", generation, str(exc))
+        except Exception as exc:  # a bug must not leave the app stuck "connecting"
+            log.exception("starting the conversation failed")
+            self._emit("failed", generation, f"the conversation could not start: {exc}")
+        else:
+            self._emit("started", generation, plan, runner.description)
+
+    def stop(self) -> int:
+        with self.lock:
+            self.generation += 1
+            generation = self.generation
+            runner, self.runner = self.runner, None
+        threading.Thread(
+            target=self._stop, args=(generation, runner), name="helpdesk-stop", daemon=True
+        ).start()
+        return generation
+
+    def _stop(self, generation: int, runner: Runner | None) -> None:
+        try:
+            if runner is not None:
+                runner.stop(STOP_TIMEOUT_S)
+        except Exception:
+            log.exception("stopping the conversation failed")
+        finally:
+            self._emit("stopped", generation)
+
+
+class HelpdeskApp(QObject):
+    """The app's controller. ``finished`` fires once quitting has stopped the conversation."""
+
+    finished = Signal()
+
+    def __init__(
+        self,
+        plan_factory: Callable[[], LaunchPlan] = default_plan,
+        *,
+        tray_available: bool | None = None,
+        runner_factory: RunnerFactory = _real_runner,
+        model: TranscriptModel | None = None,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.phase: Phase = "stopped"
+        self.plan: LaunchPlan | None = None
+        self.description = ""
+        self.state = StateChanged(State.IDLE, muted=False)
+        self._muted = False
+        self._ptt_choice: bool | None = None  # chosen in the menu this session; None: the settings'
+        self._pending_text: list[str] = []
+        self._restart_after_stop = False
+        self._quitting = False
+        self._quit_started = 0.0
+        self.quit_seconds: float | None = None  # how long quitting took (for tests and logs)
+        self._settings_dialog: SettingsDialog | None = None
+        self._about: QMessageBox | None = None
+
+        self.bridge = EngineBridge(self)
+        self._signals = _WorkerSignals(self)
+        self._signals.progress.connect(self._on_progress)
+        self._signals.started.connect(self._on_started)
+        self._signals.failed.connect(self._on_failed)
+        self._signals.stopped.connect(self._on_stopped)
+        self._lifecycle = _Lifecycle(self._signals, plan_factory, runner_factory, self.bridge)
+
+        self.actions = AppActions(self)
+        self.transcript = TranscriptView(model)
+        self.transcript.attach(self.bridge)
+        self.panel = ConversationPanel(self.transcript)
+
+        if tray_available is None:
+            tray_available = QSystemTrayIcon.isSystemTrayAvailable()
+        self.tray: TrayController | None = None
+        self.transcript_window: TranscriptWindow | None = None
+        self.main_window: MainWindow | None = None
+        if tray_available:
+            self.tray = TrayController(self.actions, self)
+            self.transcript_window = TranscriptWindow(self.panel)
+        else:
+            self.main_window = MainWindow(self.actions, self.panel)
+
+        self.bridge.state_changed.connect(self._on_state)
+        self.bridge.notice_received.connect(self._on_notice)
+        self.actions.start_requested.connect(self.start)
+        self.actions.stop_requested.connect(self.stop)
+        self.actions.mute_toggled.connect(self._mute_toggled)
+        self.actions.ptt_toggled.connect(self._ptt_toggled)
+        self.actions.transcript_requested.connect(self.show_transcript)
+        self.actions.settings_requested.connect(self.show_settings)
+        self.actions.about_requested.connect(self.show_about)
+        self.actions.quit_requested.connect(self.quit)
+        self.panel.talk.connect(self._talk)
+        self.transcript.text_submitted.connect(self.send_text)
+
+        self._level_timer = QTimer(self)
+        self._level_timer.setInterval(LEVEL_POLL_MS)
+        self._level_timer.timeout.connect(self._poll_engine)
+        self._level_timer.start()
+
+        self._quit_timer = QTimer(self)
+        self._quit_timer.setSingleShot(True)
+        self._quit_timer.timeout.connect(self._finish_quit)
+
+    # ------------------------------------------------------------------------------------------
+    # Surfaces
+    # ------------------------------------------------------------------------------------------
+    @property
+    def _generation(self) -> int:
+        return self._lifecycle.generation
+
+    @property
+    def runner(self) -> Runner | None:
+        return self._lifecycle.runner
+
+    @property
+    def engine(self) -> Engine | None:
+        runner = self._lifecycle.runner
+        return runner.engine if runner is not None else None
+
+    def show(self) -> None:
+        if self.tray is not None:
+            self.tray.show()
+        elif self.main_window is not None:
+            self.main_window.show()
+
+    @Slot()
+    def show_transcript(self) -> None:
+        if self.transcript_window is not None:
+            self.transcript_window.present()
+        elif self.main_window is not None:
+            self.main_window.show()
+            self.main_window.raise_()
+            self.main_window.activateWindow()
+
+    def _show_state(self, event: StateChanged) -> None:
+        self.state = event
+        if self.tray is not None:
+            self.tray.on_state(event)
+        self.panel.on_state(event)
+        self.actions.set_muted(event.muted)
+
+    def _show_error(self, message: str) -> None:
+        self._show_state(StateChanged(State.ERROR, self._muted))
+        if self.tray is not None:
+            self.tray.set_error_detail(message)
+        self.panel.set_error_detail(message)
+
+    def _alert(self, message: str) -> None:
+        """Tell the user something they must act on: a notification, or the window's attention."""
+        if self.tray is not None:
+            self.tray.notify(message)
+        elif self.main_window is not None:
+            QApplication.alert(self.main_window)
+
+    # ------------------------------------------------------------------------------------------
+    # Engine reports (queued through the bridge)
+    # ------------------------------------------------------------------------------------------
+    @Slot(object)
+    def _on_state(self, event: StateChanged) -> None:
+        if self.phase in ("stopped", "stopping") and event.state not in (State.IDLE, State.ERROR):
+            return  # late news from an engine that is being stopped
+        self._show_state(event)
+
+    @Slot(object)
+    def _on_notice(self, notice: Notice) -> None:
+        if notice.level == "error":
+            if self.tray is not None:
+                self.tray.set_error_detail(notice.message)
+            self.panel.set_error_detail(notice.message)
+        if needs_user(notice):
+            self._alert(notice.message)
+
+    # ------------------------------------------------------------------------------------------
+    # Starting and stopping
+    # ------------------------------------------------------------------------------------------
+    @Slot()
+    def start(self) -> None:
+        """Start the conversation on a worker thread (no-op while one is on or starting)."""
+        if self._quitting or self.phase in ("starting", "running"):
+            return
+        if self.phase == "stopping":
+            self._restart_after_stop = True
+            return
+        self.phase = "starting"
+        self.actions.set_running(True)
+        self._show_state(StateChanged(State.CONNECTING, self._muted))
+        self._set_progress("starting…")
+        self._lifecycle.start(self._ptt_choice, self._muted)
+
+    def _set_progress(self, line: str) -> None:
+        if self.tray is not None:
+            self.tray.set_progress(line)
+        self.panel.set_progress(line)
+
+    @Slot(int, str)
+    def _on_progress(self, generation: int, line: str) -> None:
+        if generation == self._generation and self.phase == "starting":
+            self._set_progress(line)
+
+    @Slot(int, object, str)
+    def _on_started(self, generation: int, plan: LaunchPlan, description: str) -> None:
+        if generation != self._generation or self.phase != "starting":
+            return
+        self.phase = "running"
+        self.plan = plan
+        self.description = description
+        self._set_progress("")
+        self.actions.set_push_to_talk(plan.push_to_talk)
+        self.panel.set_push_to_talk(plan.push_to_talk)
+        engine = self.engine
+        if engine is not None:
+            # The engine reports its own states from now on; mute may have changed meanwhile.
+            engine.set_muted(self._muted)
+            for text in self._pending_text:
+                engine.send_text(text)
+        self._pending_text.clear()
+        log.info("%s (%s)", description, plan.describe())
+
+    @Slot(int, str)
+    def _on_failed(self, generation: int, reason: str) -> None:
+        if generation != self._generation or self.phase != "starting":
+            return
+        log.warning("the conversation could not start: %s", reason)
+        self._pending_text.clear()
+        self._stop_runner()  # whatever part of it started
+        self.phase = "stopped"
+        self.actions.set_running(False)
+        self._set_progress("")
+        self._show_error(reason)
+        self.transcript.on_notice(Notice("error", f"Could not start: {reason}"))
+        self._alert(f"Could not start: {reason}")
+
+    @Slot()
+    def stop(self) -> None:
+        """Stop the conversation on a worker thread; ``_on_stopped`` follows on the GUI thread."""
+        if self.phase in ("stopped", "stopping"):
+            self._restart_after_stop = False
+            if self.phase == "stopped" and self._quitting:
+                self._finish_quit()
+            return
+        self._restart_after_stop = False
+        self.phase = "stopping"
+        self.actions.set_running(False)
+        self.panel.set_push_to_talk(False)
+        self._stop_runner()
+
+    def _stop_runner(self) -> None:
+        self._lifecycle.stop()
+
+    @Slot(int)
+    def _on_stopped(self, generation: int) -> None:
+        if generation != self._generation or self.phase != "stopping":
+            return
+        self.phase = "stopped"
+        self.panel.set_level(SILENCE_DBFS)
+        if self.state.state is not State.ERROR:
+            self._show_state(StateChanged(State.IDLE, self._muted))
+        if self._quitting:
+            self._finish_quit()
+        elif self._restart_after_stop:
+            self._restart_after_stop = False
+            self.start()
+
+    @Slot()
+    def restart(self) -> None:
+        """Stop and start again with a fresh plan (settings changed, push-to-talk toggled)."""
+        if self.phase == "stopped":
+            self.start()
+            return
+        self.stop()
+        self._restart_after_stop = True
+
+    @Slot()
+    def _poll_engine(self) -> None:
+        engine = self.engine
+        if engine is None or self.phase != "running":
+            return
+        if not engine.running:
+            # The engine gave up by itself (a fatal connection problem); it has said why.
+            self.stop()
+            return
+        self.panel.set_level(engine.audio.capture.level_dbfs)
+
+    # ------------------------------------------------------------------------------------------
+    # User commands
+    # ------------------------------------------------------------------------------------------
+    @Slot(bool)
+    def _mute_toggled(self, muted: bool) -> None:
+        self._muted = muted
+        engine = self.engine
+        if engine is not None and self.phase == "running":
+            engine.set_muted(muted)  # the engine answers with a state report
+        else:
+            self._show_state(StateChanged(self.state.state, muted))
+
+    @Slot(bool)
+    def _ptt_toggled(self, on: bool) -> None:
+        # The conversation's turn taking is fixed when its session starts: switch by restarting.
+        self._ptt_choice = on
+        if self.phase in ("starting", "running"):
+            self.restart()
+
+    @Slot(bool)
+    def _talk(self, pressed: bool) -> None:
+        engine = self.engine
+        if engine is not None and self.phase == "running":
+            engine.push_to_talk(pressed)
+
+    @Slot(str)
+    def send_text(self, text: str) -> None:
+        engine = self.engine
+        if engine is not None and self.phase == "running":
+            engine.send_text(text)
+            return
+        # Typing to a stopped assistant means "talk to me": keep the text for when it is up.
+        self._pending_text.append(text)
+        if self.phase == "stopped":
+            self.start()
+
+    @Slot()
+    def show_settings(self) -> None:
+        from app.ui.settings_dialog import SettingsDialog
+
+        if self._settings_dialog is not None and self._settings_dialog.isVisible():
+            self._settings_dialog.raise_()
+            self._settings_dialog.activateWindow()
+            return
+        dialog = SettingsDialog(parent=None)
+        dialog.setWindowIcon(app_icon())
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.settings_saved.connect(self._settings_saved)
+        dialog.destroyed.connect(self._settings_closed)
+        self._settings_dialog = dialog
+        dialog.show()
+
+    @Slot()
+    def _settings_closed(self) -> None:
+        self._settings_dialog = None
+
+    @Slot()
+    def _settings_saved(self) -> None:
+        self._ptt_choice = None  # the saved settings say what the user wants now
+        if self.phase != "stopped" or self.state.state is State.ERROR:
+            self.restart()
+
+    def about_text(self) -> str:
+        if self.plan is not None and self.phase == "running":
+            backend = html.escape(f"{self.plan.backend}: {self.plan.describe()}")
+            if self.description:
+                backend += f"<br>{html.escape(self.description)}"
+        else:
+            backend = "not connected"
+        return (
+            f"<b>{APP_TITLE}</b> {app_package.__version__}<br>"
+            "A hands-free IT helpdesk assistant for the desktop.<br><br>"
+            f"Licence: {LICENCE}<br>Backend: {backend}"
+        )
+
+    @Slot()
+    def show_about(self) -> None:
+        if self._about is None:
+            # Not exec(): a modal loop here would hold up quitting from the tray or a signal.
+            self._about = QMessageBox(QMessageBox.Icon.NoIcon, f"About {APP_TITLE}", "")
+            self._about.setIconPixmap(app_icon().pixmap(64, 64))
+            self._about.setWindowIcon(app_icon())
+            self._about.setTextFormat(Qt.TextFormat.RichText)
+        self._about.setText(self.about_text())
+        self._about.show()
+        self._about.raise_()
+
+    # ------------------------------------------------------------------------------------------
+    # Quitting
+    # ------------------------------------------------------------------------------------------
+    @property
+    def quitting(self) -> bool:
+        return self._quitting
+
+    @Slot()
+    def quit(self) -> None:
+        """Stop the conversation (at most ``QUIT_DEADLINE_S``), close everything, emit ``finished``."""
+        if self._quitting:
+            return
+        self._quitting = True
+        self._quit_started = time.monotonic()
+        self._level_timer.stop()
+        self._restart_after_stop = False
+        if self.tray is not None:
+            self.tray.hide()
+        for window in (self.transcript_window, self._settings_dialog, self._about):
+            if window is not None:
+                window.hide()
+        if self.main_window is not None:
+            self.main_window.allow_close()
+            self.main_window.hide()
+        self._quit_timer.start(int(QUIT_DEADLINE_S * 1000))
+        self.stop()
+
+    @Slot()
+    def _finish_quit(self) -> None:
+        if self.quit_seconds is not None:
+            return
+        self._quit_timer.stop()
+        self.quit_seconds = time.monotonic() - self._quit_started
+        if self.phase != "stopped":
+            log.warning("quitting before the conversation finished stopping")
+        log.info("quit in %.2f s", self.quit_seconds)
+        # Whatever a straggling worker or engine still reports has nobody left to show it to.
+        self._signals.blockSignals(True)
+        self.bridge.blockSignals(True)
+        if self.tray is not None:
+            self.tray.dispose()
+        if self.main_window is not None:
+            self.main_window.close()
+        self.finished.emit()
+
+
+def _install_signal_handlers(helpdesk: HelpdeskApp) -> Callable[[], None]:
+    """SIGINT/SIGTERM quit cleanly; returns a function that restores the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        # Python runs this between bytecodes of the GUI thread; post the quit to the event loop.
+        QTimer.singleShot(0, helpdesk.quit)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
+
+
+def run_gui(plan_factory: Callable[[], LaunchPlan] | None = None, argv: Sequence[str] | None = None) -> int:
+    """Run the tray app until the user quits; the conversation starts at once. Returns the exit code."""
+    existing = QApplication.instance()
+    qt_app = existing if isinstance(existing, QApplication) else QApplication(list(argv or sys.argv[:1]))
+    qt_app.setApplicationName("helpdesk-voice")
+    qt_app.setApplicationDisplayName(APP_TITLE)
+    qt_app.setApplicationVersion(app_package.__version__)
+    qt_app.setDesktopFileName("helpdesk-voice")
+    qt_app.setWindowIcon(app_icon())
+    # The tray keeps the app alive with no window open; the app quits itself after stopping.
+    qt_app.setQuitOnLastWindowClosed(False)
+
+    helpdesk = HelpdeskApp(plan_factory or default_plan)
+    helpdesk.finished.connect(qt_app.quit)
+    restore = _install_signal_handlers(helpdesk)
+    # Python only runs signal handlers when the interpreter gets control; Qt's loop is C++.
+    ticker = QTimer()
+    ticker.timeout.connect(lambda: None)
+    ticker.start(SIGNAL_TICK_MS)
+    try:
+        helpdesk.show()
+        helpdesk.start()  # hands-free: the conversation starts without a click
+        code = qt_app.exec()
+    finally:
+        ticker.stop()
+        restore()
+    if not helpdesk.quitting:  # the loop ended some other way (session logout): still stop cleanly
+        runner = helpdesk.runner
+        if runner is not None:
+            runner.stop(STOP_TIMEOUT_S)
+    return int(code)
