@@ -48,6 +48,20 @@ class Client:
         await self.next(kind, timeout)
         return self.seen[start:]
 
+    async def ask(self, text: str) -> None:
+        """A typed user message and a request for the answer."""
+        await self.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": text}],
+                },
+            }
+        )
+        await self.send({"type": "response.create"})
+
     async def append(self, samples: FloatArray, chunk_ms: int = 20) -> None:
         pcm = float_to_pcm16(samples)
         step = 24 * chunk_ms * 2
@@ -207,17 +221,7 @@ async def test_spoken_turn_with_server_vad_gets_a_streamed_spoken_answer(client:
 
 
 async def test_cancel_stops_the_answer_at_once(client: Client) -> None:
-    await client.send(
-        {
-            "type": "conversation.item.create",
-            "item": {
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "hello there"}],
-            },
-        }
-    )
-    await client.send({"type": "response.create"})
+    await client.ask("hello there")
     await client.next("response.output_audio.delta")
     sent = time.monotonic()
     await client.send({"type": "response.cancel"})
@@ -233,13 +237,7 @@ async def test_cancel_stops_the_answer_at_once(client: Client) -> None:
 
 
 async def test_truncate_checks_the_item_and_its_length(client: Client) -> None:
-    await client.send(
-        {
-            "type": "conversation.item.create",
-            "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]},
-        }
-    )
-    await client.send({"type": "response.create"})
+    await client.ask("hi")
     done = (await client.next("response.done"))["response"]
     item_id = done["output"][0]["id"]
     await client.send(
@@ -264,17 +262,7 @@ async def test_tool_call_round_trip(client: Client) -> None:
         }
     )
     await client.next("session.updated")
-    await client.send(
-        {
-            "type": "conversation.item.create",
-            "item": {
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "make a ticket please"}],
-            },
-        }
-    )
-    await client.send({"type": "response.create"})
+    await client.ask("make a ticket please")
     events = await client.until("response.done")
     call = next(e for e in events if e["type"] == "response.function_call_arguments.done")
     assert (
@@ -296,13 +284,7 @@ async def test_tool_call_round_trip(client: Client) -> None:
 
 
 async def test_user_speech_interrupts_the_answer(client: Client) -> None:
-    await client.send(
-        {
-            "type": "conversation.item.create",
-            "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hello"}]},
-        }
-    )
-    await client.send({"type": "response.create"})
+    await client.ask("hello")
     await client.next("response.output_audio.delta")
     await client.append(silence(0.4))
     await client.append(speechlike(0.5))
