@@ -300,3 +300,27 @@ def test_schema_enums_match_the_outbox(tmp_path: Path) -> None:
     assert properties["summary"]["maxLength"] == 200
     assert properties["description"]["maxLength"] == 4000
     assert spec.parameters["required"] == ["summary", "description", "category"]
+
+
+def test_find_reads_one_ticket_without_changing_the_outbox(tmp_path: Path) -> None:
+    outbox = TicketOutbox(tmp_path)
+    first = create(outbox, "Printer jam", category="hardware", contact="ada@example.com")
+    second = create(outbox, "VPN drops")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert outbox.find(first.id) == first
+    assert outbox.find(second.id) == second
+    assert outbox.find("HD-9999") is None  # never queued here, or synced away
+    assert outbox.find("../HD-1001") is None  # not an id: never a path out of the folder
+    assert TicketOutbox(tmp_path / "missing").find("HD-1001") is None
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_find_refuses_a_bad_ticket_file(tmp_path: Path) -> None:
+    outbox = TicketOutbox(tmp_path)
+    (tmp_path / "HD-1001.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError):
+        outbox.find("HD-1001")
+    stored = create(outbox, "moved").to_dict()  # HD-1002
+    (tmp_path / "HD-1003.json").write_text(json.dumps(stored), encoding="utf-8")
+    with pytest.raises(ValueError, match="holds ticket HD-1002"):
+        outbox.find("HD-1003")

@@ -7,6 +7,7 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import json
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QImage
 from pytestqt.qtbot import QtBot
 
@@ -26,9 +27,11 @@ from app.audio.devices import find_device
 from app.audio.resample import FloatArray
 from app.audio.virtual_rig import VirtualAudioRig
 from app.config import load_settings
-from app.core.actions import State, StateChanged
+from app.core.actions import State, StateChanged, Transcript
 from app.engine import EngineListener
 from app.launch import LaunchError, LaunchPlan, plan_from_settings
+from app.tools.tickets import TicketOutbox
+from app.ui import app as ui_app
 from app.ui.app import QUIT_DEADLINE_S, HelpdeskApp, Runner
 from app.ui.icons import icon_for
 from app.ui.main_window import NO_TRAY_REASON, ConversationPanel
@@ -442,3 +445,120 @@ def test_push_to_talk_button_and_space_key(qtbot: QtBot) -> None:
     qtbot.keyPress(panel, Qt.Key.Key_Space)
     panel.set_push_to_talk(False)  # switching it off mid-press lets go
     assert talks[-2:] == [True, False]
+
+
+# ----------------------------------------------------------------------------------------------
+# Keeping the transcript, ticket links
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HELPDESK_VOICE_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+def said(helpdesk: HelpdeskApp, item: str, text: str) -> None:
+    helpdesk.transcript.on_transcript(Transcript("user", item, text, final=True))
+
+
+def saved_texts(path: Path) -> list[str]:
+    return [entry["text"] for entry in json.loads(path.read_text(encoding="utf-8"))["entries"]]
+
+
+@pytest.mark.usefixtures("data_dir")
+def test_transcript_is_saved_after_a_pause_and_on_quit(
+    make_app: Callable[..., HelpdeskApp], qtbot: QtBot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ui_app, "TRANSCRIPT_SAVE_MS", 300)
+    helpdesk = make_app(
+        embedded_plan, tray_available=True, runner_factory=Factory(), retention_days=lambda: 30
+    )
+    store = helpdesk.transcript_store
+    assert store.flush(5.0)
+    assert not store.path.exists()  # nothing said yet, nothing written
+
+    changed = time.monotonic()
+    for n in range(5):
+        said(helpdesk, f"u{n}", f"line {n}")
+    assert store.flush(5.0) and not store.path.exists()  # debounced: not on every change
+    qtbot.waitUntil(store.path.exists, timeout=3000)
+    assert time.monotonic() - changed >= 0.25
+    assert saved_texts(store.path) == [f"line {n}" for n in range(5)]
+
+    said(helpdesk, "u9", "one more thing")
+    with qtbot.waitSignal(helpdesk.finished, timeout=3000):
+        helpdesk.quit()
+    assert helpdesk.quit_seconds is not None and helpdesk.quit_seconds < 1.0
+    assert saved_texts(store.path)[-1] == "one more thing"  # written on quit, not lost
+
+
+@pytest.mark.usefixtures("data_dir")
+def test_retention_zero_from_the_settings_deletes_and_stops_keeping(
+    make_app: Callable[..., HelpdeskApp], qtbot: QtBot
+) -> None:
+    days = [30]
+    helpdesk = make_app(
+        embedded_plan, tray_available=True, runner_factory=Factory(), retention_days=lambda: days[0]
+    )
+    store = helpdesk.transcript_store
+    said(helpdesk, "u1", "my password expired")
+    helpdesk.save_transcript()
+    assert store.flush(5.0) and store.path.exists()
+
+    days[0] = 0
+    helpdesk._settings_saved()
+    said(helpdesk, "u2", "and my printer")
+    helpdesk.save_transcript()
+    assert store.flush(5.0)
+    assert not store.path.exists() and list(store.directory.iterdir()) == []
+
+
+def test_a_transcript_that_cannot_be_saved_is_one_notice(
+    make_app: Callable[..., HelpdeskApp], qtbot: QtBot, data_dir: Path
+) -> None:
+    data_dir.mkdir(parents=True)
+    (data_dir / "transcripts").write_text("", encoding="utf-8")  # a file where the folder goes
+    helpdesk = make_app(
+        embedded_plan, tray_available=True, runner_factory=Factory(), retention_days=lambda: 30
+    )
+
+    def warnings() -> list[str]:
+        return [e.text for e in helpdesk.transcript.model.entries if e.kind == "notice"]
+
+    for n in range(3):
+        said(helpdesk, f"u{n}", f"line {n}")
+        helpdesk.save_transcript()
+        assert helpdesk.transcript_store.flush(5.0)
+    qtbot.waitUntil(lambda: len(warnings()) == 1, timeout=2000)
+    qtbot.wait(50)  # a second report would be queued by now
+    assert len(warnings()) == 1
+    assert "transcript" in warnings()[0].lower()
+    assert helpdesk.phase == "stopped" and helpdesk.state.state is State.IDLE  # the app carries on
+
+
+def test_a_ticket_link_shows_the_ticket_from_the_outbox(
+    make_app: Callable[..., HelpdeskApp], qtbot: QtBot, data_dir: Path
+) -> None:
+    ticket = TicketOutbox().create(
+        "Printer jams on every page", "The office printer jams after one sheet.", "hardware", "high"
+    )
+    assert (data_dir / "outbox" / f"{ticket.id}.json").exists()
+    helpdesk = make_app(
+        embedded_plan, tray_available=True, runner_factory=Factory(), retention_days=lambda: 30
+    )
+    helpdesk.transcript.browser.anchorClicked.emit(QUrl(f"ticket:{ticket.id}"))
+    box = helpdesk._ticket_box
+    assert box is not None and box.isVisible()
+    assert not box.isModal()
+    assert box.windowTitle() == f"Ticket {ticket.id}"
+    for part in (ticket.id, "Printer jams on every page", "jams after one sheet", "high", "queued"):
+        assert part in box.text()
+
+    helpdesk.transcript.browser.anchorClicked.emit(QUrl("ticket:HD-4242"))
+    assert helpdesk._ticket_box is box and box.isVisible()
+    assert box.windowTitle() == "Ticket HD-4242"
+    assert "HD-4242 is not in this computer's ticket outbox" in box.text()
+
+    (data_dir / "outbox" / "HD-4243.json").write_text("{broken", encoding="utf-8")
+    helpdesk.show_ticket("HD-4243")
+    assert "HD-4243 could not be read" in box.text()
+    box.hide()

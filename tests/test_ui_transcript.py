@@ -285,3 +285,52 @@ def test_bridge_forwards_every_report(qtbot: QtBot) -> None:
         bridge.on_notice(Notice("error", "boom"))
     with qtbot.waitSignal(bridge.turn_completed):
         bridge.on_turn(TurnCompleted(TurnMetrics(turn=1, backend="t"), "", ""))
+
+
+def test_space_in_the_transcript_is_push_to_talk_only_when_enabled(
+    view: TranscriptView, qtbot: QtBot
+) -> None:
+    from PySide6.QtCore import QEvent
+    from PySide6.QtGui import QKeyEvent
+
+    view.show()
+    qtbot.waitExposed(view)
+    keys: list[bool] = []
+    view.ptt_key_changed.connect(keys.append)
+    view.browser.setFocus()
+    qtbot.keyPress(view.browser, Qt.Key.Key_Space)
+    qtbot.keyRelease(view.browser, Qt.Key.Key_Space)
+    assert keys == []  # off: Space scrolls as usual
+
+    view.set_push_to_talk(True)
+    assert view.push_to_talk
+    qtbot.keyPress(view.browser, Qt.Key.Key_Space)
+    # Holding the key repeats presses and releases; none of them may toggle talking.
+    for kind in (QEvent.Type.KeyRelease, QEvent.Type.KeyPress):
+        repeat = QKeyEvent(kind, Qt.Key.Key_Space, Qt.KeyboardModifier.NoModifier, " ", True)
+        QApplication.sendEvent(view.browser, repeat)
+    qtbot.keyRelease(view.browser, Qt.Key.Key_Space)
+    qtbot.keyClick(view.browser, Qt.Key.Key_A)  # other keys are not talk keys
+    assert keys == [True, False]
+
+    view.input_box.setFocus()
+    qtbot.keyClick(view.input_box, Qt.Key.Key_Space)  # in a text box Space types
+    view.search_box.setFocus()
+    qtbot.keyClick(view.search_box, Qt.Key.Key_Space)
+    assert keys == [True, False]
+    assert view.input_box.text() == " " and view.search_box.text() == " "
+
+    view.set_push_to_talk(False)
+    qtbot.keyClick(view.browser, Qt.Key.Key_Space)
+    assert keys == [True, False]
+
+
+def test_changes_to_the_transcript_are_announced(view: TranscriptView, qtbot: QtBot) -> None:
+    changes: list[bool] = []
+    view.changed.connect(lambda: changes.append(True))
+    feed_conversation(view)
+    assert len(changes) == 8  # every delta, final, tool update and the turn's first-audio time
+    view.on_turn(TurnCompleted(TurnMetrics(turn=2, backend="test", ttfa_ms=None), "", ""))
+    assert len(changes) == 8  # nothing to show: nothing changed
+    view.search_box.setText("vpn")  # looking is not changing
+    assert len(changes) == 8

@@ -6,6 +6,7 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+from collections.abc import Callable
 from itertools import combinations
 
 import pytest
@@ -17,6 +18,7 @@ from pytestqt.qtbot import QtBot
 
 from app.core.actions import Notice, State, StateChanged
 from app.ui.icons import APP_ICON, ICON_NAMES, icon_for, icon_name, icon_path, state_label
+from app.ui.state_display import StateDisplay
 from app.ui.tray import NOTIFY_REPEAT_S, TrayController, needs_user
 
 TRAY_PX = 22
@@ -208,42 +210,42 @@ def test_menu_lists_the_commands(tray: TrayController) -> None:
     ],
 )
 def test_menu_actions_emit_requests(tray: TrayController, qtbot: QtBot, action: str, signal: str) -> None:
-    with qtbot.waitSignal(getattr(tray, signal), timeout=1000):
+    with qtbot.waitSignal(getattr(tray.actions, signal), timeout=1000):
         getattr(tray.actions, action).trigger()
 
 
 def test_start_stop_toggles(tray: TrayController, qtbot: QtBot) -> None:
     stops: list[bool] = []
-    tray.stop_requested.connect(lambda: stops.append(True))
-    with qtbot.waitSignal(tray.start_requested, timeout=1000):
+    tray.actions.stop_requested.connect(lambda: stops.append(True))
+    with qtbot.waitSignal(tray.actions.start_requested, timeout=1000):
         tray.actions.start_stop.trigger()
     assert stops == []
     tray.actions.set_running(True)
     assert tray.actions.start_stop.text().replace("&", "") == "Stop conversation"
-    with qtbot.waitSignal(tray.stop_requested, timeout=1000):
+    with qtbot.waitSignal(tray.actions.stop_requested, timeout=1000):
         tray.actions.start_stop.trigger()
     tray.actions.set_running(False)
     assert tray.actions.start_stop.text().replace("&", "") == "Start conversation"
 
 
 def test_mute_and_push_to_talk_are_checkable(tray: TrayController, qtbot: QtBot) -> None:
-    with qtbot.waitSignal(tray.mute_toggled, timeout=1000) as muted:
+    with qtbot.waitSignal(tray.actions.mute_toggled, timeout=1000) as muted:
         tray.actions.mute.trigger()
     assert muted.args == [True]
-    with qtbot.waitSignal(tray.mute_toggled, timeout=1000) as unmuted:
+    with qtbot.waitSignal(tray.actions.mute_toggled, timeout=1000) as unmuted:
         tray.actions.mute.trigger()
     assert unmuted.args == [False]
 
     assert not tray.actions.ptt_hint.isVisible()
-    with qtbot.waitSignal(tray.ptt_toggled, timeout=1000) as ptt:
+    with qtbot.waitSignal(tray.actions.ptt_toggled, timeout=1000) as ptt:
         tray.actions.ptt.trigger()
     assert ptt.args == [True]
     assert tray.actions.ptt_hint.isVisible()
 
     # Showing what the engine or the settings say asks for nothing.
     asked: list[bool] = []
-    tray.mute_toggled.connect(asked.append)
-    tray.ptt_toggled.connect(asked.append)
+    tray.actions.mute_toggled.connect(asked.append)
+    tray.actions.ptt_toggled.connect(asked.append)
     tray.on_state(StateChanged(State.LISTENING, muted=True))
     tray.actions.set_push_to_talk(False)
     assert asked == []
@@ -252,10 +254,10 @@ def test_mute_and_push_to_talk_are_checkable(tray: TrayController, qtbot: QtBot)
 
 
 def test_left_click_opens_the_transcript(tray: TrayController, qtbot: QtBot) -> None:
-    with qtbot.waitSignal(tray.transcript_requested, timeout=1000):
+    with qtbot.waitSignal(tray.actions.transcript_requested, timeout=1000):
         tray.tray.activated.emit(QSystemTrayIcon.ActivationReason.Trigger)
     opened: list[bool] = []
-    tray.transcript_requested.connect(lambda: opened.append(True))
+    tray.actions.transcript_requested.connect(lambda: opened.append(True))
     tray.tray.activated.emit(QSystemTrayIcon.ActivationReason.Context)
     assert opened == []
 
@@ -303,3 +305,34 @@ def test_needs_user() -> None:
     assert needs_user(Notice("warning", "x", needs_user=True))
     assert not needs_user(Notice("warning", "x"))
     assert not needs_user(Notice("info", "x"))
+
+
+def test_tray_and_panel_follow_the_same_state_rules(tray: TrayController, qtbot: QtBot) -> None:
+    from app.ui.main_window import ConversationPanel
+
+    panel = ConversationPanel()
+    qtbot.addWidget(panel)
+    panel.show()
+
+    def both(step: Callable[[StateDisplay], object]) -> None:
+        step(tray)
+        step(panel)
+
+    def panel_progress() -> str:
+        return panel.progress_label.text() if panel.progress_label.isVisible() else ""
+
+    both(lambda d: d.on_state(StateChanged(State.CONNECTING, muted=False)))
+    both(lambda d: d.set_progress("loading speech recognition"))
+    assert tray.tooltip().endswith("\nloading speech recognition")
+    assert panel_progress() == "loading speech recognition"
+
+    both(lambda d: d.on_state(StateChanged(State.LISTENING, muted=False)))  # the step is over
+    assert "\n" not in tray.tooltip() and panel_progress() == ""
+    both(lambda d: d.set_progress("late step"))  # shown only while connecting
+    assert "\n" not in tray.tooltip() and panel_progress() == ""
+
+    both(lambda d: d.on_state(StateChanged(State.ERROR, muted=True)))
+    both(lambda d: d.set_error_detail("no microphone"))
+    assert tray.label == panel.label == panel.state_label.text() == "Error: no microphone"
+    both(lambda d: d.on_state(StateChanged(State.LISTENING, muted=True)))  # the reason is over
+    assert tray.label == panel.state_label.text() == "Muted"

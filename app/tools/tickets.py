@@ -263,6 +263,22 @@ class TicketOutbox:
 
     # -- reading -------------------------------------------------------------------------------------
 
+    def find(self, ticket_id: str) -> Ticket | None:
+        """The ticket with ``ticket_id``, or None when the outbox has none (never queued here, or synced).
+
+        Read-only. Raises ValueError when its file is not a valid ticket, OSError when it cannot be read.
+        """
+        if not _ID.fullmatch(ticket_id):
+            return None  # not an id this outbox gives out; also keeps the name inside the folder
+        try:
+            text = (self._directory / f"{ticket_id}.json").read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        ticket = Ticket.from_dict(json.loads(text))
+        if ticket.id != ticket_id:
+            raise ValueError(f"{ticket_id}.json holds ticket {ticket.id}")
+        return ticket
+
     def list(self) -> TicketListing:
         """All readable tickets, newest (highest id) first; unreadable files go to ``problems``."""
         try:

@@ -18,27 +18,31 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QTimer, Signal, SignalInstance, Slot
 from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
 
 import app as app_package
 from app.core.actions import Notice, State, StateChanged
 from app.launch import ConversationRunner, LaunchError, LaunchPlan
+from app.tools.tickets import Ticket, TicketOutbox
 from app.ui.bridge import EngineBridge
 from app.ui.icons import app_icon
 from app.ui.main_window import ConversationPanel, MainWindow, TranscriptWindow
+from app.ui.state_display import StateDisplay
 from app.ui.transcript import TranscriptView
 from app.ui.transcript_model import TranscriptModel
+from app.ui.transcript_store import TranscriptStore
 from app.ui.tray import APP_TITLE, AppActions, TrayController, needs_user
 
 if TYPE_CHECKING:
     from app.engine import Engine, EngineListener
     from app.ui.settings_dialog import SettingsDialog
 
-__all__ = ["HelpdeskApp", "default_plan", "run_gui"]
+__all__ = ["HelpdeskApp", "default_plan", "run_gui", "settings_retention_days", "ticket_details"]
 
 log = logging.getLogger("app.ui")
 
@@ -49,6 +53,7 @@ QUIT_DEADLINE_S = 1.2
 LEVEL_POLL_MS = 50
 SIGNAL_TICK_MS = 200
 SILENCE_DBFS = -120.0
+TRANSCRIPT_SAVE_MS = 2000
 LICENCE = "Apache License 2.0"
 
 Phase = Literal["stopped", "starting", "running", "stopping"]
@@ -71,6 +76,31 @@ def _real_runner(plan: LaunchPlan, listener: EngineListener, progress: Callable[
     return ConversationRunner(plan, listener, progress)
 
 
+def settings_retention_days() -> int:
+    """How many days transcripts are kept, as the user's effective settings say."""
+    from app.config import load_settings
+
+    days = load_settings().value("transcript.retention_days")
+    assert isinstance(days, int)  # the setting's own rules make it an int from 0 to 3650
+    return days
+
+
+def ticket_details(ticket: Ticket) -> str:
+    contact = f"\nContact: {ticket.contact}" if ticket.contact else ""
+    return (
+        f"{ticket.id}: {ticket.summary}\n\n"
+        f"Status: {ticket.status}\nCategory: {ticket.category}\nUrgency: {ticket.urgency}\n"
+        f"Created: {ticket.created_at}{contact}\n\n{ticket.description}"
+    )
+
+
+def ticket_not_found(ticket_id: str) -> str:
+    return (
+        f"Ticket {ticket_id} is not in this computer's ticket outbox. It may have been sent to the "
+        "helpdesk's ticket system already, or it was created on another computer."
+    )
+
+
 def default_plan() -> LaunchPlan:
     """The plan the user's effective settings describe (read afresh: settings may have changed)."""
     from app.config import load_settings
@@ -86,6 +116,7 @@ class _WorkerSignals(QObject):
     started = Signal(int, object, str)  # generation, LaunchPlan, description
     failed = Signal(int, str)  # generation, reason
     stopped = Signal(int)  # generation
+    store_failed = Signal(str)  # why the transcript could not be kept
 
 
 class _Lifecycle:
@@ -110,7 +141,7 @@ class _Lifecycle:
         self.generation = 0
         self.runner: Runner | None = None
 
-    def _emit(self, name: str, *args: object) -> None:
+    def emit(self, name: str, *args: object) -> None:
         # RuntimeError: the app is gone (its QObjects deleted), so nobody is listening.
         with contextlib.suppress(RuntimeError):
             getattr(self.signals, name).emit(*args)
@@ -130,7 +161,7 @@ class _Lifecycle:
             if ptt_choice is not None:
                 plan = replace(plan, push_to_talk=ptt_choice)
             runner = self.runner_factory(
-                plan, self.listener, lambda line: self._emit("progress", generation, line)
+                plan, self.listener, lambda line: self.emit("progress", generation, line)
             )
             with self.lock:
                 if generation != self.generation:
@@ -141,12 +172,12 @@ class _Lifecycle:
             if engine is not None and muted:
                 engine.set_muted(True)  # before the user can be heard
         except LaunchError as exc:
-            self._emit("failed", generation, str(exc))
+            self.emit("failed", generation, str(exc))
         except Exception as exc:  # a bug must not leave the app stuck "connecting"
             log.exception("starting the conversation failed")
-            self._emit("failed", generation, f"the conversation could not start: {exc}")
+            self.emit("failed", generation, f"the conversation could not start: {exc}")
         else:
-            self._emit("started", generation, plan, runner.description)
+            self.emit("started", generation, plan, runner.description)
 
     def stop(self) -> int:
         with self.lock:
@@ -165,7 +196,7 @@ class _Lifecycle:
         except Exception:
             log.exception("stopping the conversation failed")
         finally:
-            self._emit("stopped", generation)
+            self.emit("stopped", generation)
 
 
 class HelpdeskApp(QObject):
@@ -180,6 +211,7 @@ class HelpdeskApp(QObject):
         tray_available: bool | None = None,
         runner_factory: RunnerFactory = _real_runner,
         model: TranscriptModel | None = None,
+        retention_days: Callable[[], int] = settings_retention_days,
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
@@ -196,6 +228,8 @@ class HelpdeskApp(QObject):
         self.quit_seconds: float | None = None  # how long quitting took (for tests and logs)
         self._settings_dialog: SettingsDialog | None = None
         self._about: QMessageBox | None = None
+        self._ticket_box: QMessageBox | None = None
+        self._retention_days = retention_days
 
         self.bridge = EngineBridge(self)
         self._signals = _WorkerSignals(self)
@@ -221,18 +255,28 @@ class HelpdeskApp(QObject):
         else:
             self.main_window = MainWindow(self.actions, self.panel)
 
-        self.bridge.state_changed.connect(self._on_state)
-        self.bridge.notice_received.connect(self._on_notice)
-        self.actions.start_requested.connect(self.start)
-        self.actions.stop_requested.connect(self.stop)
-        self.actions.mute_toggled.connect(self._mute_toggled)
-        self.actions.ptt_toggled.connect(self._ptt_toggled)
-        self.actions.transcript_requested.connect(self.show_transcript)
-        self.actions.settings_requested.connect(self.show_settings)
-        self.actions.about_requested.connect(self.show_about)
-        self.actions.quit_requested.connect(self.quit)
-        self.panel.talk.connect(self._talk)
-        self.transcript.text_submitted.connect(self.send_text)
+        # Every surface that shows the state (tray icon and tooltip, the panel's status line).
+        self._displays: list[StateDisplay] = [self.panel] if self.tray is None else [self.tray, self.panel]
+
+        wiring: list[tuple[SignalInstance, Callable[..., object]]] = [
+            (self.bridge.state_changed, self._on_state),
+            (self.bridge.notice_received, self._on_notice),
+            (self.actions.start_requested, self.start),
+            (self.actions.stop_requested, self.stop),
+            (self.actions.mute_toggled, self._mute_toggled),
+            (self.actions.ptt_toggled, self._ptt_toggled),
+            (self.actions.transcript_requested, self.show_transcript),
+            (self.actions.settings_requested, self.show_settings),
+            (self.actions.about_requested, self.show_about),
+            (self.actions.quit_requested, self.quit),
+            (self.panel.talk, self._talk),
+            (self.transcript.text_submitted, self.send_text),
+            (self.transcript.ticket_activated, self.show_ticket),
+            (self.transcript.changed, self._transcript_changed),
+            (self._signals.store_failed, self._on_store_failed),
+        ]
+        for source, slot in wiring:
+            source.connect(slot)
 
         self._level_timer = QTimer(self)
         self._level_timer.setInterval(LEVEL_POLL_MS)
@@ -242,6 +286,16 @@ class HelpdeskApp(QObject):
         self._quit_timer = QTimer(self)
         self._quit_timer.setSingleShot(True)
         self._quit_timer.timeout.connect(self._finish_quit)
+
+        # The store reports from its writer thread; through the worker signals, that lands queued
+        # on the GUI thread without the thread holding a reference to the app.
+        self.transcript_store = TranscriptStore(
+            retention_days(), on_error=partial(self._lifecycle.emit, "store_failed")
+        )
+        self._save_timer = QTimer(self)
+        self._save_timer.setSingleShot(True)
+        self._save_timer.setInterval(TRANSCRIPT_SAVE_MS)
+        self._save_timer.timeout.connect(self.save_transcript)
 
     # ------------------------------------------------------------------------------------------
     # Surfaces
@@ -276,16 +330,17 @@ class HelpdeskApp(QObject):
 
     def _show_state(self, event: StateChanged) -> None:
         self.state = event
-        if self.tray is not None:
-            self.tray.on_state(event)
-        self.panel.on_state(event)
+        for display in self._displays:
+            display.on_state(event)
         self.actions.set_muted(event.muted)
 
     def _show_error(self, message: str) -> None:
         self._show_state(StateChanged(State.ERROR, self._muted))
-        if self.tray is not None:
-            self.tray.set_error_detail(message)
-        self.panel.set_error_detail(message)
+        self._set_error_detail(message)
+
+    def _set_error_detail(self, message: str) -> None:
+        for display in self._displays:
+            display.set_error_detail(message)
 
     def _alert(self, message: str) -> None:
         """Tell the user something they must act on: a notification, or the window's attention."""
@@ -306,9 +361,7 @@ class HelpdeskApp(QObject):
     @Slot(object)
     def _on_notice(self, notice: Notice) -> None:
         if notice.level == "error":
-            if self.tray is not None:
-                self.tray.set_error_detail(notice.message)
-            self.panel.set_error_detail(notice.message)
+            self._set_error_detail(notice.message)
         if needs_user(notice):
             self._alert(notice.message)
 
@@ -330,9 +383,8 @@ class HelpdeskApp(QObject):
         self._lifecycle.start(self._ptt_choice, self._muted)
 
     def _set_progress(self, line: str) -> None:
-        if self.tray is not None:
-            self.tray.set_progress(line)
-        self.panel.set_progress(line)
+        for display in self._displays:
+            display.set_progress(line)
 
     @Slot(int, str)
     def _on_progress(self, generation: int, line: str) -> None:
@@ -395,6 +447,7 @@ class HelpdeskApp(QObject):
             return
         self.phase = "stopped"
         self.panel.set_level(SILENCE_DBFS)
+        self.save_transcript()
         if self.state.state is not State.ERROR:
             self._show_state(StateChanged(State.IDLE, self._muted))
         if self._quitting:
@@ -482,8 +535,54 @@ class HelpdeskApp(QObject):
     @Slot()
     def _settings_saved(self) -> None:
         self._ptt_choice = None  # the saved settings say what the user wants now
+        self.transcript_store.set_retention(self._retention_days())
+        self.save_transcript()  # kept from now on if retention went from 0 to some days
         if self.phase != "stopped" or self.state.state is State.ERROR:
             self.restart()
+
+    # ------------------------------------------------------------------------------------------
+    # Transcript keeping
+    # ------------------------------------------------------------------------------------------
+    @Slot()
+    def _transcript_changed(self) -> None:
+        # At most one write per interval however fast deltas stream in.
+        if not self._save_timer.isActive():
+            self._save_timer.start()
+
+    @Slot()
+    def save_transcript(self) -> None:
+        """Hand the transcript to the store now (it writes on its own thread); nothing if empty."""
+        self._save_timer.stop()
+        if len(self.transcript.model) and self.transcript_store.enabled:
+            self.transcript_store.save(self.transcript.model.to_json())
+
+    @Slot(str)
+    def _on_store_failed(self, message: str) -> None:
+        self.transcript.on_notice(Notice("warning", message))
+
+    # ------------------------------------------------------------------------------------------
+    # Ticket links
+    # ------------------------------------------------------------------------------------------
+    @Slot(str)
+    def show_ticket(self, ticket_id: str) -> None:
+        """The ticket's details from the local outbox, in a window that does not block the app."""
+        title = f"Ticket {ticket_id}"
+        try:
+            ticket = TicketOutbox().find(ticket_id)
+        except (OSError, ValueError) as exc:
+            text = f"Ticket {ticket_id} could not be read: {exc}"
+        else:
+            text = ticket_details(ticket) if ticket is not None else ticket_not_found(ticket_id)
+        if self._ticket_box is None:
+            # Not exec(), like About: a modal loop would hold up quitting.
+            self._ticket_box = QMessageBox(QMessageBox.Icon.Information, title, "")
+            self._ticket_box.setWindowIcon(app_icon())
+            self._ticket_box.setTextFormat(Qt.TextFormat.PlainText)  # ticket text is the user's words
+            self._ticket_box.setWindowModality(Qt.WindowModality.NonModal)
+        self._ticket_box.setWindowTitle(title)
+        self._ticket_box.setText(text)
+        self._ticket_box.show()
+        self._ticket_box.raise_()
 
     def about_text(self) -> str:
         if self.plan is not None and self.phase == "running":
@@ -528,13 +627,16 @@ class HelpdeskApp(QObject):
         self._restart_after_stop = False
         if self.tray is not None:
             self.tray.hide()
-        for window in (self.transcript_window, self._settings_dialog, self._about):
+        for window in (self.transcript_window, self._settings_dialog, self._about, self._ticket_box):
             if window is not None:
                 window.hide()
         if self.main_window is not None:
             self.main_window.allow_close()
             self.main_window.hide()
         self._quit_timer.start(int(QUIT_DEADLINE_S * 1000))
+        # Handed to the writer thread now, so it is written while the conversation stops.
+        self.save_transcript()
+        self.transcript_store.close()
         self.stop()
 
     @Slot()
@@ -542,6 +644,11 @@ class HelpdeskApp(QObject):
         if self.quit_seconds is not None:
             return
         self._quit_timer.stop()
+        # The last write had the time the conversation took to stop; it gets what is left of the
+        # deadline, not more (a dead disk must not hold quitting up).
+        left = self._quit_started + QUIT_DEADLINE_S - time.monotonic()
+        if not self.transcript_store.flush(max(0.0, left)):
+            log.warning("quitting before the transcript was written")
         self.quit_seconds = time.monotonic() - self._quit_started
         if self.phase != "stopped":
             log.warning("quitting before the conversation finished stopping")
@@ -601,7 +708,10 @@ def run_gui(plan_factory: Callable[[], LaunchPlan] | None = None, argv: Sequence
         ticker.stop()
         restore()
     if not helpdesk.quitting:  # the loop ended some other way (session logout): still stop cleanly
+        helpdesk.save_transcript()
+        helpdesk.transcript_store.close()
         runner = helpdesk.runner
         if runner is not None:
             runner.stop(STOP_TIMEOUT_S)
+        helpdesk.transcript_store.flush(STOP_TIMEOUT_S)
     return int(code)

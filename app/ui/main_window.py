@@ -8,8 +8,8 @@ saying why the app is a window; closing that window quits.
 
 from __future__ import annotations
 
-from PySide6.QtCore import QEvent, QObject, Qt, Signal, Slot
-from PySide6.QtGui import QAction, QCloseEvent, QKeyEvent
+from PySide6.QtCore import QEvent, Qt, Signal, Slot
+from PySide6.QtGui import QAction, QCloseEvent
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
@@ -23,10 +23,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.actions import State, StateChanged
-from app.ui.icons import EN_DASH, app_icon, icon_for, state_label
+from app.ui.icons import EN_DASH, app_icon, icon_for
 from app.ui.level_meter import LevelMeter
-from app.ui.transcript import TranscriptView
+from app.ui.state_display import StateDisplay
+from app.ui.transcript import TranscriptView, space_key
 from app.ui.tray import APP_TITLE, AppActions
 
 __all__ = ["NO_TRAY_REASON", "ConversationPanel", "MainWindow", "TranscriptWindow"]
@@ -35,7 +35,7 @@ NO_TRAY_REASON = "No system tray was found on this desktop, so Helpdesk Voice ru
 STATE_ICON_PX = 32
 
 
-class ConversationPanel(QWidget):
+class ConversationPanel(StateDisplay, QWidget):
     """State line, level meter, push-to-talk button and the transcript pane.
 
     ``talk`` carries push-to-talk presses and releases: the "Hold to talk" button, or the Space key
@@ -47,10 +47,6 @@ class ConversationPanel(QWidget):
     def __init__(self, transcript: TranscriptView | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.transcript = transcript if transcript is not None else TranscriptView()
-        self.state = State.IDLE
-        self.muted = False
-        self._detail = ""
-        self._progress = ""
         self._talking = False
 
         self.state_icon = QLabel(self)
@@ -91,39 +87,18 @@ class ConversationPanel(QWidget):
         layout.addLayout(status)
         layout.addWidget(self.transcript, 1)
         self.transcript.setParent(self)
-        self.transcript.browser.installEventFilter(self)
+        self.transcript.ptt_key_changed.connect(self._set_talking)
         self._show_state()
 
     # ------------------------------------------------------------------------------------------
     # State
     # ------------------------------------------------------------------------------------------
-    @property
-    def label(self) -> str:
-        return state_label(self.state, self.muted, self._detail)
-
-    @Slot(object)
-    def on_state(self, event: StateChanged) -> None:
-        if event.state is not State.ERROR:
-            self._detail = ""
-        if event.state not in (State.CONNECTING, State.RECONNECTING):
-            self._progress = ""
-        self.state, self.muted = event.state, event.muted
-        self._show_state()
-
-    def set_error_detail(self, detail: str) -> None:
-        self._detail = detail
-        self._show_state()
-
-    def set_progress(self, line: str) -> None:
-        self._progress = line
-        self._show_state()
-
     def _show_state(self) -> None:
         self.state_icon.setPixmap(icon_for(self.state, self.muted).pixmap(STATE_ICON_PX, STATE_ICON_PX))
         self.state_icon.setToolTip(self.label)
         self.state_label.setText(self.label)
-        self.progress_label.setText(self._progress)
-        self.progress_label.setVisible(bool(self._progress))
+        self.progress_label.setText(self.progress if self.shows_progress else "")
+        self.progress_label.setVisible(self.shows_progress)
 
     def set_level(self, dbfs: float) -> None:
         self.level_meter.set_level(dbfs)
@@ -139,10 +114,12 @@ class ConversationPanel(QWidget):
         if not on:
             self._set_talking(False)
         self.talk_button.setVisible(on)
+        self.transcript.set_push_to_talk(on)
         if on and self.isVisible():
             # Space then works at once: a focused button presses on Space by itself.
             self.talk_button.setFocus()
 
+    @Slot(bool)
     def _set_talking(self, pressed: bool) -> None:
         if pressed == self._talking or (pressed and not self.push_to_talk):
             return
@@ -150,39 +127,14 @@ class ConversationPanel(QWidget):
         self.talk_button.setDown(pressed)
         self.talk.emit(pressed)
 
-    def _space_talks(self, event: QKeyEvent) -> bool:
-        if event.key() != Qt.Key.Key_Space or event.isAutoRepeat() or not self.push_to_talk:
-            return False
-        # Where Space types, it types.
-        return not isinstance(self.focusWidget(), QLineEdit)
-
-    def keyPressEvent(self, event: QKeyEvent) -> None:
-        if self._space_talks(event):
-            self._set_talking(True)
-            event.accept()
-            return
-        super().keyPressEvent(event)
-
-    def keyReleaseEvent(self, event: QKeyEvent) -> None:
-        if self._space_talks(event):
-            self._set_talking(False)
-            event.accept()
-            return
-        super().keyReleaseEvent(event)
-
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        # The transcript scrolls a page on Space; while push-to-talk is on, Space means talk there.
-        if watched is self.transcript.browser and event.type() in (
-            QEvent.Type.KeyPress,
-            QEvent.Type.KeyRelease,
-        ):
-            assert isinstance(event, QKeyEvent)
-            if self._space_talks(event):
-                self._set_talking(event.type() == QEvent.Type.KeyPress)
-                return True
-        return super().eventFilter(watched, event)
-
     def event(self, event: QEvent) -> bool:
+        # Space that no child used (the transcript reports its own; the text boxes type it) talks,
+        # except where it would type.
+        pressed = space_key(event)
+        if pressed is not None and self.push_to_talk and not isinstance(self.focusWidget(), QLineEdit):
+            self._set_talking(pressed)
+            event.accept()
+            return True
         # Losing focus mid-press must not leave the microphone open.
         if event.type() == QEvent.Type.WindowDeactivate:
             self._set_talking(False)

@@ -12,8 +12,8 @@ import html
 import re
 from pathlib import Path
 
-from PySide6.QtCore import QEvent, Qt, QTimer, QUrl, Signal, Slot
-from PySide6.QtGui import QGuiApplication, QPalette, QTextCursor
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, QUrl, Signal, Slot
+from PySide6.QtGui import QGuiApplication, QKeyEvent, QPalette, QTextCursor
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -29,7 +29,7 @@ from app.core.actions import Notice, ToolActivity, Transcript, TurnCompleted
 from app.ui.bridge import EngineBridge
 from app.ui.transcript_model import INTERRUPTED_MARK, LABELS, Entry, TranscriptModel
 
-__all__ = ["TranscriptModel", "TranscriptView", "linkify"]
+__all__ = ["TranscriptModel", "TranscriptView", "linkify", "space_key"]
 
 RENDER_DELAY_MS = 30
 TICKET_SCHEME = "ticket"
@@ -49,6 +49,19 @@ def _highlight(text: str, query: str, mark: str) -> str:
         start = found.end()
     parts.append(html.escape(text[start:], quote=False))
     return "".join(parts)
+
+
+def space_key(event: QEvent) -> bool | None:
+    """True for a Space press, False for its release, None for anything else.
+
+    Auto-repeat counts as neither: holding the key for push-to-talk must not toggle it repeatedly.
+    """
+    if event.type() not in (QEvent.Type.KeyPress, QEvent.Type.KeyRelease):
+        return None
+    assert isinstance(event, QKeyEvent)
+    if event.key() != Qt.Key.Key_Space or event.isAutoRepeat():
+        return None
+    return event.type() == QEvent.Type.KeyPress
 
 
 def linkify(text: str, query: str = "", mark: str = "{}") -> str:
@@ -73,15 +86,22 @@ def linkify(text: str, query: str = "", mark: str = "{}") -> str:
 
 
 class TranscriptView(QWidget):
-    """The transcript pane. ``text_submitted`` carries what the user typed instead of speaking."""
+    """The transcript pane. ``text_submitted`` carries what the user typed instead of speaking.
+
+    With ``set_push_to_talk(True)``, Space held in the transcript text reports ``ptt_key_changed``
+    (True on press, False on release) instead of scrolling; the text boxes keep typing spaces.
+    """
 
     text_submitted = Signal(str)
     ticket_activated = Signal(str)  # a ticket id link was clicked
+    ptt_key_changed = Signal(bool)
+    changed = Signal()  # the model changed (an entry was added or updated)
 
     def __init__(self, model: TranscriptModel | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.model = model if model is not None else TranscriptModel()
         self._query = ""
+        self._push_to_talk = False
         self.setAccessibleName("Transcript pane")
 
         self.search_box = QLineEdit(self)
@@ -100,6 +120,7 @@ class TranscriptView(QWidget):
             Qt.TextInteractionFlag.TextBrowserInteraction | Qt.TextInteractionFlag.TextSelectableByKeyboard
         )
         self.browser.anchorClicked.connect(self._anchor_clicked)
+        self.browser.installEventFilter(self)
 
         self.input_box = QLineEdit(self)
         self.input_box.setPlaceholderText("Type a message instead of speaking")
@@ -155,22 +176,22 @@ class TranscriptView(QWidget):
     @Slot(object)
     def on_transcript(self, event: Transcript) -> None:
         self.model.apply_transcript(event)
-        self._schedule()
+        self._model_changed()
 
     @Slot(object)
     def on_tool(self, event: ToolActivity) -> None:
         self.model.apply_tool(event)
-        self._schedule()
+        self._model_changed()
 
     @Slot(object)
     def on_turn(self, event: TurnCompleted) -> None:
         if self.model.apply_turn(event) is not None:
-            self._schedule()
+            self._model_changed()
 
     @Slot(object)
     def on_notice(self, event: Notice) -> None:
         self.model.apply_notice(event)
-        self._schedule()
+        self._model_changed()
 
     # ------------------------------------------------------------------------------------------
     # Rendering
@@ -178,6 +199,10 @@ class TranscriptView(QWidget):
     def _schedule(self) -> None:
         if not self._timer.isActive():
             self._timer.start()
+
+    def _model_changed(self) -> None:
+        self._schedule()
+        self.changed.emit()
 
     def to_html(self) -> str:
         palette = self.palette()
@@ -225,6 +250,25 @@ class TranscriptView(QWidget):
         if event.type() == QEvent.Type.PaletteChange:
             self._schedule()
         super().changeEvent(event)
+
+    # ------------------------------------------------------------------------------------------
+    # Push-to-talk key
+    # ------------------------------------------------------------------------------------------
+    @property
+    def push_to_talk(self) -> bool:
+        return self._push_to_talk
+
+    def set_push_to_talk(self, enabled: bool) -> None:
+        self._push_to_talk = enabled
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        # The text browser scrolls a page on Space; while push-to-talk is on, Space means talk there.
+        if watched is self.browser and self._push_to_talk:
+            pressed = space_key(event)
+            if pressed is not None:
+                self.ptt_key_changed.emit(pressed)
+                return True
+        return super().eventFilter(watched, event)
 
     # ------------------------------------------------------------------------------------------
     # Search, typing, copy, export

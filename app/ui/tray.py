@@ -16,8 +16,9 @@ from PySide6.QtCore import QObject, Signal, Slot
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
-from app.core.actions import Notice, State, StateChanged
-from app.ui.icons import EN_DASH, icon_for, state_label
+from app.core.actions import Notice
+from app.ui.icons import EN_DASH, icon_for
+from app.ui.state_display import StateDisplay
 
 __all__ = ["APP_TITLE", "AppActions", "ShownNotification", "TrayController", "needs_user"]
 
@@ -128,17 +129,8 @@ class ShownNotification:
     at: float
 
 
-class TrayController(QObject):
-    """Owns the ``QSystemTrayIcon`` and its menu; forwards the menu's requests as its own signals."""
-
-    start_requested = Signal()
-    stop_requested = Signal()
-    mute_toggled = Signal(bool)
-    ptt_toggled = Signal(bool)
-    transcript_requested = Signal()
-    settings_requested = Signal()
-    about_requested = Signal()
-    quit_requested = Signal()
+class TrayController(StateDisplay, QObject):
+    """Owns the ``QSystemTrayIcon`` and its menu; the menu's requests are ``actions``' signals."""
 
     def __init__(
         self,
@@ -151,22 +143,6 @@ class TrayController(QObject):
         self._clock = clock
         self._last_shown: dict[str, float] = {}
         self.shown: list[ShownNotification] = []
-        self.state = State.IDLE
-        self.muted = False
-        self._detail = ""
-        self._progress = ""
-
-        for name in (
-            "start_requested",
-            "stop_requested",
-            "mute_toggled",
-            "ptt_toggled",
-            "transcript_requested",
-            "settings_requested",
-            "about_requested",
-            "quit_requested",
-        ):
-            getattr(self.actions, name).connect(getattr(self, name))
 
         # QMenu is a widget and cannot take a QObject parent; the controller keeps it alive.
         self.menu = QMenu()
@@ -190,14 +166,10 @@ class TrayController(QObject):
         self.tray.hide()
         self.menu.deleteLater()
 
-    @property
-    def label(self) -> str:
-        return state_label(self.state, self.muted, self._detail)
-
     def tooltip(self) -> str:
         text = f"{APP_TITLE} {EN_DASH} {self.label}"
-        if self._progress and self.state in (State.CONNECTING, State.RECONNECTING):
-            text += f"\n{self._progress}"
+        if self.shows_progress:
+            text += f"\n{self.progress}"
         return text
 
     def _show_state(self) -> None:
@@ -209,30 +181,9 @@ class TrayController(QObject):
     # Reports (queued from the engine through the bridge, or from the app)
     # ------------------------------------------------------------------------------------------
     @Slot(object)
-    def on_state(self, event: StateChanged) -> None:
-        if event.state is not State.ERROR:
-            self._detail = ""
-        if event.state not in (State.CONNECTING, State.RECONNECTING):
-            self._progress = ""
-        self.state = event.state
-        self.muted = event.muted
-        self._show_state()
-
-    def set_error_detail(self, detail: str) -> None:
-        """The short reason shown after "Error:" while the state is error."""
-        self._detail = detail
-        self._show_state()
-
-    def set_progress(self, line: str) -> None:
-        """A start-up step ("loading speech recognition") shown under the tooltip while connecting."""
-        self._progress = line
-        self._show_state()
-
-    @Slot(object)
     def on_notice(self, notice: Notice) -> None:
         if notice.level == "error":
-            self._detail = notice.message
-            self._show_state()
+            self.set_error_detail(notice.message)
         if needs_user(notice):
             self.notify(notice.message)
 
@@ -254,4 +205,4 @@ class TrayController(QObject):
             QSystemTrayIcon.ActivationReason.Trigger,
             QSystemTrayIcon.ActivationReason.DoubleClick,
         ):
-            self.transcript_requested.emit()
+            self.actions.transcript_requested.emit()
