@@ -46,6 +46,9 @@ from app.tools.registry import ToolRegistry
 log = logging.getLogger("app.engine")
 
 PUMP_INTERVAL_S = 0.01
+# While nobody speaks and nothing plays, nothing in the pump is urgent (barge-in is decided in the
+# capture callback, not here), so it wakes half as often: it runs all day in the tray.
+IDLE_PUMP_INTERVAL_S = 0.02
 DEVICE_CHECK_INTERVAL_S = 0.5
 DEVICE_RETRY_INTERVAL_S = 3.0
 # After this many failed connection attempts in a row the endpoint counts as unreachable, and the
@@ -219,7 +222,8 @@ class Engine:
                 self._device_checked_at = now
                 self._check_devices(now)
             await self._maybe_rollover(now)
-            await asyncio.sleep(PUMP_INTERVAL_S)
+            busy = detector.in_speech or self.audio.player.is_playing() or self._watched
+            await asyncio.sleep(PUMP_INTERVAL_S if busy else IDLE_PUMP_INTERVAL_S)
 
     def _watch_playback(self, now: float) -> None:
         buffer = self.audio.player.buffer
