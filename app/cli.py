@@ -150,13 +150,27 @@ def _devices() -> int:
 
 def _selftest(input_query: str | None, output_query: str | None) -> int:
     from app.audio.roundtrip import run_audio_check
+    from app.config import load_settings
+    from app.selftest import check_endpoint, check_keyring, check_settings
 
-    input_device = _resolve(input_query, "input")
-    output_device = _resolve(output_query, "output")
+    settings = load_settings({"audio.input_device": input_query, "audio.output_device": output_query})
+    checks = [check_settings(settings), check_keyring(settings)]
+    for check in checks:
+        print(check.line(), flush=True)
+    endpoint = check_endpoint(settings, lambda line: print(line, flush=True))
+    print(endpoint.line(), flush=True)
+    input_device = _resolve(_text_setting(settings, "audio.input_device"), "input")
+    output_device = _resolve(_text_setting(settings, "audio.output_device"), "output")
     print("audio check: playing a short test sound and listening for it...", flush=True)
     result = run_audio_check(input_device, output_device)
     print(result.report(), flush=True)
-    return EXIT_OK if result.heard else EXIT_FAILURE
+    passed = all(check.ok for check in [*checks, endpoint]) and result.heard
+    return EXIT_OK if passed else EXIT_FAILURE
+
+
+def _text_setting(settings: LoadedSettings, key: str) -> str | None:
+    value = settings.value(key)
+    return value if isinstance(value, str) and value else None
 
 
 def _cli_settings(args: argparse.Namespace) -> dict[str, object]:

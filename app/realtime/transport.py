@@ -29,7 +29,15 @@ from websockets.protocol import State
 from websockets.version import version as websockets_version
 
 from app import __version__
-from app.core.protocol import ServerEvent, UnknownEvent, UnknownTypeLog, encode, parse_server_event
+from app.core.protocol import (
+    ErrorEvent,
+    ServerEvent,
+    SessionCreated,
+    UnknownEvent,
+    UnknownTypeLog,
+    encode,
+    parse_server_event,
+)
 from app.realtime.endpoint import Endpoint
 from app.realtime.errors import ConnectionProblem, classify
 
@@ -218,6 +226,36 @@ class RealtimeTransport:
             self._run_task = None
             self._run_done.set()
             logger.info("realtime transport stopped")
+
+    async def probe(self) -> ConnectionProblem | None:
+        """One connection attempt for a health check: None when the server answered with a session.
+
+        Connects as :meth:`run` would (same headers, no redirects, same timeouts), waits up to the
+        open timeout for the first server event, which must be ``session.created``, and closes.
+        """
+        try:
+            ws = await self._open()
+        except Exception as exc:
+            return self._classify(exc)
+        try:
+            first = parse_server_event(await asyncio.wait_for(ws.recv(), self._open_timeout))
+        except Exception as exc:
+            return self._classify(exc)
+        finally:
+            await ws.close()
+        if isinstance(first, SessionCreated):
+            return None
+        detail = (
+            first.message
+            if isinstance(first, ErrorEvent)
+            else str(getattr(first, "type", None) or getattr(first, "TYPE", "an unexpected event"))
+        )
+        return ConnectionProblem(
+            "handshake",
+            f"The server answered, but not with a realtime session ({detail}).",
+            retryable=False,
+            detail=str(detail),
+        )
 
     async def send(self, event: Mapping[str, Any]) -> bool:
         """Sends one client event; False when there is no usable connection (nothing is queued).

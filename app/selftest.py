@@ -1,0 +1,90 @@
+"""``helpdesk-voice selftest``: is this machine ready for a conversation?
+
+Checks, in the order a helpdesk technician would: the settings files, the keyring, the endpoint
+(a real connection that must answer with a realtime session; for the offline assistant, its server
+is started and asked), then the audio devices (:mod:`app.audio.roundtrip`: the test sound, the
+echo path, speaker or headset mode). Each check prints one line saying what it found; the exit
+code is 0 only when every check passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from app.config import LoadedSettings, secrets
+from app.core.protocol import ServerEvent
+from app.launch import LaunchError, plan_from_settings
+from app.realtime import ConnectionProblem, Endpoint, RealtimeTransport
+
+PROBE_TIMEOUT_S = 8.0
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.name}: {'ok' if self.ok else 'FAILED'}: {self.detail}"
+
+
+def check_settings(settings: LoadedSettings) -> Check:
+    if settings.problems:
+        return Check("settings", False, "; ".join(settings.problems))
+    locked = len(settings.locks)
+    policy = f", {locked} locked by the site policy" if locked else ""
+    return Check("settings", True, f"backend {settings.value('backend')}{policy}")
+
+
+def check_keyring(settings: LoadedSettings, environ: Mapping[str, str] = os.environ) -> Check:
+    status = secrets.status(environ)
+    needed = settings.value("backend") in ("openai", "azure")
+    if status.is_set:
+        return Check("API key", True, status.describe())
+    if needed:
+        return Check("API key", False, status.describe())
+    return Check(
+        "API key", True, f"not needed for the {settings.value('backend')} backend; {status.describe()}"
+    )
+
+
+class _Ignore:
+    """A transport handler for a probe, which never gets as far as a session."""
+
+    async def on_connected(self, reconnected: bool) -> None: ...
+    async def on_event(self, event: ServerEvent) -> None: ...
+    async def on_disconnected(self, problem: ConnectionProblem, retry_in: float | None) -> None: ...
+
+
+def probe(endpoint: Endpoint, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """None when ``endpoint`` answers with a realtime session, else what went wrong, for the user."""
+    transport = RealtimeTransport(endpoint, _Ignore(), open_timeout=timeout)
+    problem = asyncio.run(transport.probe())
+    return None if problem is None else problem.message
+
+
+def check_endpoint(settings: LoadedSettings, progress: Callable[[str], None]) -> Check:
+    try:
+        plan = plan_from_settings(settings)
+    except LaunchError as exc:
+        return Check("endpoint", False, str(exc))
+    if plan.endpoint is not None:
+        problem = probe(plan.endpoint)
+        where = plan.endpoint.display_url
+        return Check("endpoint", problem is None, problem or f"{where} answers with a realtime session")
+    from app.localmodel.launcher import EmbeddedServerProcess, ServerStartError
+
+    progress("starting the offline assistant to check it...")
+    server = EmbeddedServerProcess(progress=lambda line: progress(f"  {line}"))
+    try:
+        endpoint = server.start()
+        problem = probe(endpoint)
+    except ServerStartError as exc:
+        return Check("endpoint", False, f"the offline assistant could not start: {exc}")
+    finally:
+        server.stop()
+    return Check("endpoint", problem is None, problem or "the offline assistant starts and answers")
