@@ -164,7 +164,7 @@ def _selftest(input_query: str | None, output_query: str | None) -> int:
     print("audio check: playing a short test sound and listening for it...", flush=True)
     result = run_audio_check(input_device, output_device)
     print(result.report(), flush=True)
-    passed = all(check.ok for check in [*checks, endpoint]) and result.heard
+    passed = all(check.ok for check in [*checks, endpoint]) and result.ok
     return EXIT_OK if passed else EXIT_FAILURE
 
 

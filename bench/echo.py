@@ -8,10 +8,17 @@ canceller) cleans the microphone, and the app's ``BargeInDetector`` runs on the 
 
 Reported per canceller: echo attenuation after convergence (first 3 s excluded), the user's kept
 energy, false halts per minute of echo-only playback (after the first 3 s), missed barge-ins,
-barge-in latency from the user's first sample, and CPU time per 10 ms frame. Not covered yet: the
-same through the PulseAudio virtual devices (real callbacks and latencies).
+barge-in latency from the user's first sample, and CPU time per 10 ms frame.
 
-    python -m bench.echo [--out bench/results/echo.json]
+The virtual-loopback part (``--loopback``, on by default) runs the same through real streams: the
+PulseAudio rig routes the virtual speaker back into the virtual microphone at ``--echo-gain-db``
+while the app's audio pipeline (echo cancellation on) plays the assistant's speech. Echo-only
+runs count false halts (those in the first 3 s of the session apart: the canceller converges);
+barge-in trials have a user (another voice) talk over the assistant after 1-3 s and measure, as a
+listener would, the time from the user's first loud sample in the microphone to the speaker's
+silence.
+
+    python -m bench.echo [--out bench/results/echo.json] [--no-loopback] [--echo-gain-db -10 ...]
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,9 +48,11 @@ from app.audio.echo import (
     ReferenceEchoGate,
     WebRtcEchoCanceller,
 )
+from app.audio.pipeline import EchoWorker, route_frame
 from app.audio.player import PlayedBlock
 from app.audio.probe import espeak_speech
 from app.audio.resample import FloatArray, StreamResampler, float_to_int16
+from bench.stats import machine, percentile, summary
 
 DEVICE_RATE = 48000
 BLOCK = DEVICE_RATE // 100
@@ -180,8 +191,9 @@ def run(scenario: Scenario, canceller: EchoCanceller, recording: Recording | Non
         cpu += time.process_time() - start
         for frame in out:
             index = round(frame.captured_at * ECHO_RATE)
-            cleaned[index : index + FRAME_SAMPLES] = frame.samples
-            detector.feed_frame(float_to_int16(frame.samples), frame.captured_at)
+            output, context = route_frame(frame, detector)
+            cleaned[index : index + FRAME_SAMPLES] = output
+            detector.feed_frame(float_to_int16(output), frame.captured_at, context)
     return _score(rec, cleaned, detector, cpu / max(frames, 1))
 
 
@@ -257,18 +269,128 @@ def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
         "missed_barge_ins": sum(1 for o in with_user if o.latency_ms is None),
         "latency_ms": {
             "p50": round(float(np.percentile(latencies, 50)), 1) if latencies else None,
+            "p95": round(float(np.percentile(latencies, 95)), 1) if latencies else None,
             "max": round(latencies[-1], 1) if latencies else None,
         },
         "cpu_us_per_10ms_frame": round(float(np.mean([o.cpu_us_per_frame for o in outcomes])), 1),
     }
 
 
+def loopback(gain_db: float, echo_runs: int, echo_s: float, trials: int, seed: int) -> dict[str, Any]:
+    """The virtual-loopback scenario: echo-only runs, then barge-in trials, on one session."""
+    from app.audio.virtual_rig import VirtualAudioRig
+
+    rig = VirtualAudioRig()
+    rig.start()  # before sounddevice initialises PortAudio, which fixes the device list
+    try:
+        from app.audio.measure import BargeInBench
+        from app.audio.pipeline import AudioSettings
+        from app.audio.resample import float_to_pcm16
+
+        rig.set_echo(True, gain_db=gain_db)
+        assistant = float_to_pcm16(voice(ASSISTANT_TEXT, "en-us", 24000) * 0.5)
+        assistant_s = len(assistant) / 2 / 24000
+        rng = random.Random(seed)
+        with BargeInBench(rig, AudioSettings(echo_cancellation=True)) as bench:
+            worker = bench.pipeline.echo
+            assert worker is not None
+            cpu = _ThreadCpu(worker)
+            feed_rate = int(bench.feed.default_samplerate)
+            users = [voice(text, "en-gb+f3", feed_rate) for text in USER_TEXTS]
+            session_start = time.monotonic()
+            false_early = false_late = 0
+            speech_s = 0.0
+            for _ in range(echo_runs):
+                started = time.monotonic()
+                halts = bench.echo_only(assistant, min(echo_s, assistant_s))
+                for at in halts:
+                    if at - session_start < CONVERGENCE_S:
+                        false_early += 1
+                    else:
+                        false_late += 1
+                played = min(echo_s, assistant_s) if not halts else max(0.0, halts[0] - started)
+                speech_s += played
+            rows = []
+            for number in range(trials):
+                trial = bench.trial(
+                    users[number % len(users)], lead_s=rng.uniform(1.0, 3.0), assistant=assistant
+                )
+                rows.append(trial.as_dict())
+            mode = worker.mode
+            gain_estimate = worker.path.monitor.echo_gain_db
+            counters = {
+                "player_device_underflows": bench.pipeline.player.device_underflows,
+                "capture_echo_drops": bench.pipeline.capture.echo_drops,
+                "aligner_slips": worker.path.aligner.slips,
+                "aligner_restarts": worker.path.aligner.restarts,
+            }
+    finally:
+        rig.stop()
+    # Speech has pauses: a user starting in one is "halted" before they spoke, as a listener hears
+    # it (negative); those count apart, and the output callback's halt time covers every trial.
+    halts_ms = [r["halt_ms"] for r in rows if r["barge_in"] and r["halt_ms"] is not None and r["halt_ms"] > 0]
+    callback_ms = [
+        r["halt_processed_ms"] for r in rows if r["barge_in"] and r["halt_processed_ms"] is not None
+    ]
+    echo_minutes = max(speech_s - CONVERGENCE_S, 1e-9) / 60.0
+    return {
+        "echo_gain_db": gain_db,
+        "echo_mode": mode,
+        "measured_echo_gain_db": None if gain_estimate is None else round(gain_estimate, 1),
+        "echo_only_minutes": round(speech_s / 60.0, 2),
+        "false_halts_first_3s": false_early,
+        "false_halts_after_3s": false_late,
+        "false_halts_per_min_after_3s": round(false_late / echo_minutes, 2),
+        "barge_in_trials": trials,
+        "missed_barge_ins": sum(1 for r in rows if not r["false_halts"] and not r["barge_in"]),
+        "false_halts_in_trials": sum(r["false_halts"] for r in rows),
+        "halt_ms": summary(halts_ms),
+        "user_started_in_a_pause": sum(1 for r in rows if r["halt_ms"] is not None and r["halt_ms"] <= 0),
+        "halt_in_output_callback_ms": summary(callback_ms),
+        "detector_decision_ms": summary(
+            [r["detector_ms"] for r in rows if r["barge_in"] and r["detector_ms"] is not None]
+        ),
+        "meets_target_p95_200ms": bool(halts_ms) and percentile(halts_ms, 0.95) <= 200.0,
+        "cpu_us_per_10ms_frame": cpu.per_frame_us(),
+        "counters": counters,
+        "trials": rows,
+    }
+
+
+class _ThreadCpu:
+    """CPU time of the echo worker's own thread per 10 ms frame, for the loopback figures."""
+
+    def __init__(self, worker: EchoWorker) -> None:
+        self.worker = worker
+        self.seconds = 0.0
+        self.frames_at_start = worker.frames
+        original = worker.process
+
+        def timed(samples: FloatArray, captured_at: float) -> None:
+            start = time.thread_time()
+            original(samples, captured_at)
+            self.seconds += time.thread_time() - start
+
+        worker.process = timed  # type: ignore[method-assign]
+
+    def per_frame_us(self) -> float:
+        frames = self.worker.frames - self.frames_at_start
+        return round(self.seconds / max(frames, 1) * 1e6, 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results/echo.json"))
+    parser.add_argument("--loopback", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--echo-gain-db", type=float, nargs="+", default=[-10.0])
+    parser.add_argument("--echo-runs", type=int, default=5)
+    parser.add_argument("--echo-seconds", type=float, default=15.0)
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()
     results: dict[str, Any] = {
-        "note": "synthetic rooms only; the virtual-loopback (PulseAudio) part is not measured yet",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "scenarios": [s.name for s in scenarios()],
@@ -290,6 +412,15 @@ def main(argv: list[str] | None = None) -> int:
             },
         }
         print(name, json.dumps(results["cancellers"][name]["summary"]))
+    if args.loopback:
+        results["virtual_loopback"] = []
+        for gain_db in args.echo_gain_db:
+            outcome = loopback(gain_db, args.echo_runs, args.echo_seconds, args.trials, args.seed)
+            results["virtual_loopback"].append(outcome)
+            print(
+                f"loopback {gain_db:+.0f} dB", json.dumps({k: v for k, v in outcome.items() if k != "trials"})
+            )
+    results["machine"] = machine(load_before)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")

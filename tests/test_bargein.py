@@ -5,7 +5,13 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from app.audio.bargein import FRAME_SAMPLES, BargeInDetector, DetectorSettings, frame_level_dbfs
+from app.audio.bargein import (
+    FRAME_SAMPLES,
+    BargeInDetector,
+    DetectorSettings,
+    EchoContext,
+    frame_level_dbfs,
+)
 from app.audio.resample import FloatArray, float_to_int16
 
 RATE = 16000
@@ -117,93 +123,91 @@ def test_disabled_detector_neither_halts_nor_reports(utterance: FloatArray) -> N
     assert halts == [] and not detector.events
 
 
-# --- the echo gate: frames from the echo canceller, with its attenuation -------------------------
+# --- the echo gate: frames from the echo stage in speaker mode -------------------------------------
 
 
 def run_frames(
-    signal: FloatArray, playing: bool, attenuation_db: float | None, **settings: int | float
+    signal: FloatArray, playing: bool, echo: EchoContext | None, **settings: int | float
 ) -> tuple[BargeInDetector, list[float]]:
-    """Feed ``signal`` frame by frame as the echo worker does, every frame with one attenuation."""
+    """Feed ``signal`` frame by frame as the echo worker does, every frame with one echo context."""
     halts: list[float] = []
     detector = BargeInDetector(lambda: playing, lambda: halts.append(1.0), DetectorSettings(**settings))
     pcm = float_to_int16(signal)
     for i in range(len(pcm) // FRAME_SAMPLES):
         frame = pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
-        detector.feed_frame(frame, i * FRAME_SAMPLES / RATE, attenuation_db=attenuation_db)
+        detector.feed_frame(frame, i * FRAME_SAMPLES / RATE, echo)
     return detector, halts
 
 
-def late_in_playback(utterance: FloatArray) -> FloatArray:
-    """The utterance starting well after the 2 s in which the gate is stricter."""
-    return np.concatenate((np.zeros(int(RATE * 2.5), np.float32), utterance))
+def echo(attenuation_db: float, excess_db: float = 12.0, settling: bool = False) -> EchoContext:
+    return EchoContext(attenuation_db=attenuation_db, settling=settling, excess_db=excess_db)
 
 
 @pytest.mark.parametrize("attenuation_db", [10.0, 25.0, 40.0])
 def test_frames_the_canceller_took_much_from_are_echo_and_never_halt(
     utterance: FloatArray, attenuation_db: float
 ) -> None:
-    detector, halts = run_frames(late_in_playback(utterance), True, attenuation_db)
+    detector, halts = run_frames(utterance, True, echo(attenuation_db, excess_db=1.0))
     assert halts == [] and not detector.events
 
 
-@pytest.mark.parametrize("attenuation_db", [None, 0.0, 6.0, 9.5])
+@pytest.mark.parametrize("context", [None, echo(0.0), echo(6.0), echo(9.5)])
 def test_frames_the_canceller_left_alone_are_the_user(
-    utterance: FloatArray, attenuation_db: float | None
+    utterance: FloatArray, context: EchoContext | None
 ) -> None:
-    signal = late_in_playback(utterance)
-    detector, halts = run_frames(signal, True, attenuation_db)
+    detector, halts = run_frames(utterance, True, context)
     assert halts == [1.0]
     event = detector.events[0]
     assert event.kind == "barge_in"
-    assert event.at == pytest.approx(first_loud(signal), abs=0.06)
+    assert event.at == pytest.approx(first_loud(utterance), abs=0.06)
     assert event.decided_at - event.at == pytest.approx(0.020, abs=1e-6)  # the usual three frames
 
 
-def test_early_in_playback_an_onset_needs_five_frames(utterance: FloatArray) -> None:
-    detector, halts = run_frames(utterance, True, 0.0)  # speech 0.5 s after playback started
+def test_a_user_far_above_the_predicted_echo_wins_over_the_suppressor(utterance: FloatArray) -> None:
+    # AEC3 suppresses the start of double talk: 40 dB taken, but the microphone is 6 dB or more
+    # above the echo the playback can cause, so it is the user.
+    assert run_frames(utterance, True, echo(40.0, excess_db=6.0))[1] == [1.0]
+    assert run_frames(utterance, True, echo(40.0, excess_db=5.9))[1] == []
+    detector = BargeInDetector(lambda: True, lambda: None)
+    assert detector.prefers_raw(echo(40.0, excess_db=6.0))
+    assert not detector.prefers_raw(echo(40.0, excess_db=4.0))
+    assert not detector.prefers_raw(echo(3.0, excess_db=6.0))  # the canceller let it through anyway
+
+
+@pytest.mark.parametrize("excess_db", [-3.0, 0.0, 1.9])
+def test_what_the_predicted_echo_explains_is_echo_even_when_the_canceller_passes_it(
+    utterance: FloatArray, excess_db: float
+) -> None:
+    # A canceller glitch (a jump in the echo path) passes echo at 0 dB attenuation.
+    assert run_frames(utterance, True, echo(0.0, excess_db=excess_db))[1] == []
+
+
+def test_while_the_canceller_settles_an_onset_needs_five_frames(utterance: FloatArray) -> None:
+    detector, halts = run_frames(utterance, True, echo(0.0, settling=True))
     assert halts == [1.0]
     event = detector.events[0]
     assert event.decided_at - event.at == pytest.approx(0.040, abs=1e-6)
-    assert detector.playing_since == 0.0
 
 
-def test_early_in_playback_an_onset_needs_a_wider_margin(utterance: FloatArray) -> None:
+def test_while_the_canceller_settles_the_user_must_stand_out_of_the_echo(utterance: FloatArray) -> None:
+    assert run_frames(utterance, True, echo(0.0, excess_db=2.5))[1] == [1.0]
+    assert run_frames(utterance, True, echo(0.0, excess_db=2.5, settling=True))[1] == []
+    assert run_frames(utterance, True, echo(0.0, excess_db=3.0, settling=True))[1] == [1.0]
+
+
+def test_while_the_canceller_settles_an_onset_needs_a_wider_margin(utterance: FloatArray) -> None:
     # Over a -40 dBFS floor, speech peaking at -10 dBFS clears the usual 10 dB margin but not
-    # 10 + 40 dB: the extra early margin applies only in the first seconds, and only with a canceller.
+    # 10 + 40 dB: the extra margin applies only while settling, and only with an echo stage.
     rng = np.random.default_rng(3)
     voice = utterance * (10 ** (-10 / 20) / float(np.max(np.abs(utterance))))
-    late = late_in_playback(voice)
-    noise = rng.normal(0, 10 ** (-40 / 20), len(late)).astype(np.float32)
-    early = voice + noise[: len(voice)]
-    assert run_frames(late + noise, True, 0.0, early_margin_db=40.0)[1]
-    strict = {"early_margin_db": 40.0, "early_playback_s": 10.0}  # the whole utterance is early
-    assert run_frames(early, True, 0.0, **strict)[1] == []
-    assert run_frames(early, True, None, **strict)[1]  # direct path: the old rule
-    assert run_frames(early, True, 0.0)[1]  # the default +6 dB still lets this through
+    noisy = voice + rng.normal(0, 10 ** (-40 / 20), len(voice)).astype(np.float32)
+    assert run_frames(noisy, True, echo(0.0), early_margin_db=40.0)[1]
+    assert run_frames(noisy, True, echo(0.0, settling=True), early_margin_db=40.0)[1] == []
+    assert run_frames(noisy, True, None, early_margin_db=40.0)[1]  # raw microphone: the plain rule
+    assert run_frames(noisy, True, echo(0.0, settling=True))[1]  # the default +6 dB lets it through
 
 
-def test_without_a_canceller_early_playback_keeps_three_frames(utterance: FloatArray) -> None:
-    detector, _ = run_frames(utterance, True, None)
-    assert detector.events[0].decided_at - detector.events[0].at == pytest.approx(0.020, abs=1e-6)
-
-
-def test_attenuation_does_not_matter_with_nothing_playing(utterance: FloatArray) -> None:
-    detector, halts = run_frames(utterance, False, 40.0)
+def test_echo_context_does_not_matter_with_nothing_playing(utterance: FloatArray) -> None:
+    detector, halts = run_frames(utterance, False, echo(40.0, excess_db=-10.0))
     assert halts == []
     assert [e.kind for e in detector.events][:1] == ["speech_start"]
-    assert detector.playing_since is None
-
-
-def test_playing_since_follows_the_player() -> None:
-    playing = [False]
-    detector = BargeInDetector(lambda: playing[0], lambda: None)
-    silence = np.zeros(FRAME_SAMPLES, np.int16)
-    detector.feed_frame(silence, 1.0)
-    assert detector.playing_since is None
-    playing[0] = True
-    detector.feed_frame(silence, 1.01)
-    detector.feed_frame(silence, 1.02)
-    assert detector.playing_since == 1.01
-    playing[0] = False
-    detector.feed_frame(silence, 1.03)
-    assert detector.playing_since is None

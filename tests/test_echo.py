@@ -7,23 +7,32 @@ Synthetic rooms (delay, echo level, reverberation tail, mild loudspeaker clippin
 from __future__ import annotations
 
 import builtins
+import queue
 from typing import Any
 
 import numpy as np
 import pytest
 
+from app.audio.bargein import BargeInDetector
+from app.audio.capture import Capture
+from app.audio.devices import AudioDevice
 from app.audio.echo import (
     ECHO_RATE,
     FRAME_SAMPLES,
+    EchoMonitor,
     EchoPath,
     EchoResult,
+    EchoState,
     ReferenceAligner,
     ReferenceEchoGate,
     WebRtcEchoCanceller,
     load_echo_canceller,
+    power,
+    power_db,
 )
-from app.audio.player import PlayedBlock
-from app.audio.resample import FloatArray, StreamResampler
+from app.audio.pipeline import EchoWorker
+from app.audio.player import PlayedBlock, Player
+from app.audio.resample import FloatArray, StreamResampler, float_to_pcm16, pcm16_to_float
 from bench.echo import USER_TEXTS, Recording, Room, Scenario, record, run
 
 ROOMS = [
@@ -236,3 +245,156 @@ def test_echo_path_cuts_any_block_size_into_timed_frames() -> None:
     frames = path.process(samples[:250], 7.0) + path.process(samples[250:], 7.0 + 250 / ECHO_RATE)
     assert [round(f.captured_at, 6) for f in frames] == [round(7.0 + k * 0.01, 6) for k in range(6)]
     assert np.array_equal(np.concatenate([f.samples for f in frames]), samples[:960])
+
+
+def test_aligner_follows_an_output_underrun_within_the_slip_window() -> None:
+    # After an underrun the device plays everything 30 ms later than the stream so far implies:
+    # the reference must not run ahead of the echo (past what was handed) for the whole window.
+    rng = np.random.default_rng(5)
+    signal = (rng.standard_normal(48000 * 3) * 0.1).astype(np.float32)
+    aligner = ReferenceAligner(48000, lead_s=0.0)
+    blocks = played_blocks(signal[: 48000 * 2], 48000, jitter_ms=0.0)
+    slipped = played_blocks(signal[48000 * 2 :], 48000, jitter_ms=0.0, start=2.03)
+    aligner.extend(blocks)
+    anchor_before = aligner.anchor
+    aligner.extend(slipped[:40])  # 400 ms after the underrun
+    assert aligner.slips == 1 and aligner.restarts == 0
+    assert aligner.anchor is not None and anchor_before is not None
+    assert aligner.anchor - anchor_before == pytest.approx(0.03, abs=0.001)
+    # 20 ms before the newest block: handed already (the resampler holds back a few ms), but
+    # beyond what was handed if the anchor still ran 30 ms early
+    frame = aligner.frame_at(slipped[39].audible_at - 0.02)
+    assert np.count_nonzero(frame) == FRAME_SAMPLES
+
+
+# --- the echo monitor: speaker or headset, and when the canceller is trusted --------------------------
+
+
+def noise_bursts(seconds: float, seed: int, level: float = 0.1) -> FloatArray:
+    """A reference that plays continuously, like steady speech: 16 kHz noise."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(int(ECHO_RATE * seconds)) * level).astype(np.float32)
+
+
+def monitor_run(
+    monitor: EchoMonitor, reference: FloatArray, mic: FloatArray, attenuation_db: float
+) -> list[EchoState]:
+    return [
+        monitor.update(mic[k : k + FRAME_SAMPLES], reference[k : k + FRAME_SAMPLES], attenuation_db)
+        for k in range(0, len(reference) - FRAME_SAMPLES + 1, FRAME_SAMPLES)
+    ]
+
+
+def test_monitor_finds_headset_mode_when_the_playback_never_reaches_the_mic() -> None:
+    reference = noise_bursts(3.0, 6)
+    mic = noise_bursts(3.0, 7, level=1e-4)  # -80 dBFS room noise, no echo
+    monitor = EchoMonitor()
+    states = monitor_run(monitor, reference, mic, attenuation_db=0.0)
+    assert states[0].mode == "unknown" and states[0].settling  # strict until measured
+    first_headset = next(k for k, state in enumerate(states) if state.mode == "headset")
+    assert first_headset <= 40  # within 0.4 s of playback
+    assert all(not state.settling for state in states[first_headset:])
+    assert monitor.echo_gain_db is not None and monitor.echo_gain_db < -50.0
+
+
+def test_monitor_finds_speaker_mode_and_the_echo_level() -> None:
+    reference = noise_bursts(4.0, 8)
+    delay = 20 * ECHO_RATE // 1000
+    mic = np.concatenate((np.zeros(delay, np.float32), reference[:-delay] * 10 ** (-12 / 20)))
+    monitor = EchoMonitor()
+    states = monitor_run(monitor, reference, mic, attenuation_db=35.0)
+    assert all(state.mode == "speaker" for state in states[40:])
+    assert monitor.echo_gain_db is not None and -13.0 <= monitor.echo_gain_db <= -8.0
+    # Strict for the first 2 s of playback while the canceller converges, then trusted.
+    assert all(state.settling for state in states[30:195])
+    assert not any(state.settling for state in states[210:])
+    assert all(state.excess_db < 2.0 for state in states[40:])  # the echo explains the microphone
+
+
+def test_monitor_distrusts_a_canceller_that_passes_explained_echo() -> None:
+    reference = noise_bursts(4.0, 9)
+    mic = reference * 10 ** (-10 / 20)
+    monitor = EchoMonitor()
+    monitor_run(monitor, reference[: ECHO_RATE * 3], mic[: ECHO_RATE * 3], attenuation_db=35.0)
+    assert monitor.canceller_trusted
+    # The echo path jumps and the canceller passes the echo: settling again within check_frames.
+    late = monitor_run(monitor, reference[ECHO_RATE * 3 :], mic[ECHO_RATE * 3 :], attenuation_db=0.0)
+    assert all(state.settling for state in late[monitor.settings.check_frames :])
+
+
+def test_monitor_guards_the_start_of_playback_after_a_pause() -> None:
+    reference = noise_bursts(4.5, 10)
+    reference[ECHO_RATE * 3 : ECHO_RATE * 3 + ECHO_RATE * 7 // 10] = 0.0  # 700 ms pause
+    mic = reference * 10 ** (-10 / 20)
+    states = monitor_run(EchoMonitor(), reference, mic, attenuation_db=35.0)
+    resume = 370  # frame where the playback resumes
+    assert not states[resume - 60].settling  # trusted before the pause
+    assert not states[resume - 5].echo_possible  # silence long enough: the echo is gone
+    assert all(state.settling for state in states[resume : resume + 30])  # 300 ms guard
+    assert not states[resume + 35].settling
+
+
+# --- the worker: the detector and the model both get the cleaned signal -----------------------------
+
+
+def fake_device(rate: float = 48000.0) -> AudioDevice:
+    return AudioDevice(0, "fake", "test", 1, 1, rate)
+
+
+def run_worker(echo_gain_db: float | None, seconds: float = 5.0) -> tuple[FloatArray, FloatArray, EchoWorker]:
+    """Assistant noise played at 48 kHz; the microphone hears it at ``echo_gain_db`` (None: not at all).
+
+    Returns what the microphone heard (through the same 16 kHz band limit) and what went to the
+    model, both at 24 kHz.
+    """
+    pytest.importorskip("pywebrtc_audio")
+    device = fake_device()
+    player = Player(device)
+    player.push("answer", float_to_pcm16(np.zeros(24000 * 10, np.float32)))  # playing, for the detector
+    chunks: queue.Queue[tuple[FloatArray, float]] = queue.Queue()
+    detector = BargeInDetector(player.is_playing, lambda: None)
+    capture = Capture(device, detector=detector, echo_input=chunks)
+    path = EchoPath(WebRtcEchoCanceller(), ReferenceAligner(48000))
+    worker = EchoWorker(chunks, player, detector, path, capture.model)
+    rng = np.random.default_rng(11)
+    # Irregular bursts, like speech: AEC3 lets steady (or periodic) noise through more and more.
+    played = (rng.standard_normal(48000 * int(seconds)) * 0.1).astype(np.float32)
+    position = 0
+    while position < len(played):
+        gap = int(48000 * rng.uniform(0.1, 0.3))
+        played[position + 9600 : position + 9600 + gap] = 0.0
+        position += 9600 + gap
+    delay = 48 * 15  # 15 ms behind the reference
+    heard = np.zeros_like(played)
+    if echo_gain_db is not None:
+        heard[delay:] = played[:-delay] * 10 ** (echo_gain_db / 20)
+    t = np.arange(len(heard)) / 48000
+    heard += (0.001 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)  # a quiet room hum, -63 dBFS
+    block = 480
+    for n, i in enumerate(range(0, len(played), block)):
+        at = n * 0.01
+        player.reference.append(PlayedBlock(at - 0.02, at, played[i : i + block]))
+        capture.process_block(heard[i : i + block, None], at)
+        while not chunks.empty():
+            worker.process(*chunks.get_nowait())
+    sent = [pcm16_to_float(capture.frames.get_nowait().pcm16) for _ in range(capture.frames.qsize())]
+    narrow = StreamResampler(48000, ECHO_RATE, "HQ").process(heard, last=True)
+    mic = StreamResampler(ECHO_RATE, 24000, "HQ").process(narrow, last=True)
+    return mic, np.concatenate(sent), worker
+
+
+def test_the_model_gets_the_cleaned_signal_in_speaker_mode() -> None:
+    mic, sent, worker = run_worker(echo_gain_db=-10.0)
+    assert worker.mode == "speaker"
+    late = slice(24000 * 3, 24000 * 4)  # after convergence
+    assert power_db(power(sent[late])) <= power_db(power(mic[late])) - 20.0
+    assert not [e for e in worker.detector.events if e.kind == "barge_in"]
+    assert worker.cleaned_frames > 0
+
+
+def test_the_model_gets_the_microphone_as_is_in_headset_mode() -> None:
+    mic, sent, worker = run_worker(echo_gain_db=None)
+    assert worker.mode == "headset"
+    late = slice(24000 * 3, 24000 * 4)
+    # The same signal (the 16 kHz path keeps everything below 8 kHz): levels within 1 dB.
+    assert abs(power_db(power(sent[late])) - power_db(power(mic[late]))) < 1.0

@@ -45,11 +45,17 @@ class DetectorSettings:
     min_level_dbfs: float = -50.0  # and above this absolute level
     warmup_frames: int = 30  # frames heard before the noise floor is trusted (300 ms)
     floor_window_frames: int = 150  # the noise floor is the quietest level of the last 1.5 s
-    # Frames from the echo canceller (``attenuation_db`` given), while the assistant plays:
-    echo_attenuation_db: float = 10.0  # a frame the canceller took this much from is echo, not the user
-    early_playback_s: float = 2.0  # the canceller may not have converged yet this soon after playback starts
-    early_onset_frames: int = 5  # so early on an onset needs more frames
+    # Frames from the echo stage in speaker mode (``echo`` given), while the assistant plays. The
+    # excess is how far the raw microphone stands above the echo the playback predicts.
+    echo_attenuation_db: float = 10.0  # a frame the canceller took this much from is echo ...
+    # ... unless the excess reaches this: then the user dominates the microphone (AEC3's suppressor
+    # takes 100-200 ms to release at the start of double talk and would hide the user meanwhile).
+    # 6 dB, not less: the predicted echo of speech is only good to a few dB frame by frame.
+    double_talk_excess_db: float = 6.0
+    echo_excess_db: float = 2.0  # below this the frame is echo whatever the canceller did (its glitches)
+    early_onset_frames: int = 5  # while the canceller settles an onset needs more frames
     early_margin_db: float = 6.0  # and this much more above the noise floor
+    settling_excess_db: float = 3.0  # and this much excess
 
 
 def frame_level_dbfs(frame: npt.NDArray[np.int16]) -> float:
@@ -59,6 +65,15 @@ def frame_level_dbfs(frame: npt.NDArray[np.int16]) -> float:
     if rms < 1e-9:
         return _SILENCE_DBFS
     return 20.0 * math.log10(rms / 32768.0)
+
+
+@dataclass(frozen=True)
+class EchoContext:
+    """What the echo stage says about one frame while the assistant's echo may be in it."""
+
+    attenuation_db: float  # microphone level minus cleaned level: what the canceller removed
+    settling: bool = False  # the canceller is not trusted (first seconds, playback resumed, path jumped)
+    excess_db: float = 0.0  # raw microphone level above the echo the recent playback predicts
 
 
 class BargeInDetector:
@@ -86,7 +101,6 @@ class BargeInDetector:
         self._last_speech_at = 0.0
         self._pending = np.zeros(0, np.int16)
         self._pending_start = 0.0
-        self.playing_since: float | None = None  # capture time of the first frame heard while playing
 
     @property
     def silence_frames(self) -> int:
@@ -109,24 +123,21 @@ class BargeInDetector:
         self._pending = buffered[count * FRAME_SAMPLES :].copy()
         self._pending_start += count * FRAME_MS / 1000.0
 
-    def feed_frame(
-        self, frame: npt.NDArray[np.int16], at: float, attenuation_db: float | None = None
-    ) -> None:
+    def feed_frame(self, frame: npt.NDArray[np.int16], at: float, echo: EchoContext | None = None) -> None:
         """One 10 ms frame of 16 kHz PCM16 captured at monotonic time ``at``.
 
-        ``attenuation_db`` is what the echo canceller removed from this frame (``None`` without
-        one). While the assistant plays, a frame it removed ``echo_attenuation_db`` or more from
-        is echo; in the first ``early_playback_s`` of playback, onsets need more frames and level.
+        ``echo`` comes from the echo stage when the assistant's echo may be in the frame (``None``:
+        the raw microphone, no echo possible). While the assistant plays, a frame is echo when the
+        canceller removed ``echo_attenuation_db`` or more from it (unless the microphone stands
+        ``double_talk_excess_db`` above the predicted echo), or when the microphone is less than
+        ``echo_excess_db`` above the predicted echo whatever the canceller did. While the canceller
+        settles, an onset needs more frames, more level and ``settling_excess_db``.
         """
         if not self.enabled:
             self._run = 0
             return
         s = self.settings
         playing = self._is_playing()
-        if not playing:
-            self.playing_since = None
-        elif self.playing_since is None:
-            self.playing_since = at
         level = frame_level_dbfs(frame)
         self.noise_floor_dbfs = self._floor.add(level)
         self._frames_seen += 1
@@ -134,13 +145,19 @@ class BargeInDetector:
             return
         onset_frames = s.onset_frames
         margin_db = s.margin_db
-        echo = False
-        if playing and attenuation_db is not None:
-            echo = attenuation_db >= s.echo_attenuation_db
-            if self.playing_since is not None and at - self.playing_since < s.early_playback_s:
+        is_echo = False
+        if playing and echo is not None:
+            required_excess = s.echo_excess_db
+            if echo.settling:
+                # The canceller may pass echo now: only a microphone clearly louder than the
+                # predicted echo can be the user, and an onset needs more frames and level.
                 onset_frames = max(onset_frames, s.early_onset_frames)
                 margin_db += s.early_margin_db
-        voiced = not echo and self._vad.is_speech(
+                required_excess = s.settling_excess_db
+            is_echo = echo.excess_db < required_excess or (
+                echo.attenuation_db >= s.echo_attenuation_db and not self._double_talk(echo)
+            )
+        voiced = not is_echo and self._vad.is_speech(
             np.ascontiguousarray(frame, dtype="<i2").tobytes(), VAD_RATE
         )
         loud = level >= max(s.min_level_dbfs, self.noise_floor_dbfs + margin_db)
@@ -165,6 +182,16 @@ class BargeInDetector:
                     self.in_speech = False
                     self._quiet = 0
                     self._emit("speech_end", self._last_speech_at + FRAME_MS / 1000.0, at, level)
+
+    def prefers_raw(self, echo: EchoContext) -> bool:
+        """Should this frame be judged (and sent on) as the raw microphone, not the canceller's output?
+
+        True when the canceller suppressed it as echo but the user plainly dominates it.
+        """
+        return echo.attenuation_db >= self.settings.echo_attenuation_db and self._double_talk(echo)
+
+    def _double_talk(self, echo: EchoContext) -> bool:
+        return echo.excess_db >= self.settings.double_talk_excess_db
 
     def _emit(self, kind: EventKind, at: float, decided_at: float, level: float) -> None:
         self.events.append(SpeechEvent(kind, at, decided_at, level, self._clock()))

@@ -1,9 +1,10 @@
 """Microphone capture: device rate and channels in, 24 kHz mono PCM16 20 ms frames out.
 
 The PortAudio callback downmixes, resamples (soxr, state kept across blocks), feeds the barge-in
-detector at 16 kHz (or, with echo cancellation, hands the 16 kHz samples to the echo worker's
-bounded queue instead) and hands 20 ms frames to a bounded queue. It never blocks: a full queue
-drops the frame and counts an overflow (or an echo drop).
+detector at 16 kHz and hands 20 ms frames to a bounded queue for the model. With echo
+cancellation it only hands the 16 kHz samples to the echo worker's bounded queue: the worker feeds
+the detector and fills the model's queue (from 16 kHz) with the cleaned signal. It never blocks: a
+full queue drops the frame and counts an overflow (or an echo drop).
 """
 
 from __future__ import annotations
@@ -107,7 +108,9 @@ class Capture(StreamOwner):
         # With echo cancellation the 16 kHz samples go to the echo worker, which feeds the detector.
         self.echo_input = echo_input
         self.echo_drops = 0
-        self.model = FrameSink(self.rate, MODEL_RATE, frame_ms, max_queued_frames)
+        # With echo cancellation the echo worker fills this from its 16 kHz output.
+        model_in_rate = float(VAD_RATE) if echo_input is not None else self.rate
+        self.model = FrameSink(model_in_rate, MODEL_RATE, frame_ms, max_queued_frames)
         self._vad_resampler = TimedResampler(self.rate, VAD_RATE)
         self.device_overflows = 0
         self.level_dbfs = -100.0
@@ -125,7 +128,6 @@ class Capture(StreamOwner):
         mono = downmix(block)
         peak = float(np.max(np.abs(mono))) if len(mono) else 0.0
         self.level_dbfs = 20.0 * float(np.log10(max(peak, 1e-5)))
-        self.model.process(mono, block_start)
         if self.echo_input is not None:
             vad, at = self._vad_resampler.process(mono, block_start)
             if len(vad):
@@ -133,7 +135,9 @@ class Capture(StreamOwner):
                     self.echo_input.put_nowait((vad, at))
                 except queue.Full:
                     self.echo_drops += 1
-        elif self.detector is not None:
+            return
+        self.model.process(mono, block_start)
+        if self.detector is not None:
             vad, at = self._vad_resampler.process(mono, block_start)
             if len(vad):
                 self.detector.feed(float_to_int16(vad), at)

@@ -13,18 +13,22 @@ detector's rate and frame size, and is plain code fed with data and timestamps:
 - :class:`ReferenceAligner` turns what the player handed to the device (``PlayedBlock``: device
   rate samples and when they became audible) into reference frames aligned with microphone frames
   by their capture times, on one monotonic clock.
-- :class:`EchoPath` ties the aligner and a canceller together for the capture worker: microphone
-  samples with their capture time in, cleaned frames with their attenuation out.
+- :class:`EchoMonitor` measures the echo path from frame levels alone (no DSP): whether the
+  playback reaches the microphone at all (speaker mode) or not (headset mode), how loud, and
+  whether the canceller can be trusted yet.
+- :class:`EchoPath` ties the aligner, a canceller and the monitor together for the capture
+  worker: microphone samples with their capture time in, cleaned frames with their verdict out.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -36,6 +40,8 @@ ECHO_RATE = 16000
 FRAME_MS = 10
 FRAME_SAMPLES = ECHO_RATE * FRAME_MS // 1000
 _POWER_FLOOR = 1e-10  # -100 dBFS: levels and ratios below this are silence
+_SILENT_DB = -100.0
+_ESTIMATE_EVERY = 5  # frames between the monitor's median and percentile updates
 
 
 def power(frame: FloatArray) -> float:
@@ -246,8 +252,12 @@ class ReferenceAligner:
     The output device consumes samples at a steady rate, so the reference is one continuous
     stream: sample k became audible at ``anchor + k / rate``. Callback times only ever come late,
     so the anchor is the earliest per-block estimate over the last ``anchor_blocks`` blocks; that
-    window also follows the slow drift between the output and input clocks. A block that does not
-    fit the stream (a restart, a long stall) starts a new one. ``frame_at(t)`` returns the reference
+    window also follows the slow drift between the output and input clocks. An output underrun
+    makes the device play silence the stream does not hold, so everything after it is heard later:
+    when even the earliest of the last ``slip_blocks`` estimates is ``slip_s`` later than the
+    anchor, the older estimates are dropped. Without that the reference would run ahead of the
+    echo, past what was handed yet, for up to the whole window. A block that does not fit the
+    stream at all (a restart, a long stall) starts a new one. ``frame_at(t)`` returns the reference
     samples heard ``delay_s`` before microphone time ``t`` (zeros where nothing was played).
     ``lead_s`` shifts the reference slightly earlier so timestamp errors keep it causal.
     """
@@ -261,6 +271,8 @@ class ReferenceAligner:
         lead_s: float = 0.01,
         history_s: float = 2.0,
         anchor_blocks: int = 200,
+        slip_blocks: int = 25,
+        slip_s: float = 0.005,
         restart_s: float = 0.1,
     ) -> None:
         self.device_rate = float(device_rate)
@@ -269,8 +281,11 @@ class ReferenceAligner:
         self.lead_s = lead_s
         self._history = int(history_s * rate)
         self._anchors: deque[float] = deque(maxlen=anchor_blocks)
+        self._slip_blocks = slip_blocks
+        self._slip_s = slip_s
         self._restart_s = restart_s
         self.restarts = 0
+        self.slips = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -290,6 +305,12 @@ class ReferenceAligner:
             self._reset()
             candidate = block.audible_at
         self._anchors.append(candidate)
+        if self.anchor is not None and len(self._anchors) > self._slip_blocks:
+            recent = list(itertools.islice(reversed(self._anchors), self._slip_blocks))
+            if min(recent) - self.anchor > self._slip_s:
+                self.slips += 1
+                self._anchors.clear()
+                self._anchors.extend(reversed(recent))
         self.anchor = min(self._anchors)
         self._in_count += len(samples)
         converted = self._resampler.process(samples)
@@ -318,13 +339,161 @@ class ReferenceAligner:
         return frame
 
 
+EchoMode = Literal["unknown", "speaker", "headset"]
+
+
+@dataclass
+class MonitorSettings:
+    active_dbfs: float = -50.0  # reference frames above this count as playback
+    window_frames: int = 10  # the echo gain bound assumes echo within 100 ms of the aligned reference
+    predict_frames: int = 20  # the predicted echo covers delays up to 200 ms
+    predict_percentile: float = 90.0  # of the microphone over the loudest recent playback: the echo gain
+    min_frames: int = 20  # measured frames before a mode is chosen
+    history_frames: int = 300  # the mode follows the last 3 s of measured frames
+    headset_below_db: float = -30.0  # an echo gain bound under this: no audible echo path
+    settle_s: float = 2.0  # speaker mode: seconds of playback the canceller needs to converge
+    resume_after_s: float = 0.3  # playback resuming after this much silence ...
+    resume_guard_s: float = 0.3  # ... leaves the canceller weak this long (AEC3 re-adapts)
+    tail_s: float = 0.5  # echo (delay plus reverberation) can last this long after the playback
+    explained_db: float = 3.0  # a microphone frame within this of the predicted echo is explained by it
+    trusted_attenuation_db: float = 10.0  # the canceller is trusted while it removes this from such frames
+    check_frames: int = 10  # explained frames the trust is judged on
+    decay_s: float = 0.3  # the predicted echo decays 60 dB over this (reverberation)
+
+
+@dataclass(frozen=True)
+class EchoState:
+    """The monitor's verdict on one microphone frame."""
+
+    mode: EchoMode
+    echo_possible: bool  # the playback was active recently enough to be in this frame
+    settling: bool  # speaker (or unknown) mode and the canceller is not trusted yet
+    excess_db: float  # microphone level above the loudest echo the recent playback (and its reverb) predicts
+    echo_gain_db: float | None  # echo level relative to the playback (an upper bound), once measured
+
+
+class EchoMonitor:
+    """Measures the echo path from microphone and reference frame levels, frame by frame.
+
+    While the reference has stayed active over the whole delay window, the microphone must hold
+    at least the echo of the window's quietest reference frame, so ``mic - min(reference)`` bounds
+    the echo gain from above; the user talking only raises the bound. The median over the last
+    seconds of such frames is the echo gain estimate: at or below ``headset_below_db`` nothing the
+    assistant plays comes back (headset mode), above it the output is heard (speaker mode). Until
+    enough frames are measured the mode is unknown and treated like speaker mode (strict).
+
+    The predicted echo of a frame is the loudest reference of the last ``predict_frames`` (with a
+    reverberation decay) times the prediction gain: the ``predict_percentile`` of the microphone
+    over that loudest reference, capped by the bound. Its ``excess_db`` is how far the microphone
+    stands above that: far above, the user is talking over the echo; at or below it, the frame is
+    echo whatever the canceller did.
+
+    Settling covers what the canceller cannot do (yet): in speaker mode, the first ``settle_s`` of
+    playback in the session (it converges once, never reset), ``resume_guard_s`` after the
+    playback resumes from a pause (AEC3 lets some echo through while it re-adapts), and any time
+    the canceller removes less than ``trusted_attenuation_db`` (median) from the last frames the
+    predicted echo explains: after the echo path jumped (an output underrun delays everything
+    played after it) AEC3 passes the echo until its filter has found the new delay.
+    """
+
+    def __init__(self, settings: MonitorSettings | None = None) -> None:
+        self.settings = s = settings or MonitorSettings()
+        self._reference: deque[float] = deque(maxlen=s.window_frames + 1)
+        self._envelope: deque[float] = deque(maxlen=s.predict_frames + 1)
+        self._decay_db = 60.0 * FRAME_MS / 1000.0 / s.decay_s  # per frame
+        self._bounds: deque[float] = deque(maxlen=s.history_frames)
+        self._ratios: deque[float] = deque(maxlen=s.history_frames)
+        self._bound_count = 0
+        self._ratio_count = 0
+        self.predict_gain_db: float | None = None
+        self.playback_frames = 0  # active reference frames this session
+        self._silent_frames = 1 << 30  # reference frames since the last active one
+        self._since_resume = 1 << 30  # frames since the playback resumed after a pause
+        self._checks: deque[float] = deque(maxlen=s.check_frames)
+        self.echo_gain_db: float | None = None
+        self.mode: EchoMode = "unknown"
+
+    @property
+    def canceller_trusted(self) -> bool:
+        """Has the canceller removed enough from the recent frames that were all echo?"""
+        s = self.settings
+        return (
+            len(self._checks) < s.check_frames or float(np.median(self._checks)) >= s.trusted_attenuation_db
+        )
+
+    @property
+    def playback_s(self) -> float:
+        return self.playback_frames * FRAME_MS / 1000.0
+
+    def disturbed(self) -> None:
+        """The echo path jumped (the reference was re-anchored): guard as after a pause."""
+        self._since_resume = 0
+
+    def update(self, mic: FloatArray, reference: FloatArray, attenuation_db: float = 0.0) -> EchoState:
+        """One pair of aligned 10 ms frames, and what the canceller removed from the microphone."""
+        s = self.settings
+        mic_dbfs = power_db(power(mic))
+        reference_dbfs = power_db(power(reference))
+        frame_s = FRAME_MS / 1000.0
+        active = reference_dbfs >= s.active_dbfs
+        if active:
+            if self._silent_frames * frame_s >= s.resume_after_s:
+                self._since_resume = 0
+            self._silent_frames = 0
+            self.playback_frames += 1
+        else:
+            self._silent_frames += 1
+        self._since_resume += 1
+        self._reference.append(reference_dbfs)
+        last = self._envelope[-1] if self._envelope else _SILENT_DB
+        self._envelope.append(max(reference_dbfs, last - self._decay_db))
+        full = len(self._reference) == self._reference.maxlen
+        if full and min(self._reference) >= s.active_dbfs:
+            self._bounds.append(mic_dbfs - min(self._reference))
+            # A median over seconds of frames: every few frames is fresh enough, and cheaper.
+            self._bound_count += 1
+            if len(self._bounds) >= s.min_frames and self._bound_count % _ESTIMATE_EVERY == 0:
+                self.echo_gain_db = float(np.median(self._bounds))
+                self.mode = "headset" if self.echo_gain_db <= s.headset_below_db else "speaker"
+        loudest = max(self._envelope)
+        if loudest >= s.active_dbfs:
+            self._ratios.append(mic_dbfs - loudest)
+            self._ratio_count += 1
+            due = self._ratio_count % _ESTIMATE_EVERY == 0 or self.predict_gain_db is None
+            if len(self._ratios) >= s.min_frames and self.echo_gain_db is not None and due:
+                # The bound overstates the gain for speech (the window's quietest frame is far
+                # below the echo's source); a high percentile of the microphone over the loudest
+                # recent playback is close to it, and the bound caps it when the user talks a lot.
+                ratio = float(np.percentile(self._ratios, s.predict_percentile))
+                self.predict_gain_db = min(ratio, self.echo_gain_db)
+        gain = self.predict_gain_db if self.predict_gain_db is not None else self.echo_gain_db
+        predicted = loudest + (gain if gain is not None else 0.0)  # unknown: as loud as played
+        excess = mic_dbfs - predicted
+        if active and self.echo_gain_db is not None and excess < s.explained_db:
+            self._checks.append(attenuation_db)
+        settling = self.mode != "headset" and (
+            self.playback_s < s.settle_s
+            or self._since_resume * frame_s <= s.resume_guard_s
+            or not self.canceller_trusted
+        )
+        return EchoState(
+            mode=self.mode,
+            echo_possible=self._silent_frames * frame_s < s.tail_s,
+            settling=settling,
+            excess_db=excess,
+            echo_gain_db=self.echo_gain_db,
+        )
+
+
 @dataclass(frozen=True)
 class CleanedFrame:
-    samples: FloatArray  # 16 kHz, 10 ms
+    samples: FloatArray  # 16 kHz, 10 ms: the canceller's output
     captured_at: float  # monotonic capture time of the first sample
     attenuation_db: float
     mic_dbfs: float
     reference_dbfs: float
+    raw: FloatArray  # the microphone frame as captured
+    state: EchoState
 
 
 class EchoPath:
@@ -334,14 +503,20 @@ class EchoPath:
     samples and the capture time of the first, from one thread (the canceller is not thread-safe).
     """
 
-    def __init__(self, canceller: EchoCanceller, aligner: ReferenceAligner) -> None:
+    def __init__(
+        self, canceller: EchoCanceller, aligner: ReferenceAligner, monitor: EchoMonitor | None = None
+    ) -> None:
         self.canceller = canceller
         self.aligner = aligner
+        self.monitor = monitor or EchoMonitor()
         self._pending = np.zeros(0, np.float32)
         self._pending_at = 0.0
 
     def add_reference(self, blocks: Iterable[PlayedBlockLike]) -> None:
+        jumps = self.aligner.slips + self.aligner.restarts
         self.aligner.extend(blocks)
+        if self.aligner.slips + self.aligner.restarts != jumps:
+            self.monitor.disturbed()  # AEC3 must find the new delay
 
     def process(self, samples: FloatArray, captured_at: float) -> list[CleanedFrame]:
         if len(self._pending) == 0:
@@ -352,10 +527,18 @@ class EchoPath:
         for i in range(count):
             mic = np.asarray(buffered[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES], np.float32)
             at = self._pending_at + i * FRAME_MS / 1000.0
-            result = self.canceller.process(mic, self.aligner.frame_at(at))
+            reference = self.aligner.frame_at(at)
+            result = self.canceller.process(mic, reference)
+            state = self.monitor.update(mic, reference, result.attenuation_db)
             frames.append(
                 CleanedFrame(
-                    result.cleaned, at, result.attenuation_db, result.mic_dbfs, result.reference_dbfs
+                    result.cleaned,
+                    at,
+                    result.attenuation_db,
+                    result.mic_dbfs,
+                    result.reference_dbfs,
+                    mic,
+                    state,
                 )
             )
         self._pending = np.asarray(buffered[count * FRAME_SAMPLES :], np.float32).copy()

@@ -3,7 +3,9 @@
 A trial plays a long assistant sound through the app's own audio pipeline, speaks a user
 utterance into the virtual microphone while it plays, and records both the microphone and the
 speaker's monitor on one monotonic clock: halt latency is the time from the first sample of user
-speech in the microphone to the last loud sample of the assistant on the speaker.
+speech in the microphone to the last loud sample of the assistant on the speaker. The user's
+first sample is found by matching the spoken signal in the microphone recording, so that with a
+speaker-to-microphone echo path the assistant's own echo does not count as the user.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from app.audio.streams import open_stream
 from app.audio.virtual_rig import VirtualAudioRig
 
 USER_ONSET_THRESHOLD = 0.02
+USER_START_THRESHOLD = 0.002  # about -54 dBFS: the user's first audible sample, however soft
+EARLY_TOLERANCE_S = 0.03  # a barge-in this much before the user's first audible sample is on echo
 ASSISTANT_LOUD_THRESHOLD = 0.01
 
 
@@ -34,7 +38,9 @@ class BargeInTrial:
     capture_ms: float | None  # deciding frame captured to the capture callback seeing it
     halt_processed_ms: float | None  # onset to the output callback writing the fade
     played_ms: float | None  # what the player reports the listener heard of the item
-    barge_in: bool  # did the detector fire a barge-in
+    barge_in: bool  # did the detector fire a barge-in on the user
+    false_halts: int = 0  # barge-ins decided before the user spoke (on echo)
+    false_halt_ms: tuple[float, ...] = ()  # when they started, relative to the user's onset
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,8 +91,17 @@ class BargeInBench:
         self._streams.append(stream)
         return player
 
-    def trial(self, user_speech: FloatArray, lead_s: float = 1.0, assistant_s: float = 4.0) -> BargeInTrial:
-        """One barge-in: the assistant talks for ``lead_s``, then the user speaks over it."""
+    def trial(
+        self,
+        user_speech: FloatArray,
+        lead_s: float = 1.0,
+        assistant_s: float = 4.0,
+        assistant: bytes | None = None,
+    ) -> BargeInTrial:
+        """One barge-in: the assistant talks for ``lead_s``, then the user speaks over it.
+
+        ``assistant`` is 24 kHz PCM16 to play instead of :func:`assistant_sound`.
+        """
         self._trial += 1
         item = f"trial-{self._trial}"
         detector = self.pipeline.detector
@@ -94,7 +109,7 @@ class BargeInBench:
         halts = self.pipeline.player.buffer.halts
         halts_before = len(halts)
         started = time.monotonic()
-        self.pipeline.player.push(item, assistant_sound(assistant_s))
+        self.pipeline.player.push(item, assistant if assistant is not None else assistant_sound(assistant_s))
         self.pipeline.player.end_item(item)
         time.sleep(lead_s)
         self.speak(user_speech).finished.wait(len(user_speech) / self.feed.default_samplerate + 2.0)
@@ -102,10 +117,16 @@ class BargeInBench:
         ended = time.monotonic()
         self._close_finished_feeds()
 
-        onset = _first_time_above(self.mic_recorder, started, ended, USER_ONSET_THRESHOLD)
-        silent = _last_time_above(self.speaker_recorder, started, ended, ASSISTANT_LOUD_THRESHOLD)
-        barge = next((e for e in list(detector.events) if e.kind == "barge_in"), None)
+        onset = _user_onset(self.mic_recorder, started, ended, user_speech, USER_ONSET_THRESHOLD)
+        start = _user_onset(self.mic_recorder, started, ended, user_speech, USER_START_THRESHOLD)
+        barges = [e for e in list(detector.events) if e.kind == "barge_in"]
+        early = [e for e in barges if start is None or e.at < start - EARLY_TOLERANCE_S]
+        barge = next((e for e in barges if e not in early), None)
         record = halts[-1] if len(halts) > halts_before else None
+        silent = _last_time_above(self.speaker_recorder, started, ended, ASSISTANT_LOUD_THRESHOLD)
+        if early:  # the assistant stopped before the user spoke: nothing to measure
+            silent = None
+            record = None
 
         def since_onset(t: float | None) -> float | None:
             return None if onset is None or t is None else (t - onset) * 1000.0
@@ -119,7 +140,24 @@ class BargeInBench:
             halt_processed_ms=since_onset(record.processed_at if record else None),
             played_ms=None if record is None else record.played_ms.get(item),
             barge_in=barge is not None,
+            false_halts=len(early),
+            false_halt_ms=tuple(
+                round((e.at - onset) * 1000.0, 1) if onset is not None else float("nan") for e in early
+            ),
         )
+
+    def echo_only(self, assistant: bytes, seconds: float) -> list[float]:
+        """Play ``assistant`` (24 kHz PCM16) with nobody talking; the capture times of barge-ins."""
+        self._trial += 1
+        item = f"echo-{self._trial}"
+        detector = self.pipeline.detector
+        detector.events.clear()
+        self.pipeline.player.push(item, assistant)
+        self.pipeline.player.end_item(item)
+        time.sleep(seconds)
+        self.pipeline.player.halt([item])
+        time.sleep(0.3)
+        return [e.at for e in list(detector.events) if e.kind == "barge_in"]
 
     def _close_finished_feeds(self) -> None:
         # Keep the two recorders (the first streams); feeds are done once their trial ends.
@@ -134,10 +172,19 @@ def _window(recorder: TimedRecorder, start: float, end: float) -> tuple[np.ndarr
     return times[keep], samples[keep]
 
 
-def _first_time_above(recorder: TimedRecorder, start: float, end: float, threshold: float) -> float | None:
+def _user_onset(
+    recorder: TimedRecorder, start: float, end: float, spoken: FloatArray, threshold: float
+) -> float | None:
+    """When the first sample of ``spoken`` above ``threshold`` reached the microphone (matched filter)."""
     times, samples = _window(recorder, start, end)
-    loud = np.flatnonzero(np.abs(samples) > threshold)
-    return float(times[loud[0]]) if len(loud) else None
+    first = np.flatnonzero(np.abs(spoken) > threshold)
+    n, m = len(samples), len(spoken)
+    if n < m or len(first) == 0:
+        return None
+    size = 1 << int(np.ceil(np.log2(n + m)))
+    corr = np.fft.irfft(np.fft.rfft(samples, size) * np.conj(np.fft.rfft(spoken, size)), size)[: n - m + 1]
+    index = int(np.argmax(corr)) + int(first[0])
+    return float(times[index]) if index < n else None
 
 
 def _last_time_above(recorder: TimedRecorder, start: float, end: float, threshold: float) -> float | None:

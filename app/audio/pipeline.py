@@ -2,10 +2,12 @@
 
 The detector holds the player's ``halt`` and ``is_playing`` directly. Without echo cancellation
 the capture callback feeds it, so a barge-in silences the speaker from inside the capture callback
-with no other thread involved. With echo cancellation (``AudioSettings.echo_cancellation``) the
-capture callback hands its 16 kHz samples to a bounded queue and an :class:`EchoWorker` thread
-runs the session's echo canceller against the player's published reference, then feeds the
-detector each cleaned 10 ms frame with the canceller's attenuation (``halt`` is thread-safe).
+with no other thread involved. With echo cancellation (``AudioSettings.echo_cancellation``,
+opt-in) the capture callback hands its 16 kHz samples to a bounded queue and an
+:class:`EchoWorker` thread runs the session's echo canceller against the player's published
+reference, then feeds the detector each 10 ms frame (``halt`` is thread-safe) and the model's
+frame queue with the same signal: the canceller's output while the assistant's echo may be in
+the microphone, the microphone itself otherwise (headset mode, or long after the playback).
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import queue
 import threading
 from dataclasses import dataclass
 
-from app.audio.bargein import BargeInDetector, DetectorSettings
-from app.audio.capture import Capture
+import numpy as np
+
+from app.audio.bargein import BargeInDetector, DetectorSettings, EchoContext
+from app.audio.capture import Capture, FrameSink
 from app.audio.devices import AudioDevice
-from app.audio.echo import EchoPath, ReferenceAligner, load_echo_canceller
+from app.audio.echo import CleanedFrame, EchoMode, EchoPath, ReferenceAligner, load_echo_canceller
 from app.audio.player import Player
 from app.audio.resample import FloatArray, float_to_int16
 
@@ -31,12 +35,30 @@ class AudioSettings:
     jitter_target_ms: float = 60.0
     fade_ms: float = 5.0
     frame_ms: int = 20
-    echo_cancellation: bool = False  # opt-in: see docs/architecture.md, "Echo handling"
+    # Opt-in: with the rig's loopback the barge-in p95 is still over its 200 ms target; see
+    # docs/architecture.md, "Echo handling".
+    echo_cancellation: bool = False
     echo_queue_chunks: int = 200  # capture blocks waiting for the echo worker (2 s at 10 ms)
 
 
+def route_frame(frame: CleanedFrame, detector: BargeInDetector) -> tuple[FloatArray, EchoContext | None]:
+    """What the detector and the model get from one echo-path frame, and how the detector judges it."""
+    state = frame.state
+    # With no echo path (headset) or no recent playback the microphone is already clean, and
+    # AEC3 can still suppress near-end speech it mistakes for echo (unconverged, or seconds
+    # after a double talk): the raw frame is the better signal for the detector and the model.
+    if state.mode == "headset" or not state.echo_possible:
+        return frame.raw, None
+    context = EchoContext(frame.attenuation_db, state.settling, state.excess_db)
+    if detector.prefers_raw(context):
+        # Double talk the suppressor has not released yet: the user dominates the raw frame,
+        # which then serves the model better than the canceller's near silence.
+        return frame.raw, context
+    return frame.samples, context
+
+
 class EchoWorker:
-    """One thread, one canceller per session (never reset): mic chunks in, detector frames out."""
+    """One thread, one canceller per session (never reset): mic chunks in, detector and model frames out."""
 
     def __init__(
         self,
@@ -44,14 +66,17 @@ class EchoWorker:
         player: Player,
         detector: BargeInDetector,
         path: EchoPath,
+        model: FrameSink | None = None,
         poll_s: float = 0.05,
     ) -> None:
         self.chunks = chunks
         self.player = player
         self.detector = detector
         self.path = path
+        self.model = model
         self.poll_s = poll_s
         self.frames = 0
+        self.cleaned_frames = 0  # frames that went out as the canceller's output
         self.last_attenuation_db: float | None = None
         self._last_handed_at = float("-inf")
         self._stop = threading.Event()
@@ -75,15 +100,25 @@ class EchoWorker:
             self._last_handed_at = fresh[-1].handed_at
             self.path.add_reference(fresh)
 
+    @property
+    def mode(self) -> EchoMode:
+        return self.path.monitor.mode
+
     def process(self, samples: FloatArray, captured_at: float) -> None:
-        """One capture chunk (16 kHz float): cancel the echo and feed the detector per frame."""
+        """One capture chunk (16 kHz float): cancel the echo, feed the detector and the model."""
         self._collect_reference()
-        for frame in self.path.process(samples, captured_at):
+        frames = self.path.process(samples, captured_at)
+        outputs: list[FloatArray] = []
+        for frame in frames:
             self.frames += 1
             self.last_attenuation_db = frame.attenuation_db
-            self.detector.feed_frame(
-                float_to_int16(frame.samples), frame.captured_at, attenuation_db=frame.attenuation_db
-            )
+            output, context = route_frame(frame, self.detector)
+            if context is not None and output is frame.samples:
+                self.cleaned_frames += 1
+            outputs.append(output)
+            self.detector.feed_frame(float_to_int16(output), frame.captured_at, context)
+        if self.model is not None and frames:
+            self.model.process(np.concatenate(outputs), frames[0].captured_at)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -117,8 +152,6 @@ class AudioPipeline:
         echo_input: queue.Queue[tuple[FloatArray, float]] | None = None
         if self.settings.echo_cancellation:
             echo_input = queue.Queue(maxsize=self.settings.echo_queue_chunks)
-            path = EchoPath(load_echo_canceller(), ReferenceAligner(self.player.rate))
-            self.echo = EchoWorker(echo_input, self.player, self.detector, path)
         self.capture = Capture(
             input_device,
             block_ms=self.settings.block_ms,
@@ -126,6 +159,11 @@ class AudioPipeline:
             detector=self.detector,
             echo_input=echo_input,
         )
+        if echo_input is not None:
+            path = EchoPath(load_echo_canceller(), ReferenceAligner(self.player.rate))
+            # The worker, not the capture callback, fills the model's frame queue: what the
+            # server hears is the cleaned signal, so its turn detection does not fire on echo.
+            self.echo = EchoWorker(echo_input, self.player, self.detector, path, self.capture.model)
 
     def start(self) -> None:
         # Output first: a halt decided by the first captured blocks must find a running player.

@@ -1,8 +1,13 @@
-"""Audio check: play a short chirp, record it, report input level and output-to-input latency.
+"""Audio check: play a short chirp, record it, report the echo path and which echo mode applies.
 
 A chirp, not a steady tone, so that cross-correlation has one sharp peak and the delay is
 unambiguous. Timing uses the same monotonic clock on both sides: when the chirp's first sample
 was handed to the output device, and when the matching sample came out of the input device.
+
+The chirp heard in the input is the echo path the echo canceller faces: its delay and its level
+relative to what was played. Heard at a level that matters, the setup is in speaker mode (laptop
+speakers: echo cancellation needed); not heard, it is in headset mode, which is normal and not a
+failure as long as both devices delivered audio.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.audio.devices import AudioDevice
+from app.audio.echo import MonitorSettings
 from app.audio.probe import SignalPlayer, TimedRecorder
 from app.audio.resample import FloatArray
 from app.audio.streams import open_stream
@@ -22,6 +28,10 @@ CHIRP_LEVEL = 0.5
 LEAD_IN_S = 0.3  # silence before the chirp, to measure the noise floor
 MIN_SNR_DB = 10.0
 MIN_CORRELATION = 0.3
+# An echo quieter than this relative to the output does not matter: the app's echo monitor uses
+# the same threshold to choose headset mode at run time.
+HEADSET_BELOW_DB = MonitorSettings().headset_below_db
+SILENT_INPUT_DBFS = -90.0  # quieter than any working microphone's own noise: digital silence
 
 
 def chirp(rate: float, duration_ms: float = CHIRP_MS, f0: float = 400.0, f1: float = 3200.0) -> FloatArray:
@@ -74,11 +84,20 @@ def find_chirp(recording: FloatArray, template: FloatArray) -> ChirpMatch | None
 class AudioCheckResult:
     input_device: str
     output_device: str
-    heard: bool
-    level_dbfs: float
+    ok: bool  # the check passed: both devices delivered audio and what was heard makes sense
+    echo_found: bool  # the chirp was recognised in the input
+    level_dbfs: float  # input level of the chirp (or of the input while it played)
     noise_dbfs: float
-    roundtrip_ms: float | None
+    roundtrip_ms: float | None  # echo delay: the chirp handed to the output to its echo captured
+    echo_level_db: float | None  # the echo's level relative to what was played
+    mode: str | None  # "speaker" or "headset" (None when the check failed)
     message: str
+    note: str | None = None
+
+    @property
+    def heard(self) -> bool:
+        """Whether the check passed (the CLI's exit code reads this name)."""
+        return self.ok
 
     def report(self) -> str:
         lines = [
@@ -88,7 +107,20 @@ class AudioCheckResult:
         ]
         if self.roundtrip_ms is not None:
             lines.append(f"output-to-input round trip: {self.roundtrip_ms:.1f} ms")
-        lines.append(("OK: " if self.heard else "FAILED: ") + self.message)
+        if self.echo_level_db is not None and self.roundtrip_ms is not None:
+            lines.append(
+                f"echo path: delay {self.roundtrip_ms:.1f} ms, "
+                f"level {self.echo_level_db:.1f} dB relative to the output"
+            )
+        elif self.ok:
+            lines.append("echo path: none measured (the input does not hear the output)")
+        if self.mode == "speaker":
+            lines.append("speaker mode: the input hears the output; echo cancellation is needed")
+        elif self.mode == "headset":
+            lines.append("headset mode: no echo to cancel; barge-in is not held back")
+        if self.note:
+            lines.append(f"note: {self.note}")
+        lines.append(("OK: " if self.ok else "FAILED: ") + self.message)
         return "\n".join(lines)
 
 
@@ -111,27 +143,63 @@ def run_audio_check(
 def analyse_check(
     input_name: str, output_name: str, recorder: TimedRecorder, handed_at: float | None
 ) -> AudioCheckResult:
-    if not recorder.blocks or handed_at is None:
+    def failed(message: str, level: float = -100.0, noise: float = -100.0) -> AudioCheckResult:
         return AudioCheckResult(
-            input_name, output_name, False, -100.0, -100.0, None, "no audio came from the devices"
+            input_name, output_name, False, False, level, noise, None, None, None, message
         )
+
+    if not recorder.blocks or handed_at is None:
+        return failed("no audio came from the devices")
     recording = recorder.recording()
-    match = find_chirp(recording, chirp(recorder.rate))
+    template = chirp(recorder.rate)
+    match = find_chirp(recording, template)
     if match is None:
-        return AudioCheckResult(input_name, output_name, False, -100.0, -100.0, None, "recording too short")
+        return failed("recording too short")
     snr = match.level_dbfs - match.noise_dbfs
-    heard = match.correlation >= MIN_CORRELATION and snr >= MIN_SNR_DB
-    captured_at = recorder.time_of(match.index)
-    roundtrip = (captured_at - handed_at) * 1000.0 if heard and captured_at is not None else None
-    if heard:
-        message = "the input device hears the output device"
-    elif match.level_dbfs < -60.0:
-        message = "the input device heard nothing: check that the microphone is on and not muted"
-    else:
-        message = (
+    found = match.correlation >= MIN_CORRELATION and snr >= MIN_SNR_DB
+    if not found and snr >= MIN_SNR_DB:
+        # Something loud came in while the chirp played, but not the chirp: a distorted path or
+        # a noisy room; neither mode can be vouched for.
+        return failed(
             f"the test sound was not recognised (match {match.correlation:.2f}, "
-            f"{snr:.1f} dB above the noise): turn the volume up or move the microphone closer"
+            f"{snr:.1f} dB above the noise): turn the volume up or move the microphone closer",
+            match.level_dbfs,
+            match.noise_dbfs,
         )
+    note = None
+    if max(match.level_dbfs, match.noise_dbfs) < SILENT_INPUT_DBFS:
+        note = (
+            "the input was digitally silent: if this is not a headset, "
+            "check that the microphone is on and not muted"
+        )
+    if not found:
+        return AudioCheckResult(
+            input_name,
+            output_name,
+            True,
+            False,
+            match.level_dbfs,
+            match.noise_dbfs,
+            None,
+            None,
+            "headset",
+            "both devices work; the input does not hear the output",
+            note,
+        )
+    captured_at = recorder.time_of(match.index)
+    roundtrip = (captured_at - handed_at) * 1000.0 if captured_at is not None else None
+    echo_level = match.level_dbfs - level_dbfs(template)
+    mode = "speaker" if echo_level > HEADSET_BELOW_DB else "headset"
     return AudioCheckResult(
-        input_name, output_name, heard, match.level_dbfs, match.noise_dbfs, roundtrip, message
+        input_name,
+        output_name,
+        True,
+        True,
+        match.level_dbfs,
+        match.noise_dbfs,
+        roundtrip,
+        echo_level,
+        mode,
+        "the input device hears the output device",
+        note,
     )

@@ -158,8 +158,11 @@ class VirtualAudioRig:
             self._saved_env.setdefault(key, os.environ.get(key))
             os.environ[key] = value
 
-    def set_echo(self, enabled: bool, latency_ms: int = 20) -> None:
-        """Route what the speaker plays back into the microphone, like laptop speakers do."""
+    def set_echo(self, enabled: bool, latency_ms: int = 20, gain_db: float = 0.0) -> None:
+        """Route what the speaker plays back into the microphone, like laptop speakers do.
+
+        ``gain_db`` is the echo's level relative to what the speaker plays (0: unattenuated).
+        """
         if enabled and self._loopback_module is None:
             out = self._pactl(
                 "load-module",
@@ -171,9 +174,25 @@ class VirtualAudioRig:
                 "sink_dont_move=true",
             )
             self._loopback_module = int(out.stdout.strip())
+            if gain_db != 0.0:
+                # a linear factor: pactl would read a negative dB figure as an option
+                factor = f"{10.0 ** (gain_db / 20.0):.4f}"
+                self._pactl("set-sink-input-volume", self._loopback_input(), factor)
         elif not enabled and self._loopback_module is not None:
             self._pactl("unload-module", str(self._loopback_module))
             self._loopback_module = None
+
+    def _loopback_input(self) -> str:
+        """The sink input the loopback module plays into the microphone feed with."""
+        listing = self._pactl("list", "sink-inputs").stdout
+        current: str | None = None
+        for line in listing.splitlines():
+            line = line.strip()
+            if line.startswith("Sink Input #"):
+                current = line.removeprefix("Sink Input #")
+            elif line == f"Owner Module: {self._loopback_module}" and current is not None:
+                return current
+        raise RigUnavailable("the echo loopback has no sink input")
 
     def stop(self) -> None:
         if self._process is not None:
