@@ -18,8 +18,8 @@ from pytestqt.qtbot import QtBot
 
 from app.core.actions import Notice, State, StateChanged
 from app.ui.icons import APP_ICON, ICON_NAMES, icon_for, icon_name, icon_path, state_label
-from app.ui.state_display import StateDisplay
-from app.ui.tray import NOTIFY_REPEAT_S, TrayController, needs_user
+from app.ui.state_display import StateDisplay, needs_user
+from app.ui.tray import NOTIFY_REPEAT_S, TrayController
 
 TRAY_PX = 22
 
@@ -332,7 +332,9 @@ def test_tray_and_panel_follow_the_same_state_rules(tray: TrayController, qtbot:
     assert "\n" not in tray.tooltip() and panel_progress() == ""
 
     both(lambda d: d.on_state(StateChanged(State.ERROR, muted=True)))
-    both(lambda d: d.set_error_detail("no microphone"))
+    both(lambda d: d.on_notice(Notice("warning", "no microphone")))  # only an error is the reason
+    assert tray.label == panel.label == "Error"
+    both(lambda d: d.on_notice(Notice("error", "no microphone")))
     assert tray.label == panel.label == panel.state_label.text() == "Error: no microphone"
     both(lambda d: d.on_state(StateChanged(State.LISTENING, muted=True)))  # the reason is over
     assert tray.label == panel.state_label.text() == "Muted"

@@ -36,7 +36,7 @@ from app.ui.state_display import StateDisplay
 from app.ui.transcript import TranscriptView
 from app.ui.transcript_model import TranscriptModel
 from app.ui.transcript_store import TranscriptStore
-from app.ui.tray import APP_TITLE, AppActions, TrayController, needs_user
+from app.ui.tray import APP_TITLE, AppActions, TrayController
 
 if TYPE_CHECKING:
     from app.engine import Engine, EngineListener
@@ -344,10 +344,8 @@ class HelpdeskApp(QObject):
 
     def _alert(self, message: str) -> None:
         """Tell the user something they must act on: a notification, or the window's attention."""
-        if self.tray is not None:
-            self.tray.notify(message)
-        elif self.main_window is not None:
-            QApplication.alert(self.main_window)
+        for display in self._displays:
+            display.alert(message)
 
     # ------------------------------------------------------------------------------------------
     # Engine reports (queued through the bridge)
@@ -360,10 +358,8 @@ class HelpdeskApp(QObject):
 
     @Slot(object)
     def _on_notice(self, notice: Notice) -> None:
-        if notice.level == "error":
-            self._set_error_detail(notice.message)
-        if needs_user(notice):
-            self._alert(notice.message)
+        for display in self._displays:
+            display.on_notice(notice)
 
     # ------------------------------------------------------------------------------------------
     # Starting and stopping

@@ -11,6 +11,7 @@ from __future__ import annotations
 from PySide6.QtCore import QEvent, Qt, Signal, Slot
 from PySide6.QtGui import QAction, QCloseEvent
 from PySide6.QtWidgets import (
+    QApplication,
     QFrame,
     QHBoxLayout,
     QLabel,
@@ -99,6 +100,11 @@ class ConversationPanel(StateDisplay, QWidget):
         self.state_label.setText(self.label)
         self.progress_label.setText(self.progress if self.shows_progress else "")
         self.progress_label.setVisible(self.shows_progress)
+
+    def alert(self, message: str) -> None:
+        # The taskbar entry flashes for the window the panel is in, if the user has it open.
+        if self.window().isVisible():
+            QApplication.alert(self.window())
 
     def set_level(self, dbfs: float) -> None:
         self.level_meter.set_level(dbfs)

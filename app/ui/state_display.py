@@ -7,13 +7,18 @@ once. Each surface supplies ``_show_state`` to draw the facts its own way.
 
 from __future__ import annotations
 
-from app.core.actions import State, StateChanged
+from app.core.actions import Notice, State, StateChanged
 from app.ui.icons import state_label
 
-__all__ = ["StateDisplay"]
+__all__ = ["StateDisplay", "needs_user"]
 
 # A start-up step ("loading speech recognition") only means something while connecting.
 _PROGRESS_SHOWS_IN = frozenset({State.CONNECTING, State.RECONNECTING})
+
+
+def needs_user(notice: Notice) -> bool:
+    """Whether the user has to do something about ``notice`` (so it is worth an alert)."""
+    return bool(getattr(notice, "needs_user", False)) or notice.level == "error"
 
 
 class StateDisplay:
@@ -39,6 +44,16 @@ class StateDisplay:
             self.progress = ""
         self.state, self.muted = event.state, event.muted
         self._show_state()
+
+    def on_notice(self, notice: Notice) -> None:
+        """An error's message becomes the error detail; one the user must act on is an alert."""
+        if notice.level == "error":
+            self.set_error_detail(notice.message)
+        if needs_user(notice):
+            self.alert(notice.message)
+
+    def alert(self, message: str) -> None:
+        """Draw the user's attention to ``message``; surfaces that can, override this."""
 
     def set_error_detail(self, detail: str) -> None:
         """The short reason shown after "Error:" while the state is error."""

@@ -16,21 +16,15 @@ from PySide6.QtCore import QObject, Signal, Slot
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
-from app.core.actions import Notice
 from app.ui.icons import EN_DASH, icon_for
 from app.ui.state_display import StateDisplay
 
-__all__ = ["APP_TITLE", "AppActions", "ShownNotification", "TrayController", "needs_user"]
+__all__ = ["APP_TITLE", "AppActions", "ShownNotification", "TrayController"]
 
 APP_TITLE = "Helpdesk Voice"
 NOTIFY_REPEAT_S = 30.0
 NOTIFY_SHOW_MS = 10_000
 PTT_HINT = "Hold Space or “Hold to talk” in the transcript window"
-
-
-def needs_user(notice: Notice) -> bool:
-    """Whether the user has to do something about ``notice`` (so it is worth a notification)."""
-    return bool(getattr(notice, "needs_user", False)) or notice.level == "error"
 
 
 class AppActions(QObject):
@@ -180,12 +174,8 @@ class TrayController(StateDisplay, QObject):
     # ------------------------------------------------------------------------------------------
     # Reports (queued from the engine through the bridge, or from the app)
     # ------------------------------------------------------------------------------------------
-    @Slot(object)
-    def on_notice(self, notice: Notice) -> None:
-        if notice.level == "error":
-            self.set_error_detail(notice.message)
-        if needs_user(notice):
-            self.notify(notice.message)
+    def alert(self, message: str) -> None:
+        self.notify(message)
 
     def notify(self, message: str, title: str = APP_TITLE) -> bool:
         """A desktop notification, at most one per ``NOTIFY_REPEAT_S`` for the same text."""
