@@ -48,10 +48,10 @@ from app.audio.echo import (
     ReferenceEchoGate,
     WebRtcEchoCanceller,
 )
-from app.audio.pipeline import EchoWorker, route_frame
+from app.audio.pipeline import EchoWorker, judge_frame
 from app.audio.player import PlayedBlock
 from app.audio.probe import espeak_speech
-from app.audio.resample import FloatArray, StreamResampler, float_to_int16
+from app.audio.resample import FloatArray, StreamResampler
 from bench.stats import machine, percentile, summary
 
 DEVICE_RATE = 48000
@@ -191,9 +191,7 @@ def run(scenario: Scenario, canceller: EchoCanceller, recording: Recording | Non
         cpu += time.process_time() - start
         for frame in out:
             index = round(frame.captured_at * ECHO_RATE)
-            output, context = route_frame(frame, detector)
-            cleaned[index : index + FRAME_SAMPLES] = output
-            detector.feed_frame(float_to_int16(output), frame.captured_at, context)
+            cleaned[index : index + FRAME_SAMPLES] = judge_frame(frame, detector, path)
     return _score(rec, cleaned, detector, cpu / max(frames, 1))
 
 

@@ -246,20 +246,73 @@ class PlayedBlockLike(Protocol):
     def samples(self) -> FloatArray: ...
 
 
+class StreamTimeline:
+    """When each sample of a steady stream happened, from the times its callbacks reported.
+
+    A device moves samples at a steady rate, so sample k of a stream happened at
+    ``anchor + k / rate``. Callback times only ever come late, so the anchor is the earliest
+    per-block estimate over the last ``anchor_blocks`` blocks; that window also follows the slow
+    drift between the device's clock and the monotonic clock (hundreds of ppm: tens of ms within
+    minutes, more than AEC3 tolerates). When the device drops time the stream does not hold (an
+    output underrun plays silence, an input overflow loses samples), everything after it happened
+    later: when even the earliest of the last ``slip_blocks`` estimates is ``slip_s`` later than
+    the anchor, the older estimates are dropped (a slip). A block that does not fit the stream at
+    all (a restart, a long stall) starts a new stream at sample 0.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        anchor_blocks: int = 200,
+        slip_blocks: int = 25,
+        slip_s: float = 0.005,
+        restart_s: float = 0.1,
+    ) -> None:
+        self.rate = float(rate)
+        self._anchors: deque[float] = deque(maxlen=anchor_blocks)
+        self._slip_blocks = slip_blocks
+        self._slip_s = slip_s
+        self._restart_s = restart_s
+        self.count = 0  # samples of this stream so far
+        self.anchor: float | None = None
+        self.restarts = 0
+        self.slips = 0
+
+    def observe(self, at: float, samples: int) -> bool:
+        """The next ``samples`` samples, the first at ``at``; True when they start a new stream."""
+        candidate = at - self.count / self.rate
+        restarted = self.anchor is not None and abs(candidate - self.anchor) > self._restart_s
+        if restarted:
+            self.restarts += 1
+            self.count = 0
+            self._anchors.clear()
+            candidate = at
+        elif self.anchor is not None and len(self._anchors) >= self._slip_blocks:
+            recent = list(itertools.islice(reversed(self._anchors), self._slip_blocks - 1))
+            if min(candidate, *recent) - self.anchor > self._slip_s:
+                self.slips += 1
+                self._anchors.clear()
+                self._anchors.extend(reversed(recent))
+        self._anchors.append(candidate)
+        self.anchor = min(self._anchors)
+        self.count += samples
+        return restarted
+
+    def time_of(self, index: int) -> float:
+        """When sample ``index`` of the stream happened (the stream must have been observed)."""
+        assert self.anchor is not None
+        return self.anchor + index / self.rate
+
+
 class ReferenceAligner:
     """Playback blocks (device rate, with the time they became audible) to 16 kHz reference frames.
 
-    The output device consumes samples at a steady rate, so the reference is one continuous
-    stream: sample k became audible at ``anchor + k / rate``. Callback times only ever come late,
-    so the anchor is the earliest per-block estimate over the last ``anchor_blocks`` blocks; that
-    window also follows the slow drift between the output and input clocks. An output underrun
-    makes the device play silence the stream does not hold, so everything after it is heard later:
-    when even the earliest of the last ``slip_blocks`` estimates is ``slip_s`` later than the
-    anchor, the older estimates are dropped. Without that the reference would run ahead of the
-    echo, past what was handed yet, for up to the whole window. A block that does not fit the
-    stream at all (a restart, a long stall) starts a new one. ``frame_at(t)`` returns the reference
-    samples heard ``delay_s`` before microphone time ``t`` (zeros where nothing was played).
-    ``lead_s`` shifts the reference slightly earlier so timestamp errors keep it causal.
+    The played samples form one :class:`StreamTimeline` at the device rate; ``frame_at(t)``
+    returns the reference samples heard ``delay_s`` before microphone time ``t`` (zeros where
+    nothing was played). Without the timeline's slips the reference ran up to 55 ms ahead of the
+    echo after each output underrun, past what was handed yet. ``lead_s`` shifts the reference
+    slightly earlier so timestamp errors keep it causal.
     """
 
     def __init__(
@@ -280,48 +333,56 @@ class ReferenceAligner:
         self.delay_s = delay_s
         self.lead_s = lead_s
         self._history = int(history_s * rate)
-        self._anchors: deque[float] = deque(maxlen=anchor_blocks)
-        self._slip_blocks = slip_blocks
-        self._slip_s = slip_s
-        self._restart_s = restart_s
-        self.restarts = 0
-        self.slips = 0
+        self.timeline = StreamTimeline(
+            device_rate,
+            anchor_blocks=anchor_blocks,
+            slip_blocks=slip_blocks,
+            slip_s=slip_s,
+            restart_s=restart_s,
+        )
+        # Twice the history, so the newest samples are shifted to the front once per history
+        # rather than the whole history copied on every block.
+        self._buffer = np.zeros(2 * self._history, np.float32)
         self._reset()
+
+    @property
+    def anchor(self) -> float | None:
+        return self.timeline.anchor
+
+    @property
+    def restarts(self) -> int:
+        return self.timeline.restarts
+
+    @property
+    def slips(self) -> int:
+        return self.timeline.slips
 
     def _reset(self) -> None:
         self._resampler = StreamResampler(self.device_rate, self.rate)
-        self._in_count = 0  # device samples of this stream
-        self._out_count = 0  # 16 kHz samples of this stream
-        self._buffer = np.zeros(0, np.float32)
-        self._buffer_start = 0  # stream index of _buffer[0]
-        self._anchors.clear()
-        self.anchor: float | None = None
+        self._fill = 0  # valid samples in _buffer
+        self._buffer_start = 0  # stream index (at 16 kHz) of _buffer[0]
 
     def push(self, block: PlayedBlockLike) -> None:
         samples = np.asarray(block.samples, np.float32)
-        candidate = block.audible_at - self._in_count / self.device_rate
-        if self.anchor is not None and abs(candidate - self.anchor) > self._restart_s:
-            self.restarts += 1
+        if self.timeline.observe(block.audible_at, len(samples)):
             self._reset()
-            candidate = block.audible_at
-        self._anchors.append(candidate)
-        if self.anchor is not None and len(self._anchors) > self._slip_blocks:
-            recent = list(itertools.islice(reversed(self._anchors), self._slip_blocks))
-            if min(recent) - self.anchor > self._slip_s:
-                self.slips += 1
-                self._anchors.clear()
-                self._anchors.extend(reversed(recent))
-        self.anchor = min(self._anchors)
-        self._in_count += len(samples)
         converted = self._resampler.process(samples)
         # soxr withholds its filter delay: output sample k stands for input position k * in/out,
         # so the stream index below is already in the right place on the timeline.
-        self._out_count += len(converted)
-        self._buffer = np.concatenate((self._buffer, converted))
-        excess = len(self._buffer) - self._history
-        if excess > 0:
-            self._buffer = self._buffer[excess:]
-            self._buffer_start += excess
+        n = len(converted)
+        if n > self._history:  # only the newest history is kept
+            self._buffer_start += self._fill + n - self._history
+            self._fill = 0
+            converted = converted[-self._history :]
+            n = self._history
+        if self._fill + n > len(self._buffer):
+            keep = self._history - n
+            drop = self._fill - keep
+            self._buffer[:keep] = self._buffer[drop : self._fill]
+            self._fill = keep
+            self._buffer_start += drop
+        self._buffer[self._fill : self._fill + n] = converted
+        self._fill += n
 
     def extend(self, blocks: Iterable[PlayedBlockLike]) -> None:
         for block in blocks:
@@ -333,7 +394,7 @@ class ReferenceAligner:
             return frame
         first = round((at - self.delay_s - self.lead_s - self.anchor) * self.rate) - self._buffer_start
         lo = max(first, 0)
-        hi = min(first + samples, len(self._buffer))
+        hi = min(first + samples, self._fill)
         if hi > lo:
             frame[lo - first : hi - first] = self._buffer[lo:hi]
         return frame
@@ -359,6 +420,11 @@ class MonitorSettings:
     trusted_attenuation_db: float = 10.0  # the canceller is trusted while it removes this from such frames
     check_frames: int = 10  # explained frames the trust is judged on
     decay_s: float = 0.3  # the predicted echo decays 60 dB over this (reverberation)
+    # Frames wait this long before they count towards the echo estimates, and are forgotten when
+    # the user turns out to be speaking in them: the user talking over the playback (every
+    # barge-in) must not pass for loud echo, or the prediction grows and hides the next barge-in.
+    bound_hold_frames: int = 20
+    hold_frames: int = 50
 
 
 @dataclass(frozen=True)
@@ -410,16 +476,16 @@ class EchoMonitor:
         self._silent_frames = 1 << 30  # reference frames since the last active one
         self._since_resume = 1 << 30  # frames since the playback resumed after a pause
         self._checks: deque[float] = deque(maxlen=s.check_frames)
+        self._held_bounds: deque[float] = deque()
+        self._held_ratios: deque[float] = deque()
+        self._trusted = True  # until check_frames explained frames say otherwise
         self.echo_gain_db: float | None = None
         self.mode: EchoMode = "unknown"
 
     @property
     def canceller_trusted(self) -> bool:
         """Has the canceller removed enough from the recent frames that were all echo?"""
-        s = self.settings
-        return (
-            len(self._checks) < s.check_frames or float(np.median(self._checks)) >= s.trusted_attenuation_db
-        )
+        return self._trusted
 
     @property
     def playback_s(self) -> float:
@@ -449,28 +515,71 @@ class EchoMonitor:
         self._envelope.append(max(reference_dbfs, last - self._decay_db))
         full = len(self._reference) == self._reference.maxlen
         if full and min(self._reference) >= s.active_dbfs:
-            self._bounds.append(mic_dbfs - min(self._reference))
-            # A median over seconds of frames: every few frames is fresh enough, and cheaper.
-            self._bound_count += 1
-            if len(self._bounds) >= s.min_frames and self._bound_count % _ESTIMATE_EVERY == 0:
-                self.echo_gain_db = float(np.median(self._bounds))
-                self.mode = "headset" if self.echo_gain_db <= s.headset_below_db else "speaker"
+            self._held_bounds.append(mic_dbfs - min(self._reference))
+            while len(self._held_bounds) > s.bound_hold_frames:
+                self._add_bound(self._held_bounds.popleft())
         loudest = max(self._envelope)
         if loudest >= s.active_dbfs:
-            self._ratios.append(mic_dbfs - loudest)
-            self._ratio_count += 1
-            due = self._ratio_count % _ESTIMATE_EVERY == 0 or self.predict_gain_db is None
-            if len(self._ratios) >= s.min_frames and self.echo_gain_db is not None and due:
-                # The bound overstates the gain for speech (the window's quietest frame is far
-                # below the echo's source); a high percentile of the microphone over the loudest
-                # recent playback is close to it, and the bound caps it when the user talks a lot.
-                ratio = float(np.percentile(self._ratios, s.predict_percentile))
-                self.predict_gain_db = min(ratio, self.echo_gain_db)
-        gain = self.predict_gain_db if self.predict_gain_db is not None else self.echo_gain_db
-        predicted = loudest + (gain if gain is not None else 0.0)  # unknown: as loud as played
-        excess = mic_dbfs - predicted
+            self._held_ratios.append(mic_dbfs - loudest)
+            while len(self._held_ratios) > s.hold_frames:
+                self._add_ratio(self._held_ratios.popleft())
+        excess = mic_dbfs - self._predicted_db(loudest)
         if active and self.echo_gain_db is not None and excess < s.explained_db:
+            # Not held: a canceller that lets the echo through must be caught at once.
             self._checks.append(attenuation_db)
+            self._trusted = (
+                len(self._checks) < s.check_frames
+                or float(np.median(self._checks)) >= s.trusted_attenuation_db
+            )
+        return self._state(excess)
+
+    def user_speaking(self) -> None:
+        """The detector hears the user: the frames still held are (partly) theirs; forget them."""
+        self._held_bounds.clear()
+        self._held_ratios.clear()
+
+    def _add_bound(self, bound: float) -> None:
+        s = self.settings
+        self._bounds.append(bound)
+        # A median over seconds of frames: every few frames is fresh enough, and cheaper.
+        self._bound_count += 1
+        if len(self._bounds) >= s.min_frames and self._bound_count % _ESTIMATE_EVERY == 0:
+            self.echo_gain_db = float(np.median(self._bounds))
+            self.mode = "headset" if self.echo_gain_db <= s.headset_below_db else "speaker"
+
+    def _add_ratio(self, ratio: float) -> None:
+        s = self.settings
+        self._ratios.append(ratio)
+        self._ratio_count += 1
+        due = self._ratio_count % _ESTIMATE_EVERY == 0 or self.predict_gain_db is None
+        if len(self._ratios) >= s.min_frames and self.echo_gain_db is not None and due:
+            # The bound overstates the gain for speech (the window's quietest frame is far
+            # below the echo's source); a high percentile of the microphone over the loudest
+            # recent playback is close to it, and the bound caps it when the user talks a lot.
+            percentile = float(np.percentile(self._ratios, s.predict_percentile))
+            self.predict_gain_db = min(percentile, self.echo_gain_db)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing played for longer than the echo lasts: no echo can be in the next frame."""
+        return self._silent_frames * FRAME_MS / 1000.0 >= self.settings.tail_s
+
+    def update_idle(self, mic_dbfs: float) -> EchoState:
+        """A frame while :attr:`idle` with a silent reference: counts time, measures nothing."""
+        self._silent_frames += 1
+        self._since_resume += 1
+        self._reference.append(_SILENT_DB)
+        last = self._envelope[-1] if self._envelope else _SILENT_DB
+        self._envelope.append(max(_SILENT_DB, last - self._decay_db))
+        return self._state(mic_dbfs - self._predicted_db(max(self._envelope)))
+
+    def _predicted_db(self, loudest: float) -> float:
+        gain = self.predict_gain_db if self.predict_gain_db is not None else self.echo_gain_db
+        return loudest + (gain if gain is not None else 0.0)  # unknown: as loud as played
+
+    def _state(self, excess_db: float) -> EchoState:
+        s = self.settings
+        frame_s = FRAME_MS / 1000.0
         settling = self.mode != "headset" and (
             self.playback_s < s.settle_s
             or self._since_resume * frame_s <= s.resume_guard_s
@@ -480,7 +589,7 @@ class EchoMonitor:
             mode=self.mode,
             echo_possible=self._silent_frames * frame_s < s.tail_s,
             settling=settling,
-            excess_db=excess,
+            excess_db=excess_db,
             echo_gain_db=self.echo_gain_db,
         )
 
@@ -501,6 +610,8 @@ class EchoPath:
 
     Call :meth:`add_reference` with new playback blocks and :meth:`process` with 16 kHz microphone
     samples and the capture time of the first, from one thread (the canceller is not thread-safe).
+    The microphone samples form a :class:`StreamTimeline` too: counting samples alone drifts from
+    the reference's clock by tens of ms within minutes, and a late reference lets the echo through.
     """
 
     def __init__(
@@ -509,8 +620,10 @@ class EchoPath:
         self.canceller = canceller
         self.aligner = aligner
         self.monitor = monitor or EchoMonitor()
+        self.timeline = StreamTimeline(ECHO_RATE)
         self._pending = np.zeros(0, np.float32)
-        self._pending_at = 0.0
+        self._pending_index = 0  # stream index of _pending[0]
+        self.skipped = 0  # idle frames that bypassed the canceller
 
     def add_reference(self, blocks: Iterable[PlayedBlockLike]) -> None:
         jumps = self.aligner.slips + self.aligner.restarts
@@ -519,15 +632,26 @@ class EchoPath:
             self.monitor.disturbed()  # AEC3 must find the new delay
 
     def process(self, samples: FloatArray, captured_at: float) -> list[CleanedFrame]:
-        if len(self._pending) == 0:
-            self._pending_at = captured_at
+        if self.timeline.observe(captured_at, len(samples)):
+            # A new stream (the capture restarted): what was pending belongs to the old one.
+            self._pending = np.zeros(0, np.float32)
+            self._pending_index = 0
         buffered = np.concatenate((self._pending, samples)) if len(self._pending) else samples
         count = len(buffered) // FRAME_SAMPLES
         frames: list[CleanedFrame] = []
         for i in range(count):
             mic = np.asarray(buffered[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES], np.float32)
-            at = self._pending_at + i * FRAME_MS / 1000.0
+            at = self.timeline.time_of(self._pending_index + i * FRAME_SAMPLES)
             reference = self.aligner.frame_at(at)
+            if self.monitor.idle and not reference.any():
+                # Nothing played for longer than the echo lasts: the canceller would pass the
+                # microphone through, so it is skipped (most of the worker's CPU while idle).
+                # Its render history ends in the zeros of the echo tail, so it resumes cleanly.
+                mic_dbfs = power_db(power(mic))
+                state = self.monitor.update_idle(mic_dbfs)
+                frames.append(CleanedFrame(mic, at, 0.0, mic_dbfs, _SILENT_DB, mic, state))
+                self.skipped += 1
+                continue
             result = self.canceller.process(mic, reference)
             state = self.monitor.update(mic, reference, result.attenuation_db)
             frames.append(
@@ -542,5 +666,5 @@ class EchoPath:
                 )
             )
         self._pending = np.asarray(buffered[count * FRAME_SAMPLES :], np.float32).copy()
-        self._pending_at += count * FRAME_MS / 1000.0
+        self._pending_index += count * FRAME_SAMPLES
         return frames

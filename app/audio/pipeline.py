@@ -12,6 +12,7 @@ the microphone, the microphone itself otherwise (headset mode, or long after the
 
 from __future__ import annotations
 
+import bisect
 import logging
 import queue
 import threading
@@ -23,7 +24,7 @@ from app.audio.bargein import BargeInDetector, DetectorSettings, EchoContext
 from app.audio.capture import Capture, FrameSink
 from app.audio.devices import AudioDevice
 from app.audio.echo import CleanedFrame, EchoMode, EchoPath, ReferenceAligner, load_echo_canceller
-from app.audio.player import Player
+from app.audio.player import PlayedBlock, Player
 from app.audio.resample import FloatArray, float_to_int16
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,22 @@ def route_frame(frame: CleanedFrame, detector: BargeInDetector) -> tuple[FloatAr
         # which then serves the model better than the canceller's near silence.
         return frame.raw, context
     return frame.samples, context
+
+
+def _handed_at(block: PlayedBlock) -> float:
+    return block.handed_at
+
+
+def judge_frame(frame: CleanedFrame, detector: BargeInDetector, path: EchoPath) -> FloatArray:
+    """Route one echo-path frame, feed it to the detector, and return what the model gets.
+
+    Frames the detector hears the user in are withdrawn from the echo estimates.
+    """
+    output, context = route_frame(frame, detector)
+    detector.feed_frame(float_to_int16(output), frame.captured_at, context)
+    if detector.in_speech:
+        path.monitor.user_speaking()
+    return output
 
 
 class EchoWorker:
@@ -95,7 +112,8 @@ class EchoWorker:
 
     def _collect_reference(self) -> None:
         blocks = tuple(self.player.reference)  # snapshot: the output callback appends meanwhile
-        fresh = [b for b in blocks if b.handed_at > self._last_handed_at]
+        # handed_at only grows: the fresh blocks are a tail, found without visiting the rest
+        fresh = blocks[bisect.bisect_right(blocks, self._last_handed_at, key=_handed_at) :]
         if fresh:
             self._last_handed_at = fresh[-1].handed_at
             self.path.add_reference(fresh)
@@ -112,11 +130,10 @@ class EchoWorker:
         for frame in frames:
             self.frames += 1
             self.last_attenuation_db = frame.attenuation_db
-            output, context = route_frame(frame, self.detector)
-            if context is not None and output is frame.samples:
+            output = judge_frame(frame, self.detector, self.path)
+            if output is frame.samples and output is not frame.raw:
                 self.cleaned_frames += 1
             outputs.append(output)
-            self.detector.feed_frame(float_to_int16(output), frame.captured_at, context)
         if self.model is not None and frames:
             self.model.process(np.concatenate(outputs), frames[0].captured_at)
 
