@@ -174,6 +174,17 @@ def test_a_user_far_above_the_predicted_echo_wins_over_the_suppressor(utterance:
     assert not detector.prefers_raw(echo(3.0, excess_db=6.0))  # the canceller let it through anyway
 
 
+def test_a_steady_echo_lets_the_user_override_the_suppressor_sooner(utterance: FloatArray) -> None:
+    # The echo stage measured echo alone rising at most 0.5 dB over its prediction (a steady
+    # sound): 3 dB over it is already the user. For speech (a 5 dB spread) it stays 6 dB.
+    steady = EchoContext(attenuation_db=40.0, excess_db=3.5, excess_spread_db=0.5)
+    assert run_frames(utterance, True, steady)[1] == [1.0]
+    speech = EchoContext(attenuation_db=40.0, excess_db=5.9, excess_spread_db=5.0)
+    assert run_frames(utterance, True, speech)[1] == []
+    unsure = EchoContext(attenuation_db=40.0, excess_db=2.9, excess_spread_db=0.0)
+    assert run_frames(utterance, True, unsure)[1] == []  # never under 3 dB
+
+
 @pytest.mark.parametrize("excess_db", [-3.0, 0.0, 1.9])
 def test_what_the_predicted_echo_explains_is_echo_even_when_the_canceller_passes_it(
     utterance: FloatArray, excess_db: float

@@ -50,8 +50,12 @@ class DetectorSettings:
     echo_attenuation_db: float = 10.0  # a frame the canceller took this much from is echo ...
     # ... unless the excess reaches this: then the user dominates the microphone (AEC3's suppressor
     # takes 100-200 ms to release at the start of double talk and would hide the user meanwhile).
-    # 6 dB, not less: the predicted echo of speech is only good to a few dB frame by frame.
+    # 6 dB, not less, for speech: its predicted echo is only good to a few dB frame by frame. When
+    # the echo stage has measured how far echo alone rises over the prediction (its spread), the
+    # threshold is that plus ``double_talk_margin_db``, between ``double_talk_min_db`` and this.
     double_talk_excess_db: float = 6.0
+    double_talk_margin_db: float = 2.0
+    double_talk_min_db: float = 3.0
     echo_excess_db: float = 2.0  # below this the frame is echo whatever the canceller did (its glitches)
     early_onset_frames: int = 5  # while the canceller settles an onset needs more frames
     early_margin_db: float = 6.0  # and this much more above the noise floor
@@ -74,6 +78,7 @@ class EchoContext:
     attenuation_db: float  # microphone level minus cleaned level: what the canceller removed
     settling: bool = False  # the canceller is not trusted (first seconds, playback resumed, path jumped)
     excess_db: float = 0.0  # raw microphone level above the echo the recent playback predicts
+    excess_spread_db: float | None = None  # how far echo alone rises above the prediction (measured)
 
 
 class BargeInDetector:
@@ -191,7 +196,12 @@ class BargeInDetector:
         return echo.attenuation_db >= self.settings.echo_attenuation_db and self._double_talk(echo)
 
     def _double_talk(self, echo: EchoContext) -> bool:
-        return echo.excess_db >= self.settings.double_talk_excess_db
+        s = self.settings
+        threshold = s.double_talk_excess_db
+        if echo.excess_spread_db is not None:
+            measured = echo.excess_spread_db + s.double_talk_margin_db
+            threshold = min(threshold, max(s.double_talk_min_db, measured))
+        return echo.excess_db >= threshold
 
     def _emit(self, kind: EventKind, at: float, decided_at: float, level: float) -> None:
         self.events.append(SpeechEvent(kind, at, decided_at, level, self._clock()))

@@ -409,6 +409,7 @@ class MonitorSettings:
     window_frames: int = 10  # the echo gain bound assumes echo within 100 ms of the aligned reference
     predict_frames: int = 20  # the predicted echo covers delays up to 200 ms
     predict_percentile: float = 90.0  # of the microphone over the loudest recent playback: the echo gain
+    spread_percentile: float = 99.0  # echo alone stays under the prediction plus the spread this often
     min_frames: int = 20  # measured frames before a mode is chosen
     history_frames: int = 300  # the mode follows the last 3 s of measured frames
     headset_below_db: float = -30.0  # an echo gain bound under this: no audible echo path
@@ -436,6 +437,9 @@ class EchoState:
     settling: bool  # speaker (or unknown) mode and the canceller is not trusted yet
     excess_db: float  # microphone level above the loudest echo the recent playback (and its reverb) predicts
     echo_gain_db: float | None  # echo level relative to the playback (an upper bound), once measured
+    # How far echo alone rises above the prediction (its 99th percentile frames), once measured:
+    # about 0.5 dB for a steady sound, several dB for speech.
+    excess_spread_db: float | None = None
 
 
 class EchoMonitor:
@@ -472,6 +476,7 @@ class EchoMonitor:
         self._bound_count = 0
         self._ratio_count = 0
         self.predict_gain_db: float | None = None
+        self.excess_spread_db: float | None = None
         self.playback_frames = 0  # active reference frames this session
         self._silent_frames = 1 << 30  # reference frames since the last active one
         self._since_resume = 1 << 30  # frames since the playback resumed after a pause
@@ -556,8 +561,9 @@ class EchoMonitor:
             # The bound overstates the gain for speech (the window's quietest frame is far
             # below the echo's source); a high percentile of the microphone over the loudest
             # recent playback is close to it, and the bound caps it when the user talks a lot.
-            percentile = float(np.percentile(self._ratios, s.predict_percentile))
-            self.predict_gain_db = min(percentile, self.echo_gain_db)
+            predict, top = np.percentile(self._ratios, (s.predict_percentile, s.spread_percentile))
+            self.predict_gain_db = min(float(predict), self.echo_gain_db)
+            self.excess_spread_db = float(top) - self.predict_gain_db
 
     @property
     def idle(self) -> bool:
@@ -591,6 +597,7 @@ class EchoMonitor:
             settling=settling,
             excess_db=excess_db,
             echo_gain_db=self.echo_gain_db,
+            excess_spread_db=self.excess_spread_db,
         )
 
 
