@@ -187,6 +187,12 @@ _SETTINGS: Final = (
     Setting("audio.input_device", str, "", env_aliases=(ENV_PREFIX + "INPUT_DEVICE",)),
     Setting("audio.output_device", str, "", env_aliases=(ENV_PREFIX + "OUTPUT_DEVICE",)),
     Setting("audio.block_ms", int, 10, _int_range(5, 40)),
+    Setting(
+        "audio.echo_cancellation",
+        bool,
+        True,
+        help="remove the assistant's own voice from the microphone (laptop speakers)",
+    ),
     Setting("transcript.retention_days", int, 30, _int_range(0, 3650)),
     Setting("tools.allowed", tuple, KNOWN_TOOLS, _tools),
 )

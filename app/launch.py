@@ -180,7 +180,11 @@ def plan_from_settings(settings: LoadedSettings, environ: Mapping[str, str] = os
         session=_session(settings, backend),
         input_device=_text(settings, "audio.input_device") or None,
         output_device=_text(settings, "audio.output_device") or None,
-        audio=replace(AudioSettings(), block_ms=float(block_ms) if isinstance(block_ms, int) else 10.0),
+        audio=replace(
+            AudioSettings(),
+            block_ms=float(block_ms) if isinstance(block_ms, int) else 10.0,
+            echo_cancellation=bool(settings.value("audio.echo_cancellation")),
+        ),
         detector=detector_settings(_text(settings, "barge_in.sensitivity")),
         push_to_talk=bool(settings.value("push_to_talk")),
         tools_allowed=tuple(tools) if isinstance(tools, tuple) else (),

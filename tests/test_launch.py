@@ -34,6 +34,7 @@ def test_nothing_configured_means_the_embedded_server_with_its_shorter_pause(env
     assert result.input_device is None and result.output_device is None
     assert result.tools_allowed == ("search_knowledge_base", "create_ticket")
     assert result.detector == DetectorSettings()
+    assert result.audio.echo_cancellation  # laptop speakers are the common case
 
 
 def test_a_url_on_the_command_line_means_that_server(env: dict[str, str]) -> None:
@@ -75,7 +76,8 @@ def test_azure_without_a_deployment_is_a_clear_refusal(env: dict[str, str]) -> N
 def test_conversation_settings_reach_the_session(env: dict[str, str]) -> None:
     (Path(env[config.CONFIG_DIR_ENV]) / "settings.toml").write_text(
         'voice = "cedar"\ninstructions = "Be brief."\nturn_detection = "semantic_vad"\neagerness = "high"\n'
-        'push_to_talk = true\n[barge_in]\nsensitivity = "low"\n[audio]\nblock_ms = 20\n'
+        'push_to_talk = true\n[barge_in]\nsensitivity = "low"\n'
+        "[audio]\nblock_ms = 20\necho_cancellation = false\n"
         '[tools]\nallowed = ["search_knowledge_base"]\n'
     )
     result = plan(env)
@@ -84,6 +86,7 @@ def test_conversation_settings_reach_the_session(env: dict[str, str]) -> None:
     assert detection is not None and detection.kind == "semantic_vad" and detection.eagerness == "high"
     assert detection.to_dict().get("silence_duration_ms") is None
     assert result.push_to_talk and result.audio.block_ms == 20.0
+    assert not result.audio.echo_cancellation
     assert result.detector == detector_settings("low")
     assert result.tools_allowed == ("search_knowledge_base",)
 

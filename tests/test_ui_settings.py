@@ -457,6 +457,8 @@ def test_valid_save_writes_only_changes_and_a_reload_shows_them(
     dialog.eagerness_combo.setCurrentIndex(dialog.eagerness_combo.findData("low"))
     dialog.sensitivity_combo.setCurrentIndex(dialog.sensitivity_combo.findData("high"))
     dialog.push_to_talk_check.setChecked(True)
+    assert dialog.echo_check.isChecked()  # on by default
+    dialog.echo_check.setChecked(False)
     dialog.retention_edit.setText("7")
     expected = {
         "backend": "openai",
@@ -467,6 +469,7 @@ def test_valid_save_writes_only_changes_and_a_reload_shows_them(
         "eagerness": "low",
         "barge_in.sensitivity": "high",
         "push_to_talk": True,
+        "audio.echo_cancellation": False,
         "transcript.retention_days": 7,
     }
     assert dialog.changed_values() == expected
@@ -488,7 +491,7 @@ def test_valid_save_writes_only_changes_and_a_reload_shows_them(
     assert again.model_edit.text() == "gpt-realtime-mini"
     assert again.instructions_edit.toPlainText() == instructions
     assert again.eagerness_combo.currentData() == "low" and again.eagerness_combo.isEnabled()
-    assert again.push_to_talk_check.isChecked()
+    assert again.push_to_talk_check.isChecked() and not again.echo_check.isChecked()
     assert again.retention_edit.text() == "7"
     assert again.output_combo.currentText() == "Conference Speakerphone (not connected)"
     assert again.changed_values() == {}

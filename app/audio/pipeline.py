@@ -3,7 +3,7 @@
 The detector holds the player's ``halt`` and ``is_playing`` directly. Without echo cancellation
 the capture callback feeds it, so a barge-in silences the speaker from inside the capture callback
 with no other thread involved. With echo cancellation (``AudioSettings.echo_cancellation``,
-opt-in) the capture callback hands its 16 kHz samples to a bounded queue and an
+the default) the capture callback hands its 16 kHz samples to a bounded queue and an
 :class:`EchoWorker` thread runs the session's echo canceller against the player's published
 reference, then feeds the detector each 10 ms frame (``halt`` is thread-safe) and the model's
 frame queue with the same signal: the canceller's output while the assistant's echo may be in
@@ -36,9 +36,9 @@ class AudioSettings:
     jitter_target_ms: float = 60.0
     fade_ms: float = 5.0
     frame_ms: int = 20
-    # Opt-in: with the rig's loopback the barge-in p95 is still over its 200 ms target; see
-    # docs/architecture.md, "Echo handling".
-    echo_cancellation: bool = False
+    # On: most users have laptop speakers; with a headset the echo stage measures no echo path
+    # within a second and passes the microphone on (docs/architecture.md, "Echo handling").
+    echo_cancellation: bool = True
     echo_queue_chunks: int = 200  # capture blocks waiting for the echo worker (2 s at 10 ms)
 
 
@@ -50,7 +50,7 @@ def route_frame(frame: CleanedFrame, detector: BargeInDetector) -> tuple[FloatAr
     # after a double talk): the raw frame is the better signal for the detector and the model.
     if state.mode == "headset" or not state.echo_possible:
         return frame.raw, None
-    context = EchoContext(frame.attenuation_db, state.settling, state.excess_db)
+    context = EchoContext(frame.attenuation_db, state.settling, state.excess_db, state.excess_spread_db)
     if detector.prefers_raw(context):
         # Double talk the suppressor has not released yet: the user dominates the raw frame,
         # which then serves the model better than the canceller's near silence.

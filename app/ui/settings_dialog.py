@@ -329,6 +329,16 @@ class SettingsDialog(QDialog):
             extra=(sound_row,),
         )
         self._focus_chain.append(self.test_sound_button)
+
+        self.echo_check = QCheckBox("Remove the assistant's &echo from the microphone", page)
+        self.echo_check.setToolTip(
+            "Echo cancellation: needed with laptop speakers, harmless with a headset. "
+            "Without it the assistant can hear itself and stop talking."
+        )
+        self.echo_check.setChecked(bool(self._settings.value("audio.echo_cancellation")))
+        self._add_field(
+            form, "audio.echo_cancellation", "Echo cancellation:", self.echo_check, self.echo_check.isChecked
+        )
         if self._device_problem:
             problem = QLabel(self._device_problem, page)
             problem.setWordWrap(True)
