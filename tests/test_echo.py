@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import queue
+import time
 from typing import Any
 
 import numpy as np
@@ -494,3 +495,41 @@ def test_the_model_gets_the_microphone_as_is_in_headset_mode() -> None:
     late = slice(24000 * 3, 24000 * 4)
     # The same signal (the 16 kHz path keeps everything below 8 kHz): levels within 1 dB.
     assert abs(power_db(power(sent[late])) - power_db(power(mic[late]))) < 1.0
+
+
+def test_a_failing_echo_stage_passes_the_microphone_on_and_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken:
+        name = "broken"
+
+        def process(self, mic: FloatArray, reference: FloatArray) -> EchoResult:
+            raise RuntimeError("canceller crashed")
+
+    device = fake_device()
+    player = Player(device)
+    chunks: queue.Queue[tuple[FloatArray, float]] = queue.Queue()
+    detector = BargeInDetector(player.is_playing, lambda: None)
+    capture = Capture(device, detector=detector, echo_input=chunks)
+    worker = EchoWorker(chunks, player, detector, EchoPath(Broken(), ReferenceAligner(48000)), capture.model)
+    t = np.arange(48000) / 48000
+    heard = (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    played = noise_bursts(3.0, 18)  # the assistant talks, so the canceller is needed
+    for n, i in enumerate(range(0, len(heard), 480)):
+        player.reference.append(PlayedBlock(n * 0.01 - 0.02, n * 0.01, played[i : i + 480]))
+        capture.process_block(heard[i : i + 480, None], n * 0.01)
+    queued = chunks.qsize()
+    worker.start()
+    try:
+        deadline = time.monotonic() + 5.0
+        while (not chunks.empty() or capture.frames.qsize() < 45) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)  # the last chunk taken is being processed
+    finally:
+        worker.stop()
+    sent = [pcm16_to_float(capture.frames.get_nowait().pcm16) for _ in range(capture.frames.qsize())]
+    assert len(sent) >= 45  # 1 s of audio in 20 ms frames, minus what the resamplers still hold
+    assert power_db(power(np.concatenate(sent))) == pytest.approx(power_db(power(heard)), abs=1.0)
+    assert worker.failures >= queued - 2  # all but the odd frame that needed no canceller
+    failures = [r for r in caplog.records if "echo stage failed" in r.getMessage()]
+    assert len(failures) == 1

@@ -94,6 +94,7 @@ class EchoWorker:
         self.poll_s = poll_s
         self.frames = 0
         self.cleaned_frames = 0  # frames that went out as the canceller's output
+        self.failures = 0  # chunks the echo stage failed on (passed on as captured)
         self.last_attenuation_db: float | None = None
         self._last_handed_at = float("-inf")
         self._stop = threading.Event()
@@ -145,8 +146,17 @@ class EchoWorker:
                 continue
             try:
                 self.process(samples, captured_at)
-            except Exception:  # keep the session alive; the direct path is not coming back
-                log.exception("echo worker failed on a capture chunk")
+            except Exception:  # keep the session alive, and the user's words with it
+                self.failures += 1
+                if self.failures == 1:
+                    log.exception("the echo stage failed; passing the microphone on as captured")
+                self._pass_through(samples, captured_at)
+
+    def _pass_through(self, samples: FloatArray, captured_at: float) -> None:
+        """A chunk as captured, to the detector and the model: a failing echo stage loses nothing."""
+        self.detector.feed(float_to_int16(samples), captured_at)
+        if self.model is not None:
+            self.model.process(samples, captured_at)
 
 
 class AudioPipeline:
