@@ -13,11 +13,11 @@ CACHE_DIR_ENV = "HELPDESK_VOICE_CACHE_DIR"
 
 
 def assets_dir() -> Path:
-    """The ``assets/`` folder: ``HELPDESK_VOICE_ASSETS`` if set, else the one beside the package."""
+    """The ``assets/`` folder: ``HELPDESK_VOICE_ASSETS`` if set, else the one inside the package."""
     override = os.environ.get("HELPDESK_VOICE_ASSETS")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parent.parent / "assets"
+    return Path(__file__).resolve().parent / "assets"
 
 
 def default_data_dir() -> Path:

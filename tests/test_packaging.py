@@ -1,0 +1,47 @@
+"""The built wheel carries everything the app loads at run time, not only the Python files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from app.paths import assets_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_wheel_ships_the_assets(tmp_path: Path) -> None:
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--quiet",
+            "--wheel-dir",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = tmp_path.glob("*.whl")
+    shipped = {name for name in zipfile.ZipFile(wheel).namelist() if name.startswith("app/assets/")}
+    assets = assets_dir()
+    assert assets == ROOT / "app" / "assets"  # the assets live inside the package
+    expected = {
+        f"app/assets/{path.relative_to(assets).as_posix()}" for path in assets.rglob("*") if path.is_file()
+    }
+    assert expected and shipped == expected
+    # What the app opens at run time is among them.
+    assert {
+        "app/assets/sounds/earcon.wav",
+        "app/assets/icons/listening.svg",
+        "app/assets/kb/password-reset.md",
+    } <= shipped
