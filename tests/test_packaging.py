@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,6 +14,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_wheel_ships_the_assets(tmp_path: Path) -> None:
+    # A copy of what the build reads, so the build leaves nothing behind in the working tree.
+    source = tmp_path / "src"
+    shutil.copytree(ROOT / "app", source / "app", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, source / name)
+    wheels = tmp_path / "wheels"
     built = subprocess.run(
         [
             sys.executable,
@@ -22,8 +29,8 @@ def test_the_wheel_ships_the_assets(tmp_path: Path) -> None:
             "--no-deps",
             "--quiet",
             "--wheel-dir",
-            str(tmp_path),
-            str(ROOT),
+            str(wheels),
+            str(source),
         ],
         capture_output=True,
         text=True,
@@ -31,7 +38,7 @@ def test_the_wheel_ships_the_assets(tmp_path: Path) -> None:
         check=False,
     )
     assert built.returncode == 0, built.stderr[-2000:]
-    (wheel,) = tmp_path.glob("*.whl")
+    (wheel,) = wheels.glob("*.whl")
     shipped = {name for name in zipfile.ZipFile(wheel).namelist() if name.startswith("app/assets/")}
     assets = assets_dir()
     assert assets == ROOT / "app" / "assets"  # the assets live inside the package
