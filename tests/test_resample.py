@@ -102,3 +102,12 @@ def test_capture_queue_overflow_is_counted_not_raised() -> None:
     capture.process_block(np.zeros(24000, np.float32), 0.0)  # 50 frames into a queue of 3
     assert capture.frames.qsize() == 3
     assert capture.overflows == 47
+
+
+def test_each_queued_frame_wakes_the_reader_and_a_dropped_one_does_not() -> None:
+    device = AudioDevice(0, "test mic", "test", 1, 0, 24000.0)
+    capture = Capture(device, frame_ms=20, max_queued_frames=3)
+    woken: list[int] = []
+    capture.model.on_frame = lambda: woken.append(capture.frames.qsize())
+    capture.process_block(np.zeros(2400, np.float32), 0.0)  # 100 ms: 5 frames, 2 of them dropped
+    assert woken == [1, 2, 3]  # called after each frame is in the queue, never for a dropped one

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +70,9 @@ class FrameSink:
         self.frame_samples = out_rate * frame_ms // 1000
         self.frames: queue.Queue[CapturedFrame] = queue.Queue(maxsize=maxsize)
         self.overflows = 0
+        # Called (from the audio side) after each queued frame, so the reader can wake at once;
+        # it must not block.
+        self.on_frame: Callable[[], None] | None = None
         self._resampler = TimedResampler(in_rate, out_rate)
         self._pending = np.zeros(0, np.float32)
         self._pending_at = 0.0
@@ -86,6 +90,9 @@ class FrameSink:
                 self.frames.put_nowait(CapturedFrame(float_to_pcm16(frame), self._pending_at))
             except queue.Full:
                 self.overflows += 1
+            else:
+                if self.on_frame is not None:
+                    self.on_frame()
             self._pending_at += self.frame_samples / self.out_rate
         return converted
 
