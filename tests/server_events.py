@@ -98,7 +98,7 @@ def arguments_done(response_id: str, item_id: str, call_id: str, name: str, argu
 
 def response_done(response_id: str, status: str = "completed", reason: str | None = None) -> Event:
     details = None if reason is None else {"type": status, "reason": reason}
-    response = {
+    response: Event = {
         "object": "realtime.response",
         "id": response_id,
         "status": status,
