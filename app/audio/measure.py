@@ -107,7 +107,8 @@ class BargeInBench:
         detector = self.pipeline.detector
         detector.events.clear()
         halts = self.pipeline.player.buffer.halts
-        halts_before = len(halts)
+        # The deque is bounded (nobody drains it here), so its length stops growing: compare the newest.
+        newest_before = halts[-1] if halts else None
         started = time.monotonic()
         self.pipeline.player.push(item, assistant if assistant is not None else assistant_sound(assistant_s))
         self.pipeline.player.end_item(item)
@@ -122,7 +123,7 @@ class BargeInBench:
         barges = [e for e in list(detector.events) if e.kind == "barge_in"]
         early = [e for e in barges if start is None or e.at < start - EARLY_TOLERANCE_S]
         barge = next((e for e in barges if e not in early), None)
-        record = halts[-1] if len(halts) > halts_before else None
+        record = halts[-1] if halts and halts[-1] is not newest_before else None
         silent = _last_time_above(self.speaker_recorder, started, ended, ASSISTANT_LOUD_THRESHOLD)
         if early:  # the assistant stopped before the user spoke: nothing to measure
             silent = None
