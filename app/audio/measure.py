@@ -34,7 +34,7 @@ class BargeInTrial:
     onset_at: float | None  # first user-speech sample in the microphone
     silent_at: float | None  # after the last loud assistant sample on the speaker's monitor
     halt_ms: float | None  # what a listener measures: onset to silence
-    detector_ms: float | None  # onset to the detector's decision, in the capture callback
+    detector_ms: float | None  # onset to the detector's decision (echo worker, or capture callback)
     capture_ms: float | None  # deciding frame captured to the capture callback seeing it
     halt_processed_ms: float | None  # onset to the output callback writing the fade
     played_ms: float | None  # what the player reports the listener heard of the item
