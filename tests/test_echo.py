@@ -348,7 +348,11 @@ def monitor_run(
     monitor: EchoMonitor, reference: FloatArray, mic: FloatArray, attenuation_db: float
 ) -> list[EchoState]:
     return [
-        monitor.update(mic[k : k + FRAME_SAMPLES], reference[k : k + FRAME_SAMPLES], attenuation_db)
+        monitor.update(
+            power_db(power(mic[k : k + FRAME_SAMPLES])),
+            power_db(power(reference[k : k + FRAME_SAMPLES])),
+            attenuation_db,
+        )
         for k in range(0, len(reference) - FRAME_SAMPLES + 1, FRAME_SAMPLES)
     ]
 
@@ -397,7 +401,7 @@ def test_the_user_talking_over_the_playback_does_not_pass_for_echo() -> None:
         monitor = EchoMonitor()
         for k in range(len(talking)):
             frame = slice(k * FRAME_SAMPLES, (k + 1) * FRAME_SAMPLES)
-            monitor.update(mic[frame], reference[frame], attenuation_db=35.0)
+            monitor.update(power_db(power(mic[frame])), power_db(power(reference[frame])), 35.0)
             # The detector confirms the user 10 frames into their speech, and until it ends.
             if tell_monitor and talking[max(0, k - 10) : k + 1].all():
                 monitor.user_speaking()

@@ -500,11 +500,9 @@ class EchoMonitor:
         """The echo path jumped (the reference was re-anchored): guard as after a pause."""
         self._since_resume = 0
 
-    def update(self, mic: FloatArray, reference: FloatArray, attenuation_db: float = 0.0) -> EchoState:
-        """One pair of aligned 10 ms frames, and what the canceller removed from the microphone."""
+    def update(self, mic_dbfs: float, reference_dbfs: float, attenuation_db: float = 0.0) -> EchoState:
+        """The levels of one pair of aligned 10 ms frames, and what the canceller removed."""
         s = self.settings
-        mic_dbfs = power_db(power(mic))
-        reference_dbfs = power_db(power(reference))
         frame_s = FRAME_MS / 1000.0
         active = reference_dbfs >= s.active_dbfs
         if active:
@@ -570,15 +568,6 @@ class EchoMonitor:
         """Nothing played for longer than the echo lasts: no echo can be in the next frame."""
         return self._silent_frames * FRAME_MS / 1000.0 >= self.settings.tail_s
 
-    def update_idle(self, mic_dbfs: float) -> EchoState:
-        """A frame while :attr:`idle` with a silent reference: counts time, measures nothing."""
-        self._silent_frames += 1
-        self._since_resume += 1
-        self._reference.append(_SILENT_DB)
-        last = self._envelope[-1] if self._envelope else _SILENT_DB
-        self._envelope.append(max(_SILENT_DB, last - self._decay_db))
-        return self._state(mic_dbfs - self._predicted_db(max(self._envelope)))
-
     def _predicted_db(self, loudest: float) -> float:
         gain = self.predict_gain_db if self.predict_gain_db is not None else self.echo_gain_db
         return loudest + (gain if gain is not None else 0.0)  # unknown: as loud as played
@@ -593,7 +582,7 @@ class EchoMonitor:
         )
         return EchoState(
             mode=self.mode,
-            echo_possible=self._silent_frames * frame_s < s.tail_s,
+            echo_possible=not self.idle,
             settling=settling,
             excess_db=excess_db,
             echo_gain_db=self.echo_gain_db,
@@ -654,13 +643,14 @@ class EchoPath:
                 # Nothing played for longer than the echo lasts: the canceller would pass the
                 # microphone through, so it is skipped (most of the worker's CPU while idle).
                 # Its render history ends in the zeros of the echo tail, so it resumes cleanly.
+                # The monitor only counts the time: long after the playback nothing is measured.
                 mic_dbfs = power_db(power(mic))
-                state = self.monitor.update_idle(mic_dbfs)
+                state = self.monitor.update(mic_dbfs, _SILENT_DB)
                 frames.append(CleanedFrame(mic, at, 0.0, mic_dbfs, _SILENT_DB, mic, state))
                 self.skipped += 1
                 continue
             result = self.canceller.process(mic, reference)
-            state = self.monitor.update(mic, reference, result.attenuation_db)
+            state = self.monitor.update(result.mic_dbfs, result.reference_dbfs, result.attenuation_db)
             frames.append(
                 CleanedFrame(
                     result.cleaned,
