@@ -20,6 +20,7 @@ from app.audio.devices import AudioDevice
 from app.audio.echo import (
     ECHO_RATE,
     FRAME_SAMPLES,
+    EchoCanceller,
     EchoMonitor,
     EchoPath,
     EchoResult,
@@ -234,13 +235,16 @@ def test_aligner_gives_silence_outside_what_was_played_and_restarts_after_a_gap(
     assert aligner.frame_at(30.2).min() > 0.4
 
 
+class Passthrough:
+    """A canceller that removes nothing, for tests of the framing and timing around it."""
+
+    name = "passthrough"
+
+    def process(self, mic: FloatArray, reference: FloatArray) -> EchoResult:
+        return EchoResult(mic.copy(), 0.0, -20.0, -20.0)
+
+
 def test_echo_path_cuts_any_block_size_into_timed_frames() -> None:
-    class Passthrough:
-        name = "passthrough"
-
-        def process(self, mic: FloatArray, reference: FloatArray) -> EchoResult:
-            return EchoResult(mic.copy(), 0.0, -20.0, -20.0)
-
     path = EchoPath(Passthrough(), ReferenceAligner(48000))
     samples = np.arange(1000, dtype=np.float32)
     frames = path.process(samples[:250], 7.0) + path.process(samples[250:], 7.0 + 250 / ECHO_RATE)
@@ -250,12 +254,6 @@ def test_echo_path_cuts_any_block_size_into_timed_frames() -> None:
 
 def test_echo_path_times_follow_the_capture_clock_not_the_sample_count() -> None:
     """A microphone clock 400 ppm slow: 24 ms behind the count after a minute, yet frames stay on time."""
-
-    class Passthrough:
-        name = "passthrough"
-
-        def process(self, mic: FloatArray, reference: FloatArray) -> EchoResult:
-            return EchoResult(mic, 0.0, -20.0, -20.0)
 
     path = EchoPath(Passthrough(), ReferenceAligner(48000))
     rng = np.random.default_rng(17)
@@ -442,21 +440,27 @@ def fake_device(rate: float = 48000.0) -> AudioDevice:
     return AudioDevice(0, "fake", "test", 1, 1, rate)
 
 
+def echo_worker(
+    canceller: EchoCanceller,
+) -> tuple[Player, queue.Queue[tuple[FloatArray, float]], Capture, EchoWorker]:
+    """The echo worker wired as ``AudioPipeline`` wires it, on a fake 48 kHz device; not started."""
+    device = fake_device()
+    player = Player(device)
+    chunks: queue.Queue[tuple[FloatArray, float]] = queue.Queue()
+    detector = BargeInDetector(player.is_playing, lambda: None)
+    capture = Capture(device, detector=detector, echo_input=chunks)
+    path = EchoPath(canceller, ReferenceAligner(48000))
+    return player, chunks, capture, EchoWorker(chunks, player, detector, path, capture.model)
+
+
 def run_worker(echo_gain_db: float | None, seconds: float = 5.0) -> tuple[FloatArray, FloatArray, EchoWorker]:
     """Assistant noise played at 48 kHz; the microphone hears it at ``echo_gain_db`` (None: not at all).
 
     Returns what the microphone heard (through the same 16 kHz band limit) and what went to the
     model, both at 24 kHz.
     """
-    pytest.importorskip("pywebrtc_audio")
-    device = fake_device()
-    player = Player(device)
+    player, chunks, capture, worker = echo_worker(aec3())
     player.push("answer", float_to_pcm16(np.zeros(24000 * 10, np.float32)))  # playing, for the detector
-    chunks: queue.Queue[tuple[FloatArray, float]] = queue.Queue()
-    detector = BargeInDetector(player.is_playing, lambda: None)
-    capture = Capture(device, detector=detector, echo_input=chunks)
-    path = EchoPath(WebRtcEchoCanceller(), ReferenceAligner(48000))
-    worker = EchoWorker(chunks, player, detector, path, capture.model)
     rng = np.random.default_rng(11)
     # Irregular bursts, like speech: AEC3 lets steady (or periodic) noise through more and more.
     played = (rng.standard_normal(48000 * int(seconds)) * 0.1).astype(np.float32)
@@ -510,12 +514,7 @@ def test_a_failing_echo_stage_passes_the_microphone_on_and_says_so_once(
         def process(self, mic: FloatArray, reference: FloatArray) -> EchoResult:
             raise RuntimeError("canceller crashed")
 
-    device = fake_device()
-    player = Player(device)
-    chunks: queue.Queue[tuple[FloatArray, float]] = queue.Queue()
-    detector = BargeInDetector(player.is_playing, lambda: None)
-    capture = Capture(device, detector=detector, echo_input=chunks)
-    worker = EchoWorker(chunks, player, detector, EchoPath(Broken(), ReferenceAligner(48000)), capture.model)
+    player, chunks, capture, worker = echo_worker(Broken())
     t = np.arange(48000) / 48000
     heard = (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
     played = noise_bursts(3.0, 18)  # the assistant talks, so the canceller is needed
