@@ -20,17 +20,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from app.audio.resample import pcm16_to_float
 from bench.stats import machine, percentile, summary
 from tests.scripted_peer import ScriptedPeer
+
+if TYPE_CHECKING:  # importing sounddevice must wait for the virtual devices
+    from app.audio.probe import TimedRecorder
 
 GOAL_MS = 40.0  # each way (docs: figures we hold ourselves to)
 LOUD = 0.05  # a sample above this is the tone, not silence or hiss
@@ -53,10 +58,10 @@ class _Listener:
     on_tool = on_turn = on_notice = on_transcript
 
 
-def _first_loud(recorder: Any, after: float) -> float | None:
-    times, samples = recorder.timeline()
-    loud = np.flatnonzero((np.abs(samples) > LOUD) & (times >= after))
-    return float(times[loud[0]]) if len(loud) else None
+def _first_loud(recorder: TimedRecorder, after: float) -> float | None:
+    from app.audio.measure import first_time_above
+
+    return first_time_above(recorder, after, math.inf, LOUD)
 
 
 class TimedPeer(ScriptedPeer):
@@ -196,7 +201,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _trial(
-    started: float, peer: TimedPeer, deltas_before: int, mic_recorder: Any, speaker_recorder: Any
+    started: float,
+    peer: TimedPeer,
+    deltas_before: int,
+    mic_recorder: TimedRecorder,
+    speaker_recorder: TimedRecorder,
 ) -> dict[str, float | None]:
     onset = _first_loud(mic_recorder, started)
     arrival = None
@@ -204,7 +213,7 @@ def _trial(
         for at, audio in list(peer.arrivals):
             if at < onset:
                 continue
-            samples = np.frombuffer(audio, "<i2").astype(np.float32) / 32768.0
+            samples = pcm16_to_float(audio)
             if len(samples) and float(np.max(np.abs(samples))) > LOUD:
                 arrival = at
                 break

@@ -265,11 +265,7 @@ def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
         "echo_only_runs": len(echo_only),
         "barge_in_runs": len(with_user),
         "missed_barge_ins": sum(1 for o in with_user if o.latency_ms is None),
-        "latency_ms": {
-            "p50": round(float(np.percentile(latencies, 50)), 1) if latencies else None,
-            "p95": round(float(np.percentile(latencies, 95)), 1) if latencies else None,
-            "max": round(latencies[-1], 1) if latencies else None,
-        },
+        "latency_ms": summary(latencies),
         "cpu_us_per_10ms_frame": round(float(np.mean([o.cpu_us_per_frame for o in outcomes])), 1),
     }
 

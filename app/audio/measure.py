@@ -188,6 +188,13 @@ def _user_onset(
     return float(times[index]) if index < n else None
 
 
+def first_time_above(recorder: TimedRecorder, start: float, end: float, threshold: float) -> float | None:
+    """When ``recorder`` first captured a sample louder than ``threshold`` between ``start`` and ``end``."""
+    times, samples = _window(recorder, start, end)
+    loud = np.flatnonzero(np.abs(samples) > threshold)
+    return float(times[loud[0]]) if len(loud) else None
+
+
 def _last_time_above(recorder: TimedRecorder, start: float, end: float, threshold: float) -> float | None:
     times, samples = _window(recorder, start, end)
     loud = np.flatnonzero(np.abs(samples) > threshold)
