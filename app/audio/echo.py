@@ -323,23 +323,13 @@ class ReferenceAligner:
         delay_s: float = 0.0,
         lead_s: float = 0.01,
         history_s: float = 2.0,
-        anchor_blocks: int = 200,
-        slip_blocks: int = 25,
-        slip_s: float = 0.005,
-        restart_s: float = 0.1,
     ) -> None:
         self.device_rate = float(device_rate)
         self.rate = rate
         self.delay_s = delay_s
         self.lead_s = lead_s
         self._history = int(history_s * rate)
-        self.timeline = StreamTimeline(
-            device_rate,
-            anchor_blocks=anchor_blocks,
-            slip_blocks=slip_blocks,
-            slip_s=slip_s,
-            restart_s=restart_s,
-        )
+        self.timeline = StreamTimeline(device_rate)
         # Twice the history, so the newest samples are shifted to the front once per history
         # rather than the whole history copied on every block.
         self._buffer = np.zeros(2 * self._history, np.float32)
