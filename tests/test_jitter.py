@@ -203,3 +203,250 @@ def test_halt_of_one_item_leaves_the_others_playing() -> None:
     assert buf.halts[-1].played_ms == {"cue": pytest.approx(25.0)}  # 20 ms + the 5 ms fade
     # The answer starts on the block after the cue's fade and plays whole.
     assert np.count_nonzero(np.isclose(out, 0.4, atol=1e-4)) == 2400
+
+
+def counter(first: int, count: int) -> bytes:
+    """PCM16 whose sample values are consecutive integers: each sample says where it came from."""
+    return np.arange(first, first + count, dtype="<i2").tobytes()
+
+
+def as_counts(block: np.ndarray) -> np.ndarray:
+    return np.rint(block * 32768.0).astype(np.int64)
+
+
+def test_pause_fades_then_silence_and_records_what_was_heard() -> None:
+    buf = JitterBuffer(RATE, target_ms=0, fade_ms=4)
+    buf.output_latency = 0.020
+    buf.push("a", constant(500))
+    render_blocks(buf, 5)  # 50 ms played
+    buf.pause()
+    assert buf.paused
+    block = buf.render(BLOCK, 1.0)
+    fade = buf.fade_frames
+    assert block[0] == pytest.approx(0.5, abs=1e-3)
+    assert np.all(np.diff(block[:fade]) <= 1e-6)
+    assert abs(block[fade - 1]) < 0.01
+    assert not np.any(block[fade:])
+    assert not np.any(render_blocks(buf, 5, 2.0))
+    assert buf.paused
+    record = buf.pauses[-1]
+    assert record.played_ms == {"a": pytest.approx(54.0)}  # 50 ms plus the 4 ms fade
+    assert record.processed_at == 1.0
+    assert record.silent_at == pytest.approx(1.0 + 0.020 + fade / RATE)
+    assert len(buf.halts) == 0
+    account = buf.account("a")
+    assert account is not None and not account.halted and not account.done
+    assert account.handed_frames == 1200 + fade
+    assert account.queued_frames == 12000 - 1200 - fade
+    assert buf.underruns == 0
+
+
+def test_audio_pushed_while_paused_is_kept_and_new_items_wait() -> None:
+    buf = JitterBuffer(RATE, target_ms=0)
+    buf.push("a", constant(100, 0.2))
+    render_blocks(buf, 2)
+    buf.pause()
+    buf.render(BLOCK, 1.0)
+    queued = buf.queued_ms
+    assert buf.push("a", constant(50, 0.2))
+    buf.end_item("a")
+    assert buf.push("b", constant(40, 0.4))
+    buf.end_item("b")
+    assert buf.queued_ms == pytest.approx(queued + 90.0)
+    assert not np.any(render_blocks(buf, 10, 2.0))
+    buf.resume()
+    out = render_blocks(buf, 20, 3.0)
+    fade = buf.fade_frames
+    # All of a's rest (less the faded-in start) and then all of b.
+    a_rest = 3600 - 480 - fade
+    assert np.count_nonzero(np.isclose(out, 0.2, atol=1e-4)) == a_rest - fade
+    assert np.count_nonzero(np.isclose(out, 0.4, atol=1e-4)) == 960
+    assert np.flatnonzero(np.isclose(out, 0.4, atol=1e-4))[0] == a_rest
+
+
+def test_resume_continues_with_the_next_sample_after_a_fade_in() -> None:
+    buf = JitterBuffer(RATE, target_ms=0, fade_ms=5)
+    buf.push("a", counter(1, 24000))
+    render_blocks(buf, 3)  # samples 1..720
+    buf.pause()
+    paused_block = as_counts(buf.render(BLOCK, 1.0))
+    fade = buf.fade_frames
+    assert paused_block[0] == 721  # the fade starts on the next sample, full level
+    assert not np.any(paused_block[fade:])
+    assert not np.any(render_blocks(buf, 5, 2.0))
+    assert buf.underruns == 0
+    buf.resume()
+    assert not buf.paused
+    resumed = buf.render(BLOCK, 3.0)
+    expected = np.arange(721 + fade, 721 + fade + BLOCK)
+    np.testing.assert_array_equal(as_counts(resumed[fade:]), expected[fade:])
+    gain = np.linspace(0.0, 1.0, fade, endpoint=False)
+    np.testing.assert_allclose(resumed[:fade], expected[:fade] / 32768.0 * gain, atol=1e-5)
+    assert as_counts(buf.render(BLOCK, 3.01))[0] == expected[-1] + 1
+    assert buf.underruns == 0
+
+
+def test_resume_waits_for_the_target_depth_when_the_queue_is_thin() -> None:
+    buf = JitterBuffer(RATE, target_ms=60, fade_ms=5)
+    buf.push("a", constant(80))
+    render_blocks(buf, 3)  # 30 ms played, 50 ms left
+    buf.pause()
+    buf.render(BLOCK, 1.0)  # the 5 ms fade: 45 ms left, under the target
+    buf.resume()
+    assert not np.any(render_blocks(buf, 3, 2.0))
+    assert buf.underruns == 0
+    buf.push("a", constant(20))
+    resumed = buf.render(BLOCK, 3.0)
+    assert resumed[0] == pytest.approx(0.0, abs=1e-3)
+    assert resumed[buf.fade_frames] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_resume_before_the_pause_is_processed_cancels_it() -> None:
+    buf = JitterBuffer(RATE, target_ms=0)
+    buf.push("a", constant(200))
+    render_blocks(buf, 2)
+    buf.pause()
+    buf.resume()
+    assert not buf.paused
+    block = buf.render(BLOCK, 1.0)
+    np.testing.assert_allclose(block, 0.5, atol=1e-4)  # no fade out, no fade in
+    assert len(buf.pauses) == 0
+
+
+def test_resume_when_not_paused_does_nothing() -> None:
+    buf = JitterBuffer(RATE, target_ms=0)
+    buf.push("a", constant(200))
+    render_blocks(buf, 2)
+    buf.resume()
+    np.testing.assert_allclose(buf.render(BLOCK, 1.0), 0.5, atol=1e-4)
+
+
+def test_halt_while_paused_drops_the_audio_and_reports_the_pause_position() -> None:
+    buf = JitterBuffer(RATE, target_ms=0, fade_ms=4)
+    buf.output_latency = 0.030
+    buf.push("a", constant(500))
+    render_blocks(buf, 5)
+    buf.pause()
+    buf.render(BLOCK, 1.0)
+    paused_at = buf.pauses[-1]
+    assert buf.push("a", constant(100))
+    buf.halt()
+    assert buf.paused  # until a render processes the halt
+    assert not np.any(buf.render(BLOCK, 2.0))  # already silent: no second fade
+    record = buf.halts[-1]
+    assert record.processed_at == 2.0
+    assert record.silent_at == paused_at.silent_at
+    assert record.played_ms == paused_at.played_ms == {"a": pytest.approx(54.0)}
+    assert not buf.paused
+    assert not buf.is_active()
+    account = buf.account("a")
+    assert account is not None and account.halted and account.queued_frames == 0
+    assert buf.queued_ms == 0.0
+    assert not buf.push("a", constant(100))
+    buf.resume()
+    assert not np.any(render_blocks(buf, 10, 3.0))
+
+
+def test_halt_of_one_item_while_paused_lets_the_others_play_on_with_a_fade_in() -> None:
+    buf = JitterBuffer(RATE, target_ms=0, fade_ms=5)
+    buf.push("answer", constant(200, 0.4))
+    render_blocks(buf, 2)
+    buf.pause()
+    buf.render(BLOCK, 1.0)
+    assert buf.push("cue", constant(50, 0.1))
+    buf.end_item("cue")
+    buf.halt(["cue"])
+    assert not np.any(buf.render(BLOCK, 2.0))
+    assert buf.halts[-1].played_ms == {"cue": 0.0}
+    assert not buf.paused
+    assert buf.is_active()
+    block = buf.render(BLOCK, 2.01)
+    assert block[0] == pytest.approx(0.0, abs=1e-3)
+    np.testing.assert_allclose(block[buf.fade_frames :], 0.4, atol=1e-4)
+    rest = render_blocks(buf, 20, 3.0)
+    assert not np.any(np.isclose(rest, 0.1, atol=1e-4))
+
+
+def test_halt_with_a_pause_pending_is_a_plain_halt() -> None:
+    buf = JitterBuffer(RATE, target_ms=0, fade_ms=4)
+    buf.push("a", constant(500))
+    render_blocks(buf, 5)
+    buf.pause()
+    buf.halt()
+    block = buf.render(BLOCK, 1.0)
+    assert block[0] == pytest.approx(0.5, abs=1e-3)  # the halt's own fade
+    assert not np.any(block[buf.fade_frames :])
+    assert buf.halts[-1].played_ms == {"a": pytest.approx(54.0)}
+    assert len(buf.pauses) == 0
+    assert not buf.paused
+
+
+def test_pause_with_nothing_playing_does_nothing() -> None:
+    buf = JitterBuffer(RATE, target_ms=0)
+    buf.pause()
+    assert not buf.paused
+    buf.push("a", constant(20))
+    buf.end_item("a")
+    render_blocks(buf, 3)
+    buf.pause()  # "a" has ended and played out
+    assert not buf.paused
+    buf.render(BLOCK, 1.0)
+    assert len(buf.pauses) == 0
+    buf.push("b", constant(30, 0.3))
+    buf.end_item("b")
+    out = render_blocks(buf, 4, 2.0)
+    assert np.count_nonzero(np.isclose(out, 0.3, atol=1e-4)) == 720
+
+
+def test_is_active_is_false_while_paused_and_true_again_after_resume() -> None:
+    buf = JitterBuffer(RATE, target_ms=0)
+    buf.push("a", constant(200))
+    render_blocks(buf, 2)
+    assert buf.is_active()
+    buf.pause()
+    assert not buf.is_active()  # already before the render processed it
+    buf.render(BLOCK, 1.0)
+    assert not buf.is_active()
+    buf.resume()
+    assert buf.is_active()
+    assert np.any(buf.render(BLOCK, 2.0))
+
+
+def test_end_item_while_paused_then_resume_plays_the_tail_and_ends() -> None:
+    buf = JitterBuffer(RATE, target_ms=0)
+    buf.push("a", counter(1, 2400))
+    render_blocks(buf, 2)
+    buf.pause()
+    buf.render(BLOCK, 1.0)
+    assert buf.push("a", counter(2401, 480))
+    buf.end_item("a")
+    assert not np.any(render_blocks(buf, 3, 2.0))
+    account = buf.account("a")
+    assert account is not None and account.ended and not account.done
+    buf.resume()
+    out = as_counts(render_blocks(buf, 30, 3.0))
+    fade = buf.fade_frames
+    handed_before = 480 + fade
+    last = np.flatnonzero(out)[-1]
+    assert last == 2880 - handed_before - 1  # no gap, no repeat
+    assert out[last] == 2880  # the tail pushed while paused played to the end
+    np.testing.assert_array_equal(out[fade : 2880 - handed_before], np.arange(handed_before + fade + 1, 2881))
+    account = buf.account("a")
+    assert account is not None and account.done and not account.halted
+    assert account.handed_frames == 2880
+    assert not buf.is_active()
+    assert buf.underruns == 0
+
+
+def test_clear_ends_a_pause() -> None:
+    buf = JitterBuffer(RATE, target_ms=0)
+    buf.push("a", constant(200))
+    render_blocks(buf, 2)
+    buf.pause()
+    buf.render(BLOCK, 1.0)
+    buf.clear()
+    assert not buf.paused
+    buf.push("b", constant(30, 0.3))
+    buf.end_item("b")
+    out = render_blocks(buf, 4, 2.0)
+    assert np.count_nonzero(np.isclose(out, 0.3, atol=1e-4)) == 720  # whole, without a fade-in

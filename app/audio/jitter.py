@@ -1,8 +1,15 @@
 """The playback jitter buffer: item-tagged assistant audio in, device-rate blocks out.
 
-Pure logic with no device: ``push``/``end_item``/``halt`` come from any thread, ``render`` from the
-output callback. The lock is held only for list and counter updates and one block's copy, so the
-callback never waits long.
+Pure logic with no device: ``push``/``end_item``/``halt``/``pause``/``resume`` come from any thread,
+``render`` from the output callback. The lock is held only for list and counter updates and one
+block's copy, so the callback never waits long.
+
+A pause silences as fast as a halt (the same fade within one block) but keeps the items' audio,
+and audio that arrives meanwhile is buffered: a barge-in that turns out to be a cough, not the
+user's turn, resumes from the next unplayed sample with a fade-in. A real turn then halts, which
+drops the kept audio; its record says the listener has been silent since the pause's fade ended.
+While paused the buffer counts as inactive, so the barge-in detector does not hear the silent
+assistant as playing, and the starved output counts no underruns.
 
 Accounting per item is what ``conversation.item.truncate`` needs: how much of the item the device
 was handed and, with the stream's output latency, how much a listener has heard by now, never more
@@ -51,7 +58,7 @@ class ItemAccount:
 
 @dataclass(frozen=True)
 class HaltRecord:
-    """What a halt stopped: the items it cut and how much of each the listener heard."""
+    """What a halt (or pause) stopped: the items it cut and how much of each the listener heard."""
 
     requested_at: float
     processed_at: float
@@ -88,6 +95,7 @@ class JitterBuffer:
         self.underruns = 0
         self.overflows = 0
         self.halts: deque[HaltRecord] = deque(maxlen=32)
+        self.pauses: deque[HaltRecord] = deque(maxlen=32)
         self._lock = threading.Lock()
         self._segments: deque[_Segment] = deque()
         self._queued = 0
@@ -96,6 +104,8 @@ class JitterBuffer:
         self._playing = False
         self._fade_in_next = False
         self._pending_halt: tuple[float, set[str]] | None = None
+        self._pending_pause: float | None = None  # requested_at of a pause no render has seen yet
+        self._pause: HaltRecord | None = None  # the pause in force, processed by a render
 
     # -- producer side -------------------------------------------------------------------------
     def push(self, item_id: str, pcm16: bytes) -> bool:
@@ -156,6 +166,29 @@ class JitterBuffer:
             for item_id in targets:
                 self._accounts[item_id].halt_pending = True
 
+    def pause(self) -> None:
+        """Silence from the next block on, with the halt's fade, keeping all audio; any thread.
+
+        Every item, playing, expected or pushed later, waits until ``resume``. Nothing happens when
+        no item is playing or expected.
+        """
+        now = time.monotonic()
+        with self._lock:
+            if self._pending_pause is not None or self._pause is not None:
+                return
+            if all(a.done for a in self._accounts.values()):
+                return
+            self._pending_pause = now
+
+    def resume(self) -> None:
+        """Play on from the next unplayed sample, with a fade-in; safe from any thread."""
+        with self._lock:
+            # Before a render saw it the listener heard no change: forget it, no record, no fade.
+            self._pending_pause = None
+            # The fade-in is already asked by the pause's render; playback restarts through the
+            # usual priming, so a thin queue of an unfinished item waits for the target depth.
+            self._pause = None
+
     def clear(self) -> None:
         """Drop everything without a halt record (stop of the conversation)."""
         with self._lock:
@@ -167,15 +200,30 @@ class JitterBuffer:
                     account.halted = True
             self._resamplers.clear()
             self._playing = False
+            self._pending_pause = None
+            self._pause = None
+            # Nothing is left mid-stream, so the next item must start unfaded.
+            self._fade_in_next = False
 
     # -- queries -------------------------------------------------------------------------------
     @property
     def queued_ms(self) -> float:
         return self._queued * 1000.0 / self.device_rate
 
-    def is_active(self) -> bool:
-        """True while an item is playing or still expected to play (barge-in matters now)."""
+    @property
+    def paused(self) -> bool:
+        """True from ``pause`` until ``resume`` or a processed halt ends it."""
         with self._lock:
+            return self._pending_pause is not None or self._pause is not None
+
+    def is_active(self) -> bool:
+        """True while an item is playing or still expected to play (barge-in matters now).
+
+        False while paused: the listener hears silence, so a barge-in has nothing to interrupt.
+        """
+        with self._lock:
+            if self._pending_pause is not None or self._pause is not None:
+                return False
             return any(not a.done for a in self._accounts.values())
 
     def account(self, item_id: str) -> ItemAccount | None:
@@ -201,7 +249,27 @@ class JitterBuffer:
             pending = self._pending_halt
             if pending is not None:
                 self._pending_halt = None
-                self._process_halt(out, pending[0], pending[1], now)
+                # The halt wins over a pause: it drops what the pause kept, and the items it did
+                # not target play on.
+                pause = self._pause
+                fade_in = self._fade_in_next
+                self._pending_pause = None
+                self._pause = None
+                # After a processed pause the output is already silent: no second fade, and the
+                # listener has heard nothing since the pause's fade ended.
+                silent_at = None if pause is None else pause.silent_at
+                self._process_halt(out, pending[0], pending[1], now, silent_at)
+                if pause is not None:
+                    # An untargeted item cut mid-stream by the pause comes back in, not with a step.
+                    self._fade_in_next = fade_in and bool(self._segments)
+                return out
+            if self._pending_pause is not None:
+                requested_at = self._pending_pause
+                self._pending_pause = None
+                self._process_pause(out, requested_at, now)
+                return out
+            if self._pause is not None:
+                # A deliberate silence, not a starved stream: no underrun.
                 return out
             if not self._playing:
                 if self._queued == 0 or not self._ready_to_start():
@@ -281,7 +349,39 @@ class JitterBuffer:
         if ramp:
             out[end - ramp : end] *= np.linspace(1.0, 0.0, ramp, dtype=np.float32)
 
-    def _process_halt(self, out: FloatArray, requested_at: float, targets: set[str], now: float) -> None:
+    def _process_pause(self, out: FloatArray, requested_at: float, now: float) -> None:
+        faded = 0
+        if self._playing:
+            # The same fade as a halt, over whatever comes next; those samples are handed and
+            # counted, so resuming continues right after them.
+            faded = self._take(out, 0, min(self.fade_frames, len(out)), now)
+            self._fade_out(out, faded)
+            # The pause cut audio mid-stream, so resuming must ramp back in. When priming, nothing
+            # was heard yet (or an underrun already asked for the fade-in).
+            self._fade_in_next = True
+        self._playing = False
+        played: dict[str, float] = {}
+        for account in self._accounts.values():
+            if account.done:
+                continue
+            heard_ms = account.handed_frames * 1000.0 / self.device_rate
+            played[account.item_id] = min(heard_ms, account.received_ms)
+        self._pause = HaltRecord(
+            requested_at=requested_at,
+            processed_at=now,
+            silent_at=now + self.output_latency + faded / self.device_rate,
+            played_ms=played,
+        )
+        self.pauses.append(self._pause)
+
+    def _process_halt(
+        self,
+        out: FloatArray,
+        requested_at: float,
+        targets: set[str],
+        now: float,
+        silent_at: float | None = None,
+    ) -> None:
         faded = 0
         if self._playing and self._segments and self._segments[0].item_id in targets:
             faded = self._take(out, 0, min(self.fade_frames, len(out)), now, only=targets)
@@ -309,7 +409,9 @@ class JitterBuffer:
             HaltRecord(
                 requested_at=requested_at,
                 processed_at=now,
-                silent_at=now + self.output_latency + faded / self.device_rate,
+                silent_at=(
+                    now + self.output_latency + faded / self.device_rate if silent_at is None else silent_at
+                ),
                 played_ms=played,
             )
         )

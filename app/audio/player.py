@@ -57,7 +57,18 @@ class Player(StreamOwner):
     def halt(self, item_ids: Iterable[str] | None = None) -> None:
         self.buffer.halt(item_ids)
 
+    def pause(self) -> None:
+        self.buffer.pause()
+
+    def resume(self) -> None:
+        self.buffer.resume()
+
+    @property
+    def paused(self) -> bool:
+        return self.buffer.paused
+
     def is_playing(self) -> bool:
+        # False while paused too: the buffer is inactive then, so barge-in does not fire on silence.
         return self.buffer.is_active()
 
     def _callback(self, outdata: FloatArray, frames: int, time_info: Any, status: Any) -> None:
