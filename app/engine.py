@@ -31,6 +31,7 @@ from app.core.actions import (
     Notice,
     PlayAudio,
     PlayCue,
+    ResumeAudio,
     RunTool,
     Send,
     StateChanged,
@@ -220,12 +221,16 @@ class Engine:
             # Detector events first: a barge-in's onset time must be known before its halt report.
             while detector.events:
                 speech = detector.events.popleft()
+                log.info("local %s at %.3f (decided %.3f)", speech.kind, speech.at, speech.decided_at)
                 self._apply(self.conversation.local_speech(speech.kind, speech.at, now))
+            while buffer.pauses:  # what the conversation needs of a pause comes with its halt
+                record = buffer.pauses.popleft()
+                log.info("answer paused at %s", record.played_ms)
             while buffer.halts:
                 record = buffer.halts.popleft()
                 self._apply(self.conversation.playback_halted(record.played_ms, record.silent_at, now))
             while not capture.frames.empty():
-                self._apply(self.conversation.mic_frame(capture.frames.get_nowait().pcm16))
+                self._apply(self.conversation.mic_frame(capture.frames.get_nowait()))
             self._watch_playback(now)
             self.conversation.set_underruns(buffer.underruns)
             self._apply(self.conversation.tick(now))
@@ -312,6 +317,8 @@ class Engine:
                 player.end_item(action.item_id)
             elif isinstance(action, Halt):
                 player.halt(action.item_ids)
+            elif isinstance(action, ResumeAudio):
+                player.resume()
             elif isinstance(action, PlayCue):
                 player.push(action.cue_id, self._earcon)
                 player.end_item(action.cue_id)
@@ -359,6 +366,8 @@ class Engine:
             log.info("ignoring server event type %s", event.type)
         elif isinstance(event, p.MalformedEvent):
             log.warning("malformed server event: %s", event.reason)
+        if isinstance(event, (p.SpeechStarted, p.SpeechStopped)):
+            log.info("server %s (playing: %s)", event.TYPE, self.audio.player.is_playing())
         self._apply(self.conversation.server_event(event, time.monotonic()))
 
     async def on_disconnected(self, problem: ConnectionProblem, retry_in: float | None) -> None:

@@ -218,7 +218,10 @@ def test_while_the_canceller_settles_an_onset_needs_a_wider_margin(utterance: Fl
     assert run_frames(noisy, True, echo(0.0, settling=True))[1]  # the default +6 dB lets it through
 
 
-def test_echo_context_does_not_matter_with_nothing_playing(utterance: FloatArray) -> None:
+def test_the_echo_tail_after_the_playback_is_echo_too(utterance: FloatArray) -> None:
+    # The player has finished, but the echo (delay and reverberation) is still in the microphone.
     detector, halts = run_frames(utterance, False, echo(40.0, excess_db=-10.0))
-    assert halts == []
-    assert [e.kind for e in detector.events][:1] == ["speech_start"]
+    assert halts == [] and list(detector.events) == []
+    # The user right after the answer: far above the predicted tail.
+    detector, halts = run_frames(utterance, False, echo(0.0, excess_db=20.0))
+    assert halts == [] and [e.kind for e in detector.events][:1] == ["speech_start"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -15,6 +16,7 @@ from app.core.actions import (
     Notice,
     PlayAudio,
     PlayCue,
+    ResumeAudio,
     RunTool,
     Send,
     State,
@@ -24,6 +26,7 @@ from app.core.actions import (
     TurnCompleted,
 )
 from app.core.conversation import Conversation, ConversationSettings
+from app.core.hearing import Hearing, MicFrame
 from tests import server_events as s
 
 ANSWER = "You can reset your password at the self service portal, then sign in again."
@@ -54,8 +57,13 @@ class Harness:
         self.run(self.conv.start(self.now))
         return self.run(self.conv.connected_to_server(False, self.now))
 
-    def barge_in(self, at: float) -> list[Action]:
-        return self.run(self.conv.local_speech("barge_in", at, self.now))
+    def barge_in(self, at: float, confirm: bool = True) -> list[Action]:
+        """A local barge-in; ``confirm``: the user goes on talking until the machine decides."""
+        actions = self.run(self.conv.local_speech("barge_in", at, self.now))
+        if confirm:
+            self.now = max(self.now, at + 0.8)  # past the shortest turn plus the hangover
+            actions += self.run(self.conv.tick(self.now))
+        return actions
 
     def halted(self, played: dict[str, float], silent_at: float) -> list[Action]:
         return self.run(self.conv.playback_halted(played, silent_at, self.now))
@@ -102,7 +110,7 @@ def test_connect_sends_session_update_and_listens() -> None:
 
 
 def test_mic_frames_go_out_only_when_connected_and_not_muted(h: Harness) -> None:
-    frame = b"\x01\x00" * 480
+    frame = MicFrame(b"\x01\x00" * 480, 100.0)
     (append,) = sent(h.conv.mic_frame(frame), "input_audio_buffer.append")
     assert append["audio"]
     muted = h.conv.set_muted(True, h.now)
@@ -164,7 +172,7 @@ def test_barge_in_before_the_first_delta_cancels_and_drops_late_audio(h: Harness
     actions = h.barge_in(at=101.0)
     assert sent(actions, "response.cancel") == [p.response_cancel("resp_1")]
     assert not sent(actions, "conversation.item.truncate")
-    assert not of(actions, Halt)  # nothing was playing; the local halt needs no echo here
+    assert not sent(actions, "conversation.item.truncate")
     late = h.feed(
         s.item_added("resp_1", "item_a1"),
         s.audio_delta("resp_1", "item_a1", s.pcm(200)),
@@ -181,7 +189,7 @@ def test_barge_in_mid_item_truncates_at_what_was_heard(h: Harness) -> None:
     h.at(100.8).feed(*events[:-3])  # all audio in, response still in progress
     actions = h.at(102.0).barge_in(at=101.95)
     assert sent(actions, "response.cancel") == [p.response_cancel("resp_1")]
-    assert not of(actions, Halt)  # the audio thread already halted the player
+    assert of(actions, Halt) == [Halt()]  # the audio thread paused the player; now it is over
     assert h.conv.state is State.USER_SPEAKING
     actions = h.at(102.03).halted({"item_a1": 1212.7}, silent_at=102.02)
     (truncate,) = sent(actions, "conversation.item.truncate")
@@ -241,6 +249,7 @@ def test_barge_in_after_the_item_finished_playing_sends_nothing(h: Harness) -> N
 def test_server_cut_answer_heard_to_its_end_is_still_marked_as_cut(h: Harness) -> None:
     h.user_turn()
     h.feed(*s.spoken_answer("resp_1", "item_a1", ANSWER, audio_ms=4000)[:6])  # half the audio
+    h.run(h.conv.local_speech("speech_start", h.now - 0.1, h.now))
     h.feed(s.speech_started("item_u2"))  # the server interrupts its own answer...
     h.feed(s.response_done("resp_1", "cancelled", "turn_detected"))
     actions = h.halted({"item_a1": 2000.0}, silent_at=h.now)  # ...after all that arrived was heard
@@ -265,6 +274,8 @@ def test_no_cancel_without_an_active_response(h: Harness) -> None:
 def test_server_speech_started_while_playing_halts_without_double_cancel(h: Harness) -> None:
     h.user_turn()
     h.feed(*s.spoken_answer("resp_1", "item_a1", ANSWER, audio_ms=3000)[:-3])
+    # The user was already talking when the answer began: no onset over it for the detector.
+    h.run(h.conv.local_speech("speech_start", h.now - 0.1, h.now))
     actions = h.feed(s.speech_started("item_u2"))
     assert of(actions, Halt) == [Halt()]
     assert not sent(actions, "response.cancel")  # interrupt_response: the server cancels itself
@@ -279,7 +290,105 @@ def test_server_speech_started_cancels_when_the_server_does_not_interrupt() -> N
     h.connect()
     h.user_turn()
     h.feed(*s.spoken_answer("resp_1", "item_a1", ANSWER, audio_ms=3000)[:-3])
+    h.run(h.conv.local_speech("speech_start", h.now - 0.1, h.now))
     assert sent(h.feed(s.speech_started("item_u2")), "response.cancel") == [p.response_cancel("resp_1")]
+
+
+# --- false interruptions and what the server hears ---------------------------------------------
+
+
+def frame_at(at: float, hearing: Hearing, fill: int = 1) -> MicFrame:
+    return MicFrame(bytes([fill, 0]) * 480, at, hearing)
+
+
+def test_a_cough_pauses_the_answer_and_it_resumes_with_nothing_sent(h: Harness) -> None:
+    h.at(100.0).user_turn(speech_end=100.3)
+    h.at(100.8).feed(*s.spoken_answer("resp_1", "item_a1", ANSWER, audio_ms=4000)[:-3])
+    paused = h.at(102.0).barge_in(at=101.96, confirm=False)
+    assert not sent(paused) and not of(paused, Halt)  # the player is paused, the answer kept
+    assert h.conv.state is State.USER_SPEAKING
+    # The cough's sound while the verdict is open never reaches the server.
+    assert h.conv.mic_frame(frame_at(102.0, "user")) == []
+    assert h.conv.mic_frame(frame_at(102.02, "user")) == []
+    ended = h.at(102.42).run(h.conv.local_speech("speech_end", 102.11, h.now))  # 150 ms of sound
+    assert ended == []  # "Wait," is as short: the silence after it decides
+    assert h.run(h.conv.tick(102.70)) == []
+    resumed = h.run(h.conv.tick(102.72))  # 0.6 s of silence after the sound
+    assert of(resumed, ResumeAudio) == [ResumeAudio()]
+    assert not sent(resumed) and not of(resumed, Halt)
+    assert h.conv.state is State.ASSISTANT_SPEAKING
+    assert h.run(h.conv.tick(103.5)) == []  # the decision is final: no late cancel
+    h.feed(*s.spoken_answer("resp_1", "item_a1", ANSWER, audio_ms=4000)[-3:])
+    (turn,) = of(h.run(h.conv.item_played_out("item_a1", 106.0)), TurnCompleted)
+    assert turn.metrics.false_interruptions == 1 and not turn.metrics.barge_in
+    assert turn.assistant_text == ANSWER  # one answer, whole: nothing was cut
+    assert not [e for e in sent(h.log) if e["type"] in ("response.cancel", "conversation.item.truncate")]
+
+
+def test_speech_that_goes_on_is_a_turn_and_the_held_audio_follows_the_cancel(h: Harness) -> None:
+    h.at(100.0).user_turn(speech_end=100.3)
+    h.at(100.8).feed(*s.spoken_answer("resp_1", "item_a1", ANSWER, audio_ms=4000)[:-3])
+    # Echo frames go out as silence but are kept: the words' first syllable may be in them.
+    for i, at in enumerate((101.5, 101.8, 101.9)):
+        (append,) = sent(h.conv.mic_frame(frame_at(at, "echo", fill=i + 1)), "input_audio_buffer.append")
+        assert set(base64.b64decode(append["audio"])) == {0}
+    h.at(102.0).barge_in(at=101.95, confirm=False)
+    h.conv.mic_frame(frame_at(102.0, "user", fill=7))
+    assert not sent(h.run(h.conv.tick(102.5)))  # 0.55 s in: a cough would have ended by now...
+    decided = h.run(h.conv.tick(102.7))  # ...but the end of speech has not come: a turn
+    assert of(decided, Halt) == [Halt()]
+    appended = [base64.b64decode(e["audio"]) for e in sent(decided, "input_audio_buffer.append")]
+    assert [a[0] for a in appended] == [2, 3, 7]  # from 0.3 s before the onset, in order
+    kinds = [e["type"] for e in sent(decided)]
+    assert kinds.index("response.cancel") < kinds.index("input_audio_buffer.append")
+    (truncate,) = sent(h.halted({"item_a1": 1150.0}, silent_at=101.99), "conversation.item.truncate")
+    assert truncate["audio_end_ms"] == 1150
+    (append,) = sent(h.conv.mic_frame(frame_at(102.72, "user", fill=9)), "input_audio_buffer.append")
+    assert base64.b64decode(append["audio"])[0] == 9  # live again
+
+
+def test_an_end_of_speech_after_the_shortest_turn_decides_at_once(h: Harness) -> None:
+    h.user_turn()
+    h.feed(*s.spoken_answer("resp_1", "item_a1", ANSWER, audio_ms=4000)[:-3])
+    h.at(102.0).barge_in(at=101.5, confirm=False)
+    decided = h.at(102.2).run(h.conv.local_speech("speech_end", 101.9, h.now))  # 400 ms: "stop!"
+    assert sent(decided, "response.cancel") and of(decided, Halt) and not of(decided, ResumeAudio)
+
+
+def test_a_short_word_then_more_words_is_a_turn(h: Harness) -> None:
+    h.user_turn()
+    h.feed(*s.spoken_answer("resp_1", "item_a1", ANSWER, audio_ms=4000)[:-3])
+    h.at(101.0).barge_in(at=100.95, confirm=False)
+    assert h.at(101.37).run(h.conv.local_speech("speech_end", 101.07, h.now)) == []  # "Wait,"
+    assert h.at(101.45).run(h.conv.local_speech("speech_start", 101.44, h.now)) == []  # "actually..."
+    assert not of(h.run(h.conv.tick(101.65)), ResumeAudio)  # talking again: no resume
+    decided = h.run(h.conv.tick(102.05))  # 120 ms + at least 190 ms of speech: a turn
+    assert sent(decided, "response.cancel") and of(decided, Halt)
+
+
+def test_muting_while_paused_resumes_the_answer(h: Harness) -> None:
+    h.user_turn()
+    h.feed(*s.spoken_answer("resp_1", "item_a1", ANSWER, audio_ms=4000)[:-3])
+    h.barge_in(at=h.now, confirm=False)
+    actions = h.run(h.conv.set_muted(True, h.now))
+    assert of(actions, ResumeAudio) and not sent(actions, "response.cancel")
+
+
+def test_clear_frames_go_out_as_captured_and_user_frames_too(h: Harness) -> None:
+    hearings: tuple[Hearing, ...] = ("clear", "user")
+    for hearing in hearings:
+        (append,) = sent(h.conv.mic_frame(frame_at(100.0, hearing, fill=5)), "input_audio_buffer.append")
+        assert base64.b64decode(append["audio"])[0] == 5
+
+
+def test_server_speech_started_over_the_answer_is_ignored_while_the_local_detector_hears_nobody(
+    h: Harness,
+) -> None:
+    h.user_turn()
+    h.feed(*s.spoken_answer("resp_1", "item_a1", ANSWER, audio_ms=4000)[:-3])
+    actions = h.feed(s.speech_started("item_u2"))
+    assert not of(actions, Halt) and not sent(actions)
+    assert h.conv.state is State.ASSISTANT_SPEAKING
 
 
 def test_two_interleaved_items_are_played_and_cut_separately(h: Harness) -> None:
@@ -491,7 +600,7 @@ def test_push_to_talk_turns_off_server_turn_detection_and_commits_on_release() -
     h = Harness(push_to_talk=True)
     (update,) = sent(h.connect(), "session.update")
     assert update["session"]["audio"]["input"]["turn_detection"] is None
-    frame = b"\x00\x00" * 480
+    frame = MicFrame(b"\x00\x00" * 480, 100.0)
     assert h.conv.mic_frame(frame) == []
     pressed = h.run(h.conv.push_to_talk(True, h.now))
     assert sent(pressed, "input_audio_buffer.clear") and h.conv.state is State.USER_SPEAKING
@@ -532,7 +641,7 @@ def test_every_event_the_machine_sends_validates_against_the_openai_types() -> N
         harness = Harness()
         harness.connect()
         scenario(harness)
-        events += sent(harness.log) + sent(harness.conv.mic_frame(b"\x00\x00" * 480))
+        events += sent(harness.log) + sent(harness.conv.mic_frame(MicFrame(b"\x00\x00" * 480, 0.0)))
     assert {e["type"] for e in events} >= {
         "session.update",
         "conversation.item.create",

@@ -151,7 +151,7 @@ class BargeInDetector:
         onset_frames = s.onset_frames
         margin_db = s.margin_db
         is_echo = False
-        if playing and echo is not None:
+        if echo is not None:  # while playing, and in the echo's tail after it
             required_excess = s.echo_excess_db
             if echo.settling:
                 # The canceller may pass echo now: only a microphone clearly louder than the

@@ -12,7 +12,6 @@ from __future__ import annotations
 import queue
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,14 +20,9 @@ from app.audio.bargein import VAD_RATE, BargeInDetector
 from app.audio.devices import AudioDevice
 from app.audio.resample import FloatArray, StreamResampler, downmix, float_to_int16, float_to_pcm16
 from app.audio.streams import StreamOwner
+from app.core.hearing import Hearing, MicFrame, louder
 
 MODEL_RATE = 24000
-
-
-@dataclass(frozen=True)
-class CapturedFrame:
-    pcm16: bytes  # 24 kHz mono little-endian PCM16
-    captured_at: float  # monotonic time of the first sample
 
 
 def block_start_time(now: float, frames: int, rate: float, time_info: Any) -> float:
@@ -68,7 +62,7 @@ class FrameSink:
     def __init__(self, in_rate: float, out_rate: int, frame_ms: int, maxsize: int) -> None:
         self.out_rate = out_rate
         self.frame_samples = out_rate * frame_ms // 1000
-        self.frames: queue.Queue[CapturedFrame] = queue.Queue(maxsize=maxsize)
+        self.frames: queue.Queue[MicFrame] = queue.Queue(maxsize=maxsize)
         self.overflows = 0
         # Called (from the audio side) after each queued frame, so the reader can wake at once;
         # it must not block.
@@ -76,18 +70,28 @@ class FrameSink:
         self._resampler = TimedResampler(in_rate, out_rate)
         self._pending = np.zeros(0, np.float32)
         self._pending_at = 0.0
+        self._pending_hearing: Hearing = "clear"
 
-    def process(self, mono: FloatArray, block_start: float) -> FloatArray:
+    def process(self, mono: FloatArray, block_start: float, hearing: Hearing = "clear") -> FloatArray:
+        """Resample ``mono`` and queue every whole frame; ``hearing`` labels these samples.
+
+        A frame made of samples with different labels gets the strongest (user over echo).
+        """
         converted, first_at = self._resampler.process(mono, block_start)
         if len(converted):
             if len(self._pending) == 0:
                 self._pending_at = first_at
+                self._pending_hearing = hearing
+            else:
+                self._pending_hearing = louder(self._pending_hearing, hearing)
             self._pending = np.concatenate((self._pending, converted)) if len(self._pending) else converted
         while len(self._pending) >= self.frame_samples:
             frame = self._pending[: self.frame_samples]
             self._pending = self._pending[self.frame_samples :]
+            label = self._pending_hearing
+            self._pending_hearing = hearing  # what is left came from this call
             try:
-                self.frames.put_nowait(CapturedFrame(float_to_pcm16(frame), self._pending_at))
+                self.frames.put_nowait(MicFrame(float_to_pcm16(frame), self._pending_at, label))
             except queue.Full:
                 self.overflows += 1
             else:
@@ -109,9 +113,12 @@ class Capture(StreamOwner):
         max_queued_frames: int = 500,
         detector: BargeInDetector | None = None,
         echo_input: queue.Queue[tuple[FloatArray, float]] | None = None,
+        echo_possible: Callable[[float], bool] | None = None,
     ) -> None:
         super().__init__(device, block_ms)
         self.detector = detector
+        # Without echo cancellation: could the assistant be heard in a block captured at this time?
+        self.echo_possible = echo_possible
         # With echo cancellation the 16 kHz samples go to the echo worker, which feeds the detector.
         self.echo_input = echo_input
         self.echo_drops = 0
@@ -123,7 +130,7 @@ class Capture(StreamOwner):
         self.level_dbfs = -100.0
 
     @property
-    def frames(self) -> queue.Queue[CapturedFrame]:
+    def frames(self) -> queue.Queue[MicFrame]:
         return self.model.frames
 
     @property
@@ -143,11 +150,18 @@ class Capture(StreamOwner):
                 except queue.Full:
                     self.echo_drops += 1
             return
-        self.model.process(mono, block_start)
         if self.detector is not None:
             vad, at = self._vad_resampler.process(mono, block_start)
             if len(vad):
                 self.detector.feed(float_to_int16(vad), at)
+        self.model.process(mono, block_start, self._hearing(block_start))
+
+    def _hearing(self, captured_at: float) -> Hearing:
+        if self.detector is not None and self.detector.in_speech:
+            return "user"
+        if self.echo_possible is not None and self.echo_possible(captured_at):
+            return "echo"
+        return "clear"
 
     def _callback(self, indata: FloatArray, frames: int, time_info: Any, status: Any) -> None:
         now = time.monotonic()

@@ -106,9 +106,10 @@ class BargeInBench:
         item = f"trial-{self._trial}"
         detector = self.pipeline.detector
         detector.events.clear()
-        halts = self.pipeline.player.buffer.halts
-        # The deque is bounded (nobody drains it here), so its length stops growing: compare the newest.
-        newest_before = halts[-1] if halts else None
+        # A barge-in pauses the player (the conversation decides later whether to resume). The
+        # deque is bounded (nobody drains it here), so its length stops growing: compare the newest.
+        pauses = self.pipeline.player.buffer.pauses
+        newest_before = pauses[-1] if pauses else None
         started = time.monotonic()
         self.pipeline.player.push(item, assistant if assistant is not None else assistant_sound(assistant_s))
         self.pipeline.player.end_item(item)
@@ -116,6 +117,8 @@ class BargeInBench:
         self.speak(user_speech).finished.wait(len(user_speech) / self.feed.default_samplerate + 2.0)
         time.sleep(0.6)  # the detector's hangover ends the user's turn
         ended = time.monotonic()
+        # The user talked on: a turn, so the paused answer stops for good, as the conversation does.
+        self.pipeline.player.halt([item])
         self._close_finished_feeds()
 
         onset = _user_onset(self.mic_recorder, started, ended, user_speech, USER_ONSET_THRESHOLD)
@@ -123,7 +126,7 @@ class BargeInBench:
         barges = [e for e in list(detector.events) if e.kind == "barge_in"]
         early = [e for e in barges if start is None or e.at < start - EARLY_TOLERANCE_S]
         barge = next((e for e in barges if e not in early), None)
-        record = halts[-1] if halts and halts[-1] is not newest_before else None
+        record = pauses[-1] if pauses and pauses[-1] is not newest_before else None
         silent = _last_time_above(self.speaker_recorder, started, ended, ASSISTANT_LOUD_THRESHOLD)
         if early:  # the assistant stopped before the user spoke: nothing to measure
             silent = None

@@ -18,14 +18,13 @@ import queue
 import threading
 from dataclasses import dataclass
 
-import numpy as np
-
 from app.audio.bargein import BargeInDetector, DetectorSettings, EchoContext
 from app.audio.capture import Capture, FrameSink
 from app.audio.devices import AudioDevice
 from app.audio.echo import CleanedFrame, EchoMode, EchoPath, ReferenceAligner, load_echo_canceller
 from app.audio.player import PlayedBlock, Player
 from app.audio.resample import FloatArray, float_to_int16
+from app.core.hearing import Hearing
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +44,27 @@ class AudioSettings:
 def route_frame(frame: CleanedFrame, detector: BargeInDetector) -> tuple[FloatArray, EchoContext | None]:
     """What the detector and the model get from one echo-path frame, and how the detector judges it."""
     state = frame.state
-    # With no echo path (headset) or no recent playback the microphone is already clean, and
-    # AEC3 can still suppress near-end speech it mistakes for echo (unconverged, or seconds
-    # after a double talk): the raw frame is the better signal for the detector and the model.
-    if state.mode == "headset" or not state.echo_possible:
+    if not state.echo_possible:
         return frame.raw, None
+    if state.mode == "headset":
+        # No echo path worth cancelling, and AEC3 can still suppress near-end speech it mistakes
+        # for echo (unconverged, or seconds after a double talk): the raw frame is the better
+        # signal. But "headset" means echo under -30 dB, which a silent room still lets through
+        # the detector's absolute floor: the frame must stand above the predicted echo too.
+        return frame.raw, EchoContext(0.0, False, state.excess_db, state.excess_spread_db)
     context = EchoContext(frame.attenuation_db, state.settling, state.excess_db, state.excess_spread_db)
     if detector.prefers_raw(context):
         # Double talk the suppressor has not released yet: the user dominates the raw frame,
         # which then serves the model better than the canceller's near silence.
         return frame.raw, context
     return frame.samples, context
+
+
+def hearing_of(frame: CleanedFrame, detector: BargeInDetector) -> Hearing:
+    """The label the model's frame gets, once the detector has judged ``frame``."""
+    if detector.in_speech:
+        return "user"
+    return "echo" if frame.state.echo_possible else "clear"
 
 
 def _handed_at(block: PlayedBlock) -> float:
@@ -126,17 +135,14 @@ class EchoWorker:
     def process(self, samples: FloatArray, captured_at: float) -> None:
         """One capture chunk (16 kHz float): cancel the echo, feed the detector and the model."""
         self._collect_reference()
-        frames = self.path.process(samples, captured_at)
-        outputs: list[FloatArray] = []
-        for frame in frames:
+        for frame in self.path.process(samples, captured_at):
             self.frames += 1
             self.last_attenuation_db = frame.attenuation_db
             output = judge_frame(frame, self.detector, self.path)
             if output is frame.samples and output is not frame.raw:
                 self.cleaned_frames += 1
-            outputs.append(output)
-        if self.model is not None and frames:
-            self.model.process(np.concatenate(outputs), frames[0].captured_at)
+            if self.model is not None:
+                self.model.process(output, frame.captured_at, hearing_of(frame, self.detector))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -156,7 +162,7 @@ class EchoWorker:
         """A chunk as captured, to the detector and the model: a failing echo stage loses nothing."""
         self.detector.feed(float_to_int16(samples), captured_at)
         if self.model is not None:
-            self.model.process(samples, captured_at)
+            self.model.process(samples, captured_at, "user" if self.detector.in_speech else "clear")
 
 
 class AudioPipeline:
@@ -174,7 +180,8 @@ class AudioPipeline:
             target_ms=self.settings.jitter_target_ms,
             fade_ms=self.settings.fade_ms,
         )
-        self.detector = BargeInDetector(self.player.is_playing, self.player.halt, detector_settings)
+        # A barge-in pauses the answer: the conversation resumes it if it was not the user's turn.
+        self.detector = BargeInDetector(self.player.is_playing, self.player.pause, detector_settings)
         self.echo: EchoWorker | None = None
         echo_input: queue.Queue[tuple[FloatArray, float]] | None = None
         if self.settings.echo_cancellation:
@@ -185,12 +192,17 @@ class AudioPipeline:
             frame_ms=self.settings.frame_ms,
             detector=self.detector,
             echo_input=echo_input,
+            echo_possible=self._echo_possible,
         )
         if echo_input is not None:
             path = EchoPath(load_echo_canceller(), ReferenceAligner(self.player.rate))
             # The worker, not the capture callback, fills the model's frame queue: what the
             # server hears is the cleaned signal, so its turn detection does not fire on echo.
             self.echo = EchoWorker(echo_input, self.player, self.detector, path, self.capture.model)
+
+    def _echo_possible(self, captured_at: float) -> bool:
+        """Without echo cancellation: the assistant plays (a rough guard, no echo tail measured)."""
+        return self.player.is_playing()
 
     def start(self) -> None:
         # Output first: a halt decided by the first captured blocks must find a running player.

@@ -57,6 +57,11 @@ class Halt:
 
 
 @dataclass(frozen=True)
+class ResumeAudio:
+    """A paused answer goes on from where it stopped: what paused it was not the user's turn."""
+
+
+@dataclass(frozen=True)
 class PlayCue:
     """The fail-fast earcon: the user's turn ended and no answer has arrived yet."""
 
@@ -118,6 +123,7 @@ Action = (
     | PlayAudio
     | EndAudio
     | Halt
+    | ResumeAudio
     | PlayCue
     | RunTool
     | StateChanged

@@ -5,16 +5,24 @@ playback progress from the player, tool results, connection changes, user comman
 ticks; every input takes ``now`` (monotonic seconds) so the machine never reads a clock itself.
 Outputs are :mod:`app.core.actions`.
 
-Barge-in: the local halt has already happened in the audio thread when the machine hears of it.
-The machine then cancels the response (only while one is in progress) and, once the player reports
+Barge-in: the audio thread has already paused the player when the machine hears of it. The
+answer is kept, and so is the user's audio (the server does not hear it yet), until the machine
+knows whether it was the user's turn: speech shorter than ``min_turn_s`` (a cough, a click) resumes
+the answer where it stopped, and nothing is sent. A real turn stops the answer: the machine cancels
+the response (only while one is in progress), sends the held audio, and, once the player reports
 what the listener heard, truncates the item there (clamped to the item's audio, never for an item
 that finished playing) and cuts the assistant's transcript to match.
+
+While the assistant's voice may be in the microphone, the server hears silence unless the local
+detector hears the user (see :mod:`app.core.hearing`): the local decision wins while the model is
+answering, and the server's own turn detection never fires on echo.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -27,6 +35,7 @@ from app.core.actions import (
     Notice,
     PlayAudio,
     PlayCue,
+    ResumeAudio,
     RunTool,
     Send,
     State,
@@ -35,9 +44,15 @@ from app.core.actions import (
     Transcript,
     TurnCompleted,
 )
+from app.core.hearing import MicFrame
 from app.core.metrics import TurnMetrics
 
 LocalSpeechKind = Literal["speech_start", "speech_end", "barge_in"]
+
+# Echo frames kept (as silence on the wire) in case a barge-in's onset reaches back into them.
+_RECENT_FRAMES = 50
+# Pump and queue delays between the detector's end of speech and the machine hearing of it.
+_DECISION_SLACK_S = 0.1
 
 # Errors that only mean the server had already done what we asked (a race, not a problem).
 BENIGN_ERROR_CODES = frozenset({"response_cancel_not_active", "item_truncate_invalid_item_id"})
@@ -51,6 +66,18 @@ class ConversationSettings:
     slow_tool_after_s: float = 1.5
     backend: str = "embedded"
     replay_limit: int = 40  # history items re-sent after a reconnect
+    # A local barge-in pauses the answer; less speech than this (a cough, a click, "mm") before
+    # a silence was not the user's turn, and the answer resumes where it stopped.
+    min_turn_s: float = 0.3
+    # The local detector's silence before it reports the end of speech: with ``min_turn_s`` it
+    # says when a paused answer is decided at the latest (a longer utterance is still going on).
+    speech_hangover_s: float = 0.3
+    # Microphone audio from before the detector's onset that goes to the server with the turn.
+    prefix_s: float = 0.3
+    # Silence after a short sound before the answer resumes: longer than the pause after a
+    # "Wait," (the next words came 370 ms after it, measured), short enough to resume a cough's
+    # answer within about 0.8 s.
+    resume_after_s: float = 0.6
 
 
 @dataclass
@@ -98,6 +125,46 @@ class _HistoryEntry:
 
 
 @dataclass
+class _Interruption:
+    """A local barge-in whose answer is paused, not yet known to be the user's turn.
+
+    The user's sound comes in bursts (the detector's speech start and end); their speech adds up.
+    Enough of it is a turn. A short sound followed by enough silence is not: "Wait, actually..."
+    has a pause after "wait" (120 ms of speech, measured) that a cough has too, so the verdict
+    waits ``resume_after_s`` of silence before it calls a short sound a cough.
+    """
+
+    onset_at: float  # capture time of the first speech frame
+    held: list[MicFrame]  # the user's audio, kept from the server until the verdict
+    spoken_s: float = 0.0  # speech in the bursts that have ended
+    burst_at: float | None = None  # capture time the burst in progress began (None: silence)
+    silent_since: float = 0.0  # capture time the last burst ended
+
+    def __post_init__(self) -> None:
+        self.burst_at = self.onset_at
+
+    def speech_started(self, at: float) -> None:
+        if self.burst_at is None:
+            self.burst_at = at
+
+    def speech_ended(self, at: float) -> None:
+        if self.burst_at is not None:
+            self.spoken_s += max(0.0, at - self.burst_at)
+            self.burst_at = None
+            self.silent_since = at
+
+    def verdict(self, now: float, settings: ConversationSettings) -> Literal["turn", "resume"] | None:
+        if self.burst_at is not None:
+            # No end reported yet: the burst has gone on at least until the detector's hangover
+            # (and the pump) ago.
+            lasted = max(0.0, now - settings.speech_hangover_s - _DECISION_SLACK_S - self.burst_at)
+            return "turn" if self.spoken_s + lasted >= settings.min_turn_s else None
+        if self.spoken_s >= settings.min_turn_s:
+            return "turn"
+        return "resume" if now - self.silent_since >= settings.resume_after_s else None
+
+
+@dataclass
 class _Turn:
     metrics: TurnMetrics
     user_item_id: str | None = None
@@ -130,6 +197,9 @@ class Conversation:
         self._cues_playing: list[str] = []
         self._underruns = 0
         self._pending_reply = False  # a user turn waits for an answer that a drop may have lost
+        self._interruption: _Interruption | None = None
+        self._local_in_speech = False  # the local detector's last word: the user is talking
+        self._recent: deque[MicFrame] = deque(maxlen=_RECENT_FRAMES)  # silenced echo frames
 
     # ------------------------------------------------------------------------------------------
     # User commands
@@ -141,6 +211,7 @@ class Conversation:
 
     def stop(self, now: float) -> list[Action]:
         actions: list[Action] = []
+        self._interruption = None
         if self._audio_playing():
             actions.append(Halt())
         actions += self._cancel_active_response()
@@ -149,7 +220,10 @@ class Conversation:
 
     def set_muted(self, muted: bool, now: float) -> list[Action]:
         self.muted = muted
-        actions: list[Action] = [StateChanged(self.state, self.muted)]
+        actions: list[Action] = []
+        if muted and self._interruption is not None:
+            actions += self._resume(now)  # a muted user cannot have interrupted
+        actions.append(StateChanged(self.state, self.muted))
         if muted and self.connected and not self.settings.push_to_talk:
             # Whatever the server had of the user's speech should not become a turn.
             actions.append(Send(p.input_audio_buffer_clear()))
@@ -194,31 +268,97 @@ class Conversation:
     # ------------------------------------------------------------------------------------------
     # Microphone and local detector
     # ------------------------------------------------------------------------------------------
-    def mic_frame(self, pcm16: bytes) -> list[Action]:
-        """A 24 kHz PCM16 frame from the microphone: forward it or not."""
+    def mic_frame(self, frame: MicFrame) -> list[Action]:
+        """A 24 kHz PCM16 frame from the microphone: forward it, silence it or hold it.
+
+        While the assistant's voice may be in the microphone the server hears silence unless the
+        local detector hears the user: the local decision wins while the model is answering, and
+        the server's turn detection never fires on echo. While a paused answer waits for its
+        verdict, the user's audio is held: a cough must not reach the server, where it would
+        become a turn (and, with ``interrupt_response``, cancel the answer we may resume).
+        """
         if not self.connected or self.muted:
             return []
-        if self.settings.push_to_talk and not self.ptt_pressed:
+        if self.settings.push_to_talk:
+            return [Send(p.input_audio_buffer_append(frame.pcm16))] if self.ptt_pressed else []
+        if self._interruption is not None:
+            self._interruption.held.append(frame)
             return []
-        return [Send(p.input_audio_buffer_append(pcm16))]
+        if frame.hearing == "echo":
+            self._recent.append(frame)
+            return [Send(p.input_audio_buffer_append(bytes(len(frame.pcm16))))]
+        self._recent.clear()
+        return [Send(p.input_audio_buffer_append(frame.pcm16))]
 
     def local_speech(self, kind: LocalSpeechKind, at: float, now: float) -> list[Action]:
         """A local detector event; ``at`` is the capture time of the speech it is about."""
         if self.muted or self.state in (State.IDLE, State.ERROR):
             return []
+        self._local_in_speech = kind != "speech_end"
+        interruption = self._interruption
+        if interruption is not None:
+            # The answer is paused (so the detector reports starts, not barge-ins): more of the
+            # same interruption, which may decide it.
+            if kind == "speech_end":
+                self._local_speech_end = at
+                interruption.speech_ended(at)
+            else:
+                interruption.speech_started(at)
+            return self._decide_interruption(now)
         if kind == "speech_end":
             self._local_speech_end = at
             return []
         self._local_speech_start = at
         self._local_speech_end = None
         if kind == "barge_in":
-            # The player is already silent; what remains is the protocol side and the metrics.
-            actions = self._interrupt_assistant(now, onset_at=at, halted_locally=True)
-            if not self.settings.push_to_talk:
-                self._begin_user_turn(now)
-                actions += self._set_state(State.USER_SPEAKING)
-            return actions
+            if not self._audio_playing():
+                # Only the earcon, or the last of an answer that has just ended, was paused:
+                # nothing to resume, the user has the floor.
+                actions: list[Action] = [Halt(), *self._interrupt_assistant(now, onset_at=at)]
+                if not self.settings.push_to_talk:
+                    self._begin_user_turn(now)
+                    actions += self._set_state(State.USER_SPEAKING)
+                return actions
+            # The audio thread has paused the player: the answer waits, kept, for the verdict
+            # (a turn, or a cough). The audio just before the onset is the start of the words.
+            held = [f for f in self._recent if f.captured_at >= at - self.settings.prefix_s]
+            self._recent.clear()
+            self._interruption = _Interruption(at, held)
+            return self._set_state(State.USER_SPEAKING)
         return []
+
+    def _decide_interruption(self, now: float) -> list[Action]:
+        interruption = self._interruption
+        verdict = None if interruption is None else interruption.verdict(now, self.settings)
+        if verdict == "turn":
+            return self._confirm_interruption(now)
+        if verdict == "resume":
+            return self._resume(now)
+        return []
+
+    def _confirm_interruption(self, now: float) -> list[Action]:
+        """The paused answer was interrupted by a real turn: stop it, and let the server hear."""
+        interruption = self._interruption
+        if interruption is None:
+            return []
+        self._interruption = None
+        actions = self._interrupt_assistant(now, onset_at=interruption.onset_at)
+        if not self.settings.push_to_talk:
+            self._begin_user_turn(now)
+            actions += self._set_state(State.USER_SPEAKING)
+        if self.connected and not self.muted:
+            actions += [Send(p.input_audio_buffer_append(f.pcm16)) for f in interruption.held]
+        return actions
+
+    def _resume(self, now: float) -> list[Action]:
+        """Not the user's turn after all: the answer goes on from where it stopped."""
+        self._interruption = None
+        for response_id in {i.response_id for i in self._items_playing()}:
+            turn = self._turn_of_response(response_id)
+            if turn is not None:
+                turn.metrics.false_interruptions += 1
+        state = State.ASSISTANT_SPEAKING if self._audio_playing() else State.LISTENING
+        return [ResumeAudio(), *self._set_state(state)]
 
     # ------------------------------------------------------------------------------------------
     # Playback progress
@@ -360,6 +500,7 @@ class Conversation:
     # ------------------------------------------------------------------------------------------
     def tick(self, now: float) -> list[Action]:
         actions: list[Action] = []
+        actions += self._decide_interruption(now)
         turn = self._current_turn()
         if turn is not None and turn.cue_deadline is not None and now >= turn.cue_deadline:
             turn.cue_deadline = None
@@ -395,7 +536,12 @@ class Conversation:
     def _on_speech_started(self, event: p.SpeechStarted, now: float) -> list[Action]:
         actions: list[Action] = []
         if self._audio_playing():
-            # The server heard the user over the assistant before our own detector did.
+            if self._interruption is not None or not self._local_in_speech:
+                # The local decision wins while the assistant talks: the server heard silence
+                # for the echo (mic_frame), so this is its detector on a noise or on audio from
+                # before the answer; a paused answer waits for the local verdict.
+                return []
+            # The user was already talking when the answer began (no onset over it to detect).
             actions += self._interrupt_assistant(now, onset_at=None, server_cancels=self._server_interrupts())
         if self.state is not State.USER_SPEAKING:
             self._begin_user_turn(now)
@@ -638,12 +784,13 @@ class Conversation:
         return [Send(p.response_cancel(response_id))]
 
     def _interrupt_assistant(
-        self, now: float, onset_at: float | None, halted_locally: bool = False, server_cancels: bool = False
+        self, now: float, onset_at: float | None, server_cancels: bool = False
     ) -> list[Action]:
         """The user takes the floor: stop the assistant's response and drop its pending audio."""
         actions: list[Action] = []
+        self._interruption = None  # decided: whatever was paused is stopped for good
         playing = self._audio_playing()
-        if playing and not halted_locally:
+        if playing:
             actions.append(Halt())
         if not server_cancels:
             actions += self._cancel_active_response()

@@ -21,6 +21,8 @@ class TurnMetrics:
     underruns: int = 0
     reconnects: int = 0
     cue_played: bool = False
+    # Local barge-ins that turned out not to be the user's turn (a cough): the answer resumed.
+    false_interruptions: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
