@@ -31,9 +31,18 @@ class TimedRecorder:
     def recording(self) -> FloatArray:
         return self.timeline()[1]
 
-    def timeline(self) -> tuple[npt.NDArray[np.float64], FloatArray]:
-        """Capture time of every sample, and the samples."""
+    def timeline(self, since: float | None = None) -> tuple[npt.NDArray[np.float64], FloatArray]:
+        """Capture time of every sample, and the samples; ``since``: only blocks that end after it.
+
+        With ``since`` only the recent blocks are visited: polled often over a long recording,
+        joining all of it again each time took longer than the poll interval.
+        """
         blocks = list(self.blocks)  # the callback may append while we read
+        if since is not None:
+            first = len(blocks)
+            while first > 0 and blocks[first - 1][0] + len(blocks[first - 1][1]) / self.rate > since:
+                first -= 1
+            blocks = blocks[first:]
         if not blocks:
             return np.zeros(0), np.zeros(0, np.float32)
         times = np.concatenate([start + np.arange(len(block)) / self.rate for start, block in blocks])
