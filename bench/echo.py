@@ -191,7 +191,7 @@ def run(scenario: Scenario, canceller: EchoCanceller, recording: Recording | Non
         cpu += time.process_time() - start
         for frame in out:
             index = round(frame.captured_at * ECHO_RATE)
-            cleaned[index : index + FRAME_SAMPLES] = judge_frame(frame, detector, path)
+            cleaned[index : index + FRAME_SAMPLES] = judge_frame(frame, detector, path).signal
     return _score(rec, cleaned, detector, cpu / max(frames, 1))
 
 

@@ -9,7 +9,7 @@ from app.audio.bargein import (
     FRAME_SAMPLES,
     BargeInDetector,
     DetectorSettings,
-    EchoContext,
+    SpeechDetector,
     frame_level_dbfs,
 )
 from app.audio.resample import FloatArray, float_to_int16
@@ -123,39 +123,31 @@ def test_disabled_detector_neither_halts_nor_reports(utterance: FloatArray) -> N
     assert halts == [] and not detector.events
 
 
-# --- the echo gate: frames from the echo stage in speaker mode -------------------------------------
+# --- frames judged by the echo stage ----------------------------------------------------------------
+# The echo verdict itself (which frame is echo) is tested with the echo stage (tests/test_echo.py);
+# here: what the detector does with it.
 
 
 def run_frames(
-    signal: FloatArray, playing: bool, echo: EchoContext | None, **settings: int | float
+    signal: FloatArray, playing: bool, echo: bool = False, strict: bool = False, **settings: int | float
 ) -> tuple[BargeInDetector, list[float]]:
-    """Feed ``signal`` frame by frame as the echo worker does, every frame with one echo context."""
+    """Feed ``signal`` frame by frame as the echo worker does, every frame with one verdict."""
     halts: list[float] = []
     detector = BargeInDetector(lambda: playing, lambda: halts.append(1.0), DetectorSettings(**settings))
     pcm = float_to_int16(signal)
     for i in range(len(pcm) // FRAME_SAMPLES):
         frame = pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
-        detector.feed_frame(frame, i * FRAME_SAMPLES / RATE, echo)
+        detector.feed_frame(frame, i * FRAME_SAMPLES / RATE, echo=echo, strict=strict)
     return detector, halts
 
 
-def echo(attenuation_db: float, excess_db: float = 12.0, settling: bool = False) -> EchoContext:
-    return EchoContext(attenuation_db=attenuation_db, settling=settling, excess_db=excess_db)
-
-
-@pytest.mark.parametrize("attenuation_db", [10.0, 25.0, 40.0])
-def test_frames_the_canceller_took_much_from_are_echo_and_never_halt(
-    utterance: FloatArray, attenuation_db: float
-) -> None:
-    detector, halts = run_frames(utterance, True, echo(attenuation_db, excess_db=1.0))
+def test_frames_judged_echo_are_never_speech(utterance: FloatArray) -> None:
+    detector, halts = run_frames(utterance, True, echo=True)
     assert halts == [] and not detector.events
 
 
-@pytest.mark.parametrize("context", [None, echo(0.0), echo(6.0), echo(9.5)])
-def test_frames_the_canceller_left_alone_are_the_user(
-    utterance: FloatArray, context: EchoContext | None
-) -> None:
-    detector, halts = run_frames(utterance, True, context)
+def test_frames_not_judged_echo_are_the_user(utterance: FloatArray) -> None:
+    detector, halts = run_frames(utterance, True)
     assert halts == [1.0]
     event = detector.events[0]
     assert event.kind == "barge_in"
@@ -163,65 +155,35 @@ def test_frames_the_canceller_left_alone_are_the_user(
     assert event.decided_at - event.at == pytest.approx(0.020, abs=1e-6)  # the usual three frames
 
 
-def test_a_user_far_above_the_predicted_echo_wins_over_the_suppressor(utterance: FloatArray) -> None:
-    # AEC3 suppresses the start of double talk: 40 dB taken, but the microphone is 6 dB or more
-    # above the echo the playback can cause, so it is the user.
-    assert run_frames(utterance, True, echo(40.0, excess_db=6.0))[1] == [1.0]
-    assert run_frames(utterance, True, echo(40.0, excess_db=5.9))[1] == []
-    detector = BargeInDetector(lambda: True, lambda: None)
-    assert detector.prefers_raw(echo(40.0, excess_db=6.0))
-    assert not detector.prefers_raw(echo(40.0, excess_db=4.0))
-    assert not detector.prefers_raw(echo(3.0, excess_db=6.0))  # the canceller let it through anyway
-
-
-def test_a_steady_echo_lets_the_user_override_the_suppressor_sooner(utterance: FloatArray) -> None:
-    # The echo stage measured echo alone rising at most 0.5 dB over its prediction (a steady
-    # sound): 3 dB over it is already the user. For speech (a 5 dB spread) it stays 6 dB.
-    steady = EchoContext(attenuation_db=40.0, excess_db=3.5, excess_spread_db=0.5)
-    assert run_frames(utterance, True, steady)[1] == [1.0]
-    speech = EchoContext(attenuation_db=40.0, excess_db=5.9, excess_spread_db=5.0)
-    assert run_frames(utterance, True, speech)[1] == []
-    unsure = EchoContext(attenuation_db=40.0, excess_db=2.9, excess_spread_db=0.0)
-    assert run_frames(utterance, True, unsure)[1] == []  # never under 3 dB
-
-
-@pytest.mark.parametrize("excess_db", [-3.0, 0.0, 1.9])
-def test_what_the_predicted_echo_explains_is_echo_even_when_the_canceller_passes_it(
-    utterance: FloatArray, excess_db: float
-) -> None:
-    # A canceller glitch (a jump in the echo path) passes echo at 0 dB attenuation.
-    assert run_frames(utterance, True, echo(0.0, excess_db=excess_db))[1] == []
-
-
 def test_while_the_canceller_settles_an_onset_needs_five_frames(utterance: FloatArray) -> None:
-    detector, halts = run_frames(utterance, True, echo(0.0, settling=True))
+    detector, halts = run_frames(utterance, True, strict=True)
     assert halts == [1.0]
     event = detector.events[0]
     assert event.decided_at - event.at == pytest.approx(0.040, abs=1e-6)
 
 
-def test_while_the_canceller_settles_the_user_must_stand_out_of_the_echo(utterance: FloatArray) -> None:
-    assert run_frames(utterance, True, echo(0.0, excess_db=2.5))[1] == [1.0]
-    assert run_frames(utterance, True, echo(0.0, excess_db=2.5, settling=True))[1] == []
-    assert run_frames(utterance, True, echo(0.0, excess_db=3.0, settling=True))[1] == [1.0]
-
-
 def test_while_the_canceller_settles_an_onset_needs_a_wider_margin(utterance: FloatArray) -> None:
     # Over a -40 dBFS floor, speech peaking at -10 dBFS clears the usual 10 dB margin but not
-    # 10 + 40 dB: the extra margin applies only while settling, and only with an echo stage.
+    # 10 + 40 dB: the extra margin applies only to strict frames.
     rng = np.random.default_rng(3)
     voice = utterance * (10 ** (-10 / 20) / float(np.max(np.abs(utterance))))
     noisy = voice + rng.normal(0, 10 ** (-40 / 20), len(voice)).astype(np.float32)
-    assert run_frames(noisy, True, echo(0.0), early_margin_db=40.0)[1]
-    assert run_frames(noisy, True, echo(0.0, settling=True), early_margin_db=40.0)[1] == []
-    assert run_frames(noisy, True, None, early_margin_db=40.0)[1]  # raw microphone: the plain rule
-    assert run_frames(noisy, True, echo(0.0, settling=True))[1]  # the default +6 dB lets it through
+    assert run_frames(noisy, True, strict_margin_db=40.0)[1]
+    assert run_frames(noisy, True, strict=True, strict_margin_db=40.0)[1] == []
+    assert run_frames(noisy, True, strict=True)[1]  # the default +6 dB lets it through
 
 
 def test_the_echo_tail_after_the_playback_is_echo_too(utterance: FloatArray) -> None:
     # The player has finished, but the echo (delay and reverberation) is still in the microphone.
-    detector, halts = run_frames(utterance, False, echo(40.0, excess_db=-10.0))
+    detector, halts = run_frames(utterance, False, echo=True)
     assert halts == [] and list(detector.events) == []
-    # The user right after the answer: far above the predicted tail.
-    detector, halts = run_frames(utterance, False, echo(0.0, excess_db=20.0))
+    # The user right after the answer: not echo, a start of speech (no halt: nothing plays).
+    detector, halts = run_frames(utterance, False)
     assert halts == [] and [e.kind for e in detector.events][:1] == ["speech_start"]
+
+
+def test_the_speech_detector_alone_reports_starts_and_ends(utterance: FloatArray) -> None:
+    detector = SpeechDetector()
+    detector.feed(float_to_int16(np.concatenate((utterance, np.zeros(RATE, np.float32)))), 0.0)
+    kinds = [e.kind for e in detector.events]
+    assert kinds[0] == "speech_start" and kinds[-1] == "speech_end" and "barge_in" not in kinds

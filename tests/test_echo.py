@@ -20,14 +20,18 @@ from app.audio.devices import AudioDevice
 from app.audio.echo import (
     ECHO_RATE,
     FRAME_SAMPLES,
+    CleanedFrame,
     EchoCanceller,
+    EchoMode,
     EchoMonitor,
     EchoPath,
     EchoResult,
     EchoState,
+    EchoVerdict,
     ReferenceAligner,
     ReferenceEchoGate,
     WebRtcEchoCanceller,
+    judge,
     load_echo_canceller,
     power,
     power_db,
@@ -35,6 +39,7 @@ from app.audio.echo import (
 from app.audio.pipeline import EchoWorker
 from app.audio.player import PlayedBlock, Player
 from app.audio.resample import FloatArray, StreamResampler, float_to_pcm16, pcm16_to_float
+from app.core.hearing import Hearing
 from bench.echo import USER_TEXTS, Recording, Room, Scenario, record, run
 
 ROOMS = [
@@ -433,6 +438,85 @@ def test_monitor_guards_the_start_of_playback_after_a_pause() -> None:
     assert not states[resume + 35].settling
 
 
+# --- the verdict: which frame is echo, and which signal goes on ---------------------------------------
+
+
+def judged(
+    attenuation_db: float,
+    excess_db: float,
+    *,
+    mode: EchoMode = "speaker",
+    settling: bool = False,
+    spread_db: float | None = None,
+    possible: bool = True,
+) -> tuple[EchoVerdict, CleanedFrame]:
+    state = EchoState(mode, possible, settling, excess_db, -10.0, spread_db)
+    raw = np.full(FRAME_SAMPLES, 0.1, np.float32)
+    cleaned = np.full(FRAME_SAMPLES, 0.001, np.float32)
+    frame = CleanedFrame(cleaned, 1.0, attenuation_db, -20.0, -20.0, raw, state)
+    return judge(frame), frame
+
+
+@pytest.mark.parametrize("attenuation_db", [10.0, 25.0, 40.0])
+def test_frames_the_canceller_took_much_from_are_echo(attenuation_db: float) -> None:
+    verdict, frame = judged(attenuation_db, excess_db=1.0)
+    assert verdict.echo and verdict.possible and verdict.signal is frame.samples
+
+
+@pytest.mark.parametrize("attenuation_db", [0.0, 6.0, 9.5])
+def test_frames_the_canceller_left_alone_and_the_echo_cannot_explain_are_not_echo(
+    attenuation_db: float,
+) -> None:
+    verdict, frame = judged(attenuation_db, excess_db=12.0)
+    assert not verdict.echo and verdict.signal is frame.samples
+
+
+def test_a_user_far_above_the_predicted_echo_wins_over_the_suppressor_and_goes_on_raw() -> None:
+    # AEC3 suppresses the start of double talk: 40 dB taken, but the microphone is 6 dB or more
+    # above the echo the playback can cause, so it is the user, and the raw frame serves better.
+    verdict, frame = judged(40.0, excess_db=6.0)
+    assert not verdict.echo and verdict.signal is frame.raw
+    verdict, frame = judged(40.0, excess_db=5.9)
+    assert verdict.echo and verdict.signal is frame.samples
+    verdict, frame = judged(3.0, excess_db=6.0)  # the canceller let it through anyway
+    assert not verdict.echo and verdict.signal is frame.samples
+
+
+def test_a_steady_echo_lets_the_user_override_the_suppressor_sooner() -> None:
+    # Echo alone measured at most 0.5 dB over its prediction (a steady sound): 3 dB over it is
+    # already the user. For speech (a 5 dB spread) it stays 6 dB, and never under 3 dB.
+    assert not judged(40.0, excess_db=3.5, spread_db=0.5)[0].echo
+    assert judged(40.0, excess_db=5.9, spread_db=5.0)[0].echo
+    assert judged(40.0, excess_db=2.9, spread_db=0.0)[0].echo
+
+
+@pytest.mark.parametrize("excess_db", [-3.0, 0.0, 1.9])
+def test_what_the_predicted_echo_explains_is_echo_even_when_the_canceller_passes_it(excess_db: float) -> None:
+    # A canceller glitch (a jump in the echo path) passes echo at 0 dB attenuation.
+    assert judged(0.0, excess_db=excess_db)[0].echo
+
+
+def test_while_the_canceller_settles_the_user_must_stand_out_of_the_echo() -> None:
+    assert not judged(0.0, excess_db=2.5)[0].echo
+    verdict, _ = judged(0.0, excess_db=2.5, settling=True)
+    assert verdict.echo and verdict.settling
+    assert not judged(0.0, excess_db=3.0, settling=True)[0].echo
+
+
+def test_in_headset_mode_the_raw_frame_goes_on_but_what_the_echo_explains_is_echo() -> None:
+    # "Headset" is echo under -30 dB: in a silent room it still clears the detector's floor.
+    verdict, frame = judged(40.0, excess_db=1.0, mode="headset")
+    assert verdict.echo and verdict.signal is frame.raw and not verdict.settling
+    verdict, frame = judged(40.0, excess_db=25.0, mode="headset")
+    assert not verdict.echo and verdict.signal is frame.raw
+
+
+def test_with_no_playback_in_the_echo_tail_nothing_is_echo() -> None:
+    verdict, frame = judged(40.0, excess_db=-20.0, possible=False, settling=True)
+    assert not verdict.echo and not verdict.possible and not verdict.settling
+    assert verdict.signal is frame.raw
+
+
 # --- the worker: the detector and the model both get the cleaned signal -----------------------------
 
 
@@ -453,11 +537,13 @@ def echo_worker(
     return player, chunks, capture, EchoWorker(chunks, player, detector, path, capture.model)
 
 
-def run_worker(echo_gain_db: float | None, seconds: float = 5.0) -> tuple[FloatArray, FloatArray, EchoWorker]:
+def run_worker(
+    echo_gain_db: float | None, seconds: float = 5.0
+) -> tuple[FloatArray, FloatArray, EchoWorker, list[Hearing]]:
     """Assistant noise played at 48 kHz; the microphone hears it at ``echo_gain_db`` (None: not at all).
 
     Returns what the microphone heard (through the same 16 kHz band limit) and what went to the
-    model, both at 24 kHz.
+    model, both at 24 kHz, the worker, and the label of every frame for the model.
     """
     player, chunks, capture, worker = echo_worker(aec3())
     player.push("answer", float_to_pcm16(np.zeros(24000 * 10, np.float32)))  # playing, for the detector
@@ -482,23 +568,27 @@ def run_worker(echo_gain_db: float | None, seconds: float = 5.0) -> tuple[FloatA
         capture.process_block(heard[i : i + block, None], at)
         while not chunks.empty():
             worker.process(*chunks.get_nowait())
-    sent = [pcm16_to_float(capture.frames.get_nowait().pcm16) for _ in range(capture.frames.qsize())]
+    frames = [capture.frames.get_nowait() for _ in range(capture.frames.qsize())]
+    sent = [pcm16_to_float(f.pcm16) for f in frames]
     narrow = StreamResampler(48000, ECHO_RATE, "HQ").process(heard, last=True)
     mic = StreamResampler(ECHO_RATE, 24000, "HQ").process(narrow, last=True)
-    return mic, np.concatenate(sent), worker
+    return mic, np.concatenate(sent), worker, [f.hearing for f in frames]
 
 
 def test_the_model_gets_the_cleaned_signal_in_speaker_mode() -> None:
-    mic, sent, worker = run_worker(echo_gain_db=-10.0)
+    mic, sent, worker, labels = run_worker(echo_gain_db=-10.0)
     assert worker.mode == "speaker"
     late = slice(24000 * 3, 24000 * 4)  # after convergence
     assert power_db(power(sent[late])) <= power_db(power(mic[late])) - 20.0
     assert not [e for e in worker.detector.events if e.kind == "barge_in"]
     assert worker.cleaned_frames > 0
+    # While the assistant plays, the conversation is told these frames are its echo (the server
+    # then hears silence), and nothing is the user.
+    assert set(labels[10:]) == {"echo"}
 
 
 def test_the_model_gets_the_microphone_as_is_in_headset_mode() -> None:
-    mic, sent, worker = run_worker(echo_gain_db=None)
+    mic, sent, worker, _ = run_worker(echo_gain_db=None)
     assert worker.mode == "headset"
     late = slice(24000 * 3, 24000 * 4)
     # The same signal (the 16 kHz path keeps everything below 8 kHz): levels within 1 dB.

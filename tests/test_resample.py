@@ -111,3 +111,31 @@ def test_each_queued_frame_wakes_the_reader_and_a_dropped_one_does_not() -> None
     capture.model.on_frame = lambda: woken.append(capture.frames.qsize())
     capture.process_block(np.zeros(2400, np.float32), 0.0)  # 100 ms: 5 frames, 2 of them dropped
     assert woken == [1, 2, 3]  # called after each frame is in the queue, never for a dropped one
+
+
+def test_without_echo_cancellation_frames_are_labelled_by_the_playback_and_the_detector() -> None:
+    device = AudioDevice(0, "test mic", "test", 1, 0, 24000.0)
+    playing_until = 0.5
+
+    class Detector:
+        in_speech = False
+
+        def feed(self, samples: object, at: float) -> None:
+            pass
+
+    detector = Detector()
+    capture = Capture(
+        device,
+        frame_ms=20,
+        detector=detector,  # type: ignore[arg-type]
+        echo_possible=lambda at: at < playing_until,
+    )
+    block = np.zeros(240, np.float32)  # 10 ms blocks
+    labels = []
+    for n in range(100):
+        detector.in_speech = 60 <= n < 80
+        capture.process_block(block, n * 0.01)
+        while not capture.frames.empty():
+            labels.append(capture.frames.get_nowait().hearing)
+    # 20 ms frames: the assistant audible for 0.5 s, then the user from 0.6 to 0.8 s, then nothing.
+    assert labels == ["echo"] * 25 + ["clear"] * 5 + ["user"] * 10 + ["clear"] * 10

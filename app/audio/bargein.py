@@ -1,9 +1,12 @@
-"""Local speech detector for barge-in: webrtcvad plus an energy floor over a tracked noise floor.
+"""Local speech detection: webrtcvad plus an energy floor over a tracked noise floor.
 
-It runs in the capture path on 16 kHz PCM16 in 10 ms frames. On speech onset while the assistant
-is playing it calls the player's ``halt`` right there, in the audio thread, and records a
-timestamped event for the conversation layer; with nothing playing it reports speech start and end.
-Events go into a bounded deque (appends never block), so the audio thread never waits on a reader.
+:class:`SpeechDetector` is the pure detector on 16 kHz PCM16 in 10 ms frames (the offline server's
+turn detection uses it too). :class:`BargeInDetector` runs it in the capture path: on speech onset
+while the assistant is playing it calls the player's ``halt`` (a pause, resumed if it was not the
+user's turn) right there, in the audio thread, and records a timestamped event for the
+conversation layer; with nothing playing it reports speech start and end. Whether a frame is the
+assistant's echo is decided before, by the echo verdict (:func:`app.audio.echo.judge`). Events go
+into a bounded deque (appends never block), so the audio thread never waits on a reader.
 """
 
 from __future__ import annotations
@@ -45,21 +48,10 @@ class DetectorSettings:
     min_level_dbfs: float = -50.0  # and above this absolute level
     warmup_frames: int = 30  # frames heard before the noise floor is trusted (300 ms)
     floor_window_frames: int = 150  # the noise floor is the quietest level of the last 1.5 s
-    # Frames from the echo stage in speaker mode (``echo`` given), while the assistant plays. The
-    # excess is how far the raw microphone stands above the echo the playback predicts.
-    echo_attenuation_db: float = 10.0  # a frame the canceller took this much from is echo ...
-    # ... unless the excess reaches this: then the user dominates the microphone (AEC3's suppressor
-    # takes 100-200 ms to release at the start of double talk and would hide the user meanwhile).
-    # 6 dB, not less, for speech: its predicted echo is only good to a few dB frame by frame. When
-    # the echo stage has measured how far echo alone rises over the prediction (its spread), the
-    # threshold is that plus ``double_talk_margin_db``, between ``double_talk_min_db`` and this.
-    double_talk_excess_db: float = 6.0
-    double_talk_margin_db: float = 2.0
-    double_talk_min_db: float = 3.0
-    echo_excess_db: float = 2.0  # below this the frame is echo whatever the canceller did (its glitches)
-    early_onset_frames: int = 5  # while the canceller settles an onset needs more frames
-    early_margin_db: float = 6.0  # and this much more above the noise floor
-    settling_excess_db: float = 3.0  # and this much excess
+    # Frames judged while the echo canceller settles (``strict``): it may pass some echo, so an
+    # onset needs more frames and more level over the noise floor.
+    strict_onset_frames: int = 5
+    strict_margin_db: float = 6.0
 
 
 def frame_level_dbfs(frame: npt.NDArray[np.int16]) -> float:
@@ -71,28 +63,19 @@ def frame_level_dbfs(frame: npt.NDArray[np.int16]) -> float:
     return 20.0 * math.log10(rms / 32768.0)
 
 
-@dataclass(frozen=True)
-class EchoContext:
-    """What the echo stage says about one frame while the assistant's echo may be in it."""
+class SpeechDetector:
+    """Is someone talking? webrtcvad plus a level over a tracked noise floor, on 16 kHz 10 ms frames.
 
-    attenuation_db: float  # microphone level minus cleaned level: what the canceller removed
-    settling: bool = False  # the canceller is not trusted (first seconds, playback resumed, path jumped)
-    excess_db: float = 0.0  # raw microphone level above the echo the recent playback predicts
-    excess_spread_db: float | None = None  # how far echo alone rises above the prediction (measured)
+    Pure: frames and their capture times in, ``speech_start`` and ``speech_end`` events out (into
+    a bounded deque). The offline server's turn detection runs on it as it is;
+    :class:`BargeInDetector` adds what an onset means while the assistant plays.
+    """
 
-
-class BargeInDetector:
     def __init__(
-        self,
-        is_playing: Callable[[], bool],
-        halt: Callable[[], None],
-        settings: DetectorSettings | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        self, settings: DetectorSettings | None = None, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.settings = settings or DetectorSettings()
         self._clock = clock
-        self._is_playing = is_playing
-        self._halt = halt
         self._vad = webrtcvad.Vad(self.settings.vad_mode)
         self.events: deque[SpeechEvent] = deque(maxlen=256)
         self.enabled = True  # off while the microphone is muted: a muted user cannot interrupt
@@ -128,41 +111,26 @@ class BargeInDetector:
         self._pending = buffered[count * FRAME_SAMPLES :].copy()
         self._pending_start += count * FRAME_MS / 1000.0
 
-    def feed_frame(self, frame: npt.NDArray[np.int16], at: float, echo: EchoContext | None = None) -> None:
+    def feed_frame(
+        self, frame: npt.NDArray[np.int16], at: float, *, echo: bool = False, strict: bool = False
+    ) -> None:
         """One 10 ms frame of 16 kHz PCM16 captured at monotonic time ``at``.
 
-        ``echo`` comes from the echo stage when the assistant's echo may be in the frame (``None``:
-        the raw microphone, no echo possible). While the assistant plays, a frame is echo when the
-        canceller removed ``echo_attenuation_db`` or more from it (unless the microphone stands
-        ``double_talk_excess_db`` above the predicted echo), or when the microphone is less than
-        ``echo_excess_db`` above the predicted echo whatever the canceller did. While the canceller
-        settles, an onset needs more frames, more level and ``settling_excess_db``.
+        ``echo``: the echo verdict says the frame is the assistant's voice, so it is not speech.
+        ``strict``: the echo canceller is settling, so an onset needs more frames and level.
         """
         if not self.enabled:
             self._run = 0
             return
         s = self.settings
-        playing = self._is_playing()
         level = frame_level_dbfs(frame)
         self.noise_floor_dbfs = self._floor.add(level)
         self._frames_seen += 1
         if self._frames_seen <= s.warmup_frames:
             return
-        onset_frames = s.onset_frames
-        margin_db = s.margin_db
-        is_echo = False
-        if echo is not None:  # while playing, and in the echo's tail after it
-            required_excess = s.echo_excess_db
-            if echo.settling:
-                # The canceller may pass echo now: only a microphone clearly louder than the
-                # predicted echo can be the user, and an onset needs more frames and level.
-                onset_frames = max(onset_frames, s.early_onset_frames)
-                margin_db += s.early_margin_db
-                required_excess = s.settling_excess_db
-            is_echo = echo.excess_db < required_excess or (
-                echo.attenuation_db >= s.echo_attenuation_db and not self._double_talk(echo)
-            )
-        voiced = not is_echo and self._vad.is_speech(
+        onset_frames = max(s.onset_frames, s.strict_onset_frames) if strict else s.onset_frames
+        margin_db = s.margin_db + (s.strict_margin_db if strict else 0.0)
+        voiced = not echo and self._vad.is_speech(
             np.ascontiguousarray(frame, dtype="<i2").tobytes(), VAD_RATE
         )
         loud = level >= max(s.min_level_dbfs, self.noise_floor_dbfs + margin_db)
@@ -174,11 +142,7 @@ class BargeInDetector:
             self._last_speech_at = at
             if not self.in_speech and self._run >= onset_frames:
                 self.in_speech = True
-                if playing:
-                    self._halt()
-                    self._emit("barge_in", self._run_start, at, level)
-                else:
-                    self._emit("speech_start", self._run_start, at, level)
+                self._onset(self._run_start, at, level)
         else:
             self._run = 0
             if self.in_speech:
@@ -188,23 +152,37 @@ class BargeInDetector:
                     self._quiet = 0
                     self._emit("speech_end", self._last_speech_at + FRAME_MS / 1000.0, at, level)
 
-    def prefers_raw(self, echo: EchoContext) -> bool:
-        """Should this frame be judged (and sent on) as the raw microphone, not the canceller's output?
-
-        True when the canceller suppressed it as echo but the user plainly dominates it.
-        """
-        return echo.attenuation_db >= self.settings.echo_attenuation_db and self._double_talk(echo)
-
-    def _double_talk(self, echo: EchoContext) -> bool:
-        s = self.settings
-        threshold = s.double_talk_excess_db
-        if echo.excess_spread_db is not None:
-            measured = echo.excess_spread_db + s.double_talk_margin_db
-            threshold = min(threshold, max(s.double_talk_min_db, measured))
-        return echo.excess_db >= threshold
+    def _onset(self, start: float, decided_at: float, level: float) -> None:
+        self._emit("speech_start", start, decided_at, level)
 
     def _emit(self, kind: EventKind, at: float, decided_at: float, level: float) -> None:
         self.events.append(SpeechEvent(kind, at, decided_at, level, self._clock()))
+
+
+class BargeInDetector(SpeechDetector):
+    """The speech detector behind the microphone: an onset while the assistant plays halts it.
+
+    ``halt`` runs right in the thread that feeds the frames (the echo worker, or the capture
+    callback without echo cancellation): no other thread, no server round trip.
+    """
+
+    def __init__(
+        self,
+        is_playing: Callable[[], bool],
+        halt: Callable[[], None],
+        settings: DetectorSettings | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(settings, clock)
+        self._is_playing = is_playing
+        self._halt = halt
+
+    def _onset(self, start: float, decided_at: float, level: float) -> None:
+        if self._is_playing():
+            self._halt()
+            self._emit("barge_in", start, decided_at, level)
+        else:
+            super()._onset(start, decided_at, level)
 
 
 class _MinimumTracker:

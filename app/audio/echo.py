@@ -591,6 +591,79 @@ class CleanedFrame:
     state: EchoState
 
 
+@dataclass(frozen=True)
+class JudgeSettings:
+    """How :func:`judge` weighs what the canceller removed against the echo the playback predicts."""
+
+    attenuation_db: float = 10.0  # a frame the canceller took this much from is echo ...
+    # ... unless the microphone stands this far above the predicted echo: then the user dominates
+    # (AEC3's suppressor takes 100-200 ms to release at the start of double talk and would hide
+    # the user meanwhile). 6 dB, not less, for speech: its predicted echo is only good to a few
+    # dB frame by frame. When the monitor has measured how far echo alone rises over the
+    # prediction (its spread: ~0.15 dB for a steady sound), the threshold is that plus
+    # ``double_talk_margin_db``, between ``double_talk_min_db`` and this.
+    double_talk_db: float = 6.0
+    double_talk_margin_db: float = 2.0
+    double_talk_min_db: float = 3.0
+    explained_db: float = 2.0  # under this excess the frame is echo whatever the canceller did
+    settling_explained_db: float = 3.0  # the same while the canceller is not trusted
+
+
+@dataclass(frozen=True)
+class EchoVerdict:
+    """What one microphone frame is, as far as the assistant's voice goes.
+
+    The one place that answers "is this frame the assistant's echo, and does the raw microphone
+    go on?": the detector, the model's frames and the echo estimates all follow it.
+    """
+
+    signal: FloatArray  # what the detector and the model get: the raw microphone or the canceller's output
+    echo: bool  # the frame is (or may be) the assistant's voice: it cannot be the user
+    possible: bool  # the assistant can be heard in this frame at all (it played within the echo's tail)
+    settling: bool  # the canceller is not trusted yet: an onset must be surer
+
+
+def double_talk_threshold(spread_db: float | None, settings: JudgeSettings) -> float:
+    """How far above the predicted echo the microphone must stand to be the user over it."""
+    if spread_db is None:
+        return settings.double_talk_db
+    measured = spread_db + settings.double_talk_margin_db
+    return min(settings.double_talk_db, max(settings.double_talk_min_db, measured))
+
+
+def judge(frame: CleanedFrame, settings: JudgeSettings | None = None) -> EchoVerdict:
+    """The echo verdict on one frame of the echo path.
+
+    - No playback within the echo's tail: the raw microphone, nothing to judge.
+    - Headset mode: the raw microphone (AEC3 without an echo path still suppresses near-end
+      speech it mistakes for echo, for seconds after a double talk), but "headset" only means
+      echo under -30 dB, which a silent room still lets through the detector's absolute floor:
+      a frame the predicted echo explains is echo.
+    - Speaker mode (or not known yet): echo when the canceller removed ``attenuation_db`` or more,
+      unless the user plainly dominates (double talk the suppressor has not released yet: then
+      the raw frame goes on, for the model too), and whenever the predicted echo explains the
+      frame, whatever the canceller did (its glitches after the echo path jumps).
+    """
+    s = settings or _DEFAULT_JUDGE
+    state = frame.state
+    if not state.echo_possible:
+        return EchoVerdict(frame.raw, echo=False, possible=False, settling=False)
+    if state.mode == "headset":
+        return EchoVerdict(frame.raw, echo=state.excess_db < s.explained_db, possible=True, settling=False)
+    explained = s.settling_explained_db if state.settling else s.explained_db
+    suppressed = frame.attenuation_db >= s.attenuation_db
+    double_talk = state.excess_db >= double_talk_threshold(state.excess_spread_db, s)
+    return EchoVerdict(
+        frame.raw if suppressed and double_talk else frame.samples,
+        echo=state.excess_db < explained or (suppressed and not double_talk),
+        possible=True,
+        settling=state.settling,
+    )
+
+
+_DEFAULT_JUDGE = JudgeSettings()
+
+
 class EchoPath:
     """The capture worker's echo stage: microphone samples in, cleaned 10 ms frames out.
 

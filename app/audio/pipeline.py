@@ -18,15 +18,27 @@ import queue
 import threading
 from dataclasses import dataclass
 
-from app.audio.bargein import BargeInDetector, DetectorSettings, EchoContext
+from app.audio.bargein import BargeInDetector, DetectorSettings
 from app.audio.capture import Capture, FrameSink
 from app.audio.devices import AudioDevice
-from app.audio.echo import CleanedFrame, EchoMode, EchoPath, ReferenceAligner, load_echo_canceller
+from app.audio.echo import (
+    CleanedFrame,
+    EchoMode,
+    EchoPath,
+    MonitorSettings,
+    ReferenceAligner,
+    judge,
+    load_echo_canceller,
+)
 from app.audio.player import PlayedBlock, Player
 from app.audio.resample import FloatArray, float_to_int16
 from app.core.hearing import Hearing
 
 log = logging.getLogger(__name__)
+
+# How long the assistant's sound can be heard after it was played: echo path delay plus
+# reverberation (the echo monitor's ``tail_s``).
+ECHO_TAIL_S = MonitorSettings().tail_s
 
 
 @dataclass
@@ -41,46 +53,29 @@ class AudioSettings:
     echo_queue_chunks: int = 200  # capture blocks waiting for the echo worker (2 s at 10 ms)
 
 
-def route_frame(frame: CleanedFrame, detector: BargeInDetector) -> tuple[FloatArray, EchoContext | None]:
-    """What the detector and the model get from one echo-path frame, and how the detector judges it."""
-    state = frame.state
-    if not state.echo_possible:
-        return frame.raw, None
-    if state.mode == "headset":
-        # No echo path worth cancelling, and AEC3 can still suppress near-end speech it mistakes
-        # for echo (unconverged, or seconds after a double talk): the raw frame is the better
-        # signal. But "headset" means echo under -30 dB, which a silent room still lets through
-        # the detector's absolute floor: the frame must stand above the predicted echo too.
-        return frame.raw, EchoContext(0.0, False, state.excess_db, state.excess_spread_db)
-    context = EchoContext(frame.attenuation_db, state.settling, state.excess_db, state.excess_spread_db)
-    if detector.prefers_raw(context):
-        # Double talk the suppressor has not released yet: the user dominates the raw frame,
-        # which then serves the model better than the canceller's near silence.
-        return frame.raw, context
-    return frame.samples, context
-
-
-def hearing_of(frame: CleanedFrame, detector: BargeInDetector) -> Hearing:
-    """The label the model's frame gets, once the detector has judged ``frame``."""
-    if detector.in_speech:
-        return "user"
-    return "echo" if frame.state.echo_possible else "clear"
-
-
 def _handed_at(block: PlayedBlock) -> float:
     return block.handed_at
 
 
-def judge_frame(frame: CleanedFrame, detector: BargeInDetector, path: EchoPath) -> FloatArray:
-    """Route one echo-path frame, feed it to the detector, and return what the model gets.
+@dataclass(frozen=True)
+class JudgedFrame:
+    signal: FloatArray  # what the model gets (16 kHz): the verdict's signal
+    hearing: Hearing  # and how it is labelled for the conversation
+
+
+def judge_frame(frame: CleanedFrame, detector: BargeInDetector, path: EchoPath) -> JudgedFrame:
+    """Judge one echo-path frame, feed it to the detector, and say what the model gets.
 
     Frames the detector hears the user in are withdrawn from the echo estimates.
     """
-    output, context = route_frame(frame, detector)
-    detector.feed_frame(float_to_int16(output), frame.captured_at, context)
+    verdict = judge(frame)
+    detector.feed_frame(
+        float_to_int16(verdict.signal), frame.captured_at, echo=verdict.echo, strict=verdict.settling
+    )
     if detector.in_speech:
         path.monitor.user_speaking()
-    return output
+        return JudgedFrame(verdict.signal, "user")
+    return JudgedFrame(verdict.signal, "echo" if verdict.possible else "clear")
 
 
 class EchoWorker:
@@ -138,11 +133,11 @@ class EchoWorker:
         for frame in self.path.process(samples, captured_at):
             self.frames += 1
             self.last_attenuation_db = frame.attenuation_db
-            output = judge_frame(frame, self.detector, self.path)
-            if output is frame.samples and output is not frame.raw:
+            judged = judge_frame(frame, self.detector, self.path)
+            if judged.signal is frame.samples and judged.signal is not frame.raw:
                 self.cleaned_frames += 1
             if self.model is not None:
-                self.model.process(output, frame.captured_at, hearing_of(frame, self.detector))
+                self.model.process(judged.signal, frame.captured_at, judged.hearing)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -201,8 +196,8 @@ class AudioPipeline:
             self.echo = EchoWorker(echo_input, self.player, self.detector, path, self.capture.model)
 
     def _echo_possible(self, captured_at: float) -> bool:
-        """Without echo cancellation: the assistant plays (a rough guard, no echo tail measured)."""
-        return self.player.is_playing()
+        """Without echo cancellation: could the assistant's sound (or its echo tail) be in the mic?"""
+        return self.player.is_playing() or captured_at < self.player.sounded_until + ECHO_TAIL_S
 
     def start(self) -> None:
         # Output first: a halt decided by the first captured blocks must find a running player.

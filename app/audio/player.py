@@ -43,6 +43,8 @@ class Player(StreamOwner):
         self.buffer = JitterBuffer(self.rate, target_ms=target_ms, fade_ms=fade_ms)
         self.reference: deque[PlayedBlock] = deque(maxlen=reference_blocks)
         self.device_underflows = 0
+        # When the last sound handed to the device ends at the listener (monotonic seconds).
+        self.sounded_until = float("-inf")
 
     def _opened(self) -> None:
         self.buffer.output_latency = self.latency
@@ -77,4 +79,7 @@ class Player(StreamOwner):
             self.device_underflows += 1
         block = self.buffer.render(frames, now)
         outdata[:] = block[:, None]
-        self.reference.append(PlayedBlock(now, now + self.buffer.output_latency, block))
+        audible_at = now + self.buffer.output_latency
+        self.reference.append(PlayedBlock(now, audible_at, block))
+        if block.any():
+            self.sounded_until = audible_at + frames / self.rate

@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from app.audio.bargein import VAD_RATE, BargeInDetector, DetectorSettings
+from app.audio.bargein import VAD_RATE, DetectorSettings, SpeechDetector
 from app.audio.resample import StreamResampler, float_to_int16, pcm16_to_float
 from app.localmodel import events as ev
 
@@ -201,7 +201,7 @@ class Session:
         self._buffer = bytearray()
         self._buffer_start_ms = 0.0  # audio time of the first byte in the buffer
         self._audio_ms = 0.0  # audio time of everything appended so far
-        self._detector: BargeInDetector | None = None
+        self._detector: SpeechDetector | None = None
         self._vad_resampler = StreamResampler(RATE, VAD_RATE)
         self._recent = deque[bytes]()  # the last few hundred ms, for prefix padding
         self._recent_bytes = 0
@@ -317,10 +317,8 @@ class Session:
         if detection.type == "semantic_vad":
             silence_ms = _EAGERNESS_SILENCE_MS.get(detection.eagerness or "auto", 500)
         mode = 3 if detection.threshold >= 0.7 else 2 if detection.threshold >= 0.4 else 1
-        self._detector = BargeInDetector(
-            lambda: False,
-            lambda: None,
-            DetectorSettings(onset_frames=3, hangover_frames=max(5, silence_ms // 10), vad_mode=mode),
+        self._detector = SpeechDetector(
+            DetectorSettings(onset_frames=3, hangover_frames=max(5, silence_ms // 10), vad_mode=mode)
         )
 
     # -- input audio -------------------------------------------------------------------------
@@ -356,7 +354,7 @@ class Session:
         detector.feed(float_to_int16(samples), start_ms / 1000.0)
         out = Output()
         for speech in list(detector.events)[before:]:
-            if speech.kind in ("speech_start", "barge_in"):
+            if speech.kind == "speech_start":
                 out += self._speech_started(speech.at * 1000.0)
             elif speech.kind == "speech_end":
                 out += self._speech_stopped(speech.at * 1000.0)
