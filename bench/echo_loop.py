@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from bench.stats import machine, summary
-from bench.ttfa import Lines
+from bench.ttfa import Lines, headless_app
 
 REQUESTS = [
     "I forgot my password",
@@ -85,25 +85,7 @@ class LoopRun:
         from app.audio.streams import open_stream
 
         started = time.monotonic()
-        self.app = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "app",
-                "--headless",
-                "--verbose",
-                "--input-device",
-                self.rig.mic,
-                "--output-device",
-                self.rig.speaker,
-                "--metrics",
-                str(self.metrics_file),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "HELPDESK_VOICE_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1"},
-        )
+        self.app = headless_app(self.rig, self.data_dir, self.metrics_file)
         self.out, self.log = Lines(self.app.stdout), Lines(self.app.stderr)
         self.out.wait_for("listening on", 180)
         for device, recorder in zip(self._devices, (self.mic, self.speaker), strict=True):
@@ -171,6 +153,18 @@ class LoopRun:
                 return time.monotonic()
             time.sleep(0.005)
         return None
+
+    def into_answer(self, text: str, after_s: float) -> tuple[float, float | None]:
+        """Ask ``text``, then wait until the assistant has talked ``after_s`` and is talking now.
+
+        Returns when the request began, and the answer's first sound (None: no answer).
+        """
+        self.settle()
+        begin = self.say(speech(text, self.feed.default_samplerate))
+        first = self.first_sound_after(begin, 15.0)
+        if first is None or self.when_talking(first + after_s) is None:
+            return begin, None
+        return begin, first
 
     def settle(self) -> None:
         """Wait until the speaker has been quiet for ANSWER_QUIET_S: no answer in flight."""
@@ -254,13 +248,9 @@ def uninterrupted(run: LoopRun, text: str) -> dict[str, Any]:
 def interruption(run: LoopRun, text: str, after_s: float = 1.5) -> dict[str, Any]:
     from app.audio.measure import _user_onset
 
-    rate = run.feed.default_samplerate
-    user = speech(INTERRUPTION, rate)
-    run.settle()
-    begin = run.say(speech(text, rate))
-    first = run.first_sound_after(begin, 15.0)
-    talking = None if first is None else run.when_talking(first + after_s)
-    if first is None or talking is None:
+    user = speech(INTERRUPTION, run.feed.default_samplerate)
+    _, first = run.into_answer(text, after_s)
+    if first is None:
         return {"request": text, "answered": False}
     spoke = run.say(user)
     ended = time.monotonic()
@@ -283,15 +273,10 @@ def interruption(run: LoopRun, text: str, after_s: float = 1.5) -> dict[str, Any
 
 
 def cough_trial(run: LoopRun, text: str, after_s: float = 1.5) -> dict[str, Any]:
-    assert run.out is not None
-    rate = run.feed.default_samplerate
-    run.settle()
-    begin = run.say(speech(text, rate))
-    first = run.first_sound_after(begin, 15.0)
-    talking = None if first is None else run.when_talking(first + after_s)
-    if first is None or talking is None:
+    begin, first = run.into_answer(text, after_s)
+    if first is None:
         return {"request": text, "answered": False}
-    burst_at = run.say(cough(rate))
+    burst_at = run.say(cough(run.feed.default_samplerate))
     run.wait_turn(begin)
     loud = run.loud_times(first)
     # the longest silence on the speaker starting around the burst: the pause, if there was one

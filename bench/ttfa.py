@@ -81,6 +81,29 @@ class Lines:
         raise TimeoutError(f"no line starting with {prefix!r}; last lines: {self.lines[-8:]}")
 
 
+def headless_app(rig: Any, data_dir: Path, metrics: Path) -> subprocess.Popen[str]:
+    """The app as a user runs it on the rig's devices (no endpoint: its embedded server), verbose."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "--headless",
+            "--verbose",
+            "--input-device",
+            rig.mic,
+            "--output-device",
+            rig.speaker,
+            "--metrics",
+            str(metrics),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HELPDESK_VOICE_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"},
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=len(REQUESTS))
@@ -103,25 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         data_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"hv-bench-{os.getpid()}"
         # The app as a user runs it: no endpoint, so it starts its own embedded server.
-        app = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "app",
-                "--headless",
-                "--verbose",
-                "--input-device",
-                rig.mic,
-                "--output-device",
-                rig.speaker,
-                "--metrics",
-                str(data_dir / "metrics.jsonl"),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "HELPDESK_VOICE_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"},
-        )
+        app = headless_app(rig, data_dir, data_dir / "metrics.jsonl")
         processes.append(app)
         app_out, server_log = Lines(app.stdout), Lines(app.stderr)
         app_out.wait_for("listening on", 180)
