@@ -386,6 +386,35 @@ def test_monitor_finds_speaker_mode_and_the_echo_level() -> None:
     assert all(state.excess_db < 2.0 for state in states[55:])  # the echo explains the microphone
 
 
+def test_monitor_finds_the_echo_delay_and_hears_the_user_in_a_pause_between_words() -> None:
+    # Speech-like playback: 150-300 ms bursts with 150-300 ms pauses, its echo 50 ms late at 0 dB.
+    rng = np.random.default_rng(5)
+    reference = noise_bursts(12.0, 9)
+    position = 0
+    while position < len(reference):
+        burst = int(ECHO_RATE * rng.uniform(0.15, 0.3))
+        pause = int(ECHO_RATE * rng.uniform(0.15, 0.3))
+        reference[position + burst : position + burst + pause] = 0.0
+        position += burst + pause
+    delay = 50 * ECHO_RATE // 1000
+    mic = np.concatenate((np.zeros(delay, np.float32), reference[:-delay]))
+    mic += rng.standard_normal(len(mic)).astype(np.float32) * 1e-4  # a quiet room
+    # The user says a short word in the first pause after 10 s, 80 ms after the echo ended.
+    pauses = np.flatnonzero((reference[:-1] != 0) & (reference[1:] == 0))
+    pause_at = int(pauses[pauses > 10 * ECHO_RATE][0]) + delay
+    word = slice(pause_at + 80 * ECHO_RATE // 1000, pause_at + 150 * ECHO_RATE // 1000)
+    mic[word] += noise_bursts(1.0, 4, level=0.1)[: word.stop - word.start]
+    monitor = EchoMonitor()
+    states = monitor_run(monitor, reference, mic, attenuation_db=35.0)
+    assert monitor.echo_delay_frames in (5, 6)  # 50 ms behind the aligned reference
+    frames = range(word.start // FRAME_SAMPLES + 1, word.stop // FRAME_SAMPLES)
+    # Without the delay the loudest playback of the last 200 ms predicted echo as loud as the user.
+    assert all(states[k].excess_db > 10.0 for k in frames), [states[k].excess_db for k in frames]
+    # And the echo itself stays explained.
+    echo_only = range(9 * ECHO_RATE // FRAME_SAMPLES, 10 * ECHO_RATE // FRAME_SAMPLES)
+    assert np.percentile([states[k].excess_db for k in echo_only], 95) < 2.0
+
+
 def test_the_user_talking_over_the_playback_does_not_pass_for_echo() -> None:
     """Frequent barge-ins must not inflate the predicted echo (it would hide the next one)."""
     # Syllable-like loudness changes (0 to -20 dB every 50 ms) loosen the echo gain bound, as

@@ -22,6 +22,8 @@ import numpy as np
 import numpy.typing as npt
 import webrtcvad
 
+from app.audio.framing import Framer
+
 VAD_RATE = 16000
 FRAME_MS = 10
 FRAME_SAMPLES = VAD_RATE * FRAME_MS // 1000
@@ -87,8 +89,8 @@ class SpeechDetector:
         self._run_start = 0.0
         self._quiet = 0  # consecutive non-speech frames while in speech
         self._last_speech_at = 0.0
-        self._pending = np.zeros(0, np.int16)
-        self._pending_start = 0.0
+        self._framer = Framer(FRAME_SAMPLES, np.int16)
+        self._pending_start = 0.0  # capture time of the framer's first pending sample
 
     @property
     def silence_frames(self) -> int:
@@ -98,18 +100,17 @@ class SpeechDetector:
     def feed(self, samples: npt.NDArray[np.int16], start_time: float) -> None:
         """Feed 16 kHz PCM16 samples of any length; ``start_time`` is when the first was captured."""
         if not self.enabled:
-            self._pending = np.zeros(0, np.int16)
+            self._framer.reset()
             self._run = 0
             return
-        if len(self._pending) == 0:
+        if not self._framer.pending:
             self._pending_start = start_time
-        buffered = np.concatenate((self._pending, samples)) if len(self._pending) else samples
-        count = len(buffered) // FRAME_SAMPLES
-        for i in range(count):
-            frame = buffered[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
-            self.feed_frame(frame, self._pending_start + i * FRAME_MS / 1000.0)
-        self._pending = buffered[count * FRAME_SAMPLES :].copy()
-        self._pending_start += count * FRAME_MS / 1000.0
+        start = self._pending_start
+        _, frames = self._framer.push(samples)
+        # Moved on with the framer before the frames run, so one that fails leaves the times right.
+        self._pending_start += len(frames) * FRAME_MS / 1000.0
+        for i, frame in enumerate(frames):
+            self.feed_frame(frame, start + i * FRAME_MS / 1000.0)
 
     def feed_frame(
         self, frame: npt.NDArray[np.int16], at: float, *, echo: bool = False, strict: bool = False

@@ -18,6 +18,7 @@ import numpy as np
 
 from app.audio.bargein import VAD_RATE, BargeInDetector
 from app.audio.devices import AudioDevice
+from app.audio.framing import Framer
 from app.audio.resample import FloatArray, StreamResampler, downmix, float_to_int16, float_to_pcm16
 from app.audio.streams import StreamOwner
 from app.core.hearing import Hearing, MicFrame, louder
@@ -68,9 +69,10 @@ class FrameSink:
         # it must not block.
         self.on_frame: Callable[[], None] | None = None
         self._resampler = TimedResampler(in_rate, out_rate)
-        self._pending = np.zeros(0, np.float32)
-        self._pending_at = 0.0
-        self._pending_hearing: Hearing = "clear"
+        self._framer = Framer(self.frame_samples, np.float32)
+        self._frame_s = self.frame_samples / out_rate
+        self._pending_at = 0.0  # capture time of the framer's first pending sample
+        self._pending_hearing: Hearing = "clear"  # the strongest label among the pending samples
 
     def process(self, mono: FloatArray, block_start: float, hearing: Hearing = "clear") -> FloatArray:
         """Resample ``mono`` and queue every whole frame; ``hearing`` labels these samples.
@@ -78,18 +80,19 @@ class FrameSink:
         A frame made of samples with different labels gets the strongest (user over echo).
         """
         converted, first_at = self._resampler.process(mono, block_start)
-        if len(converted):
-            if len(self._pending) == 0:
-                self._pending_at = first_at
-                self._pending_hearing = hearing
-            else:
-                self._pending_hearing = louder(self._pending_hearing, hearing)
-            self._pending = np.concatenate((self._pending, converted)) if len(self._pending) else converted
-        while len(self._pending) >= self.frame_samples:
-            frame = self._pending[: self.frame_samples]
-            self._pending = self._pending[self.frame_samples :]
-            label = self._pending_hearing
-            self._pending_hearing = hearing  # what is left came from this call
+        if not len(converted):
+            return converted
+        # Labels belong to sample ranges: the pending samples carry the merged label of the
+        # chunks they came from, and fewer than a frame is ever pending, so only the first frame
+        # cut now can hold them; every later frame, and the remainder, is this chunk's alone.
+        if self._framer.pending:
+            self._pending_hearing = louder(self._pending_hearing, hearing)
+        else:
+            self._pending_at = first_at
+            self._pending_hearing = hearing
+        _, frames = self._framer.push(converted)
+        label = self._pending_hearing
+        for frame in frames:
             try:
                 self.frames.put_nowait(MicFrame(float_to_pcm16(frame), self._pending_at, label))
             except queue.Full:
@@ -97,7 +100,11 @@ class FrameSink:
             else:
                 if self.on_frame is not None:
                     self.on_frame()
-            self._pending_at += self.frame_samples / self.out_rate
+            label = hearing
+            # Added up frame by frame as it always was: index / rate would differ in the last bits.
+            self._pending_at += self._frame_s
+        if frames:
+            self._pending_hearing = hearing
         return converted
 
 
