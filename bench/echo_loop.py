@@ -266,7 +266,8 @@ def interruption(run: LoopRun, text: str, after_s: float = 1.5) -> dict[str, Any
         "request": text,
         "answered": True,
         "onset_found": True,
-        "assistant_talking_at_onset": bool(len(before_onset_end)) and onset - before_onset_end[-1] < GAP_S,
+        # plain bools: numpy's do not go into JSON
+        "assistant_talking_at_onset": bool(len(before_onset_end) and onset - before_onset_end[-1] < GAP_S),
         "halted": silent_at is not None and silent_at - onset < 2.0,
         "halt_ms": None if silent_at is None else round((silent_at - onset) * 1000.0, 1),
     }
