@@ -14,13 +14,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from app.audio.devices import find_device
 from app.audio.probe import TimedRecorder
 from app.audio.resample import FloatArray
 from app.audio.virtual_rig import VirtualAudioRig
+from bench.echo_loop import cough
 from tests.app_driver import HeadlessApp, loud_since, speak
 
 pytestmark = pytest.mark.devices
@@ -35,15 +35,6 @@ def echo_rig(virtual_audio: VirtualAudioRig) -> Iterator[VirtualAudioRig]:
         yield virtual_audio
     finally:
         virtual_audio.set_echo(False)
-
-
-def cough(rate: int) -> FloatArray:
-    """150 ms of band-limited noise with a fast attack: a cough, not words."""
-    rng = np.random.default_rng(3)
-    n = int(rate * 0.15)
-    noise = np.convolve(rng.standard_normal(n), np.ones(8) / 8.0, mode="same")
-    envelope = np.minimum(1.0, np.linspace(0.0, 8.0, n)) * np.minimum(1.0, np.linspace(4.0, 0.0, n))
-    return (0.3 * noise / np.max(np.abs(noise)) * envelope).astype(np.float32)
 
 
 def test_answers_on_speaker_echo_are_never_cut_short_and_a_cough_does_not_end_one(
@@ -85,7 +76,7 @@ def test_answers_on_speaker_echo_are_never_cut_short_and_a_cough_does_not_end_on
         while time.monotonic() < deadline and not len(loud_since(monitor, time.monotonic() - 0.3)):
             time.sleep(0.02)
         time.sleep(1.5)
-        speak(echo_rig, cough(feed_rate))
+        speak(echo_rig, cough(feed_rate))  # 150 ms of band-limited noise: a cough, not words
         answered(len(REQUESTS) + 1)
     finally:
         app.stop()
