@@ -7,11 +7,12 @@ Outputs are :mod:`app.core.actions`.
 
 Barge-in: the audio thread has already paused the player when the machine hears of it. The
 answer is kept, and so is the user's audio (the server does not hear it yet), until the machine
-knows whether it was the user's turn: speech shorter than ``min_turn_s`` (a cough, a click) resumes
-the answer where it stopped, and nothing is sent. A real turn stops the answer: the machine cancels
-the response (only while one is in progress), sends the held audio, and, once the player reports
-what the listener heard, truncates the item there (clamped to the item's audio, never for an item
-that finished playing) and cuts the assistant's transcript to match.
+knows whether it was the user's turn: less than ``min_turn_s`` of speech (a cough, a click)
+followed by ``resume_after_s`` of silence resumes the answer where it stopped, and nothing is
+sent. A real turn stops the answer: the machine cancels the response (only while one is in
+progress), sends the held audio, and, once the player reports what the listener heard,
+truncates the item there (clamped to the item's audio, never for an item that finished playing)
+and cuts the assistant's transcript to match.
 
 While the assistant's voice may be in the microphone, the server hears silence unless the local
 detector hears the user (see :mod:`app.core.hearing`): the local decision wins while the model is
@@ -136,12 +137,9 @@ class _Interruption:
 
     onset_at: float  # capture time of the first speech frame
     held: list[MicFrame]  # the user's audio, kept from the server until the verdict
+    burst_at: float | None  # capture time the burst in progress began (None: silence)
     spoken_s: float = 0.0  # speech in the bursts that have ended
-    burst_at: float | None = None  # capture time the burst in progress began (None: silence)
     silent_since: float = 0.0  # capture time the last burst ended
-
-    def __post_init__(self) -> None:
-        self.burst_at = self.onset_at
 
     def speech_started(self, at: float) -> None:
         if self.burst_at is None:
@@ -323,7 +321,7 @@ class Conversation:
             # (a turn, or a cough). The audio just before the onset is the start of the words.
             held = [f for f in self._recent if f.captured_at >= at - self.settings.prefix_s]
             self._recent.clear()
-            self._interruption = _Interruption(at, held)
+            self._interruption = _Interruption(at, held, burst_at=at)
             return self._set_state(State.USER_SPEAKING)
         return []
 
