@@ -3,7 +3,9 @@
 Each scenario plays the assistant's voice (espeak-ng) as the output device would (48 kHz, 10 ms
 blocks with jittered callback times), sends it through a simulated room (delay, gain, exponential
 reverberation tail, mild loudspeaker clipping, a little noise) into a 16 kHz microphone, optionally
-with a user (another voice) starting at a known time. The echo path (``ReferenceAligner`` plus the
+with a user (another voice) starting at a known time; in some echo-only scenarios the echo path
+jumps 60 ms mid-answer (an output underrun the device reports or not, or one in the echo path
+alone, which the app's timing cannot see). The echo path (``ReferenceAligner`` plus the
 canceller) cleans the microphone, and the app's ``BargeInDetector`` runs on the cleaned frames.
 
 Reported per canceller: echo attenuation after convergence (first 3 s excluded), the user's kept
@@ -34,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -109,6 +111,23 @@ class Room:
         return np.asarray(h / math.sqrt(float(np.sum(np.square(h)))), np.float32)
 
 
+JumpKind = Literal["reported", "unreported", "echo"]
+
+
+@dataclass(frozen=True)
+class Jump:
+    """The echo path jumps: ``gap_ms`` of silence is heard at ``at_s`` and everything after it later.
+
+    ``reported``: an output underrun the callback reports (PortAudio's underflow flag), its blocks
+    from then on handed late; ``unreported``: the same without the flag; ``echo``: in the echo
+    path only (a loopback, Bluetooth or USB device underruns), the app's timing sees nothing.
+    """
+
+    at_s: float = 4.1
+    gap_ms: float = 60.0
+    kind: JumpKind = "reported"
+
+
 @dataclass
 class Scenario:
     room: Room
@@ -117,6 +136,7 @@ class Scenario:
     user_dbfs: float = -22.0  # the user's active speech level at the microphone
     jitter_ms: float = 3.0
     name: str = ""
+    jump: Jump | None = None
 
 
 @dataclass
@@ -136,11 +156,22 @@ def record(scenario: Scenario) -> Recording:
     assistant = voice(ASSISTANT_TEXT, "en-us", DEVICE_RATE)
     played = np.concatenate((assistant * 0.5, np.zeros(DEVICE_RATE // 2, np.float32)))
     played = played[: len(played) // BLOCK * BLOCK]
+    jump = scenario.jump
+    jump_block = len(played) if jump is None else round(jump.at_s * 100)
+    late = 0.0 if jump is None or jump.kind == "echo" else jump.gap_ms / 1000.0
     blocks: list[PlayedBlock] = []
     for n, i in enumerate(range(0, len(played), BLOCK)):
         audible = n * 0.01 + float(rng.uniform(0.0, scenario.jitter_ms)) / 1000.0  # callbacks come late
-        blocks.append(PlayedBlock(audible - 0.02, audible, played[i : i + BLOCK]))
-    heard = StreamResampler(DEVICE_RATE, ECHO_RATE, "HQ").process(played, last=True)
+        if n >= jump_block:
+            audible += late
+        flagged = jump is not None and jump.kind == "reported" and n == jump_block
+        blocks.append(PlayedBlock(audible - 0.02, audible, played[i : i + BLOCK], flagged))
+    sounded = played
+    if jump is not None:
+        gap = np.zeros(round(jump.gap_ms / 1000.0 * DEVICE_RATE), np.float32)
+        cut = jump_block * BLOCK
+        sounded = np.concatenate((played[:cut], gap, played[cut:]))
+    heard = StreamResampler(DEVICE_RATE, ECHO_RATE, "HQ").process(sounded, last=True)
     peak = float(np.max(np.abs(heard)))
     speaker = np.clip(heard, -room.clip * peak, room.clip * peak)
     echo = np.convolve(speaker, room.impulse_response())[: len(heard)].astype(np.float32)
@@ -242,7 +273,16 @@ def scenarios() -> list[Scenario]:
         out.append(Scenario(room, name=f"{tag}_echo_only"))
         for n, text in enumerate(USER_TEXTS):
             out.append(Scenario(room, user_text=text, user_at=4.0 + 1.5 * n, name=f"{tag}_user{n}"))
+    for room in rooms[:2]:
+        tag = f"delay{room.delay_ms:.0f}_echo{room.echo_db:.0f}_tail{room.tail_ms:.0f}"
+        for kind in JUMP_KINDS:
+            jump = Jump(kind=kind)
+            name = f"{tag}_jump_{kind}_{jump.gap_ms:.0f}ms_echo_only"
+            out.append(Scenario(room, name=name, jump=jump))
     return out
+
+
+JUMP_KINDS: tuple[JumpKind, ...] = ("reported", "unreported", "echo")
 
 
 CANCELLERS: dict[str, Any] = {"webrtc-aec3": WebRtcEchoCanceller, "reference-gate": ReferenceEchoGate}

@@ -40,7 +40,7 @@ from app.audio.pipeline import EchoWorker
 from app.audio.player import PlayedBlock, Player
 from app.audio.resample import FloatArray, StreamResampler, float_to_pcm16, pcm16_to_float
 from app.core.hearing import Hearing
-from bench.echo import USER_TEXTS, Recording, Room, Scenario, record, run
+from bench.echo import JUMP_KINDS, USER_TEXTS, Jump, JumpKind, Recording, Room, Scenario, record, run
 
 ROOMS = [
     Room(delay_ms=20, echo_db=-6, tail_ms=150, seed=1),
@@ -89,6 +89,20 @@ def test_aec3_keeps_the_user_and_barge_in_fires_on_time(room: Room) -> None:
     assert outcome.user_kept_db is not None and outcome.user_kept_db >= -4.0
     assert outcome.false_halts == 0
     assert outcome.latency_ms is not None and 0.0 < outcome.latency_ms <= 200.0
+
+
+@pytest.mark.parametrize("kind", JUMP_KINDS)
+@pytest.mark.parametrize("room", ROOMS[1:3], ids=ROOM_IDS[1:3])
+def test_an_echo_path_jump_mid_answer_does_not_halt_the_assistant(room: Room, kind: JumpKind) -> None:
+    # 60 ms of silence heard mid-word and everything after it later: each kind halted the
+    # assistant on its own echo within 300 ms (the echo ran behind its reference or its measured
+    # delay, and the frames the canceller still removed went on raw as the user's).
+    scenario = Scenario(room, jump=Jump(at_s=4.1, gap_ms=60.0, kind=kind))
+    try:
+        rec = record(scenario)
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    assert run(scenario, aec3(), rec).barge_ins == []
 
 
 def test_aec3_reports_its_attenuation_per_frame() -> None:
@@ -299,6 +313,24 @@ def test_aligner_follows_an_output_underrun_within_the_slip_window() -> None:
     assert np.count_nonzero(frame) == FRAME_SAMPLES
 
 
+def test_aligner_follows_a_reported_underrun_at_once() -> None:
+    signal = (np.random.default_rng(6).standard_normal(48000 * 3) * 0.1).astype(np.float32)
+    aligner = ReferenceAligner(48000, lead_s=0.0)
+    aligner.extend(played_blocks(signal[: 48000 * 2], 48000, jitter_ms=0.0))
+    anchor_before = aligner.anchor
+    slipped = played_blocks(signal[48000 * 2 :], 48000, jitter_ms=0.0, start=2.03)
+    first = slipped[0]
+    aligner.push(PlayedBlock(first.handed_at, first.audible_at, first.samples, underflow=True))
+    assert aligner.slips == 1 and aligner.restarts == 0
+    assert aligner.anchor is not None and anchor_before is not None
+    assert aligner.anchor - anchor_before == pytest.approx(0.03, abs=0.001)
+    # A reported underrun that cost no time moves nothing for long: the next on-time block
+    # brings the anchor back.
+    aligner.push(PlayedBlock(slipped[1].handed_at, slipped[1].audible_at + 0.004, slipped[1].samples, True))
+    aligner.push(slipped[2])
+    assert aligner.anchor - anchor_before == pytest.approx(0.03, abs=0.001)
+
+
 def test_echo_path_bypasses_the_canceller_while_idle_and_resumes_cancelling() -> None:
     """Long silences skip AEC3 (idle CPU); the echo after them is still cancelled."""
     rate = 48000
@@ -347,16 +379,31 @@ def noise_bursts(seconds: float, seed: int, level: float = 0.1) -> FloatArray:
     return (rng.standard_normal(int(ECHO_RATE * seconds)) * level).astype(np.float32)
 
 
+def speech_like(seconds: float, seed: int, rng: np.random.Generator) -> FloatArray:
+    """Noise in 150-300 ms bursts with 150-300 ms pauses, like the loudness of speech."""
+    reference = noise_bursts(seconds, seed)
+    position = 0
+    while position < len(reference):
+        burst = int(ECHO_RATE * rng.uniform(0.15, 0.3))
+        pause = int(ECHO_RATE * rng.uniform(0.15, 0.3))
+        reference[position + burst : position + burst + pause] = 0.0
+        position += burst + pause
+    return reference
+
+
 def monitor_run(
-    monitor: EchoMonitor, reference: FloatArray, mic: FloatArray, attenuation_db: float
+    monitor: EchoMonitor, reference: FloatArray, mic: FloatArray, attenuation_db: float | FloatArray
 ) -> list[EchoState]:
+    """Per 10 ms frame; ``attenuation_db`` is what the canceller removed, one value or one per frame."""
+    count = len(reference) // FRAME_SAMPLES
+    removed = np.broadcast_to(np.asarray(attenuation_db, np.float64), (count,))
     return [
         monitor.update(
-            power_db(power(mic[k : k + FRAME_SAMPLES])),
-            power_db(power(reference[k : k + FRAME_SAMPLES])),
-            attenuation_db,
+            power_db(power(mic[n * FRAME_SAMPLES : (n + 1) * FRAME_SAMPLES])),
+            power_db(power(reference[n * FRAME_SAMPLES : (n + 1) * FRAME_SAMPLES])),
+            float(removed[n]),
         )
-        for k in range(0, len(reference) - FRAME_SAMPLES + 1, FRAME_SAMPLES)
+        for n in range(count)
     ]
 
 
@@ -389,13 +436,7 @@ def test_monitor_finds_speaker_mode_and_the_echo_level() -> None:
 def test_monitor_finds_the_echo_delay_and_hears_the_user_in_a_pause_between_words() -> None:
     # Speech-like playback: 150-300 ms bursts with 150-300 ms pauses, its echo 50 ms late at 0 dB.
     rng = np.random.default_rng(5)
-    reference = noise_bursts(12.0, 9)
-    position = 0
-    while position < len(reference):
-        burst = int(ECHO_RATE * rng.uniform(0.15, 0.3))
-        pause = int(ECHO_RATE * rng.uniform(0.15, 0.3))
-        reference[position + burst : position + burst + pause] = 0.0
-        position += burst + pause
+    reference = speech_like(12.0, 9, rng)
     delay = 50 * ECHO_RATE // 1000
     mic = np.concatenate((np.zeros(delay, np.float32), reference[:-delay]))
     mic += rng.standard_normal(len(mic)).astype(np.float32) * 1e-4  # a quiet room
@@ -404,10 +445,15 @@ def test_monitor_finds_the_echo_delay_and_hears_the_user_in_a_pause_between_word
     pause_at = int(pauses[pauses > 10 * ECHO_RATE][0]) + delay
     word = slice(pause_at + 80 * ECHO_RATE // 1000, pause_at + 150 * ECHO_RATE // 1000)
     mic[word] += noise_bursts(1.0, 4, level=0.1)[: word.stop - word.start]
-    monitor = EchoMonitor()
-    states = monitor_run(monitor, reference, mic, attenuation_db=35.0)
-    assert monitor.echo_delay_frames in (5, 6)  # 50 ms behind the aligned reference
+    # AEC3 removes 35 dB from the echo; over the word its suppressor releases within 30 ms (as
+    # measured with the real canceller on a user's word in a pause).
     frames = range(word.start // FRAME_SAMPLES + 1, word.stop // FRAME_SAMPLES)
+    removed = np.full(len(reference) // FRAME_SAMPLES, 35.0)
+    removed[frames.start : frames.stop + 1] = 2.0  # the frame the word ends in too
+    removed[frames.start - 1 : frames.start + 2] = (35.0, 20.0, 10.0)
+    monitor = EchoMonitor()
+    states = monitor_run(monitor, reference, mic, attenuation_db=removed)
+    assert monitor.echo_delay_frames in (5, 6)  # 50 ms behind the aligned reference
     # Without the delay the loudest playback of the last 200 ms predicted echo as loud as the user.
     assert all(states[k].excess_db > 10.0 for k in frames), [states[k].excess_db for k in frames]
     # And the echo itself stays explained.
@@ -444,6 +490,30 @@ def test_the_user_talking_over_the_playback_does_not_pass_for_echo() -> None:
     assert -11.5 <= predicted_gain(tell_monitor=True) <= -8.0
 
 
+def test_monitor_drops_a_stale_echo_delay_and_measures_the_new_one() -> None:
+    # The echo path jumps unseen (an underrun in a loopback device): the echo is 120 ms late
+    # instead of 50. The canceller re-finds it at once (35 dB removed), but at the measured delay
+    # the playback predicts silence in the pauses, where the late echo now is.
+    rng = np.random.default_rng(21)
+    reference = speech_like(20.0, 22, rng)
+    jump_at = 10 * ECHO_RATE
+    mic = np.zeros_like(reference)
+    mic[800:jump_at] = reference[: jump_at - 800]  # 50 ms
+    mic[jump_at:] = reference[jump_at - 1920 : -1920]  # 120 ms
+    mic += rng.standard_normal(len(mic)).astype(np.float32) * 1e-4
+    monitor = EchoMonitor()
+    before = monitor_run(monitor, reference[:jump_at], mic[:jump_at], attenuation_db=35.0)
+    assert monitor.echo_delay_frames in (5, 6) and not before[-1].settling
+    after = monitor_run(monitor, reference[jump_at:], mic[jump_at:], attenuation_db=35.0)
+    unexplained = [k for k, state in enumerate(after) if state.excess_db >= 3.0]
+    # A few frames before the delay is dropped, none after (the loudest playback explains them) ...
+    assert len(unexplained) <= 2 * monitor.settings.stale_frames, unexplained
+    # ... and a guard, as after any jump; then the new delay is measured.
+    assert any(state.settling for state in after[: monitor.settings.stale_window_frames * 3])
+    assert monitor.echo_delay_frames in (12, 13)
+    assert np.percentile([state.excess_db for state in after[-300:]], 95) < 2.0
+
+
 def test_monitor_distrusts_a_canceller_that_passes_explained_echo() -> None:
     reference = noise_bursts(4.0, 9)
     mic = reference * 10 ** (-10 / 20)
@@ -478,8 +548,9 @@ def judged(
     settling: bool = False,
     spread_db: float | None = None,
     possible: bool = True,
+    loudest_excess_db: float | None = None,
 ) -> tuple[EchoVerdict, CleanedFrame]:
-    state = EchoState(mode, possible, settling, excess_db, -10.0, spread_db)
+    state = EchoState(mode, possible, settling, excess_db, -10.0, spread_db, loudest_excess_db)
     raw = np.full(FRAME_SAMPLES, 0.1, np.float32)
     cleaned = np.full(FRAME_SAMPLES, 0.001, np.float32)
     frame = CleanedFrame(cleaned, 1.0, attenuation_db, -20.0, -20.0, raw, state)
@@ -509,6 +580,17 @@ def test_a_user_far_above_the_predicted_echo_wins_over_the_suppressor_and_goes_o
     assert verdict.echo and verdict.signal is frame.samples
     verdict, frame = judged(3.0, excess_db=6.0)  # the canceller let it through anyway
     assert not verdict.echo and verdict.signal is frame.samples
+
+
+def test_overriding_the_suppressor_needs_the_user_above_the_loudest_playback_too() -> None:
+    # 12 dB above the echo at the measured delay, but the loudest playback of the window explains
+    # it: a delay that changed unseen, and the canceller took 40 dB from it. Echo, not the user.
+    verdict, frame = judged(40.0, excess_db=12.0, loudest_excess_db=-1.0)
+    assert verdict.echo and verdict.signal is frame.samples
+    verdict, frame = judged(40.0, excess_db=12.0, loudest_excess_db=6.0)
+    assert not verdict.echo and verdict.signal is frame.raw
+    # What the canceller passes is still judged at the measured delay (the user in a pause).
+    assert not judged(2.0, excess_db=12.0, loudest_excess_db=-1.0)[0].echo
 
 
 def test_a_steady_echo_lets_the_user_override_the_suppressor_sooner() -> None:

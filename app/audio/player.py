@@ -25,6 +25,9 @@ class PlayedBlock:
     handed_at: float  # monotonic time of the callback
     audible_at: float  # when its first sample reaches the listener (handed_at + output latency)
     samples: FloatArray
+    # The device ran dry just before this block (it played silence the stream does not hold):
+    # this block and all after it are heard later than the stream so far implies.
+    underflow: bool = False
 
 
 class Player(StreamOwner):
@@ -75,11 +78,12 @@ class Player(StreamOwner):
 
     def _callback(self, outdata: FloatArray, frames: int, time_info: Any, status: Any) -> None:
         now = time.monotonic()
-        if status.output_underflow:
+        underflow = bool(status.output_underflow)
+        if underflow:
             self.device_underflows += 1
         block = self.buffer.render(frames, now)
         outdata[:] = block[:, None]
         audible_at = now + self.buffer.output_latency
-        self.reference.append(PlayedBlock(now, audible_at, block))
+        self.reference.append(PlayedBlock(now, audible_at, block, underflow))
         if block.any():
             self.sounded_until = audible_at + frames / self.rate
