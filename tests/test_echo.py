@@ -40,7 +40,7 @@ from app.audio.pipeline import EchoWorker
 from app.audio.player import PlayedBlock, Player
 from app.audio.resample import FloatArray, StreamResampler, float_to_pcm16, pcm16_to_float
 from app.core.hearing import Hearing
-from bench.echo import JUMP_KINDS, USER_TEXTS, Jump, JumpKind, Recording, Room, Scenario, record, run
+from bench.echo import USER_TEXTS, Jump, Recording, Room, Scenario, record, run
 
 ROOMS = [
     Room(delay_ms=20, echo_db=-6, tail_ms=150, seed=1),
@@ -91,13 +91,13 @@ def test_aec3_keeps_the_user_and_barge_in_fires_on_time(room: Room) -> None:
     assert outcome.latency_ms is not None and 0.0 < outcome.latency_ms <= 200.0
 
 
-@pytest.mark.parametrize("kind", JUMP_KINDS)
-@pytest.mark.parametrize("room", ROOMS[1:3], ids=ROOM_IDS[1:3])
-def test_an_echo_path_jump_mid_answer_does_not_halt_the_assistant(room: Room, kind: JumpKind) -> None:
-    # 60 ms of silence heard mid-word and everything after it later: each kind halted the
-    # assistant on its own echo within 300 ms (the echo ran behind its reference or its measured
-    # delay, and the frames the canceller still removed went on raw as the user's).
-    scenario = Scenario(room, jump=Jump(at_s=4.1, gap_ms=60.0, kind=kind))
+@pytest.mark.parametrize("gap_ms", [25.0, 60.0, 90.0])
+@pytest.mark.parametrize("room", ROOMS, ids=ROOM_IDS)
+def test_a_reported_output_underrun_mid_answer_does_not_halt_the_assistant(room: Room, gap_ms: float) -> None:
+    # The device plays silence mid-word and everything after it later. While the reference
+    # timeline waited 250 ms for the slip, the echo ran behind its reference, AEC3 passed it and
+    # the assistant halted on its own voice (48 of 60 such runs; once in CI).
+    scenario = Scenario(room, jump=Jump(at_s=4.1, gap_ms=gap_ms, kind="reported"))
     try:
         rec = record(scenario)
     except FileNotFoundError as exc:
@@ -490,30 +490,6 @@ def test_the_user_talking_over_the_playback_does_not_pass_for_echo() -> None:
     assert -11.5 <= predicted_gain(tell_monitor=True) <= -8.0
 
 
-def test_monitor_drops_a_stale_echo_delay_and_measures_the_new_one() -> None:
-    # The echo path jumps unseen (an underrun in a loopback device): the echo is 120 ms late
-    # instead of 50. The canceller re-finds it at once (35 dB removed), but at the measured delay
-    # the playback predicts silence in the pauses, where the late echo now is.
-    rng = np.random.default_rng(21)
-    reference = speech_like(20.0, 22, rng)
-    jump_at = 10 * ECHO_RATE
-    mic = np.zeros_like(reference)
-    mic[800:jump_at] = reference[: jump_at - 800]  # 50 ms
-    mic[jump_at:] = reference[jump_at - 1920 : -1920]  # 120 ms
-    mic += rng.standard_normal(len(mic)).astype(np.float32) * 1e-4
-    monitor = EchoMonitor()
-    before = monitor_run(monitor, reference[:jump_at], mic[:jump_at], attenuation_db=35.0)
-    assert monitor.echo_delay_frames in (5, 6) and not before[-1].settling
-    after = monitor_run(monitor, reference[jump_at:], mic[jump_at:], attenuation_db=35.0)
-    unexplained = [k for k, state in enumerate(after) if state.excess_db >= 3.0]
-    # A few frames before the delay is dropped, none after (the loudest playback explains them) ...
-    assert len(unexplained) <= 2 * monitor.settings.stale_frames, unexplained
-    # ... and a guard, as after any jump; then the new delay is measured.
-    assert any(state.settling for state in after[: monitor.settings.stale_window_frames * 3])
-    assert monitor.echo_delay_frames in (12, 13)
-    assert np.percentile([state.excess_db for state in after[-300:]], 95) < 2.0
-
-
 def test_monitor_distrusts_a_canceller_that_passes_explained_echo() -> None:
     reference = noise_bursts(4.0, 9)
     mic = reference * 10 ** (-10 / 20)
@@ -548,9 +524,8 @@ def judged(
     settling: bool = False,
     spread_db: float | None = None,
     possible: bool = True,
-    loudest_excess_db: float | None = None,
 ) -> tuple[EchoVerdict, CleanedFrame]:
-    state = EchoState(mode, possible, settling, excess_db, -10.0, spread_db, loudest_excess_db)
+    state = EchoState(mode, possible, settling, excess_db, -10.0, spread_db)
     raw = np.full(FRAME_SAMPLES, 0.1, np.float32)
     cleaned = np.full(FRAME_SAMPLES, 0.001, np.float32)
     frame = CleanedFrame(cleaned, 1.0, attenuation_db, -20.0, -20.0, raw, state)
@@ -580,17 +555,6 @@ def test_a_user_far_above_the_predicted_echo_wins_over_the_suppressor_and_goes_o
     assert verdict.echo and verdict.signal is frame.samples
     verdict, frame = judged(3.0, excess_db=6.0)  # the canceller let it through anyway
     assert not verdict.echo and verdict.signal is frame.samples
-
-
-def test_overriding_the_suppressor_needs_the_user_above_the_loudest_playback_too() -> None:
-    # 12 dB above the echo at the measured delay, but the loudest playback of the window explains
-    # it: a delay that changed unseen, and the canceller took 40 dB from it. Echo, not the user.
-    verdict, frame = judged(40.0, excess_db=12.0, loudest_excess_db=-1.0)
-    assert verdict.echo and verdict.signal is frame.samples
-    verdict, frame = judged(40.0, excess_db=12.0, loudest_excess_db=6.0)
-    assert not verdict.echo and verdict.signal is frame.raw
-    # What the canceller passes is still judged at the measured delay (the user in a pause).
-    assert not judged(2.0, excess_db=12.0, loudest_excess_db=-1.0)[0].echo
 
 
 def test_a_steady_echo_lets_the_user_override_the_suppressor_sooner() -> None:

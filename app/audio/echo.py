@@ -439,14 +439,6 @@ class MonitorSettings:
     # loud syllable (measured at 0 dB: interruptions halted 650 ms late, on the next words).
     delay_min_frames: int = 100
     delay_slack_frames: int = 1
-    # The measured delay is stale (the echo path changed unseen: an underrun in a loopback, a
-    # Bluetooth or USB device) when this many of the last ``stale_window_frames`` frames are ones
-    # the canceller took ``stale_attenuation_db`` or more from, that the loudest playback explains,
-    # but that stand as far above the playback at the measured delay as the user talking over it.
-    stale_frames: int = 4
-    stale_window_frames: int = 10
-    stale_attenuation_db: float = 10.0
-    stale_excess_db: float = 6.0  # or the measured spread plus 2 dB, not under 3 dB
 
 
 @dataclass(frozen=True)
@@ -461,11 +453,6 @@ class EchoState:
     # How far echo alone rises above the prediction (its 99th percentile frames), once measured:
     # about 0.5 dB for a steady sound, several dB for speech.
     excess_spread_db: float | None = None
-    # Once the echo's delay is measured, ``excess_db`` is over the playback at that delay; these
-    # are over the loudest playback at any delay of the window, which holds when the delay has
-    # changed since it was measured (an underrun in the echo path that no callback reports).
-    loudest_excess_db: float | None = None
-    loudest_spread_db: float | None = None
 
 
 class EchoMonitor:
@@ -519,7 +506,6 @@ class EchoMonitor:
         self._delay_gain_db = 0.0
         self._delay_spread_db = 0.0
         self._trusted = True  # until check_frames explained frames say otherwise
-        self._misses: deque[bool] = deque(maxlen=s.stale_window_frames)
         self.echo_gain_db: float | None = None
         self.mode: EchoMode = "unknown"
 
@@ -533,17 +519,8 @@ class EchoMonitor:
         return self.playback_frames * FRAME_MS / 1000.0
 
     def disturbed(self) -> None:
-        """The echo path jumped (the reference was re-anchored): guard as after a pause.
-
-        The echo's delay behind the reference is measured again from the frames after the jump;
-        until then the prediction holds the loudest recent playback, whatever its lag.
-        """
+        """The echo path jumped (the reference was re-anchored): guard as after a pause."""
         self._since_resume = 0
-        self.echo_delay_frames = None
-        self._misses.clear()
-        self._held_lags.clear()
-        self._lag_mic.clear()
-        self._lag_env.clear()
 
     def update(self, mic_dbfs: float, reference_dbfs: float, attenuation_db: float = 0.0) -> EchoState:
         """The levels of one pair of aligned 10 ms frames, and what the canceller removed."""
@@ -578,18 +555,7 @@ class EchoMonitor:
                 self._held_lags.append((mic_dbfs, lags))
                 while len(self._held_lags) > s.hold_frames:
                     self._add_lags(*self._held_lags.popleft())
-        loudest_excess = mic_dbfs - self._loudest_predicted_db(loudest)
-        excess = loudest_excess
-        if self.echo_delay_frames is not None:
-            excess = mic_dbfs - self._delayed_db(lags)
-            self._misses.append(
-                attenuation_db >= s.stale_attenuation_db
-                and loudest_excess < s.explained_db
-                and excess >= min(s.stale_excess_db, max(3.0, self._delay_spread_db + 2.0))
-            )
-            if sum(self._misses) >= s.stale_frames:
-                self.disturbed()
-                excess = loudest_excess
+        excess = mic_dbfs - self._predicted_db(loudest, lags)
         if active and self.echo_gain_db is not None and excess < s.explained_db:
             # Not held: a canceller that lets the echo through must be caught at once.
             self._checks.append(attenuation_db)
@@ -597,7 +563,7 @@ class EchoMonitor:
                 len(self._checks) < s.check_frames
                 or float(np.median(self._checks)) >= s.trusted_attenuation_db
             )
-        return self._state(excess, loudest_excess)
+        return self._state(excess)
 
     def user_speaking(self) -> None:
         """The detector hears the user: the frames still held are (partly) theirs; forget them."""
@@ -657,20 +623,16 @@ class EchoMonitor:
         """Nothing played for longer than the echo lasts: no echo can be in the next frame."""
         return self._silent_frames * FRAME_MS / 1000.0 >= self.settings.tail_s
 
-    def _delayed_db(self, lags: FloatArray | None) -> float:
-        """The echo predicted from the playback at the measured delay (give or take the slack)."""
-        assert self.echo_delay_frames is not None
-        if lags is None:  # the delay is measured only once the window is full, so not reached
-            return _SILENT_DB
-        delay, slack = self.echo_delay_frames, self.settings.delay_slack_frames
-        near = lags[max(0, delay - slack) : delay + slack + 1]
-        return float(np.max(near)) + self._delay_gain_db
-
-    def _loudest_predicted_db(self, loudest: float) -> float:
+    def _predicted_db(self, loudest: float, lags: FloatArray | None) -> float:
+        delay = self.echo_delay_frames
+        if delay is not None and lags is not None:
+            slack = self.settings.delay_slack_frames
+            near = lags[max(0, delay - slack) : delay + slack + 1]
+            return float(np.max(near)) + self._delay_gain_db
         gain = self.predict_gain_db if self.predict_gain_db is not None else self.echo_gain_db
         return loudest + (gain if gain is not None else 0.0)  # unknown: as loud as played
 
-    def _state(self, excess_db: float, loudest_excess_db: float) -> EchoState:
+    def _state(self, excess_db: float) -> EchoState:
         s = self.settings
         frame_s = FRAME_MS / 1000.0
         settling = self.mode != "headset" and (
@@ -687,8 +649,6 @@ class EchoMonitor:
             excess_spread_db=self._delay_spread_db
             if self.echo_delay_frames is not None
             else self.excess_spread_db,
-            loudest_excess_db=loudest_excess_db,
-            loudest_spread_db=self.excess_spread_db,
         )
 
 
@@ -755,13 +715,6 @@ def judge(frame: CleanedFrame, settings: JudgeSettings | None = None) -> EchoVer
       unless the user plainly dominates (double talk the suppressor has not released yet: then
       the raw frame goes on, for the model too), and whenever the predicted echo explains the
       frame, whatever the canceller did (its glitches after the echo path jumps).
-
-    The two predictions err on opposite sides, and each rule takes the one that errs safely. The
-    echo at the measured delay hears the user in a pause between the assistant's words, so it
-    decides what is explained (echo whatever the canceller did). Overriding the canceller needs
-    the microphone above the loudest playback at any delay too: when the echo's delay changed
-    unseen, the canceller (which re-finds it within a frame or two) still removes 40 dB or more
-    while the measured delay predicts silence, and that echo, sent on raw, halted the assistant.
     """
     s = settings or _DEFAULT_JUDGE
     state = frame.state
@@ -771,10 +724,7 @@ def judge(frame: CleanedFrame, settings: JudgeSettings | None = None) -> EchoVer
         return EchoVerdict(frame.raw, echo=state.excess_db < s.explained_db, possible=True, settling=False)
     explained = s.settling_explained_db if state.settling else s.explained_db
     suppressed = frame.attenuation_db >= s.attenuation_db
-    double_talk = state.excess_db >= double_talk_threshold(state.excess_spread_db, s) and (
-        state.loudest_excess_db is None
-        or state.loudest_excess_db >= double_talk_threshold(state.loudest_spread_db, s)
-    )
+    double_talk = state.excess_db >= double_talk_threshold(state.excess_spread_db, s)
     return EchoVerdict(
         frame.raw if suppressed and double_talk else frame.samples,
         echo=state.excess_db < explained or (suppressed and not double_talk),
