@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -246,7 +248,9 @@ def _run_headless(args: argparse.Namespace, plan: LaunchPlan) -> int:
     assert engine is not None
     deadline = None if args.duration is None else time.monotonic() + args.duration
     try:
-        while not listener.enough.is_set() and engine.running:
+    for warning in plan.warnings:
+        print(f"helpdesk-voice: warning: {warning}", file=sys.stderr)
+        while not listener.enough.is_set() and engine.running and not asked_to_stop.is_set():
             if deadline is not None and time.monotonic() >= deadline:
                 break
             listener.enough.wait(0.05)
@@ -260,3 +264,9 @@ def _run_headless(args: argparse.Namespace, plan: LaunchPlan) -> int:
     ):
         return EXIT_FAILURE
     return EXIT_OK
+    asked_to_stop = threading.Event()
+    # SIGTERM (a service manager, a test harness, `kill`) ends the run like Ctrl-C does: the
+    # WebSocket closes properly and the offline server stops, instead of the process vanishing.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: asked_to_stop.set())
+        signal.signal(signal.SIGTERM, previous)
+        and not asked_to_stop.is_set()

@@ -1,10 +1,12 @@
 """Layered settings: built-in defaults < site policy < user settings < environment < command line.
 
-- **Site policy** (admin, read-only): ``policy.toml`` in the site config folder, or the file named by
-  ``HELPDESK_VOICE_POLICY``. It sets values and can lock keys, either with a list
+- **Site policy** (admin, read-only): ``policy.toml`` at a place the platform fixes (Linux
+  ``/etc/helpdesk-voice/policy.toml``; the machine-wide application data folder elsewhere), never one
+  a user's environment can move. It sets values and can lock keys, either with a list
   (``locked = ["endpoint.url"]``, locking the key at the policy's or the built-in value) or with a
   table (``[locked]`` then ``endpoint.url = "wss://..."``, setting and locking at once). A locked key
-  ignores every later layer, and :func:`save_user_setting` refuses it.
+  ignores every later layer, and :func:`save_user_setting` refuses it. ``HELPDESK_VOICE_POLICY``
+  names one more policy on top, for tests: it can add values and locks but never undo the system's.
 - **User settings**: ``settings.toml`` in the user config folder (``HELPDESK_VOICE_CONFIG_DIR``
   overrides the folder), written atomically by :func:`save_user_setting`.
 - **Environment**: ``HELPDESK_VOICE_<KEY>`` with dots as underscores (``HELPDESK_VOICE_ENDPOINT_URL``;
@@ -12,10 +14,16 @@
   are 1/0, true/false, yes/no, on/off; lists are comma-separated.
 - **Command line**: a mapping of dotted keys to values, ``None`` meaning "not given".
 
+An endpoint URL from the policy, the environment or the command line means "use that server"
+(backend ``custom``) unless the policy locks the backend: then the URL is ignored and said so.
+
 Nothing here crashes the app: every problem (bad TOML, a wrong type, a value out of range, an unknown
-key) becomes one line in :attr:`LoadedSettings.problems` and the layer's value is ignored. A user file
-that is not valid TOML or holds a value of the wrong type is renamed to
-``settings.toml.corrupt-<timestamp>``; the policy file is never touched, only reported.
+key) becomes one line in :attr:`LoadedSettings.problems`. A bad value in the user file is ignored
+alone; a user file that is not valid TOML is renamed to ``settings.toml.corrupt-<timestamp>``. The
+policy file is never touched, and a policy that cannot be used **fails closed**: the settings that
+decide where speech goes and what is kept (:attr:`Setting.fail_closed`) are locked to their safest
+values until the administrator fixes it; a locked key whose policy value is invalid is locked to its
+safest value too.
 
 Secrets never live in these files: a key that looks like one (``api_key``, ``token``, ``password``...)
 is refused with a warning and not loaded, and the API key is kept in the OS keyring through
@@ -159,6 +167,9 @@ class Setting:
     check: Callable[[Value], str | None] | None = None
     env_aliases: tuple[str, ...] = ()
     help: str = ""
+    # The safest value, which a site policy that cannot be used locks this setting to; None for
+    # settings that do not decide where speech goes or what is kept (devices, voice, timing).
+    fail_closed: Value | None = None
 
     @property
     def env(self) -> str:
@@ -172,8 +183,17 @@ class Setting:
 
 
 _SETTINGS: Final = (
-    Setting("backend", str, "embedded", _choice("embedded", "openai", "azure", "custom")),
-    Setting("endpoint.url", str, "", _ws_url, help="ws:// or wss:// URL of a custom realtime server"),
+    Setting(
+        "backend", str, "embedded", _choice("embedded", "openai", "azure", "custom"), fail_closed="embedded"
+    ),
+    Setting(
+        "endpoint.url",
+        str,
+        "",
+        _ws_url,
+        help="ws:// or wss:// URL of a custom realtime server",
+        fail_closed="",
+    ),
     Setting("endpoint.model", str, "gpt-realtime", _no_spaces),
     Setting("endpoint.azure_resource", str, "", _no_spaces),
     Setting("endpoint.azure_deployment", str, "", _no_spaces),
@@ -282,24 +302,35 @@ def validate_setting(key: str, raw: object) -> Value:
 
 @dataclass(frozen=True, slots=True)
 class ConfigPaths:
+    """The system's policy, the extra policy of ``HELPDESK_VOICE_POLICY`` (tests) and the user file."""
+
     policy: Path
     user: Path
+    extra_policy: Path | None = None
+
+
+def system_policy_path() -> Path:
+    """The machine's policy file, at a place no user setting or environment variable can move.
+
+    On Linux platformdirs follows ``XDG_CONFIG_DIRS``, which every user controls, so the path is
+    fixed instead; on Windows and macOS platformdirs asks the system for the machine-wide folder.
+    """
+    if sys.platform.startswith("linux"):
+        return Path("/etc") / APP_NAME / POLICY_FILE
+    return platformdirs.site_config_path(APP_NAME, appauthor=False) / POLICY_FILE
 
 
 def config_paths(environ: Mapping[str, str] = os.environ) -> ConfigPaths:
     """Where the site policy and the user settings live (environment overrides applied)."""
     policy_override = environ.get(POLICY_ENV, "").strip()
-    if policy_override:
-        policy = Path(policy_override).expanduser()
-    else:
-        policy = platformdirs.site_config_path(APP_NAME, appauthor=False) / POLICY_FILE
+    extra = Path(policy_override).expanduser() if policy_override else None
     dir_override = environ.get(CONFIG_DIR_ENV, "").strip()
     user_dir = (
         Path(dir_override).expanduser()
         if dir_override
         else platformdirs.user_config_path(APP_NAME, appauthor=False)
     )
-    return ConfigPaths(policy, user_dir / USER_FILE)
+    return ConfigPaths(system_policy_path(), user_dir / USER_FILE, extra)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -326,10 +357,12 @@ def _is_secret_key(key: str) -> bool:
 @dataclass(slots=True)
 class _Layer:
     values: dict[str, Value] = field(default_factory=dict)
-    locked: set[str] = field(default_factory=set)
-    unknown: dict[str, object] = field(default_factory=dict)  # kept so a save does not lose them
+    locked: dict[str, Path] = field(default_factory=dict)  # key -> the policy file that locks it
+    # Unknown keys (perhaps from a newer version) and refused values, written back on save so that
+    # nothing the user wrote is lost.
+    kept: dict[str, object] = field(default_factory=dict)
+    invalid: set[str] = field(default_factory=set)  # known keys whose value was refused
     problems: list[str] = field(default_factory=list)
-    corrupt: str | None = None  # why the whole file is unusable
     unreadable: bool = False  # it exists but cannot be read: never set aside nor overwritten
 
 
@@ -356,7 +389,8 @@ def _read_toml(path: Path, label: str) -> tuple[dict[str, object] | None, str | 
         return None, f"{label} {path} is not valid TOML ({exc})"
 
 
-def _take_values(flat: Mapping[str, object], label: str, layer: _Layer, *, strict_types: bool) -> None:
+def _take_values(flat: Mapping[str, object], label: str, layer: _Layer) -> None:
+    """Checks each value on its own: one bad value never costs the others."""
     unknown: list[str] = []
     for key, raw in flat.items():
         if _is_secret_key(key):
@@ -368,22 +402,34 @@ def _take_values(flat: Mapping[str, object], label: str, layer: _Layer, *, stric
         setting = SETTINGS.get(key)
         if setting is None:
             unknown.append(key)
-            layer.unknown[key] = raw
+            layer.kept[key] = raw
             continue
         try:
-            typed = _typed(setting, raw)
-        except ValueError as exc:
-            if strict_types:
-                layer.corrupt = f"{label}: {exc}"
-                return
-            layer.problems.append(f"{label}: {exc}; ignored")
-            continue
-        try:
-            layer.values[key] = _validate(setting, typed)
+            layer.values[key] = _validate(setting, raw)
         except ValueError as exc:
             layer.problems.append(f"{label}: {exc}; ignored")
+            layer.invalid.add(key)
+            layer.kept[key] = raw
     if unknown:
         layer.problems.append(f"{label}: unknown settings ignored: {', '.join(sorted(unknown))}")
+
+
+def _safest(setting: Setting) -> Value:
+    return setting.default if setting.fail_closed is None else setting.fail_closed
+
+
+def _fail_closed(layer: _Layer, path: Path, reason: str) -> _Layer:
+    """Locks what decides where speech goes and what is kept to its safest value, and says why."""
+    closed = [setting for setting in _SETTINGS if setting.fail_closed is not None]
+    for setting in closed:
+        layer.values[setting.key] = _safest(setting)
+        layer.locked[setting.key] = path
+    shown = ", ".join(f"{s.key} = {_display(s.key, _safest(s))}" for s in closed)
+    layer.problems.append(
+        f"{reason}; until your administrator fixes it these settings are locked to their safest "
+        f"values: {shown}"
+    )
+    return layer
 
 
 def _read_policy(path: Path) -> _Layer:
@@ -394,27 +440,60 @@ def _read_policy(path: Path) -> _Layer:
     except _Unreadable as exc:
         data, reason = None, str(exc)
     if reason is not None:
-        layer.problems.append(f"{reason}; the policy is ignored")
-        return layer
+        return _fail_closed(layer, path, reason)
     if data is None:
         return layer
-    locked_list = data.pop("locked", [])
+    locked_raw = data.pop("locked", [])
     locked_table: dict[str, object] = {}
-    if isinstance(locked_list, dict):
-        locked_table = _flatten(locked_list)
+    locked_list: list[str] = []
+    bad_locks = False
+    if isinstance(locked_raw, dict):
+        locked_table = _flatten(locked_raw)
         locked_list = list(locked_table)
-    if not isinstance(locked_list, list) or not all(isinstance(key, str) for key in locked_list):
-        layer.problems.append(f"{label}: 'locked' must be a list of setting names or a table; no keys locked")
-        locked_list = []
+    elif isinstance(locked_raw, list) and all(isinstance(key, str) for key in locked_raw):
+        locked_list = locked_raw
+    else:
+        bad_locks = True
     flat = _flatten(data)
     flat.update(locked_table)
     # An admin's typo must not undo the other settings or any lock: a bad value is skipped alone.
-    _take_values(flat, label, layer, strict_types=False)
+    _take_values(flat, label, layer)
     unknown_locks = sorted(key for key in locked_list if key not in SETTINGS)
     if unknown_locks:
         layer.problems.append(f"{label}: cannot lock unknown settings: {', '.join(unknown_locks)}")
-    layer.locked = {key for key in locked_list if key in SETTINGS}
+    layer.locked = {key: path for key in locked_list if key in SETTINGS}
+    for key in sorted(layer.locked.keys() & layer.invalid):
+        # The admin meant to pin this key but wrote a value that cannot be used: fail closed.
+        safest = _safest(SETTINGS[key])
+        layer.values[key] = safest
+        layer.problems.append(f"{label}: {key} stays locked, to its safest value {_display(key, safest)}")
+    if bad_locks:
+        return _fail_closed(layer, path, f"{label}: 'locked' must be a list of setting names or a table")
     return layer
+
+
+def _read_policies(paths: ConfigPaths) -> _Layer:
+    """The system's policy, with the extra one on top where the system's locks allow."""
+    merged = _read_policy(paths.policy)
+    if paths.extra_policy is not None and paths.extra_policy != paths.policy:
+        extra = _read_policy(paths.extra_policy)
+        merged.problems += extra.problems
+        for key, value in extra.values.items():
+            if key in merged.locked:
+                if merged.values.get(key, SETTINGS[key].default) != value:
+                    merged.problems.append(
+                        f"site policy {paths.extra_policy}: {key} is locked by the system policy "
+                        f"{merged.locked[key]}; its value here is ignored"
+                    )
+                continue
+            merged.values[key] = value
+        for key, source in extra.locked.items():
+            merged.locked.setdefault(key, source)
+    backend = merged.values.get("backend", SETTINGS["backend"].default)
+    if "backend" in merged.locked and backend != "custom":
+        # The URL only serves the custom backend: left open, it would be a way around the lock.
+        merged.locked.setdefault("endpoint.url", merged.locked["backend"])
+    return merged
 
 
 def _set_aside(path: Path) -> Path | None:
@@ -440,16 +519,14 @@ def _read_user(path: Path) -> _Layer:
         layer.unreadable = True
         return layer
     if data is not None:
-        _take_values(_flatten(data), f"user settings {path}", layer, strict_types=True)
-        reason = layer.corrupt
+        _take_values(_flatten(data), f"user settings {path}", layer)
+        return layer
     if reason is None:
         return layer
-    fresh = _Layer()
     moved = _set_aside(path)
     where = f"moved to {moved.name}" if moved else "could not be moved aside"
-    fresh.problems.append(f"{reason}; the file was {where} and built-in values are used")
-    fresh.corrupt = reason
-    return fresh
+    layer.problems.append(f"{reason}; the file was {where} and built-in values are used")
+    return layer
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -463,9 +540,13 @@ class LoadedSettings:
 
     values: Mapping[str, Value]
     origins: Mapping[str, Origin]
-    locks: frozenset[str]
+    locked_by: Mapping[str, Path]  # locked key -> the policy file that locks it
     problems: list[str]
     paths: ConfigPaths
+
+    @property
+    def locks(self) -> frozenset[str]:
+        return frozenset(self.locked_by)
 
     def value(self, key: str) -> Value:
         return self.values[_known(key)]
@@ -474,7 +555,11 @@ class LoadedSettings:
         return self.origins[_known(key)]
 
     def locked(self, key: str) -> bool:
-        return _known(key) in self.locks
+        return _known(key) in self.locked_by
+
+    def policy_of(self, key: str) -> Path | None:
+        """The policy file that locks ``key``, or None when it is not locked."""
+        return self.locked_by.get(_known(key))
 
 
 def _known(key: str) -> str:
@@ -504,7 +589,7 @@ def load_settings(
     paths = config_paths(environ)
     values: dict[str, Value] = {s.key: s.default for s in _SETTINGS}
     origins: dict[str, Origin] = dict.fromkeys(SETTINGS, "default")
-    policy = _read_policy(paths.policy)
+    policy = _read_policies(paths)
     user = _read_user(paths.user)
     problems = policy.problems + user.problems
     env = _env_values(environ, problems)
@@ -535,7 +620,16 @@ def load_settings(
                 problems.append(f"{key} is locked by the site policy; the value {where}{detail} is ignored")
                 continue
             values[key], origins[key] = value, origin
-    return LoadedSettings(values, origins, frozenset(policy.locked), problems, paths)
+    # An endpoint URL on its own (policy, --url, HELPDESK_VOICE_ENDPOINT_URL) means "use this server";
+    # a locked backend has locked the URL too (see _read_policies), so this cannot get around it.
+    if (
+        values["backend"] == "embedded"
+        and "backend" not in policy.locked
+        and values["endpoint.url"]
+        and origins["endpoint.url"] in ("policy", "env", "cli")
+    ):
+        values["backend"], origins["backend"] = "custom", origins["endpoint.url"]
+    return LoadedSettings(values, origins, dict(policy.locked), problems, paths)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -573,6 +667,8 @@ def _toml_value(value: object) -> str:
         return _toml_string(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):  # a table where a value belongs: kept as the user wrote it
+        return "{" + ", ".join(f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {type(value).__name__} to a settings file")
 
 
@@ -615,9 +711,10 @@ def save_user_setting(key: str, value: object, environ: Mapping[str, str] = os.e
     if setting is None:
         raise ConfigError(f"unknown setting {key!r}; known settings: {', '.join(SETTINGS)}")
     paths = config_paths(environ)
-    if key in _read_policy(paths.policy).locked:
+    locked_by = _read_policies(paths).locked
+    if key in locked_by:
         raise ConfigError(
-            f"{key} is locked by your administrator's policy ({paths.policy}) and cannot be changed"
+            f"{key} is locked by your administrator's policy ({locked_by[key]}) and cannot be changed"
         )
     checked: Value | None = None
     if value is not None:
@@ -628,8 +725,8 @@ def save_user_setting(key: str, value: object, environ: Mapping[str, str] = os.e
     user = _read_user(paths.user)
     if user.unreadable:
         raise ConfigError(f"{user.problems[0].split('; ')[0]}; nothing was changed")
-    # Unknown keys (perhaps from a newer version) are kept when they can be written back.
-    current: dict[str, object] = {k: v for k, v in user.unknown.items() if _writable(v)}
+    # Unknown keys (perhaps from a newer version) and refused values are kept when they can be written.
+    current: dict[str, object] = {k: v for k, v in user.kept.items() if _writable(v)}
     current.update(user.values)
     if checked is None:
         current.pop(key, None)
@@ -791,6 +888,8 @@ def config_main(args: argparse.Namespace, environ: Mapping[str, str] = os.enviro
     paths = config_paths(environ)
     if args.config_command == "path":
         print(f"policy: {paths.policy} ({_exists(paths.policy)})")
+        if paths.extra_policy is not None:
+            print(f"policy: {paths.extra_policy} ({_exists(paths.extra_policy)}, from {POLICY_ENV})")
         print(f"user:   {paths.user} ({_exists(paths.user)})")
         return 0
     settings = load_settings(_cli_overrides(args), environ)

@@ -24,6 +24,8 @@ from app.audio.devices import AudioDevice, DeviceError, find_device
 from app.audio.pipeline import AudioSettings
 from app.core import protocol as p
 from app.realtime.endpoint import (
+    API_KEY_ENV,
+    ApiKeyLookup,
     Endpoint,
     azure_endpoint,
     endpoint_from_url,
@@ -34,7 +36,7 @@ from app.realtime.endpoint import (
 if TYPE_CHECKING:
     from app.config import LoadedSettings
     from app.engine import Engine, EngineListener
-    from app.localmodel.launcher import EmbeddedServerProcess
+    from app.localmodel.launcher import ServerSupervisor
 
 __all__ = ["ConversationRunner", "LaunchError", "LaunchPlan", "detector_settings", "plan_from_settings"]
 
@@ -85,6 +87,7 @@ class LaunchPlan:
     detector: DetectorSettings = field(default_factory=DetectorSettings)
     push_to_talk: bool = False
     tools_allowed: tuple[str, ...] = ("search_knowledge_base", "create_ticket")
+    warnings: tuple[str, ...] = ()  # shown when the conversation starts (an API key held back)
 
     def describe(self) -> str:
         if self.endpoint is None:
@@ -123,10 +126,41 @@ def _session(settings: LoadedSettings, backend: Backend) -> p.SessionConfig:
     )
 
 
-def _endpoint(settings: LoadedSettings, backend: Backend, environ: Mapping[str, str]) -> Endpoint | None:
+# The settings that choose the host an API key goes to, per backend.
+_HOST_SETTINGS: Final[Mapping[Backend, tuple[str, ...]]] = {
+    "embedded": (),
+    "openai": ("backend",),
+    "azure": ("backend", "endpoint.azure_resource"),
+    "custom": ("backend", "endpoint.url"),
+}
+
+
+def _api_key(
+    settings: LoadedSettings, backend: Backend, environ: Mapping[str, str]
+) -> tuple[ApiKeyLookup, str | None]:
+    """The API key this backend's host may have, and why a stored one is held back from it.
+
+    The key in the keyring was stored for the server chosen in Settings (or by the policy), so it
+    goes only to that one: a host named on the command line or in the environment (which any
+    script or shortcut can set) gets it only when the key comes from the environment too.
+    """
+    found = lookup_api_key(environ)
+    if found.source != "keyring":
+        return found, None
+    chosen_by = [key for key in _HOST_SETTINGS[backend] if settings.origin(key) in ("env", "cli")]
+    if not chosen_by:
+        return found, None
+    reason = (
+        "the API key in the system keyring is only sent to the server chosen in Settings, not to one "
+        f"chosen on the command line or in the environment ({', '.join(chosen_by)}); "
+        f"set {API_KEY_ENV} to connect there with a key"
+    )
+    return ApiKeyLookup(None, None, reason), reason
+
+
+def _endpoint(settings: LoadedSettings, backend: Backend, key: ApiKeyLookup) -> Endpoint | None:
     if backend == "embedded":
         return None
-    key = lookup_api_key(environ)
     try:
         if backend == "custom":
             url = _text(settings, "endpoint.url")
@@ -157,19 +191,11 @@ def plan_from_settings(settings: LoadedSettings, environ: Mapping[str, str] = os
     if backend_text not in ("embedded", "openai", "azure", "custom"):
         raise LaunchError(f"unknown backend {backend_text!r}")
     backend: Backend = backend_text  # type: ignore[assignment]
-    # An endpoint URL on its own (--url, HELPDESK_VOICE_ENDPOINT_URL) means "use this server".
-    if (
-        backend == "embedded"
-        and _text(settings, "endpoint.url")
-        and settings.origin("endpoint.url")
-        in (
-            "cli",
-            "env",
-            "policy",
-        )
-    ):
-        backend = "custom"
-    endpoint = _endpoint(settings, backend, environ)
+    key, withheld = _api_key(settings, backend, environ)
+    endpoint = _endpoint(settings, backend, key)
+    warnings = () if endpoint is None else endpoint.notes
+    if withheld is not None and endpoint is not None:
+        warnings += (withheld,)
     if endpoint is not None and endpoint.kind in ("openai", "azure"):
         backend = endpoint.kind  # a pasted OpenAI or Azure URL gets its own protocol details
     block_ms = settings.value("audio.block_ms")
@@ -188,6 +214,7 @@ def plan_from_settings(settings: LoadedSettings, environ: Mapping[str, str] = os
         detector=detector_settings(_text(settings, "barge_in.sensitivity")),
         push_to_talk=bool(settings.value("push_to_talk")),
         tools_allowed=tuple(tools) if isinstance(tools, tuple) else (),
+        warnings=warnings,
     )
 
 
@@ -212,7 +239,7 @@ class ConversationRunner:
         self._progress = progress or (lambda line: None)
         self._lock = threading.Lock()  # guards the hand-over between start() and stop()
         self._stopping = False
-        self._server: EmbeddedServerProcess | None = None
+        self._server: ServerSupervisor | None = None
         self.engine: Engine | None = None
         self.description = ""
 
@@ -223,7 +250,7 @@ class ConversationRunner:
     def start(self) -> None:
         """Blocking: returns once the engine runs; raises :class:`LaunchError` with the reason."""
         from app.engine import Engine, EngineConfig
-        from app.localmodel.launcher import EmbeddedServerProcess, ServerStartError
+        from app.localmodel.launcher import EmbeddedServerProcess, ServerStartError, ServerSupervisor
         from app.tools import default_registry
 
         input_device = _find(self.plan.input_device, "input")
@@ -231,7 +258,9 @@ class ConversationRunner:
         self.description = f"listening on {input_device.name} -> {output_device.name}"
         endpoint = self.plan.endpoint
         if endpoint is None:
-            server = EmbeddedServerProcess(progress=self._progress)
+            # Supervised: if the offline server dies, it comes back on the same port and the engine's
+            # connection reconnects to it with the conversation so far.
+            server = ServerSupervisor(EmbeddedServerProcess(progress=self._progress), self.listener.on_notice)
             with self._lock:
                 if self._stopping:
                     raise LaunchError("stopped before it started")

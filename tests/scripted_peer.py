@@ -58,6 +58,9 @@ class ScriptedPeer:
     tool_calls: list[tuple[str, str]] = field(default_factory=list)
     connections: int = 0
     connected_at: list[float] = field(default_factory=list)
+    # Events sent right after session.created on every connection (a refusal, a server's error).
+    after_connect: list[dict[str, Any]] = field(default_factory=list)
+    close_codes: list[int | None] = field(default_factory=list)  # how each connection ended
     _server: Server | None = None
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
@@ -113,6 +116,8 @@ class ScriptedPeer:
         session = _Session(ws)
         self._current = session
         await self._send(session, s.session_created(f"sess_{self.connections}"))
+        for event in self.after_connect:
+            await self._send(session, event)
         with contextlib.suppress(Exception):
             async for message in ws:
                 event = json.loads(message)
@@ -123,6 +128,7 @@ class ScriptedPeer:
                 await self._on_event(session, event)
         if session.responding is not None:
             session.responding.cancel()
+        self.close_codes.append(ws.close_code)  # 1006 when the client vanished without closing
 
     async def _send(self, session: _Session, event: dict[str, Any]) -> None:
         with contextlib.suppress(Exception):

@@ -204,9 +204,6 @@ def corrupt_copies(env: dict[str, str]) -> list[Path]:
     ("text", "reason"),
     [
         ('voice = "cedar"\nsilence_ms = = 3\n', "is not valid TOML"),
-        ('voice = "cedar"\nsilence_ms = "fast"\n', "silence_ms must be a whole number, not the text 'fast'"),
-        ("push_to_talk = 1\n", "push_to_talk must be true or false, not the number 1"),
-        ("[voice]\nname = 'x'\n", "voice must be text, not a table"),
         (b"voice = '\xff'\n".decode("latin-1"), "is not UTF-8 text"),
     ],
 )
@@ -228,17 +225,134 @@ def test_corrupt_user_file_is_set_aside(env: dict[str, str], text: str, reason: 
     assert load_settings(None, env).value("voice") == "cedar"
 
 
-def test_corrupt_policy_is_reported_not_renamed(env: dict[str, str]) -> None:
-    write(policy_file(env), 'locked = ["voice"\nvoice = "alloy"\n')
-    write(user_file(env), 'voice = "cedar"\n')
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('silence_ms = "fast"\nvoice = "cedar"\n', "silence_ms must be a whole number, not the text 'fast'"),
+        ('push_to_talk = 1\nvoice = "cedar"\n', "push_to_talk must be true or false, not the number 1"),
+        ("voice = 'cedar'\n[silence_ms]\nname = 'x'\n", "silence_ms must be a whole number, not a table"),
+    ],
+)
+def test_a_wrong_type_costs_only_its_own_key(env: dict[str, str], text: str, reason: str) -> None:
+    """One bad value used to set the whole file aside, and every other setting with it."""
+    path = user_file(env)
+    write(path, text)
     settings = load_settings(None, env)
     assert (settings.value("voice"), settings.origin("voice")) == ("cedar", "user")
-    assert not settings.locked("voice")
     [problem] = settings.problems
-    assert problem.startswith(f"site policy {policy_file(env)} is not valid TOML")
-    assert problem.endswith("the policy is ignored")
-    assert policy_file(env).read_text("utf-8") == 'locked = ["voice"\nvoice = "alloy"\n'
-    assert list(policy_file(env).parent.glob("policy.toml.*")) == []
+    assert reason in problem and problem.endswith("; ignored")
+    assert path.read_text("utf-8") == text
+    assert corrupt_copies(env) == []
+    # Saving another key keeps what the user wrote, the bad value included, for them to fix.
+    save_user_setting("eagerness", "high", env)
+    again = load_settings(None, env)
+    assert again.value("eagerness") == "high" and again.value("voice") == "cedar"
+    assert [p.split(": ", 1)[1] for p in again.problems] == [p.split(": ", 1)[1] for p in settings.problems]
+
+
+SAFEST = {"backend": "embedded", "endpoint.url": "", "transcript.retention_days": 0}
+
+
+def assert_failed_closed(settings: config.LoadedSettings) -> None:
+    for key, value in SAFEST.items():
+        assert settings.locked(key), key
+        assert settings.value(key) == value, key
+    assert "locked to their safest values" in "\n".join(settings.problems)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        'locked = ["backend"\nbackend = "embedded"\n',  # a syntax error
+        'locked = "backend"\nbackend = "embedded"\n',  # locks of the wrong shape
+        b"backend = '\xff'\n".decode("latin-1"),  # not UTF-8
+        None,  # a folder where the file should be: it cannot be read
+    ],
+)
+def test_a_policy_that_cannot_be_used_fails_closed(env: dict[str, str], policy: str | None) -> None:
+    path = policy_file(env)
+    if policy is None:
+        path.mkdir()
+    else:
+        path.write_bytes(policy.encode("latin-1"))
+    write(user_file(env), 'backend = "openai"\ntranscript.retention_days = 90\nvoice = "cedar"\n')
+    settings = load_settings({"endpoint.url": "wss://elsewhere.example.com/rt"}, env)
+    assert_failed_closed(settings)
+    assert (settings.value("voice"), settings.origin("voice")) == ("cedar", "user")  # not a guarded key
+    assert "until your administrator fixes it" in "\n".join(settings.problems)
+    with pytest.raises(ConfigError, match="locked"):
+        save_user_setting("backend", "openai", env)
+    if policy is not None:
+        assert path.read_bytes() == policy.encode("latin-1")  # never renamed nor rewritten
+    assert list(path.parent.glob("policy.toml.*")) == []
+
+
+def test_a_locked_key_with_an_invalid_policy_value_is_locked_to_its_safest_value(env: dict[str, str]) -> None:
+    write(policy_file(env), '[locked]\nbackend = "cloud"\ntranscript.retention_days = -5\n')
+    settings = load_settings({"endpoint.url": "ws://evil.example.com/rt"}, env)
+    assert (settings.value("backend"), settings.locked("backend")) == ("embedded", True)
+    assert settings.value("transcript.retention_days") == 0
+    assert "backend stays locked, to its safest value embedded" in "\n".join(settings.problems)
+
+
+@pytest.mark.parametrize("source", ["env", "cli"])
+def test_a_locked_backend_cannot_be_left_through_an_endpoint_url(env: dict[str, str], source: str) -> None:
+    """A policy that keeps speech on this computer holds against --url and the environment."""
+    from app.launch import plan_from_settings
+
+    write(policy_file(env), '[locked]\nbackend = "embedded"\n')
+    url = "wss://elsewhere.example.com/v1/realtime"
+    cli = {"endpoint.url": url} if source == "cli" else None
+    environ = {**env, "HELPDESK_VOICE_ENDPOINT_URL": url} if source == "env" else env
+    settings = load_settings(cli, environ)
+    assert settings.value("backend") == "embedded"
+    assert settings.locked("endpoint.url")
+    assert settings.value("endpoint.url") == ""
+    assert any("endpoint.url is locked by the site policy" in problem for problem in settings.problems)
+    plan = plan_from_settings(settings, environ)
+    assert plan.backend == "embedded" and plan.endpoint is None
+    with pytest.raises(ConfigError, match="locked"):
+        save_user_setting("endpoint.url", url, env)
+
+
+def test_an_unlocked_backend_still_follows_an_endpoint_url(env: dict[str, str]) -> None:
+    settings = load_settings({"endpoint.url": "ws://127.0.0.1:9/rt"}, env)
+    assert (settings.value("backend"), settings.origin("backend")) == ("custom", "cli")
+    assert not settings.locked("endpoint.url")
+
+
+def test_the_test_policy_cannot_undo_the_system_policy(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HELPDESK_VOICE_POLICY is one more policy on top, never a way around the machine's."""
+    system = tmp_path / "etc" / "policy.toml"
+    system.parent.mkdir()
+    write(system, 'transcript.retention_days = 7\n[locked]\nbackend = "embedded"\nvoice = "marin"\n')
+    monkeypatch.setattr(config, "system_policy_path", lambda: system)
+    write(
+        policy_file(env),
+        'locked = ["backend", "eagerness"]\nbackend = "custom"\nvoice = "cedar"\n'
+        "transcript.retention_days = 3\n",
+    )
+    settings = load_settings(None, env)
+    assert (settings.value("backend"), settings.policy_of("backend")) == ("embedded", system)
+    assert (settings.value("voice"), settings.policy_of("voice")) == ("marin", system)
+    # What the system leaves open, the extra policy may set and lock.
+    assert settings.value("transcript.retention_days") == 3
+    assert settings.policy_of("eagerness") == policy_file(env)
+    assert any("voice is locked by the system policy" in problem for problem in settings.problems)
+    # A broken system policy fails closed even when the extra one is fine.
+    write(system, "backend = \n")
+    assert_failed_closed(load_settings(None, env))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the Linux location")
+def test_the_system_policy_lives_where_no_user_can_move_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_DIRS", str(tmp_path))
+    assert config.system_policy_path() == Path("/etc/helpdesk-voice/policy.toml")
+    assert config.config_paths({}).policy == Path("/etc/helpdesk-voice/policy.toml")
 
 
 def test_unreadable_user_file_is_left_alone(env: dict[str, str]) -> None:
@@ -475,7 +589,11 @@ def test_config_path(
     write(user_file(env), 'voice = "cedar"\n')
     assert main(["config", "path"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out == [f"policy: {policy_file(env)} (not found)", f"user:   {user_file(env)} (exists)"]
+    assert out == [
+        f"policy: {config.system_policy_path()} (not found)",
+        f"policy: {policy_file(env)} (not found, from {config.POLICY_ENV})",
+        f"user:   {user_file(env)} (exists)",
+    ]
 
 
 def test_config_without_subcommand_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -523,7 +641,8 @@ def test_config_show_masks_the_key_and_shows_origins(env: dict[str, str]) -> Non
     assert lines["voice"].split()[1:] == ["cedar", "(user)"]
     assert lines["silence_ms"].split()[1:] == ["900", "(env)"]
     assert lines["audio.input_device"].endswith("USB Mic  (cli)")
-    assert lines["backend"].split()[1:] == ["embedded", "(default)"]
+    # A URL from the policy means that server, and `config show` says so.
+    assert lines["backend"].split()[1:] == ["custom", "(policy)"]
     assert lines["api_key"].split(None, 1)[1] == "set (env HELPDESK_VOICE_API_KEY)"
     assert "unknown settings ignored: colour" in result.stderr
     assert "'api_key' looks like a secret and was not loaded" in result.stderr

@@ -106,6 +106,36 @@ def test_custom_endpoint_with_and_without_key() -> None:
 
 
 @pytest.mark.parametrize(
+    ("url", "sent"),
+    [
+        ("wss://voice.example.com/rt", True),
+        ("ws://127.0.0.1:9000/rt", True),
+        ("ws://127.8.9.10:9000/rt", True),
+        ("ws://localhost:9000/rt", True),
+        ("ws://[::1]:9000/rt", True),
+        ("ws://voice.example.com/rt", False),
+        ("ws://10.0.0.5:9000/rt", False),
+        ("ws://localhost.example.com/rt", False),
+    ],
+)
+def test_the_key_goes_only_over_wss_or_to_this_computer(url: str, sent: bool) -> None:
+    endpoint = custom_endpoint(url, KEY)
+    assert (endpoint.headers == {"Authorization": f"Bearer {KEY}"}) is sent
+    if sent:
+        assert endpoint.notes == ()
+    else:
+        assert endpoint.headers == {}
+        assert len(endpoint.notes) == 1 and "not encrypted" in endpoint.notes[0]
+        assert "wss://" in endpoint.notes[0]
+    _shows_no_key(endpoint)
+
+
+def test_openai_over_plain_ws_is_refused_off_this_computer() -> None:
+    with pytest.raises(ValueError, match="wss://"):
+        openai_endpoint("gpt-realtime", KEY, "ws://proxy.example.com/v1/realtime")
+
+
+@pytest.mark.parametrize(
     ("url", "fragment"),
     [
         ("", "empty"),

@@ -14,7 +14,8 @@ from app.audio.bargein import DetectorSettings
 from app.config import load_settings
 from app.core.actions import Notice, StateChanged
 from app.launch import ConversationRunner, LaunchError, LaunchPlan, detector_settings, plan_from_settings
-from app.realtime.endpoint import API_KEY_ENV
+from app.realtime.endpoint import API_KEY_ENV, store_api_key
+from tests.file_keyring import FileKeyring
 from tests.test_engine import Recorder
 
 KEY = "sk-test-0123456789abcdefSECRET"
@@ -45,6 +46,47 @@ def test_a_url_on_the_command_line_means_that_server(env: dict[str, str]) -> Non
     assert result.input_device == "Headset"
     assert result.session.turn_detection is not None
     assert result.session.turn_detection.silence_duration_ms == 500  # the cloud default
+
+
+def test_the_stored_key_goes_only_to_the_server_chosen_in_settings(
+    env: dict[str, str], file_keyring: FileKeyring
+) -> None:
+    """A --url from a script or a shortcut must not be a way to collect the key from the keyring."""
+    store_api_key(KEY)
+    (Path(env[config.CONFIG_DIR_ENV]) / "settings.toml").write_text(
+        'backend = "custom"\n[endpoint]\nurl = "wss://voice.example.com/rt"\n'
+    )
+    chosen = plan(env)
+    assert chosen.endpoint is not None and chosen.endpoint.headers == {"Authorization": f"Bearer {KEY}"}
+    assert chosen.warnings == ()
+
+    elsewhere = plan(env, {"endpoint.url": "wss://collector.example.net/rt"})
+    assert elsewhere.endpoint is not None and elsewhere.endpoint.host == "collector.example.net"
+    assert elsewhere.endpoint.headers == {}
+    [warning] = elsewhere.warnings
+    assert "only sent to the server chosen in Settings" in warning and API_KEY_ENV in warning
+    from_env = plan(env, **{"HELPDESK_VOICE_ENDPOINT_URL": "wss://collector.example.net/rt"})
+    assert from_env.endpoint is not None and from_env.endpoint.headers == {}
+
+    # A key the user hands over in the environment goes where they point it.
+    handed = plan(env, {"endpoint.url": "wss://collector.example.net/rt"}, **{API_KEY_ENV: "sk-other-1"})
+    assert handed.endpoint is not None and handed.endpoint.headers == {"Authorization": "Bearer sk-other-1"}
+    assert handed.warnings == ()
+
+
+def test_openai_chosen_on_the_command_line_does_not_get_the_stored_key(
+    env: dict[str, str], file_keyring: FileKeyring
+) -> None:
+    store_api_key(KEY)
+    with pytest.raises(LaunchError, match="only sent to the server chosen in Settings"):
+        plan(env, **{"HELPDESK_VOICE_BACKEND": "openai"})
+
+
+def test_plain_ws_to_another_host_connects_without_the_key_and_says_so(env: dict[str, str]) -> None:
+    result = plan(env, {"endpoint.url": "ws://voice.example.com/rt"}, **{API_KEY_ENV: KEY})
+    assert result.endpoint is not None and result.endpoint.headers == {}
+    [warning] = result.warnings
+    assert "not encrypted" in warning and KEY not in warning
 
 
 def test_openai_without_a_key_is_refused_with_where_to_put_one(env: dict[str, str]) -> None:

@@ -86,6 +86,48 @@ def test_the_server_outlives_the_thread_that_started_it() -> None:
         server.stop()
 
 
+def test_a_dead_server_comes_back_on_the_same_address() -> None:
+    """The offline assistant is the default backend: a crash of its process must not end the app."""
+    import threading
+
+    from app.core.actions import Notice
+    from app.localmodel.launcher import ServerSupervisor
+    from app.realtime.transport import BackoffPolicy
+
+    notices: list[Notice] = []
+    came_back = threading.Event()
+
+    def notify(notice: Notice) -> None:
+        notices.append(notice)
+        if notice.level == "info":
+            came_back.set()
+
+    supervisor = ServerSupervisor(EmbeddedServerProcess(), notify, BackoffPolicy(initial=0.1, maximum=1.0))
+    endpoint = supervisor.start()
+    try:
+        first = supervisor.server.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        assert came_back.wait(120), f"the server did not come back: {notices}"
+        second = supervisor.server.pid
+        assert second is not None and second != first and _alive(second)
+        assert supervisor.restarts == 1
+        assert [n.level for n in notices] == ["warning", "info"]
+        assert "stopped unexpectedly" in notices[0].message
+
+        async def session_created() -> str:
+            # The address and the token the app already holds still work.
+            async with connect(endpoint.url, additional_headers=endpoint.headers) as ws:
+                return str(await ws.recv())
+
+        assert '"session.created"' in asyncio.run(session_created())
+    finally:
+        supervisor.stop()
+    assert not _alive(second)
+    time.sleep(1.0)
+    assert supervisor.restarts == 1  # a stop is not a crash: nothing is restarted
+
+
 @pytest.mark.devices
 def test_killing_the_app_takes_the_server_with_it(virtual_audio: VirtualAudioRig, tmp_path: Path) -> None:
     app = HeadlessApp(

@@ -877,3 +877,51 @@ def test_unknown_type_log_is_bounded() -> None:
     log = p.UnknownTypeLog(max_types=3)
     assert [log.first_time(f"type.{n}") for n in range(5)] == [True, True, True, False, False]
     assert log.first_time("type.0") is False
+
+
+TERMINAL_TRICKS = "\x1b[2J\x1b]0;owned\x07\r\x00\x9b31m\u202egnp.exe\u2066"
+
+
+def test_server_text_arrives_without_control_characters() -> None:
+    """Escape sequences, carriage returns and bidi overrides from a server never reach a screen."""
+    error = p.parse_server_event(
+        {
+            "type": "error",
+            "error": {"type": "x", "code": f"c{TERMINAL_TRICKS}", "message": f"m{TERMINAL_TRICKS}"},
+        }
+    )
+    assert isinstance(error, p.ErrorEvent)
+    assert error.message == "m[2J]0;owned31mgnp.exe"
+    assert error.code == "c[2J]0;owned31mgnp.exe"
+    delta = p.parse_server_event(
+        {
+            "type": "response.output_audio_transcript.delta",
+            "response_id": "r",
+            "item_id": "i",
+            "output_index": 0,
+            "content_index": 0,
+            "delta": "Line one\n\tline two" + TERMINAL_TRICKS,
+        }
+    )
+    assert isinstance(delta, p.ResponseOutputAudioTranscriptDelta)
+    assert delta.delta == "Line one\n\tline two[2J]0;owned31mgnp.exe"  # tabs and line breaks stay
+    unknown = p.parse_server_event({"type": f"made.up{TERMINAL_TRICKS}"})
+    assert isinstance(unknown, p.UnknownEvent) and "\x1b" not in unknown.type
+    malformed = p.parse_server_event(f'{{"type": "error" {TERMINAL_TRICKS}')
+    assert isinstance(malformed, p.MalformedEvent)
+    assert "\x1b" not in malformed.reason + malformed.raw_excerpt
+
+
+def test_audio_is_not_touched_by_the_text_cleaning() -> None:
+    pcm = bytes(range(256)) * 8
+    event = p.parse_server_event(
+        {
+            "type": "response.output_audio.delta",
+            "response_id": "r",
+            "item_id": "i",
+            "output_index": 0,
+            "content_index": 0,
+            "delta": base64.b64encode(pcm).decode(),
+        }
+    )
+    assert isinstance(event, p.ResponseOutputAudioDelta) and event.audio == pcm

@@ -33,6 +33,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from app.core.protocol import (
+    ErrorEvent,
     InputAudioBufferCleared,
     MalformedEvent,
     ResponseCreated,
@@ -910,3 +911,83 @@ async def test_open_timeout_message() -> None:
     assert result.kind == "timeout"
     assert "did not answer within 0.3 s" in result.message
     assert 0.25 <= time.monotonic() - started < 1.5
+
+
+async def test_a_refused_key_inside_the_protocol_ends_the_session_without_a_retry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``invalid_api_key`` after the handshake is as final as HTTP 401: one clear problem, no loop."""
+    caplog.set_level(logging.DEBUG, logger="app.realtime")
+    connections: list[ServerConnection] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        connections.append(ws)
+        await ws.send(sample_event("session.created"))
+        error = {
+            "type": "error",
+            "event_id": "ev_1",
+            "error": {
+                "type": "invalid_request_error",
+                "code": "invalid_api_key",
+                "message": f"Incorrect API key provided: {KEY}.\x1b[2J\x1b]0;pwned\x07",
+            },
+        }
+        await ws.send(json.dumps(error))
+        await ws.wait_closed()
+
+    recorder = Recorder()
+    async with ws_server(handler) as url:
+        transport = make_transport(custom_endpoint(url, KEY), recorder)
+        result = await asyncio.wait_for(transport.run(), 3.0)
+
+    assert len(connections) == 1  # no reconnect
+    assert result is not None and not result.retryable
+    assert result.kind == "unauthorized"
+    assert "API key" in result.message
+    assert recorder.problems == [(result, None, recorder.problems[0][2])]
+    # The handler heard the end of the session, not also the error as an ordinary event.
+    assert [type(event).__name__ for event in recorder.events] == ["SessionCreated"]
+    assert result.detail is not None and "Incorrect API key provided" in result.detail
+    for text in (result.message, result.detail, caplog.text):
+        assert KEY not in text
+        assert "\x1b" not in text and "\x07" not in text
+
+
+async def test_close_code_1008_is_final() -> None:
+    connections: list[ServerConnection] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        connections.append(ws)
+        await ws.close(1008, "invalid token \x1b[31mred")
+
+    recorder = Recorder()
+    async with ws_server(handler) as url:
+        transport = make_transport(custom_endpoint(url, None), recorder)
+        result = await asyncio.wait_for(transport.run(), 3.0)
+
+    assert len(connections) == 1
+    assert result is not None and not result.retryable
+    assert result.close_code == 1008
+    assert "invalid token" in result.message and "\x1b" not in result.message
+
+
+async def test_server_text_reaches_the_handler_without_the_key_or_control_characters() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(sample_event("session.created"))
+        error = {
+            "type": "error",
+            "event_id": "ev_1",
+            "error": {"type": "invalid_request_error", "code": "bad", "message": f"echo {KEY}\x1b[2J\u202e!"},
+        }
+        await ws.send(json.dumps(error))
+        await ws.send(json.dumps(error).encode())  # a binary frame is scrubbed too
+        await ws.wait_closed()
+
+    recorder = Recorder()
+    async with ws_server(handler) as url:
+        transport = make_transport(custom_endpoint(url, KEY), recorder)
+        async with running(transport):
+            await wait_until(lambda: len(recorder.events) == 3, what="both errors")
+
+    messages = [event.message for event in recorder.events[1:] if isinstance(event, ErrorEvent)]
+    assert messages == ["echo ***[2J!", "echo ***[2J!"]  # the escape and the override are gone

@@ -47,6 +47,7 @@ from app.core.actions import (
 )
 from app.core.hearing import MicFrame
 from app.core.metrics import TurnMetrics
+from app.core.safe_text import one_line
 
 LocalSpeechKind = Literal["speech_start", "speech_end", "barge_in"]
 
@@ -674,9 +675,8 @@ class Conversation:
                 item.played_out = True  # a text-only item has nothing left to play
         if event.status == "failed":
             detail = event.status_details.error_message if event.status_details else None
-            actions.append(
-                Notice("error", f"The assistant could not answer: {detail or 'the response failed'}.")
-            )
+            reason = one_line(detail or "the response failed")
+            actions.append(Notice("error", f"The assistant could not answer: {reason}."))
         if response.calls:
             actions += self._maybe_follow_up(event.response_id, now)
             if any(self._calls[c].output is None for c in response.calls) and not self._audio_playing():
@@ -686,11 +686,8 @@ class Conversation:
     def _on_error(self, event: p.ErrorEvent, now: float) -> list[Action]:
         if event.code in BENIGN_ERROR_CODES:
             return []
-        return [
-            Notice(
-                "error", f"The server reported a problem: {event.message or event.code or 'unknown error'}"
-            )
-        ]
+        text = one_line(event.message or event.code or "unknown error")
+        return [Notice("error", f"The server reported a problem: {text}")]
 
     def _on_session(self, event: p.SessionCreated | p.SessionUpdated, now: float) -> list[Action]:
         return []

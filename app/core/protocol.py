@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal, TypeAlias, TypeGuard, TypeVar
 
+from app.core.safe_text import printable
+
 __all__ = [
     "PCM_RATE",
     "ContentPart",
@@ -802,18 +804,24 @@ def _kind(value: object) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _str(obj: _Obj, key: str) -> str:
+def _raw_str(obj: _Obj, key: str) -> str:
     value = _get(obj, key)
     if not isinstance(value, str):
         raise _Bad(f"field {key!r} must be a string, not {_kind(value)}")
     return value
 
 
+# Every string a server sends may reach a terminal, a log or a notification: control characters
+# go here, once, rather than at each place that shows one.
+def _str(obj: _Obj, key: str) -> str:
+    return printable(_raw_str(obj, key))
+
+
 def _opt_str(obj: _Obj, key: str) -> str | None:
     value = obj.get(key)
     if value is not None and not isinstance(value, str):
         raise _Bad(f"field {key!r} must be a string or null, not {_kind(value)}")
-    return value
+    return None if value is None else printable(value)
 
 
 def _int(obj: _Obj, key: str) -> int:
@@ -871,7 +879,7 @@ def _objects(obj: _Obj, key: str) -> list[_Obj]:
 
 
 def _base64(obj: _Obj, key: str) -> bytes:
-    text = _str(obj, key)
+    text = _raw_str(obj, key)  # audio: base64 has no control characters, and validate=True checks
     try:
         return base64.b64decode(text, validate=True)
     except ValueError as exc:  # binascii.Error, or non-ASCII text
@@ -1228,14 +1236,14 @@ _PARSERS: Final[Mapping[str, Callable[[_Obj], ServerEvent]]] = {
 
 def _excerpt(data: object) -> str:
     if isinstance(data, str):
-        return data[:_EXCERPT_CHARS]
+        return printable(data[:_EXCERPT_CHARS])
     if isinstance(data, bytes | bytearray):
-        return bytes(data[: _EXCERPT_CHARS * 4]).decode("utf-8", "replace")[:_EXCERPT_CHARS]
+        return printable(bytes(data[: _EXCERPT_CHARS * 4]).decode("utf-8", "replace")[:_EXCERPT_CHARS])
     try:
         text = json.dumps(data, default=repr, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError):
         text = repr(data)
-    return text[:_EXCERPT_CHARS]
+    return printable(text[:_EXCERPT_CHARS])
 
 
 def _parse(data: str | bytes | bytearray | Mapping[str, Any]) -> ServerEvent:
@@ -1254,6 +1262,7 @@ def _parse(data: str | bytes | bytearray | Mapping[str, Any]) -> ServerEvent:
     if not isinstance(event_type, str):
         reason = "event has no 'type'" if event_type is None else "event 'type' is not a string"
         return MalformedEvent(reason, _excerpt(data))
+    event_type = printable(event_type)
     parser = _PARSERS.get(event_type)
     if parser is None:
         return UnknownEvent(event_type, obj)
@@ -1272,4 +1281,6 @@ def parse_server_event(data: str | bytes | bytearray | Mapping[str, Any]) -> Ser
         return _parse(data)
     except Exception as exc:
         # A bug here must cost one event, not the connection; the reason makes the bug visible.
-        return MalformedEvent(f"internal parser error: {type(exc).__name__}: {exc}", _excerpt(data))
+        return MalformedEvent(
+            f"internal parser error: {type(exc).__name__}: {printable(str(exc))}", _excerpt(data)
+        )

@@ -5,11 +5,15 @@ check their input and fail with a :class:`ValueError` that says what to fix; no 
 ever contains the API key, because both end up in logs and on screen.
 
 The API key comes from ``HELPDESK_VOICE_API_KEY`` or the OS keyring, never from files or the command
-line: a key in a file or in argv is readable by other local users and lands in shell history.
+line: a key in a file or in argv is readable by other local users and lands in shell history. It is
+sent only over ``wss://`` or to this computer: over plain ``ws://`` anyone on the network path could
+read it, so a custom ``ws://`` server elsewhere is connected to without it (:attr:`Endpoint.notes`
+says so).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import string
@@ -29,6 +33,7 @@ __all__ = [
     "azure_endpoint",
     "custom_endpoint",
     "endpoint_from_url",
+    "is_loopback_host",
     "lookup_api_key",
     "openai_endpoint",
     "redact_url",
@@ -63,6 +68,7 @@ class Endpoint:
     url: str
     headers: dict[str, str] = field(default_factory=dict)
     kind: EndpointKind = "custom"
+    notes: tuple[str, ...] = ()  # what the user should know before connecting (a key held back)
 
     def __repr__(self) -> str:
         shown = {name: _MASK for name in self.headers}
@@ -164,7 +170,7 @@ def openai_endpoint(model: str, api_key: str, base_url: str = OPENAI_REALTIME_UR
     """The OpenAI realtime endpoint for ``model``: ``BASE_URL?model=MODEL`` with a Bearer key."""
     model = _check_name(model, "model name")
     scheme, host, port, path, query = _split(base_url, "the OpenAI base URL")
-    if scheme not in ("wss", "ws"):
+    if scheme != "wss" and not (scheme == "ws" and is_loopback_host(host)):  # ws:// only for tests
         raise ValueError(f"the OpenAI base URL must start with wss://, not {scheme}://")
     url = _join(scheme, host, port, path, _with_param(query, "model", model))
     return Endpoint(url, _bearer(api_key, "OpenAI"), "openai")
@@ -204,13 +210,35 @@ def azure_endpoint(resource: str, deployment: str, api_key: str) -> Endpoint:
     return Endpoint(url, {"api-key": _check_key(api_key, "Azure")}, "azure")
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` names this computer (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def custom_endpoint(url: str, api_key: str | None) -> Endpoint:
-    """Any other realtime-compatible server; a Bearer header is sent only when a key is given."""
+    """Any other realtime-compatible server; a Bearer header is sent only when a key is given.
+
+    The key goes only over ``wss://`` or to this computer; a ``ws://`` server elsewhere gets none.
+    """
     scheme, host, port, path, query = _split(url, "the endpoint URL")
     if scheme not in ("ws", "wss"):
         raise ValueError(f"the endpoint URL must start with ws:// or wss://, not {scheme}://")
-    headers = _bearer(api_key, "this endpoint") if api_key is not None and api_key.strip() else {}
-    return Endpoint(_join(scheme, host, port, path, query), headers, "custom")
+    clean = _join(scheme, host, port, path, query)
+    if api_key is None or not api_key.strip():
+        return Endpoint(clean, {}, "custom")
+    headers = _bearer(api_key, "this endpoint")
+    if scheme == "ws" and not is_loopback_host(host):
+        note = (
+            f"the API key is not sent to {host}: ws:// is not encrypted, so anyone on the network "
+            "could read it; use a wss:// address to connect with the key"
+        )
+        return Endpoint(clean, {}, "custom", (note,))
+    return Endpoint(clean, headers, "custom")
 
 
 def endpoint_from_url(url: str, api_key: str | None) -> Endpoint:

@@ -1,8 +1,13 @@
-"""What went wrong with the connection, in words a user can act on.
+"""What went wrong with the connection, in words a user can act on, and whether to try again.
 
 :func:`classify` turns whatever the WebSocket stack raised into a :class:`ConnectionProblem`: a kind
 for code to branch on, one human sentence or two for the screen, and whether trying again can help.
-Messages never quote credentials; the transport also scrubs ``detail`` (text from the server) of them.
+:func:`classify_error_event` does the same for the ``error`` events that end a session (a rejected
+key). This module is the one place that decides fatal against retryable, for handshake statuses,
+close codes and error events alike.
+
+Messages never quote credentials; text from the server (a close reason, an error body) is made
+printable here, and the transport also scrubs it of the secrets it sent.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import math
 import re
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, Literal, TypeAlias
 
 from websockets.exceptions import (
@@ -28,7 +33,16 @@ from websockets.exceptions import (
 )
 from websockets.frames import CloseCode
 
-__all__ = ["KEEPALIVE_TIMEOUT_REASON", "ConnectionProblem", "ProblemKind", "classify", "format_bytes"]
+from app.core.safe_text import one_line, printable
+
+__all__ = [
+    "KEEPALIVE_TIMEOUT_REASON",
+    "ConnectionProblem",
+    "ProblemKind",
+    "classify",
+    "classify_error_event",
+    "format_bytes",
+]
 
 ProblemKind: TypeAlias = Literal[
     "unauthorized",
@@ -61,6 +75,10 @@ KEEPALIVE_TIMEOUT_REASON: Final = "keepalive ping timeout"
 _DETAIL_CHARS: Final = 300
 _FRAME_SIZE: Final = re.compile(r"frame with (\d+) bytes")
 _RETRY_AFTER_LIMIT: Final = 24 * 3600.0  # beyond a day the header is nonsense, not advice
+# Error events after which the session cannot go on and a new one would fail the same way: the key
+# was refused (OpenAI sends ``invalid_api_key``; compatible servers use the error types).
+_FATAL_ERROR_CODES: Final = frozenset({"invalid_api_key", "invalid_authentication", "account_deactivated"})
+_FATAL_ERROR_TYPES: Final = frozenset({"authentication_error", "permission_error"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +129,7 @@ def _body_detail(body: bytes | bytearray) -> str | None:
         message = error.get("message") if isinstance(error, dict) else parsed.get("message")
         if isinstance(message, str) and message.strip():
             text = message.strip()
-    return " ".join(text.split())[:_DETAIL_CHARS]
+    return one_line(text, _DETAIL_CHARS)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -226,7 +244,19 @@ def _from_close(exc: ConnectionClosed, max_message_bytes: int | None) -> Connect
             close_code=int(CloseCode.ABNORMAL_CLOSURE),
             detail=str(exc.__cause__) if exc.__cause__ is not None else None,
         )
-    reason = rcvd.reason or None
+    reason = one_line(rcvd.reason, _DETAIL_CHARS) or None
+    if rcvd.code == CloseCode.POLICY_VIOLATION:
+        # Servers close with 1008 for a key they rejected after the handshake, or for breaking
+        # their rules: the same request would be refused again.
+        return ConnectionProblem(
+            "unauthorized",
+            f"The server refused this connection (close code {rcvd.code}"
+            + (f": {reason}" if reason else "")
+            + "). Check the API key and the endpoint in the settings.",
+            retryable=False,
+            close_code=rcvd.code,
+            detail=reason,
+        )
     if rcvd.code == CloseCode.MESSAGE_TOO_BIG:
         return ConnectionProblem(
             "too_big",
@@ -256,6 +286,7 @@ def _from_close(exc: ConnectionClosed, max_message_bytes: int | None) -> Connect
 
 def _closed_by_us(code: int, reason: str, max_message_bytes: int | None) -> ConnectionProblem:
     """This side started the closing handshake: on request, or because of what the server did."""
+    reason = one_line(reason, _DETAIL_CHARS)
     if code == CloseCode.INTERNAL_ERROR and reason == KEEPALIVE_TIMEOUT_REASON:
         return ConnectionProblem(
             "peer_silent",
@@ -297,6 +328,23 @@ def _is_refused(exc: OSError) -> bool:
     return text.startswith("Multiple exceptions") and f"[Errno {errno.ECONNREFUSED}]" in text
 
 
+def classify_error_event(code: str | None, error_type: str | None, message: str) -> ConnectionProblem | None:
+    """The problem an ``error`` event means when it ends the session (a refused key), else None.
+
+    Every other error event is about one request (a bad item id, a cancel with nothing to cancel)
+    and the conversation carries on.
+    """
+    if code not in _FATAL_ERROR_CODES and error_type not in _FATAL_ERROR_TYPES:
+        return None
+    detail = one_line(message, _DETAIL_CHARS) or None
+    return ConnectionProblem(
+        "unauthorized",
+        f"The server did not accept the API key ({code or error_type}). Check the API key in the settings.",
+        retryable=False,
+        detail=detail,
+    )
+
+
 def classify(
     exc: BaseException,
     *,
@@ -308,6 +356,18 @@ def classify(
 
     ``host``, ``max_message_bytes`` and ``open_timeout`` only make the messages more specific.
     """
+    problem = _classify(exc, host=host, max_message_bytes=max_message_bytes, open_timeout=open_timeout)
+    detail = None if problem.detail is None else printable(problem.detail)
+    return replace(problem, message=printable(problem.message), detail=detail)
+
+
+def _classify(
+    exc: BaseException,
+    *,
+    host: str | None = None,
+    max_message_bytes: int | None = None,
+    open_timeout: float | None = None,
+) -> ConnectionProblem:
     if isinstance(exc, InvalidStatus):
         return _from_status(exc)
     if isinstance(exc, ConnectionClosed):

@@ -39,7 +39,7 @@ from app.core.protocol import (
     parse_server_event,
 )
 from app.realtime.endpoint import Endpoint
-from app.realtime.errors import ConnectionProblem, classify
+from app.realtime.errors import ConnectionProblem, classify, classify_error_event
 
 __all__ = ["USER_AGENT", "BackoffPolicy", "RealtimeTransport", "TransportHandler"]
 
@@ -177,7 +177,11 @@ class RealtimeTransport:
         self._backoff = backoff if backoff is not None else BackoffPolicy()
         self._max_attempts = max_attempts
         self._rng = rng if rng is not None else random.Random()
-        self._secrets = tuple(value for value in endpoint.headers.values() if value)
+        # What a server might echo back: each header value, and the bare key of a Bearer header.
+        values = endpoint.headers.values()
+        forms = {form for value in values for form in (value, value.removeprefix("Bearer "))}
+        # The whole header value before the key inside it, so neither is left half replaced.
+        self._secrets = tuple(sorted(forms - {""}, key=len, reverse=True))
         self._unknown_types = UnknownTypeLog()
 
         self._ws: ClientConnection | None = None
@@ -238,13 +242,17 @@ class RealtimeTransport:
         except Exception as exc:
             return self._classify(exc)
         try:
-            first = parse_server_event(await asyncio.wait_for(ws.recv(), self._open_timeout))
+            data = await asyncio.wait_for(ws.recv(), self._open_timeout)
+            first = parse_server_event(self._scrub_frame(data))
         except Exception as exc:
             return self._classify(exc)
         finally:
             await ws.close()
         if isinstance(first, SessionCreated):
             return None
+        fatal = self._fatal(first)
+        if fatal is not None:
+            return fatal
         detail = (
             first.message
             if isinstance(first, ErrorEvent)
@@ -324,10 +332,12 @@ class RealtimeTransport:
                 break
             failures += 1
             retry_in = self._retry_delay(problem, failures)
+            # Info, not warning: the handler hears every problem and shows it to the user; a warning
+            # here would print each one a second time on a terminal.
             if retry_in is None:
-                logger.warning("connection problem (%s): %s; giving up", problem.kind, problem.message)
+                logger.info("connection problem (%s): %s; giving up", problem.kind, problem.message)
             else:
-                logger.warning(
+                logger.info(
                     "connection problem (%s): %s; retrying in %.2f s", problem.kind, problem.message, retry_in
                 )
             await self._guarded(self._handler.on_disconnected(problem, retry_in), "on_disconnected")
@@ -423,9 +433,14 @@ class RealtimeTransport:
                     problem = self._classify(exc)
                     ws.transport.abort()
                     break
-                event = parse_server_event(data)
+                event = parse_server_event(self._scrub_frame(data))
                 if isinstance(event, UnknownEvent) and self._unknown_types.first_time(event.type):
                     logger.info("ignoring server events of unknown type %r", event.type)
+                fatal = self._fatal(event)
+                if fatal is not None:  # the handler hears it as the end of the connection, once
+                    problem = fatal
+                    await self._close_socket(ws, self._close_timeout)
+                    break
                 await self._guarded(self._handler.on_event(event), "on_event")
         finally:
             if ws.state is not State.CLOSED:  # run() was cancelled: leave no socket behind
@@ -465,20 +480,35 @@ class RealtimeTransport:
             ws.transport.abort()
 
     def _classify(self, exc: BaseException) -> ConnectionProblem:
-        problem = classify(
-            exc,
-            host=self._endpoint.host,
-            max_message_bytes=self._max_message_bytes,
-            open_timeout=self._open_timeout,
+        return self._scrubbed(
+            classify(
+                exc,
+                host=self._endpoint.host,
+                max_message_bytes=self._max_message_bytes,
+                open_timeout=self._open_timeout,
+            )
         )
-        if problem.detail is not None:
-            problem = replace(problem, detail=self._scrub(problem.detail))
-        return problem
+
+    def _fatal(self, event: ServerEvent) -> ConnectionProblem | None:
+        if not isinstance(event, ErrorEvent):
+            return None
+        problem = classify_error_event(event.code, event.error_type, event.message)
+        return None if problem is None else self._scrubbed(problem)
+
+    def _scrubbed(self, problem: ConnectionProblem) -> ConnectionProblem:
+        detail = None if problem.detail is None else self._scrub(problem.detail)
+        return replace(problem, message=self._scrub(problem.message), detail=detail)
+
+    def _scrub_frame(self, data: str | bytes) -> str | bytes:
+        """A server frame without the secrets this side sent, before anything reads it."""
+        if isinstance(data, str):
+            return self._scrub(data)
+        for secret in self._secrets:
+            data = data.replace(secret.encode(), b"***")
+        return data
 
     def _scrub(self, text: str) -> str:
         # Server text may echo a request header back; the key must not reach a log or the screen.
         for secret in self._secrets:
             text = text.replace(secret, "***")
-            if secret.startswith("Bearer "):
-                text = text.replace(secret[len("Bearer ") :], "***")
         return text

@@ -404,6 +404,8 @@ class HelpdeskApp(QObject):
             for text in self._pending_text:
                 engine.send_text(text)
         self._pending_text.clear()
+        for warning in plan.warnings:
+            self._on_notice(Notice("warning", warning[:1].upper() + warning[1:] + "."))
         log.info("%s (%s)", description, plan.describe())
 
     @Slot(int, str)

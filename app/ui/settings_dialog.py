@@ -611,7 +611,7 @@ class SettingsDialog(QDialog):
             return
         if self._settings.locked(key):
             tip = (
-                f"Your organisation's policy ({self._settings.paths.policy}) sets this value; "
+                f"Your organisation's policy ({self._settings.policy_of(key)}) sets this value; "
                 "it cannot be changed here."
             )
             field.note.setText(LOCKED_NOTE)
