@@ -213,7 +213,7 @@ _SETTINGS: Final = (
         True,
         help="remove the assistant's own voice from the microphone (laptop speakers)",
     ),
-    Setting("transcript.retention_days", int, 30, _int_range(0, 3650)),
+    Setting("transcript.retention_days", int, 7, _int_range(0, 3650), fail_closed=0),
     Setting("tools.allowed", tuple, KNOWN_TOOLS, _tools),
 )
 SETTINGS: Final[Mapping[str, Setting]] = {s.key: s for s in _SETTINGS}

@@ -1,6 +1,8 @@
 """The ticket outbox: unique increasing ids across threads and processes, durable files, bad files skipped.
 
-Every test writes under ``tmp_path``; the real user data folder is never touched.
+Every test writes under ``tmp_path``; the real user data folder is never touched. A real keyring
+backend (a file outside ``tmp_path``) holds the data key that seals the tickets; tests that need
+another keyring, or none, swap it for their own.
 """
 
 from __future__ import annotations
@@ -11,14 +13,18 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import keyring
+import keyring.backends.fail
 import platformdirs
 import pytest
 
+from app.sealed_files import data_keys, read_file
 from app.tools import default_registry
 from app.tools.tickets import (
     CATEGORIES,
@@ -29,9 +35,26 @@ from app.tools.tickets import (
     default_data_dir,
     default_outbox_dir,
 )
+from tests.file_keyring import KEYRING_FILE_ENV, FileKeyring
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = {"id", "created_at", "summary", "description", "category", "urgency", "contact", "status"}
+
+
+@pytest.fixture(autouse=True)
+def sealing_keyring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileKeyring]:
+    original = keyring.get_keyring()
+    backend = FileKeyring(tmp_path_factory.mktemp("keyring") / "keyring.json")
+    keyring.set_keyring(backend)
+    try:
+        yield backend
+    finally:
+        keyring.set_keyring(original)
+
+
+def stored(path: Path) -> Any:
+    """A ticket file's JSON, through the app's own reader (it unseals)."""
+    return json.loads(read_file(path).decode("utf-8"))
 
 
 def create(outbox: TicketOutbox, summary: str = "VPN drops", **changes: Any) -> Ticket:
@@ -60,7 +83,7 @@ def test_ticket_file_is_json_with_every_field(tmp_path: Path) -> None:
     before = datetime.now().astimezone()
     ticket = create(outbox, "Printer jam", category="hardware", urgency="high", contact="ada@example.com")
     path = tmp_path / f"{ticket.id}.json"
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = stored(path)
     assert set(data) >= FIELDS
     assert data["id"] == ticket.id == "HD-1001"
     assert data["summary"] == "Printer jam"
@@ -139,7 +162,7 @@ def test_corrupt_files_are_reported_and_skipped(tmp_path: Path) -> None:
     (tmp_path / "HD-1004.json").write_text('["a list"]', encoding="utf-8")
     (tmp_path / "HD-1005.json").write_text('{"id": "HD-1005"}', encoding="utf-8")
     (tmp_path / "HD-1006.json").write_bytes(b"\xff\xfe\x00garbage")
-    moved = json.loads((tmp_path / "HD-1001.json").read_text(encoding="utf-8"))
+    moved = stored(tmp_path / "HD-1001.json")
     (tmp_path / "HD-1007.json").write_text(json.dumps(moved), encoding="utf-8")  # id does not match name
     bad_urgency = dict(moved, id="HD-1008", urgency="whenever")
     (tmp_path / "HD-1008.json").write_text(json.dumps(bad_urgency), encoding="utf-8")
@@ -195,9 +218,15 @@ with ThreadPoolExecutor(max_workers=5) as pool:
 """
 
 
-def test_two_processes_never_share_an_id(tmp_path: Path) -> None:
+def test_two_processes_never_share_an_id(tmp_path: Path, sealing_keyring: FileKeyring) -> None:
     directory, go = tmp_path / "outbox", tmp_path / "go"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    data_keys.get(create=True)  # made here once: both children seal with the key they find
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        PYTHON_KEYRING_BACKEND="tests.file_keyring.FileKeyring",
+        **{KEYRING_FILE_ENV: str(sealing_keyring.path)},
+    )
     children = [
         subprocess.Popen(
             [sys.executable, "-c", _CHILD, str(directory), str(go), label],
@@ -222,6 +251,7 @@ def test_two_processes_never_share_an_id(tmp_path: Path) -> None:
     assert listing.problems == ()
     assert {ticket.id for ticket in listing} == set(ids)
     assert sum(ticket.summary.startswith("first") for ticket in listing) == 25
+    assert not any(b"subprocess" in path.read_bytes() for path in ticket_files(directory))  # sealed
 
 
 def test_default_outbox_dir_honours_the_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -324,3 +354,167 @@ def test_find_refuses_a_bad_ticket_file(tmp_path: Path) -> None:
     (tmp_path / "HD-1003.json").write_text(json.dumps(stored), encoding="utf-8")
     with pytest.raises(ValueError, match="holds ticket HD-1002"):
         outbox.find("HD-1003")
+
+
+# ---------------------------------------------------------------------------------------------------
+# At rest: sealed, private, tidied at start
+# ---------------------------------------------------------------------------------------------------
+
+USER_WORDS = ("Printer jam", "jams after one sheet", "room 4.12", "ada@example.com", "hardware")
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def plain_ticket(number: int, summary: str) -> dict[str, Any]:
+    """A ticket as an earlier version wrote it: plain JSON."""
+    return {
+        "schema_version": 1,
+        "id": f"HD-{number}",
+        "created_at": "2024-05-06T09:08:07Z",
+        "summary": summary,
+        "description": "Written before tickets were sealed.",
+        "category": "hardware",
+        "urgency": "normal",
+        "contact": None,
+        "status": "queued",
+    }
+
+
+def wait_for(condition: Any, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return bool(condition())
+
+
+def wait_for_tidies(timeout: float = 20.0) -> None:
+    """Wait for the outbox tidies that making the tool started, so they cannot race the test."""
+    for thread in threading.enumerate():
+        if thread.name == "helpdesk-outbox-tidy":
+            thread.join(timeout)
+            assert not thread.is_alive()
+
+
+def test_the_ticket_file_holds_none_of_the_words_and_is_private(tmp_path: Path) -> None:
+    outbox = TicketOutbox(tmp_path / "data" / "outbox")
+    ticket = create(
+        outbox,
+        "Printer jam",
+        description="The printer in room 4.12 jams after one sheet.",
+        category="hardware",
+        contact="ada@example.com",
+    )
+    path = outbox.directory / f"{ticket.id}.json"
+    raw = path.read_bytes()
+    for words in USER_WORDS:
+        for encoding in ("utf-8", "utf-16-le"):
+            assert words.encode(encoding) not in raw, words
+    assert not raw.lstrip().startswith(b"{")
+    assert mode(path) == 0o600
+    for folder in (outbox.directory, outbox.directory / ".reserved", tmp_path / "data"):
+        assert mode(folder) == 0o700, folder
+    assert mode(outbox.directory / ".reserved" / ticket.id) == 0o600
+    assert outbox.find(ticket.id) == ticket
+    assert list(TicketOutbox(outbox.directory).list()) == [ticket]
+    assert stored(path)["description"] == "The printer in room 4.12 jams after one sheet."
+
+
+async def test_without_a_keyring_the_ticket_is_still_durable_and_the_user_is_warned(tmp_path: Path) -> None:
+    outbox_dir = tmp_path / "outbox"
+    keyring.set_keyring(keyring.backends.fail.Keyring())
+    arguments = {"summary": "VPN drops", "description": "Every few minutes at home.", "category": "network"}
+    registry = default_registry(outbox_dir=outbox_dir)
+    wait_for_tidies()
+    result = await registry.run("create_ticket", json.dumps(arguments))
+    assert result.ok, result.output
+    assert result.output["ticket_id"] == "HD-1001"
+    for text in (result.output["warning"], result.output["message"]):
+        assert "HD-1001" in text and "without encryption" in text and "keyring" in text
+    assert result.output["message"].startswith("Ticket HD-1001 created")
+    path = outbox_dir / "HD-1001.json"
+    assert json.loads(path.read_text(encoding="utf-8"))["summary"] == "VPN drops"  # plain, but there
+    assert mode(path) == 0o600 and mode(outbox_dir) == 0o700
+    (ticket,) = TicketOutbox(outbox_dir).list().tickets
+    assert ticket.summary == "VPN drops"
+
+    # A keyring again: the next start seals it, and it reads the same.
+    keyring.set_keyring(FileKeyring(tmp_path / "keyring-back.json"))
+    assert TicketOutbox(outbox_dir).tidy() == ()
+    assert b"VPN" not in path.read_bytes()
+    assert list(TicketOutbox(outbox_dir).list()) == [ticket]
+
+
+def test_plain_tickets_from_before_are_sealed_at_start(tmp_path: Path) -> None:
+    directory = tmp_path / "outbox"
+    (directory / ".reserved").mkdir(parents=True)
+    for number, summary in ((1001, "Printer jam"), (1002, "Screen flickers")):
+        (directory / ".reserved" / f"HD-{number}").touch()
+        path = directory / f"HD-{number}.json"
+        path.write_text(json.dumps(plain_ticket(number, summary), indent=2), encoding="utf-8")
+        os.chmod(path, 0o644)  # as earlier versions left them
+    (directory / "HD-1003.json").write_text("{not json", encoding="utf-8")
+    os.chmod(directory, 0o755)
+    os.chmod(directory / ".reserved", 0o755)
+
+    outbox = TicketOutbox(directory)
+    assert outbox.tidy() == ()
+    for number in (1001, 1002):
+        path = directory / f"HD-{number}.json"
+        assert b"Printer" not in path.read_bytes() and b"Screen" not in path.read_bytes()
+        assert mode(path) == 0o600
+    assert (directory / "HD-1003.json").read_text(encoding="utf-8") == "{not json"  # left as found
+    assert mode(directory / "HD-1003.json") == 0o600
+    assert mode(directory) == 0o700 and mode(directory / ".reserved") == 0o700
+    listing = outbox.list()
+    assert [t.summary for t in listing] == ["Screen flickers", "Printer jam"]
+    assert len(listing.problems) == 1 and "HD-1003.json" in listing.problems[0]
+    assert create(outbox).id == "HD-1004"
+    assert not [p for p in directory.iterdir() if p.name.endswith(".tmp")]
+    assert outbox.tidy() == ()  # a second start has nothing left to do
+
+
+def test_crash_leftovers_are_cleaned_when_the_tool_starts(tmp_path: Path) -> None:
+    directory = tmp_path / "outbox"
+    directory.mkdir()
+    now = time.time()
+    leftover = directory / ".HD-1001.json.4242.ab12cd34.tmp"  # an earlier version's temporary name
+    leftover.write_text(json.dumps(plain_ticket(1001, "Printer jam")), encoding="utf-8")
+    os.utime(leftover, (now - 7200, now - 7200))
+    under_way = directory / ".HD-1002.json.k2j4h5.tmp"  # a live writer's, seconds old
+    under_way.write_bytes(b"sealed bytes being written")
+    default_registry(outbox_dir=directory)  # making the tool is the outbox's start
+    assert wait_for(lambda: not leftover.exists())
+    assert under_way.exists()
+    assert TicketOutbox(directory).list().tickets == ()  # a leftover's id was never spoken
+
+
+def test_a_lost_key_is_a_problem_and_the_ticket_is_kept(tmp_path: Path, sealing_keyring: FileKeyring) -> None:
+    outbox = TicketOutbox(tmp_path)
+    first = create(outbox, "Printer jam")
+    sealed = (tmp_path / "HD-1001.json").read_bytes()
+
+    keyring.set_keyring(FileKeyring(tmp_path.parent / f"{tmp_path.name}-reset-keyring.json"))  # a reset
+    listing = outbox.list()
+    assert listing.tickets == ()
+    (problem,) = listing.problems
+    assert problem.startswith("HD-1001.json: ") and "no longer holds" in problem and "kept" in problem
+    with pytest.raises(ValueError, match="no longer holds"):
+        outbox.find("HD-1001")
+    assert outbox.tidy() == ()
+    second = create(outbox, "VPN drops")  # a new key for new tickets; the old id is never reused
+    assert second.id == "HD-1002"
+    listing = outbox.list()
+    assert list(listing) == [second] and len(listing.problems) == 1
+    assert (tmp_path / "HD-1001.json").read_bytes() == sealed  # kept exactly as it was
+
+    keyring.set_keyring(sealing_keyring)  # the old keyring back: the old ticket opens again
+    assert outbox.find("HD-1001") == first
+    damaged = bytearray(sealed)
+    damaged[len(damaged) // 2] ^= 0x01
+    (tmp_path / "HD-1001.json").write_bytes(bytes(damaged))
+    problems = "\n".join(outbox.list().problems)
+    assert "HD-1001.json" in problems and "damaged" in problems

@@ -35,7 +35,9 @@ from app.ui import app as ui_app
 from app.ui.app import QUIT_DEADLINE_S, HelpdeskApp, Runner
 from app.ui.icons import icon_for
 from app.ui.main_window import NO_TRAY_REASON, ConversationPanel
+from app.ui.transcript_store import read_transcript
 from tests.app_driver import speak
+from tests.file_keyring import FileKeyring
 
 QUIT_BOUND_S = 1.5
 ROOT = Path(__file__).resolve().parents[1]
@@ -451,7 +453,8 @@ def test_push_to_talk_button_and_space_key(qtbot: QtBot) -> None:
 # Keeping the transcript, ticket links
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file_keyring: FileKeyring) -> Path:
+    """The app's data folder under ``tmp_path``, with a keyring that holds the key that seals it."""
     monkeypatch.setenv("HELPDESK_VOICE_DATA_DIR", str(tmp_path / "data"))
     return tmp_path / "data"
 
@@ -461,7 +464,7 @@ def said(helpdesk: HelpdeskApp, item: str, text: str) -> None:
 
 
 def saved_texts(path: Path) -> list[str]:
-    return [entry["text"] for entry in json.loads(path.read_text(encoding="utf-8"))["entries"]]
+    return [entry["text"] for entry in json.loads(read_transcript(path))["entries"]]
 
 
 @pytest.mark.usefixtures("data_dir")

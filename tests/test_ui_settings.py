@@ -459,7 +459,7 @@ def test_valid_save_writes_only_changes_and_a_reload_shows_them(
     dialog.push_to_talk_check.setChecked(True)
     assert dialog.echo_check.isChecked()  # on by default
     dialog.echo_check.setChecked(False)
-    dialog.retention_edit.setText("7")
+    dialog.retention_edit.setText("14")
     expected = {
         "backend": "openai",
         "endpoint.model": "gpt-realtime-mini",
@@ -470,7 +470,7 @@ def test_valid_save_writes_only_changes_and_a_reload_shows_them(
         "barge_in.sensitivity": "high",
         "push_to_talk": True,
         "audio.echo_cancellation": False,
-        "transcript.retention_days": 7,
+        "transcript.retention_days": 14,
     }
     assert dialog.changed_values() == expected
     with qtbot.waitSignal(dialog.settings_saved, timeout=1000):
@@ -492,7 +492,7 @@ def test_valid_save_writes_only_changes_and_a_reload_shows_them(
     assert again.instructions_edit.toPlainText() == instructions
     assert again.eagerness_combo.currentData() == "low" and again.eagerness_combo.isEnabled()
     assert again.push_to_talk_check.isChecked() and not again.echo_check.isChecked()
-    assert again.retention_edit.text() == "7"
+    assert again.retention_edit.text() == "14"
     assert again.output_combo.currentText() == "Conference Speakerphone (not connected)"
     assert again.changed_values() == {}
 

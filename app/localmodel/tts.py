@@ -16,6 +16,7 @@ import asyncio
 import io
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -302,8 +303,15 @@ class PiperVoice:
     ) -> None:
         started = time.perf_counter()
         try:
+            # onnxruntime's own builds keep a device id and an event database for upload under the
+            # user's cache (Microsoft/DeveloperTools/.onnxruntime), made as the module is imported.
+            # Only this variable, set before that import, turns all of it off; the call below mutes
+            # the optional events too.
+            os.environ["ORT_DISABLE_TELEMETRY"] = "1"
             # Lazy: piper is GPL and must only ever load inside the embedded server's process.
             import onnxruntime
+
+            onnxruntime.disable_telemetry_events()
             from piper import PiperVoice as _PiperEngine
             from piper.config import PiperConfig, SynthesisConfig
 

@@ -12,22 +12,46 @@ given to two tickets, and the ticket must survive a crash or power cut once its 
 - **Durable writes**: temporary file in the same folder, ``fsync``, ``os.replace``, then ``fsync``
   of the folder where the OS allows it, so a reader sees either no ticket or a whole one.
 - **Readable**: a corrupt or foreign file costs that file, reported in ``problems``; never the list.
+- **Sealed at rest** (``app/sealed_files.py``): a ticket holds the user's own words, so its file is
+  sealed with the data key from the OS keyring, 0600 in a 0700 folder. With no usable keyring the
+  ticket is still written, plain but 0600, and the tool's answer says so: the id has been promised
+  to the user, and a ticket lost is worse than one unsealed. Plain tickets (those, and earlier
+  versions' 0644 files) are sealed by :meth:`TicketOutbox.tidy` once a key can be had.
+- **Tidied at start** (:meth:`TicketOutbox.tidy`, on a thread of its own when the tool is made):
+  temporary files a crash left behind are deleted once no live writer can own them (a crashed
+  write's id was never spoken: it is only read out after the rename), modes are narrowed, plain
+  tickets sealed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
-import secrets
-from collections.abc import Iterator, Mapping
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal, TypeAlias, get_args
 
+from app.fileio import ensure_private_dir, fsync_dir, remove_stale_temp_files, write_atomically
 from app.paths import DATA_DIR_ENV, default_data_dir
+from app.sealed_files import MAGIC as SEALED_MAGIC
+from app.sealed_files import (
+    DataKey,
+    DataKeyring,
+    DataKeyUnavailable,
+    NoDataKey,
+    data_keys,
+    is_sealed,
+    read_file,
+    seal_in_place,
+    write_sealed,
+)
 from app.tools.registry import Tool, ToolError
 
 __all__ = [
@@ -35,6 +59,7 @@ __all__ = [
     "DATA_DIR_ENV",
     "URGENCIES",
     "Category",
+    "CreatedTicket",
     "Ticket",
     "TicketListing",
     "TicketOutbox",
@@ -60,6 +85,9 @@ _ID: Final = re.compile(r"HD-(\d{4,})")
 _TICKET_FILE: Final = re.compile(r"HD-(\d{4,})\.json")
 _RESERVED_DIR: Final = ".reserved"
 _FIELDS: Final = ("id", "created_at", "summary", "description", "category", "urgency", "contact", "status")
+_HAS_MODES: Final = sys.platform != "win32"
+
+log = logging.getLogger(__name__)
 
 
 def default_outbox_dir() -> Path:
@@ -145,27 +173,23 @@ class TicketListing:
         return len(self.tickets)
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Makes a rename or a new name durable on POSIX; Windows cannot open a folder this way, and its
-    # file systems journal the metadata anyway, so failure here is not an error.
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-    try:
-        fd = os.open(directory, flags)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+@dataclass(frozen=True, slots=True)
+class CreatedTicket:
+    """A ticket just written, and why it is not sealed when it is not (for the user)."""
+
+    ticket: Ticket
+    unsealed_reason: str | None = None
 
 
 class TicketOutbox:
-    """Queued tickets in one folder. Safe to use from several threads and processes at once."""
+    """Queued tickets in one folder. Safe to use from several threads and processes at once.
 
-    def __init__(self, directory: Path | None = None) -> None:
+    ``keys`` holds the data key that seals the files (the process's shared one by default).
+    """
+
+    def __init__(self, directory: Path | None = None, keys: DataKeyring | None = None) -> None:
         self._directory = Path(directory) if directory is not None else default_outbox_dir()
+        self._keys = keys if keys is not None else data_keys
 
     @property
     def directory(self) -> Path:
@@ -191,18 +215,18 @@ class TicketOutbox:
 
     def _reserve(self) -> str:
         reserved = self._directory / _RESERVED_DIR
-        reserved.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(reserved)
         number = self._highest_number() + 1
         while True:
             ticket_id = _ticket_id(number)
             try:
-                fd = os.open(reserved / ticket_id, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                fd = os.open(reserved / ticket_id, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
             except FileExistsError:
                 # Someone else took it between our scan and now; the next number is the next candidate.
                 number += 1
                 continue
             os.close(fd)
-            _fsync_dir(reserved)
+            fsync_dir(reserved)
             return ticket_id
 
     # -- writing -------------------------------------------------------------------------------------
@@ -217,8 +241,20 @@ class TicketOutbox:
     ) -> Ticket:
         """Write a new queued ticket durably and return it. Blocking: call it off the event loop.
 
-        Raises ValueError for bad fields and OSError when the folder cannot be written.
+        Raises ValueError for bad fields and OSError when the folder cannot be written. Sealed when
+        the keyring allows, else written plain (:meth:`create_reporting` says which).
         """
+        return self.create_reporting(summary, description, category, urgency, contact).ticket
+
+    def create_reporting(
+        self,
+        summary: str,
+        description: str,
+        category: str,
+        urgency: str = "normal",
+        contact: str | None = None,
+    ) -> CreatedTicket:
+        """:meth:`create`, also saying why the ticket is not sealed when it could not be."""
         summary = _clean("summary", summary, SUMMARY_MAX)
         description = _clean("description", description, DESCRIPTION_MAX)
         if category not in CATEGORIES:
@@ -228,7 +264,9 @@ class TicketOutbox:
         if contact is not None:
             contact = _clean("contact", contact, CONTACT_MAX, required=False) or None
 
-        self._directory.mkdir(parents=True, exist_ok=True)
+        key, problem = self._lookup_key(create=True)
+        unsealed_reason = problem if key is None else None
+        ensure_private_dir(self._directory)
         ticket = Ticket(
             id=self._reserve(),
             created_at=_now_iso(),
@@ -239,48 +277,113 @@ class TicketOutbox:
             contact=contact,
         )
         payload = json.dumps(ticket.to_dict(), ensure_ascii=False, indent=2).encode("utf-8") + b"\n"
-        self._write_atomically(self._directory / f"{ticket.id}.json", payload)
-        return ticket
+        target = self._directory / f"{ticket.id}.json"
+        # The dot prefix and .tmp suffix of the temporary file keep a half-written ticket out of
+        # list() and out of a sync.
+        if key is not None:
+            write_sealed(target, payload, key)
+        else:
+            write_atomically(target, payload, private=True)
+            log.warning("ticket %s is saved unencrypted: %s", ticket.id, unsealed_reason)
+        return CreatedTicket(ticket, unsealed_reason)
 
-    def _write_atomically(self, target: Path, payload: bytes) -> None:
-        # The dot prefix and .tmp suffix keep a half-written file out of list() and out of a sync.
-        temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), 0o644)
+    # -- tidying at start ----------------------------------------------------------------------------
+
+    def tidy(self) -> tuple[str, ...]:
+        """Clean up after earlier runs: crash leftovers, loose modes, plain tickets. Blocking.
+
+        Deletes temporary files old enough that no live writer owns them, makes the folders 0700 and
+        the tickets 0600, and seals plain tickets when a data key can be had (a corrupt file is left
+        as found). Looking the key up here also brings a keyring's unlock prompt now, not in the
+        middle of the first ticket. Never raises; returns what it could not do, each as a sentence.
+        """
+        key, key_problem = self._lookup_key(create=False)
         try:
+            if not self._directory.is_dir():
+                return ()
+            ensure_private_dir(self._directory)
+            if (self._directory / _RESERVED_DIR).is_dir():
+                ensure_private_dir(self._directory / _RESERVED_DIR)
+            names = sorted(os.listdir(self._directory))
+        except OSError as exc:
+            return (f"{self._directory}: cannot tidy the outbox: {exc.strerror or exc}",)
+        problems: list[str] = []
+        try:
+            removed = remove_stale_temp_files(self._directory)
+        except OSError as exc:
+            problems.append(
+                f"{self._directory}: a crashed write's temporary file could not be deleted: {exc}"
+            )
+        else:
+            if removed:
+                log.info("deleted %d temporary file(s) a crash left in %s", len(removed), self._directory)
+        left_plain = 0
+        for name in names:
+            if _TICKET_FILE.fullmatch(name) is None:
+                continue
+            path = self._directory / name
             try:
-                view = memoryview(payload)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp, target)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(target.parent)
+                if _HAS_MODES and path.stat().st_mode & 0o077:
+                    os.chmod(path, 0o600)
+                if not _is_plain(path):
+                    continue
+                if key is None and not key_problem:  # a key is made only once there is something to seal
+                    key, key_problem = self._lookup_key(create=True)
+                if key is None:
+                    left_plain += 1
+                elif seal_in_place(path, key, check=_ticket_check(name)):
+                    log.info("sealed %s, written plain by an earlier version or without a keyring", name)
+            except (ValueError, RecursionError):
+                continue  # corrupt or foreign: list() reports it; it stays as found
+            except OSError as exc:
+                problems.append(f"{name}: could not be tidied: {exc.strerror or exc}")
+        if left_plain:
+            problems.append(
+                f"{left_plain} ticket(s) stay unencrypted until a keyring can be used: {key_problem}"
+            )
+        return tuple(problems)
+
+    def _lookup_key(self, *, create: bool) -> tuple[DataKey | None, str]:
+        """The data key, or None and why not ("" when there is simply none yet)."""
+        try:
+            return self._keys.get(create=create), ""
+        except NoDataKey:
+            return None, ""
+        except DataKeyUnavailable as exc:
+            return None, str(exc)
+
+    def tidy_and_log(self) -> None:
+        """:meth:`tidy`, with what it could not do logged as warnings (for a background thread)."""
+        for problem in self.tidy():
+            log.warning("ticket outbox: %s", problem)
 
     # -- reading -------------------------------------------------------------------------------------
+
+    def _read(self, name: str) -> Ticket:
+        data = json.loads(read_file(self._directory / name, self._keys).decode("utf-8"))
+        return Ticket.from_dict(data)
 
     def find(self, ticket_id: str) -> Ticket | None:
         """The ticket with ``ticket_id``, or None when the outbox has none (never queued here, or synced).
 
-        Read-only. Raises ValueError when its file is not a valid ticket, OSError when it cannot be read.
+        Read-only; blocking if the data key is not in memory yet. Raises ValueError when its file is
+        not a valid ticket or cannot be unsealed (the file is kept), OSError when it cannot be read.
         """
         if not _ID.fullmatch(ticket_id):
             return None  # not an id this outbox gives out; also keeps the name inside the folder
         try:
-            text = (self._directory / f"{ticket_id}.json").read_text(encoding="utf-8")
+            ticket = self._read(f"{ticket_id}.json")
         except FileNotFoundError:
             return None
-        ticket = Ticket.from_dict(json.loads(text))
         if ticket.id != ticket_id:
             raise ValueError(f"{ticket_id}.json holds ticket {ticket.id}")
         return ticket
 
     def list(self) -> TicketListing:
-        """All readable tickets, newest (highest id) first; unreadable files go to ``problems``."""
+        """All readable tickets, newest (highest id) first; unreadable files go to ``problems``.
+
+        A sealed ticket this keyring's key cannot open is a problem too, and stays on disk.
+        """
         try:
             names = sorted(os.listdir(self._directory))
         except FileNotFoundError:
@@ -297,9 +400,8 @@ class TicketOutbox:
                 problems.append(f"{name}: not a ticket file name (expected HD-<number>.json)")
                 continue
             try:
-                data = json.loads((self._directory / name).read_text(encoding="utf-8"))
-                ticket = Ticket.from_dict(data)
-            except (OSError, ValueError, RecursionError) as exc:  # ValueError covers bad JSON and UTF-8
+                ticket = self._read(name)
+            except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, UTF-8 or seal
                 problems.append(f"{name}: {exc}")
                 continue
             if f"{ticket.id}.json" != name:
@@ -308,6 +410,22 @@ class TicketOutbox:
             tickets.append(ticket)
         tickets.sort(key=lambda ticket: ticket.number, reverse=True)
         return TicketListing(tuple(tickets), tuple(problems))
+
+
+def _is_plain(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return not is_sealed(handle.read(len(SEALED_MAGIC)))
+
+
+def _ticket_check(name: str) -> Callable[[bytes], object]:
+    """Only a valid ticket in its own file is sealed by the tidy; anything else stays as found."""
+
+    def check(data: bytes) -> None:
+        ticket = Ticket.from_dict(json.loads(data.decode("utf-8")))
+        if f"{ticket.id}.json" != name:
+            raise ValueError(f"{name} holds ticket {ticket.id}")
+
+    return check
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -345,13 +463,18 @@ CREATE_TICKET_PARAMETERS: Final[dict[str, Any]] = {
 
 
 def create_ticket_tool(outbox: TicketOutbox, *, contact: str | None = None) -> Tool:
-    """The ``create_ticket`` tool writing to ``outbox``; ``contact`` is stored on every ticket."""
+    """The ``create_ticket`` tool writing to ``outbox``; ``contact`` is stored on every ticket.
+
+    Making the tool is the outbox's start: its :meth:`TicketOutbox.tidy` runs on a thread of its own,
+    so neither a slow disk nor the keyring holds up the conversation starting.
+    """
+    threading.Thread(target=outbox.tidy_and_log, name="helpdesk-outbox-tidy", daemon=True).start()
 
     async def handler(arguments: dict[str, Any]) -> dict[str, Any]:
         try:
-            # A thread, so an fsync on a slow disk never stalls audio or the receive loop.
-            ticket = await asyncio.to_thread(
-                outbox.create,
+            # A thread, so an fsync on a slow disk or the keyring never stalls audio or the receive loop.
+            created = await asyncio.to_thread(
+                outbox.create_reporting,
                 arguments["summary"],
                 arguments["description"],
                 arguments["category"],
@@ -363,7 +486,20 @@ def create_ticket_tool(outbox: TicketOutbox, *, contact: str | None = None) -> T
         except OSError as exc:
             message = f"The ticket could not be saved on this computer ({exc.strerror or exc})."
             raise ToolError("ticket_not_saved", message) from exc
-        return {"ticket_id": ticket.id, "status": ticket.status, "message": f"Ticket {ticket.id} created"}
+        ticket = created.ticket
+        answer = {"ticket_id": ticket.id, "status": ticket.status, "message": f"Ticket {ticket.id} created"}
+        if created.unsealed_reason is not None:
+            # Shown in the transcript and read by the model: the user hears the id either way, and
+            # learns that this ticket sits on the disk unencrypted until a keyring can seal it.
+            unsealed = (
+                f"saved on this computer without encryption, because {created.unsealed_reason}; "
+                "it will be encrypted once a keyring can be used"
+            )
+            answer |= {
+                "message": f"Ticket {ticket.id} created, but it is {unsealed}.",
+                "warning": f"Ticket {ticket.id} is {unsealed}.",
+            }
+        return answer
 
     return Tool(
         name="create_ticket",

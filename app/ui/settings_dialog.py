@@ -462,7 +462,9 @@ class SettingsDialog(QDialog):
         page = QWidget(self)
         form = QFormLayout(page)
         self.retention_edit = self._line_edit(
-            page, str(self._settings.value("transcript.retention_days")), "30"
+            page,
+            str(self._settings.value("transcript.retention_days")),
+            str(SETTINGS["transcript.retention_days"].default),
         )
         days = QLabel("days (0 to 3650)", page)
         self._add_field(

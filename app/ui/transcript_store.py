@@ -1,11 +1,21 @@
-"""Keeping each session's transcript on disk for ``transcript.retention_days``, and no longer.
+"""Keeping each session's transcript on disk, sealed, for ``transcript.retention_days``, and no longer.
 
-One JSON file per app session (``TranscriptModel.to_json``), named by the local time the session
-began, under ``<data dir>/transcripts/``. The GUI thread hands over the text; a writer thread does
-the file work (``write_atomically`` syncs to disk, which a slow or network disk can stall for
-seconds), so saving never holds up the GUI, and quitting waits for the last write only as long as
-it can afford. Only the newest text waiting to be written is kept: a slow disk skips versions
-rather than falling behind.
+One file per app session (``TranscriptModel.to_json``), named by the local time the session began,
+under ``<data dir>/transcripts/``. What the user said is personal data, so the file is sealed with
+the data key from the OS keyring (``app/sealed_files.py``: AES-GCM, 0600 in a 0700 folder) and
+:func:`read_transcript` is the way to read it back. The GUI thread hands over the text; a writer
+thread does the file work and the keyring (``write_atomically`` syncs to disk, which a slow or
+network disk can stall for seconds, and the keyring may wait on D-Bus or an unlock prompt), so
+saving never holds up the GUI, and quitting waits for the last write only as long as it can afford.
+Only the newest text waiting to be written is kept: a slow disk skips versions rather than falling
+behind.
+
+With no usable keyring nothing is written: the transcript stays in the window, in memory only, and
+the first save says so once. At start, the writer thread also tidies the folder: temporary files a
+crashed write left are deleted once no live writer can own them, plain transcripts from earlier
+versions are sealed (their times kept, so retention still counts from their last write), and
+transcripts sealed with a key the keyring no longer holds are reported once and kept, until
+retention deletes them like any other.
 
 Retention 0 means keep nothing: no file is written and the existing ones are deleted. A failure to
 write or delete (read-only or full disk) is logged and reported once per session, never raised.
@@ -22,10 +32,22 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from app.fileio import write_atomically
+from app.fileio import STALE_TEMP_AGE_S, ensure_private_dir, is_temp_name
 from app.paths import default_data_dir
+from app.sealed_files import (
+    DataKey,
+    DataKeyring,
+    DataKeyUnavailable,
+    NoDataKey,
+    data_keys,
+    is_sealed,
+    read_file,
+    seal_in_place,
+    sealed_key_id,
+    write_sealed,
+)
 
-__all__ = ["TranscriptStore", "default_transcripts_dir", "prune_transcripts"]
+__all__ = ["TranscriptStore", "default_transcripts_dir", "prune_transcripts", "read_transcript"]
 
 log = logging.getLogger("app.ui.transcripts")
 
@@ -38,19 +60,26 @@ def default_transcripts_dir() -> Path:
     return default_data_dir() / "transcripts"
 
 
-def _is_ours(name: str) -> bool:
-    # Saved transcripts, and the temporary files write_atomically leaves if the process dies mid-write
-    # (those hold transcript text too, so retention covers them).
-    return name.endswith(SUFFIX) or (name.startswith(".") and name.endswith(".tmp"))
+def read_transcript(path: Path, keys: DataKeyring = data_keys) -> str:
+    """A saved transcript's JSON text, unsealed (a plain one from an earlier version is read as is).
+
+    Blocking when the data key is not in memory yet. OSError when the file cannot be read,
+    ValueError (``UnreadableFile``) when it cannot be unsealed here, or is not UTF-8.
+    """
+    return read_file(path, keys).decode("utf-8")
 
 
 def prune_transcripts(directory: Path, retention_days: int, now: datetime | None = None) -> list[Path]:
     """Delete the transcripts in ``directory`` last written more than ``retention_days`` ago.
 
-    Retention 0 deletes them all. Returns what was deleted; OSError when the folder cannot be read
-    or a file cannot be deleted (after trying the rest).
+    Retention 0 deletes them all. The temporary files of writes a crash cut short go too, once
+    ``STALE_TEMP_AGE_S`` old (a younger one may be another instance's write in progress). Returns
+    what was deleted; OSError when the folder cannot be read or a file cannot be deleted (after
+    trying the rest).
     """
-    cutoff = (now or datetime.now()) - timedelta(days=retention_days)
+    moment = now or datetime.now()
+    cutoff = moment - timedelta(days=retention_days)
+    temp_cutoff = moment - timedelta(seconds=STALE_TEMP_AGE_S)
     try:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
@@ -58,13 +87,15 @@ def prune_transcripts(directory: Path, retention_days: int, now: datetime | None
     deleted: list[Path] = []
     failure: OSError | None = None
     for entry in entries:
-        if not _is_ours(entry.name):
+        temporary = is_temp_name(entry.name)
+        if not temporary and not entry.name.endswith(SUFFIX):
             continue
         try:
             if not entry.is_file(follow_symlinks=False):
                 continue
             written = datetime.fromtimestamp(entry.stat(follow_symlinks=False).st_mtime)
-            if retention_days == 0 or written < cutoff:
+            expired = (written < temp_cutoff) if temporary else (retention_days == 0 or written < cutoff)
+            if expired:
                 os.unlink(entry.path)
                 deleted.append(Path(entry.path))
         except FileNotFoundError:
@@ -76,11 +107,33 @@ def prune_transcripts(directory: Path, retention_days: int, now: datetime | None
     return deleted
 
 
+def _saved_transcripts(directory: Path) -> list[Path]:
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return []  # a missing or unreadable folder: the prune reports the latter
+    found: list[Path] = []
+    for entry in entries:
+        try:
+            if entry.name.endswith(SUFFIX) and entry.is_file(follow_symlinks=False):
+                found.append(Path(entry.path))
+        except OSError:
+            continue
+    return found
+
+
+def _head(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        return handle.read(64)
+
+
 class TranscriptStore:
     """This session's transcript file and the folder's retention, worked on by one writer thread.
 
     ``save`` and ``set_retention`` only hand work over; ``flush`` waits for it with a time limit.
-    ``on_error`` is called once, on the writer thread, with a sentence for the user.
+    ``on_error`` is called on the writer thread with a sentence for the user, at most once for each
+    kind of trouble (the disk, no keyring, files sealed with a lost key). ``keys`` holds the data key
+    (the process's shared one by default).
     """
 
     def __init__(
@@ -90,15 +143,22 @@ class TranscriptStore:
         *,
         on_error: Callable[[str], None] | None = None,
         clock: Callable[[], datetime] = datetime.now,
+        keys: DataKeyring | None = None,
     ) -> None:
         self.directory = directory if directory is not None else default_transcripts_dir()
         self.path = self.directory / f"{clock():{FILE_TIME_FORMAT}}{SUFFIX}"
         self._on_error = on_error
         self._clock = clock
+        self._keys = keys if keys is not None else data_keys
         self._retention = retention_days
-        self._reported = False
+        self._reported: set[str] = set()
+        # Writer thread only: the key once fetched, or why there is none. Asked once per session, so
+        # a keyring that refused (or an unlock prompt the user dismissed) is not asked on every save.
+        self._key: DataKey | None = None
+        self._key_problem: str | None = None
         self._cond = threading.Condition()
         self._pending_text: str | None = None
+        self._pending_start = True  # tidy the folder and fetch the key as the app starts
         self._pending_prune = True  # old transcripts go as the app starts
         self._busy = False
         self._closed = False
@@ -137,7 +197,7 @@ class TranscriptStore:
         """Wait up to ``timeout`` s for the work handed over so far; False if it is still going."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._busy or self._pending_text is not None or self._pending_prune:
+            while self._busy or self._pending_text is not None or self._pending_prune or self._pending_start:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -156,41 +216,118 @@ class TranscriptStore:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._pending_text is None and not self._pending_prune and not self._closed:
+                while (
+                    self._pending_text is None
+                    and not self._pending_prune
+                    and not self._pending_start
+                    and not self._closed
+                ):
                     self._cond.wait()
-                if self._pending_text is None and not self._pending_prune:
+                if self._pending_text is None and not self._pending_prune and not self._pending_start:
                     return  # closed, and nothing left to do
                 text, self._pending_text = self._pending_text, None
                 prune, self._pending_prune = self._pending_prune, False
+                start, self._pending_start = self._pending_start, False
                 retention = self._retention
                 self._busy = True
             try:
-                self._work(text, prune, retention)
+                self._work(text, prune, start, retention)
             finally:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
 
-    def _work(self, text: str | None, prune: bool, retention: int) -> None:
+    def _work(self, text: str | None, prune: bool, start: bool, retention: int) -> None:
         if prune:
             try:
                 deleted = prune_transcripts(self.directory, retention, self._clock())
             except OSError as exc:
-                self._report(f"Old transcripts could not be deleted from {self.directory}: {_reason(exc)}")
+                self._report(
+                    "disk", f"Old transcripts could not be deleted from {self.directory}: {_reason(exc)}"
+                )
             else:
                 if deleted:
-                    log.info("deleted %d transcript(s) older than %d day(s)", len(deleted), retention)
+                    log.info(
+                        "deleted %d transcript file(s) past %d day(s) or left by a crash",
+                        len(deleted),
+                        retention,
+                    )
+        if start:  # after the prune: what it deletes need not be sealed first
+            self._start(retention)
         if text is not None and retention > 0:
+            key = self._fetch_key(create=True)
+            if key is None:
+                self._report(
+                    "keyring",
+                    f"This session's transcript is kept in memory only, not saved on this computer: "
+                    f"{self._key_problem}.",
+                )
+                return
             try:
-                write_atomically(self.path, text + "\n")
+                write_sealed(self.path, (text + "\n").encode("utf-8"), key)
             except OSError as exc:
-                self._report(f"The transcript could not be saved to {self.path}: {_reason(exc)}")
+                self._report("disk", f"The transcript could not be saved to {self.path}: {_reason(exc)}")
 
-    def _report(self, message: str) -> None:
-        if self._reported:
+    def _fetch_key(self, *, create: bool) -> DataKey | None:
+        if self._key is not None or self._key_problem is not None:
+            return self._key
+        try:
+            self._key = self._keys.get(create=create)
+        except NoDataKey:
+            pass  # only looked for, and none made yet: the first save makes it
+        except DataKeyUnavailable as exc:
+            self._key_problem = str(exc)
+        return self._key
+
+    def _start(self, retention: int) -> None:
+        # The key is looked up now even when nothing will be written, so a ticket link opened later
+        # on the GUI thread finds it in memory; it is made only once there is something to seal. A
+        # failure is told at the first save, when it matters.
+        key = self._fetch_key(create=False)
+        try:
+            if self.directory.is_dir():
+                ensure_private_dir(self.directory)
+        except OSError:
+            pass  # an unusable folder is reported by the prune or the write
+        if retention == 0:
+            return  # the prune has deleted everything
+        plain: list[Path] = []
+        sealed_with: list[bytes | None] = []
+        for path in _saved_transcripts(self.directory):
+            try:
+                head = _head(path)
+            except OSError:
+                continue  # deleted meanwhile, or unreadable: nothing to seal or count
+            if is_sealed(head):
+                sealed_with.append(sealed_key_id(head))
+            else:
+                plain.append(path)
+        if plain:
+            key = self._fetch_key(create=True)
+        if key is not None:
+            for path in plain:
+                try:
+                    seal_in_place(path, key)
+                    log.info("sealed %s, written plain by an earlier version", path.name)
+                except OSError as exc:
+                    self._report("disk", f"A saved transcript could not be sealed ({path}): {_reason(exc)}")
+        if key is not None:
+            lost = sum(key_id != key.key_id for key_id in sealed_with)
+        else:  # a keyring that works but holds no key has lost them all; one that fails may not have
+            lost = 0 if self._key_problem is not None else len(sealed_with)
+        if lost:
+            self._report(
+                "lost-key",
+                f"{lost} saved transcript(s) in {self.directory} were sealed with a data key the "
+                "keyring no longer holds, so they cannot be opened; they are kept until the "
+                "retention period deletes them.",
+            )
+
+    def _report(self, kind: str, message: str) -> None:
+        if kind in self._reported:
             log.debug("%s", message)
             return
-        self._reported = True
+        self._reported.add(kind)
         log.warning("%s", message)
         if self._on_error is not None:
             try:
