@@ -60,6 +60,13 @@ def _port(text: str) -> int:
     return value
 
 
+def _token_in_argv(text: str) -> str:
+    raise argparse.ArgumentTypeError(
+        "a token on the command line is visible to every user of this computer (ps); "
+        "set HELPDESK_VOICE_SERVER_TOKEN or use --token-stdin"
+    )
+
+
 def _add_device_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-device", metavar="NAME", help="microphone: index, exact name or unique part")
     parser.add_argument("--output-device", metavar="NAME", help="speaker: index, exact name or unique part")
@@ -80,9 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     selftest = sub.add_parser("selftest", help="check the audio devices; exit code 0 when all is well")
     _add_device_options(selftest)
     serve = sub.add_parser("serve", help="run the embedded offline realtime server alone")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: loopback only; others need TLS)"
+    )
     serve.add_argument("--port", type=_port, default=0, help="port (default: a free one)")
-    serve.add_argument("--token", help="the token clients must present (default: a random one, printed)")
+    serve.add_argument(
+        "--token-stdin",
+        action="store_true",
+        help="read the token clients must present from stdin's first line (default: "
+        "HELPDESK_VOICE_SERVER_TOKEN, else a random one, printed)",
+    )
+    serve.add_argument("--token", type=_token_in_argv, help="refused: use --token-stdin or the environment")
+    serve.add_argument("--tls-cert", metavar="PEM", help="certificate chain: serve wss:// (with --tls-key)")
+    serve.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     serve.add_argument("--watch-stdin", action="store_true", help=argparse.SUPPRESS)
     config = sub.add_parser("config", help="where the settings live and what they are")
     config_sub = config.add_subparsers(
@@ -109,7 +126,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from app.localmodel.serve import serve_main
 
-            return serve_main(args.host, args.port, args.token, args.watch_stdin)
+            return serve_main(
+                args.host,
+                args.port,
+                token_stdin=args.token_stdin,
+                watch_stdin=args.watch_stdin,
+                tls_cert=args.tls_cert,
+                tls_key=args.tls_key,
+            )
         if args.command == "config":
             from app.config import config_main
 
@@ -224,6 +248,8 @@ def _converse(args: argparse.Namespace) -> int:
         if exc.usage or args.url:
             raise UsageError(str(exc)) from exc
         raise RuntimeError(str(exc)) from exc
+    for warning in plan.warnings:
+        print(f"helpdesk-voice: warning: {warning}", file=sys.stderr)
     return _run_headless(args, plan)
 
 
@@ -247,26 +273,24 @@ def _run_headless(args: argparse.Namespace, plan: LaunchPlan) -> int:
     engine = runner.engine
     assert engine is not None
     deadline = None if args.duration is None else time.monotonic() + args.duration
+    asked_to_stop = threading.Event()
+    # SIGTERM (a service manager, a test harness, `kill`) ends the run like Ctrl-C does: the
+    # WebSocket closes properly and the offline server stops, instead of the process vanishing.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: asked_to_stop.set())
     try:
-    for warning in plan.warnings:
-        print(f"helpdesk-voice: warning: {warning}", file=sys.stderr)
         while not listener.enough.is_set() and engine.running and not asked_to_stop.is_set():
             if deadline is not None and time.monotonic() >= deadline:
                 break
             listener.enough.wait(0.05)
     finally:
         runner.stop()
+        signal.signal(signal.SIGTERM, previous)
     problem = engine.final_problem
     if (
         problem is not None
         and not listener.enough.is_set()
+        and not asked_to_stop.is_set()
         and (deadline is None or time.monotonic() < deadline)
     ):
         return EXIT_FAILURE
     return EXIT_OK
-    asked_to_stop = threading.Event()
-    # SIGTERM (a service manager, a test harness, `kill`) ends the run like Ctrl-C does: the
-    # WebSocket closes properly and the offline server stops, instead of the process vanishing.
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: asked_to_stop.set())
-        signal.signal(signal.SIGTERM, previous)
-        and not asked_to_stop.is_set()

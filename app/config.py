@@ -14,6 +14,12 @@
   are 1/0, true/false, yes/no, on/off; lists are comma-separated.
 - **Command line**: a mapping of dotted keys to values, ``None`` meaning "not given".
 
+:func:`load_settings` gives each value with its origin and lock (:meth:`LoadedSettings.value`,
+for the Settings dialog and ``config show``) and all of them typed (:attr:`LoadedSettings.typed`,
+a frozen :class:`Settings`, for the code that uses them). Settings that take one of a few values
+carry their choices and labels in the schema (:attr:`Setting.choices`). The rules that span
+settings are :mod:`app.settings_rules`.
+
 An endpoint URL from the policy, the environment or the command line means "use that server"
 (backend ``custom``) unless the policy locks the backend: then the URL is ignored and said so.
 
@@ -42,7 +48,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal, TypeAlias
+from typing import Final, Literal, TypeAlias, TypeVar
 
 import platformdirs
 
@@ -60,27 +66,47 @@ from app.realtime.endpoint import (
 )
 
 __all__ = [
+    "BACKEND_CHOICES",
     "CONFIG_DIR_ENV",
+    "EAGERNESS_CHOICES",
     "ENV_PREFIX",
     "KNOWN_TOOLS",
     "POLICY_ENV",
+    "SENSITIVITY_CHOICES",
     "SETTINGS",
+    "TURN_DETECTION_CHOICES",
+    "AudioDeviceSettings",
+    "Backend",
+    "BargeInSettings",
     "ConfigError",
     "ConfigPaths",
+    "Eagerness",
+    "EndpointSettings",
     "LoadedSettings",
     "Origin",
     "SecretStoreError",
+    "Sensitivity",
     "Setting",
+    "Settings",
+    "ToolSettings",
+    "TranscriptSettings",
+    "TurnDetectionKind",
+    "Value",
     "config_main",
     "config_paths",
     "load_settings",
     "save_user_setting",
     "secrets",
+    "typed_settings",
     "validate_setting",
 ]
 
 Origin: TypeAlias = Literal["default", "policy", "user", "env", "cli"]
 Value: TypeAlias = str | int | bool | tuple[str, ...]
+Backend: TypeAlias = Literal["embedded", "openai", "azure", "custom"]
+TurnDetectionKind: TypeAlias = Literal["server_vad", "semantic_vad"]
+Eagerness: TypeAlias = Literal["auto", "low", "medium", "high"]
+Sensitivity: TypeAlias = Literal["low", "medium", "high"]
 
 ENV_PREFIX: Final = "HELPDESK_VOICE_"
 POLICY_ENV: Final = "HELPDESK_VOICE_POLICY"
@@ -103,15 +129,6 @@ class ConfigError(ValueError):
 # ---------------------------------------------------------------------------------------------------
 # The schema
 # ---------------------------------------------------------------------------------------------------
-
-
-def _choice(*options: str) -> Callable[[Value], str | None]:
-    def check(value: Value) -> str | None:
-        if value in options:
-            return None
-        return f"must be one of {', '.join(options)}, not {value!r}"
-
-    return check
 
 
 def _int_range(low: int, high: int) -> Callable[[Value], str | None]:
@@ -157,9 +174,38 @@ def _tools(value: Value) -> str | None:
     return None
 
 
+# Each choice with the label people see (the Settings dialog, policy templates). The values are
+# typed with the Literal the typed settings use, so a choice added here without the type fails mypy.
+BACKEND_CHOICES: Final[tuple[tuple[Backend, str], ...]] = (
+    ("embedded", "Embedded (offline)"),
+    ("openai", "OpenAI"),
+    ("azure", "Azure OpenAI"),
+    ("custom", "Custom URL"),
+)
+TURN_DETECTION_CHOICES: Final[tuple[tuple[TurnDetectionKind, str], ...]] = (
+    ("server_vad", "Pause-based (server VAD)"),
+    ("semantic_vad", "Meaning-based (semantic VAD)"),
+)
+EAGERNESS_CHOICES: Final[tuple[tuple[Eagerness, str], ...]] = (
+    ("auto", "Automatic"),
+    ("low", "Low: lets you finish"),
+    ("medium", "Medium"),
+    ("high", "High: answers quickly"),
+)
+SENSITIVITY_CHOICES: Final[tuple[tuple[Sensitivity, str], ...]] = (
+    ("low", "Low: only clear speech interrupts"),
+    ("medium", "Medium"),
+    ("high", "High: any speech interrupts"),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
-    """One setting: its dotted key, type, built-in default, check and environment variable."""
+    """One setting: its dotted key, type, built-in default, check and environment variable.
+
+    ``choices`` lists, for a setting that takes one of a few values, each value with the label people
+    see; any other value is refused.
+    """
 
     key: str
     kind: type[str] | type[int] | type[bool] | type[tuple[str, ...]]
@@ -170,6 +216,15 @@ class Setting:
     # The safest value, which a site policy that cannot be used locks this setting to; None for
     # settings that do not decide where speech goes or what is kept (devices, voice, timing).
     fail_closed: Value | None = None
+    choices: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def choice_values(self) -> tuple[str, ...]:
+        return tuple(value for value, _ in self.choices)
+
+    def label(self, value: str) -> str:
+        """The label of choice ``value``, or the value itself when it is not one of the choices."""
+        return dict(self.choices).get(value, value)
 
     @property
     def env(self) -> str:
@@ -183,9 +238,7 @@ class Setting:
 
 
 _SETTINGS: Final = (
-    Setting(
-        "backend", str, "embedded", _choice("embedded", "openai", "azure", "custom"), fail_closed="embedded"
-    ),
+    Setting("backend", str, "embedded", fail_closed="embedded", choices=BACKEND_CHOICES),
     Setting(
         "endpoint.url",
         str,
@@ -199,10 +252,10 @@ _SETTINGS: Final = (
     Setting("endpoint.azure_deployment", str, "", _no_spaces),
     Setting("voice", str, defaults.VOICE, _not_blank),
     Setting("instructions", str, defaults.INSTRUCTIONS, _not_blank),
-    Setting("turn_detection", str, "server_vad", _choice("server_vad", "semantic_vad")),
-    Setting("eagerness", str, "auto", _choice("low", "medium", "high", "auto")),
+    Setting("turn_detection", str, "server_vad", choices=TURN_DETECTION_CHOICES),
+    Setting("eagerness", str, "auto", choices=EAGERNESS_CHOICES),
     Setting("silence_ms", int, defaults.SILENCE_MS, _int_range(200, 2000)),
-    Setting("barge_in.sensitivity", str, "medium", _choice("low", "medium", "high")),
+    Setting("barge_in.sensitivity", str, "medium", choices=SENSITIVITY_CHOICES),
     Setting("push_to_talk", bool, False),
     Setting("audio.input_device", str, "", env_aliases=(ENV_PREFIX + "INPUT_DEVICE",)),
     Setting("audio.output_device", str, "", env_aliases=(ENV_PREFIX + "OUTPUT_DEVICE",)),
@@ -259,6 +312,8 @@ def _parse_text(setting: Setting, text: str) -> Value:
 def _validate(setting: Setting, raw: object, *, from_text: bool = False) -> Value:
     """The checked value, or a ValueError with one clear sentence naming the key."""
     value = _parse_text(setting, raw) if from_text and isinstance(raw, str) else _typed(setting, raw)
+    if setting.choices and value not in setting.choice_values:
+        raise ValueError(f"{setting.key} must be one of {', '.join(setting.choice_values)}, not {value!r}")
     if setting.check is not None:
         problem = setting.check(value)
         if problem is not None:
@@ -535,14 +590,153 @@ def _read_user(path: Path) -> _Layer:
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointSettings:
+    """``endpoint.*``: where a cloud or custom backend connects (the API key is never here)."""
+
+    url: str
+    model: str
+    azure_resource: str
+    azure_deployment: str
+
+
+@dataclass(frozen=True, slots=True)
+class BargeInSettings:
+    """``barge_in.*``."""
+
+    sensitivity: Sensitivity
+
+
+@dataclass(frozen=True, slots=True)
+class AudioDeviceSettings:
+    """``audio.*``: device names ("" is the system default), block size and echo cancellation."""
+
+    input_device: str
+    output_device: str
+    block_ms: int
+    echo_cancellation: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptSettings:
+    """``transcript.*``."""
+
+    retention_days: int
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSettings:
+    """``tools.*``."""
+
+    allowed: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The effective values with their real types, one attribute per dotted key.
+
+    ``settings.audio.block_ms`` is ``value("audio.block_ms")``, as an int. Origins and locks are not
+    here; they stay on :class:`LoadedSettings`, which builds this once all layers are merged.
+    """
+
+    backend: Backend
+    endpoint: EndpointSettings
+    voice: str
+    instructions: str
+    turn_detection: TurnDetectionKind
+    eagerness: Eagerness
+    silence_ms: int
+    barge_in: BargeInSettings
+    push_to_talk: bool
+    audio: AudioDeviceSettings
+    transcript: TranscriptSettings
+    tools: ToolSettings
+
+
+_L = TypeVar("_L", bound=str)
+
+
+def _one_of(values: Mapping[str, Value], key: str, choices: tuple[tuple[_L, str], ...]) -> _L:
+    for choice, _ in choices:
+        if values[key] == choice:
+            return choice
+    raise ValueError(f"{key} must be one of {', '.join(c for c, _ in choices)}, not {values[key]!r}")
+
+
+def _text_of(values: Mapping[str, Value], key: str) -> str:
+    value = values[key]
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be text, not {value!r}")
+    return value
+
+
+def _int_of(values: Mapping[str, Value], key: str) -> int:
+    value = values[key]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{key} must be a whole number, not {value!r}")
+    return value
+
+
+def _bool_of(values: Mapping[str, Value], key: str) -> bool:
+    value = values[key]
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, not {value!r}")
+    return value
+
+
+def _names_of(values: Mapping[str, Value], key: str) -> tuple[str, ...]:
+    value = values[key]
+    if not isinstance(value, tuple):
+        raise ValueError(f"{key} must be a list of names, not {value!r}")
+    return value
+
+
+def typed_settings(values: Mapping[str, Value]) -> Settings:
+    """The typed view of checked values (every key of :data:`SETTINGS`).
+
+    Raises ValueError for a value of the wrong type, which :func:`load_settings` never lets through:
+    it means a bug, and is better found here than as a wrong type deep in the engine.
+    """
+    return Settings(
+        backend=_one_of(values, "backend", BACKEND_CHOICES),
+        endpoint=EndpointSettings(
+            url=_text_of(values, "endpoint.url"),
+            model=_text_of(values, "endpoint.model"),
+            azure_resource=_text_of(values, "endpoint.azure_resource"),
+            azure_deployment=_text_of(values, "endpoint.azure_deployment"),
+        ),
+        voice=_text_of(values, "voice"),
+        instructions=_text_of(values, "instructions"),
+        turn_detection=_one_of(values, "turn_detection", TURN_DETECTION_CHOICES),
+        eagerness=_one_of(values, "eagerness", EAGERNESS_CHOICES),
+        silence_ms=_int_of(values, "silence_ms"),
+        barge_in=BargeInSettings(sensitivity=_one_of(values, "barge_in.sensitivity", SENSITIVITY_CHOICES)),
+        push_to_talk=_bool_of(values, "push_to_talk"),
+        audio=AudioDeviceSettings(
+            input_device=_text_of(values, "audio.input_device"),
+            output_device=_text_of(values, "audio.output_device"),
+            block_ms=_int_of(values, "audio.block_ms"),
+            echo_cancellation=_bool_of(values, "audio.echo_cancellation"),
+        ),
+        transcript=TranscriptSettings(retention_days=_int_of(values, "transcript.retention_days")),
+        tools=ToolSettings(allowed=_names_of(values, "tools.allowed")),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class LoadedSettings:
-    """Every setting's effective value, the layer it came from, and whether policy locks it."""
+    """Every setting's effective value, the layer it came from, and whether policy locks it.
+
+    :attr:`typed` holds the same values with their types, for code that uses them (the launch
+    plan); :meth:`value` and the origins and locks serve what shows them per key (the Settings
+    dialog, ``config show``).
+    """
 
     values: Mapping[str, Value]
     origins: Mapping[str, Origin]
     locked_by: Mapping[str, Path]  # locked key -> the policy file that locks it
     problems: list[str]
     paths: ConfigPaths
+    typed: Settings
 
     @property
     def locks(self) -> frozenset[str]:
@@ -629,7 +823,7 @@ def load_settings(
         and origins["endpoint.url"] in ("policy", "env", "cli")
     ):
         values["backend"], origins["backend"] = "custom", origins["endpoint.url"]
-    return LoadedSettings(values, origins, dict(policy.locked), problems, paths)
+    return LoadedSettings(values, origins, dict(policy.locked), problems, paths, typed_settings(values))
 
 
 # ---------------------------------------------------------------------------------------------------

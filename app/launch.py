@@ -1,9 +1,11 @@
 """From settings to a running conversation: the one path both the tray app and ``--headless`` take.
 
-:func:`plan_from_settings` turns the effective settings (:mod:`app.config`) into a
-:class:`LaunchPlan` and refuses, with one human sentence, what cannot work (OpenAI without a key,
-Azure without a deployment). :class:`ConversationRunner` carries a plan out: it finds the audio
-devices, starts the embedded offline server when no endpoint is configured, and starts the engine.
+:func:`plan_from_settings` turns the effective settings (:mod:`app.config`, typed) into a
+:class:`LaunchPlan` and refuses, with one human sentence, what cannot work: the rules that span
+settings (OpenAI without a key, Azure without a deployment) are :mod:`app.settings_rules`, the same
+the Settings dialog checks, so both say the same sentence. :class:`ConversationRunner` carries a
+plan out: it finds the audio devices, starts the embedded offline server when no endpoint is
+configured, and starts the engine.
 Starting can take seconds (the offline models load), so the GUI calls :meth:`ConversationRunner.start`
 on a worker thread; :meth:`ConversationRunner.stop` may come from any thread at any moment, also
 in the middle of starting, and returns within about a second.
@@ -22,6 +24,7 @@ from app import defaults
 from app.audio.bargein import DetectorSettings
 from app.audio.devices import AudioDevice, DeviceError, find_device
 from app.audio.pipeline import AudioSettings
+from app.config import Backend, LoadedSettings, Sensitivity, Settings
 from app.core import protocol as p
 from app.realtime.endpoint import (
     API_KEY_ENV,
@@ -32,18 +35,15 @@ from app.realtime.endpoint import (
     lookup_api_key,
     openai_endpoint,
 )
+from app.settings_rules import API_KEY_FIELD, cross_field_problems
 
 if TYPE_CHECKING:
-    from app.config import LoadedSettings
     from app.engine import Engine, EngineListener
     from app.localmodel.launcher import ServerSupervisor
 
 __all__ = ["ConversationRunner", "LaunchError", "LaunchPlan", "detector_settings", "plan_from_settings"]
 
 log = logging.getLogger("app.launch")
-
-Backend = Literal["embedded", "openai", "azure", "custom"]
-Sensitivity = Literal["low", "medium", "high"]
 
 
 class LaunchError(Exception):
@@ -60,18 +60,19 @@ class LaunchError(Exception):
 
 # How eagerly the local detector takes a sound for the user talking over the assistant: "high"
 # stops on a shorter, quieter onset; "low" waits for a longer, clearly louder one (noisy offices).
-_SENSITIVITY: Final[Mapping[str, Mapping[str, int | float]]] = {
-    "high": {"onset_frames": 2, "vad_mode": 2, "margin_db": 8.0},
-    "medium": {},
-    "low": {"onset_frames": 5, "vad_mode": 3, "margin_db": 14.0},
+_SENSITIVITY: Final[Mapping[Sensitivity, DetectorSettings]] = {
+    "high": replace(DetectorSettings(), onset_frames=2, vad_mode=2, margin_db=8.0),
+    "medium": DetectorSettings(),
+    "low": replace(DetectorSettings(), onset_frames=5, vad_mode=3, margin_db=14.0),
 }
 
 
 def detector_settings(sensitivity: str) -> DetectorSettings:
     """The barge-in detector's settings for a sensitivity of low, medium or high."""
-    if sensitivity not in _SENSITIVITY:
-        raise ValueError(f"barge-in sensitivity must be low, medium or high, not {sensitivity!r}")
-    return replace(DetectorSettings(), **_SENSITIVITY[sensitivity])  # type: ignore[arg-type]
+    for level, detector in _SENSITIVITY.items():
+        if sensitivity == level:
+            return detector
+    raise ValueError(f"barge-in sensitivity must be low, medium or high, not {sensitivity!r}")
 
 
 @dataclass(frozen=True)
@@ -95,32 +96,26 @@ class LaunchPlan:
         return self.endpoint.display_url
 
 
-def _text(settings: LoadedSettings, key: str) -> str:
-    value = settings.value(key)
-    return value if isinstance(value, str) else ""
-
-
 def _session(settings: LoadedSettings, backend: Backend) -> p.SessionConfig:
+    typed = settings.typed
     base = defaults.session_config(backend=backend)
-    configured = settings.value("silence_ms")
-    silence = configured if isinstance(configured, int) else defaults.SILENCE_MS
+    silence = typed.silence_ms
     if settings.origin("silence_ms") == "default" and base.turn_detection is not None:
         # Nobody chose a pause length: the backend's own default (shorter for the offline server).
         silence = base.turn_detection.silence_duration_ms or silence
-    semantic = settings.value("turn_detection") == "semantic_vad"
-    eagerness = _text(settings, "eagerness")
+    semantic = typed.turn_detection == "semantic_vad"
     turn_detection = p.TurnDetection(
-        kind="semantic_vad" if semantic else "server_vad",
+        kind=typed.turn_detection,
         silence_duration_ms=None if semantic else silence,
-        eagerness=eagerness if semantic else None,  # type: ignore[arg-type]
+        eagerness=typed.eagerness if semantic else None,
     )
     # OpenAI and Azure take the model from the URL; a custom server only when one was chosen.
     chosen = backend == "custom" and settings.origin("endpoint.model") != "default"
-    model = _text(settings, "endpoint.model") if chosen else None
+    model = typed.endpoint.model if chosen else None
     return replace(
         base,
-        instructions=_text(settings, "instructions"),
-        voice=_text(settings, "voice"),
+        instructions=typed.instructions,
+        voice=typed.voice,
         model=model or None,
         turn_detection=turn_detection,
     )
@@ -158,62 +153,70 @@ def _api_key(
     return ApiKeyLookup(None, None, reason), reason
 
 
-def _endpoint(settings: LoadedSettings, backend: Backend, key: ApiKeyLookup) -> Endpoint | None:
+# Exit codes as before the rules had one home: a missing model, resource or deployment was refused by
+# the endpoint builders as a mistake in what was asked for (2); a missing URL or key is not (1).
+_USAGE_PROBLEMS: Final = frozenset({"endpoint.model", "endpoint.azure_resource", "endpoint.azure_deployment"})
+
+
+def _check_rules(settings: LoadedSettings, key: ApiKeyLookup) -> None:
+    """Raises the first cross-field problem in the words the Settings dialog shows for it."""
+    problems = cross_field_problems(settings.values, api_key_present=key.key is not None)
+    if not problems:
+        return
+    first = problems[0]
+    message = first.message
+    # Why a stored key was held back, or why the keyring could not be read; "nothing stored" only
+    # repeats the sentence, which must stay the one the Settings dialog shows.
+    if first.key == API_KEY_FIELD and key.reason and not key.reason.startswith("no API key:"):
+        message += f" ({key.reason})"
+    raise LaunchError(message, usage=first.key in _USAGE_PROBLEMS)
+
+
+def _endpoint(settings: Settings, backend: Backend, key: ApiKeyLookup) -> Endpoint | None:
     if backend == "embedded":
         return None
+    endpoint = settings.endpoint
     try:
         if backend == "custom":
-            url = _text(settings, "endpoint.url")
-            if not url:
-                raise LaunchError("the custom backend needs an endpoint URL (ws:// or wss://) in Settings")
-            return endpoint_from_url(url, key.key)
-        if key.key is None:
-            raise LaunchError(
-                f"no API key for {'OpenAI' if backend == 'openai' else 'Azure OpenAI'}: enter one in "
-                "Settings (it is kept in the system keyring) or set HELPDESK_VOICE_API_KEY"
-                + (f" ({key.reason})" if key.reason else "")
-            )
+            return endpoint_from_url(endpoint.url, key.key)
+        if key.key is None:  # pragma: no cover - _check_rules has refused it already
+            raise LaunchError(f"no API key for the {backend} backend")
         if backend == "openai":
-            return openai_endpoint(_text(settings, "endpoint.model"), key.key)
-        return azure_endpoint(
-            _text(settings, "endpoint.azure_resource"), _text(settings, "endpoint.azure_deployment"), key.key
-        )
+            return openai_endpoint(endpoint.model, key.key)
+        return azure_endpoint(endpoint.azure_resource, endpoint.azure_deployment, key.key)
     except ValueError as exc:
         hint = ""
         if key.key is None and "API key" in str(exc):
-            hint = ": enter one in Settings (it is kept in the system keyring) or set HELPDESK_VOICE_API_KEY"
+            hint = f"; type one in Settings (it is kept in the system keyring) or set {API_KEY_ENV}"
         raise LaunchError(f"cannot use the endpoint: {exc}{hint}", usage=True) from exc
 
 
 def plan_from_settings(settings: LoadedSettings, environ: Mapping[str, str] = os.environ) -> LaunchPlan:
     """The plan the effective settings describe; raises :class:`LaunchError` for what cannot work."""
-    backend_text = _text(settings, "backend")
-    if backend_text not in ("embedded", "openai", "azure", "custom"):
-        raise LaunchError(f"unknown backend {backend_text!r}")
-    backend: Backend = backend_text  # type: ignore[assignment]
+    typed = settings.typed
+    backend = typed.backend
     key, withheld = _api_key(settings, backend, environ)
-    endpoint = _endpoint(settings, backend, key)
+    _check_rules(settings, key)
+    endpoint = _endpoint(typed, backend, key)
     warnings = () if endpoint is None else endpoint.notes
     if withheld is not None and endpoint is not None:
         warnings += (withheld,)
     if endpoint is not None and endpoint.kind in ("openai", "azure"):
         backend = endpoint.kind  # a pasted OpenAI or Azure URL gets its own protocol details
-    block_ms = settings.value("audio.block_ms")
-    tools = settings.value("tools.allowed")
     return LaunchPlan(
         backend=backend,
         endpoint=endpoint,
         session=_session(settings, backend),
-        input_device=_text(settings, "audio.input_device") or None,
-        output_device=_text(settings, "audio.output_device") or None,
+        input_device=typed.audio.input_device or None,
+        output_device=typed.audio.output_device or None,
         audio=replace(
             AudioSettings(),
-            block_ms=float(block_ms) if isinstance(block_ms, int) else 10.0,
-            echo_cancellation=bool(settings.value("audio.echo_cancellation")),
+            block_ms=float(typed.audio.block_ms),
+            echo_cancellation=typed.audio.echo_cancellation,
         ),
-        detector=detector_settings(_text(settings, "barge_in.sensitivity")),
-        push_to_talk=bool(settings.value("push_to_talk")),
-        tools_allowed=tuple(tools) if isinstance(tools, tuple) else (),
+        detector=_SENSITIVITY[typed.barge_in.sensitivity],
+        push_to_talk=typed.push_to_talk,
+        tools_allowed=typed.tools.allowed,
         warnings=warnings,
     )
 

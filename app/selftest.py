@@ -18,6 +18,7 @@ from app.config import LoadedSettings, secrets
 from app.core.protocol import ServerEvent
 from app.launch import LaunchError, plan_from_settings
 from app.realtime import ConnectionProblem, Endpoint, RealtimeTransport
+from app.settings_rules import API_KEY_FIELD, cross_field_problems
 
 PROBE_TIMEOUT_S = 8.0
 
@@ -37,19 +38,19 @@ def check_settings(settings: LoadedSettings) -> Check:
         return Check("settings", False, "; ".join(settings.problems))
     locked = len(settings.locks)
     policy = f", {locked} locked by the site policy" if locked else ""
-    return Check("settings", True, f"backend {settings.value('backend')}{policy}")
+    return Check("settings", True, f"backend {settings.typed.backend}{policy}")
 
 
 def check_keyring(settings: LoadedSettings, environ: Mapping[str, str] = os.environ) -> Check:
     status = secrets.status(environ)
-    needed = settings.value("backend") in ("openai", "azure")
+    # Whether this backend needs a key is the rule the Settings dialog and the launcher use.
+    problems = cross_field_problems(settings.values, api_key_present=False)
+    needed = any(problem.key == API_KEY_FIELD for problem in problems)
     if status.is_set:
         return Check("API key", True, status.describe())
     if needed:
         return Check("API key", False, status.describe())
-    return Check(
-        "API key", True, f"not needed for the {settings.value('backend')} backend; {status.describe()}"
-    )
+    return Check("API key", True, f"not needed for the {settings.typed.backend} backend; {status.describe()}")
 
 
 class _Ignore:

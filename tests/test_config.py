@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import keyring
 import keyring.backends.fail
@@ -16,6 +18,7 @@ import pytest
 from app import config
 from app.cli import main
 from app.config import ConfigError, SecretStoreError, load_settings, save_user_setting, secrets
+from app.settings_rules import FieldProblem, cross_field_problems
 from tests.file_keyring import KEYRING_FILE_ENV, FileKeyring
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -440,7 +443,8 @@ def test_secret_fields_in_files_are_refused(env: dict[str, str], field: str) -> 
         ("endpoint.url", "wss://me:pw@x.example/rt", "must not contain a user name or password"),
         ("endpoint.model", "gpt realtime", "endpoint.model must not contain spaces"),
         ("voice", " ", "voice must not be empty"),
-        ("eagerness", "eager", "eagerness must be one of low, medium, high, auto"),
+        # In the order the Settings dialog lists them: both come from the schema's choices.
+        ("eagerness", "eager", "eagerness must be one of auto, low, medium, high"),
         ("barge_in.sensitivity", 3, "barge_in.sensitivity must be text, not the number 3"),
         ("tools.allowed", ["create_ticket", "create_ticket"], "tools.allowed lists a tool twice"),
         ("tools.allowed", [1], "tools.allowed must be a list of names, not a list"),
@@ -659,3 +663,160 @@ def test_config_show_reports_a_keyring_key(env: dict[str, str], tmp_path: Path) 
     store.write_text("{}", "utf-8")
     result = run_show(env)
     assert show_lines(result.stdout)["api_key"].split(None, 1)[1].startswith("not set")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The typed settings, the schema's choices, and the rules that span settings
+# ---------------------------------------------------------------------------------------------------
+
+
+def typed_value(typed: config.Settings, key: str) -> object:
+    """``typed.endpoint.url`` for ``"endpoint.url"``: the attribute path the dotted key names."""
+    found: object = typed
+    for part in key.split("."):
+        found = getattr(found, part)
+    return found
+
+
+def test_the_typed_settings_hold_every_value_with_its_type(env: dict[str, str]) -> None:
+    write(
+        user_file(env),
+        'backend = "custom"\nsilence_ms = 800\npush_to_talk = true\n[endpoint]\nurl = "ws://127.0.0.1:9/rt"\n'
+        '[tools]\nallowed = ["create_ticket"]\n',
+    )
+    settings = load_settings({"audio.block_ms": "20"}, {**env, "HELPDESK_VOICE_EAGERNESS": "high"})
+    typed = settings.typed
+    for key, setting in config.SETTINGS.items():
+        assert typed_value(typed, key) == settings.value(key), key
+        assert isinstance(typed_value(typed, key), setting.kind), key
+    assert typed.backend == "custom" and typed.endpoint.url == "ws://127.0.0.1:9/rt"
+    assert typed.silence_ms == 800 and typed.audio.block_ms == 20 and typed.eagerness == "high"
+    assert typed.push_to_talk is True and typed.tools.allowed == ("create_ticket",)
+    # The typed view adds nothing to where values came from: origins and locks are as before.
+    assert [settings.origin(k) for k in ("silence_ms", "audio.block_ms", "eagerness", "voice")] == [
+        "user",
+        "cli",
+        "env",
+        "default",
+    ]
+    for part, attribute in ((typed, "silence_ms"), (typed.audio, "block_ms")):  # frozen, all the way down
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(part, attribute, 900)
+
+
+def test_the_typed_settings_follow_locks_and_a_policy_that_fails_closed(env: dict[str, str]) -> None:
+    write(policy_file(env), "this is not toml")
+    write(user_file(env), 'backend = "openai"\n[transcript]\nretention_days = 30\n')
+    settings = load_settings(None, env)
+    assert settings.typed.backend == "embedded" and settings.typed.transcript.retention_days == 0
+    assert settings.origin("backend") == "policy" and settings.locked("backend")
+
+
+def test_the_typed_settings_refuse_a_value_of_the_wrong_type(env: dict[str, str]) -> None:
+    values = dict(load_settings(None, env).values)
+    for key, bad in (
+        ("silence_ms", "soon"),
+        ("backend", "gemini"),
+        ("push_to_talk", 1),
+        ("tools.allowed", "x"),
+    ):
+        with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+            config.typed_settings({**values, key: bad})
+
+
+@pytest.mark.parametrize(
+    ("key", "literal"),
+    [
+        ("backend", config.Backend),
+        ("turn_detection", config.TurnDetectionKind),
+        ("eagerness", config.Eagerness),
+        ("barge_in.sensitivity", config.Sensitivity),
+    ],
+)
+def test_each_choice_has_a_label_and_matches_its_type(key: str, literal: object) -> None:
+    setting = config.SETTINGS[key]
+    assert set(setting.choice_values) == set(get_args(literal))
+    assert setting.default in setting.choice_values
+    assert all(label and label != value for value, label in setting.choices)
+
+
+def test_a_choice_outside_the_schema_is_refused_in_every_layer(env: dict[str, str]) -> None:
+    assert config.SETTINGS["backend"].label("azure") == "Azure OpenAI"
+    assert config.SETTINGS["backend"].label("gemini") == "gemini"
+    write(user_file(env), 'turn_detection = "loud"\n')
+    settings = load_settings({"barge_in.sensitivity": "extreme"}, env)
+    assert (
+        settings.value("turn_detection") == "server_vad" and settings.typed.barge_in.sensitivity == "medium"
+    )
+    assert any(
+        "barge_in.sensitivity must be one of low, medium, high, not 'extreme'" in p for p in settings.problems
+    )
+
+
+def defaults_with(**changes: config.Value) -> dict[str, config.Value]:
+    values = {key: setting.default for key, setting in config.SETTINGS.items()}
+    values.update({key.replace("__", "."): value for key, value in changes.items()})
+    return values
+
+
+CUSTOM_NEEDS_URL = FieldProblem(
+    "endpoint.url", "the Custom URL backend needs the server's address (ws:// or wss://)"
+)
+OPENAI_NEEDS_MODEL = FieldProblem(
+    "endpoint.model", "the OpenAI backend needs a model name (for example gpt-realtime)"
+)
+AZURE_NEEDS_RESOURCE = FieldProblem(
+    "endpoint.azure_resource", "the Azure OpenAI backend needs the name of your Azure OpenAI resource"
+)
+AZURE_NEEDS_DEPLOYMENT = FieldProblem(
+    "endpoint.azure_deployment", "the Azure OpenAI backend needs the name of the realtime model's deployment"
+)
+
+
+def needs_key(name: str) -> FieldProblem:
+    return FieldProblem(
+        "api_key",
+        f"no API key for {name} is stored; type one in Settings (it is kept in the system keyring) "
+        "or set HELPDESK_VOICE_API_KEY",
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "key_present", "expected"),
+    [
+        (defaults_with(), False, []),  # the offline server needs nothing
+        (defaults_with(backend="embedded", endpoint__url=""), False, []),
+        (defaults_with(backend="custom"), True, [CUSTOM_NEEDS_URL]),
+        (defaults_with(backend="custom", endpoint__url="   "), True, [CUSTOM_NEEDS_URL]),
+        (
+            defaults_with(backend="custom", endpoint__url="ws://127.0.0.1:9/rt"),
+            False,
+            [],
+        ),  # a key is optional
+        (defaults_with(backend="openai"), True, []),
+        (defaults_with(backend="openai"), False, [needs_key("OpenAI")]),
+        (
+            defaults_with(backend="openai", endpoint__model=""),
+            False,
+            [OPENAI_NEEDS_MODEL, needs_key("OpenAI")],
+        ),
+        (defaults_with(backend="azure"), True, [AZURE_NEEDS_RESOURCE, AZURE_NEEDS_DEPLOYMENT]),
+        (
+            defaults_with(backend="azure", endpoint__azure_resource="contoso"),
+            False,
+            [AZURE_NEEDS_DEPLOYMENT, needs_key("Azure OpenAI")],
+        ),
+        (
+            defaults_with(
+                backend="azure", endpoint__azure_resource="contoso", endpoint__azure_deployment="rt"
+            ),
+            True,
+            [],
+        ),
+        ({"backend": "azure"}, True, [AZURE_NEEDS_RESOURCE, AZURE_NEEDS_DEPLOYMENT]),  # missing is empty
+    ],
+)
+def test_each_cross_field_rule(
+    values: dict[str, config.Value], key_present: bool, expected: list[FieldProblem]
+) -> None:
+    assert cross_field_problems(values, api_key_present=key_present) == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from app.config import load_settings
 from app.core.actions import Notice, StateChanged
 from app.launch import ConversationRunner, LaunchError, LaunchPlan, detector_settings, plan_from_settings
 from app.realtime.endpoint import API_KEY_ENV, store_api_key
+from app.settings_rules import cross_field_problems
 from tests.file_keyring import FileKeyring
 from tests.test_engine import Recorder
 
@@ -110,9 +112,61 @@ def test_azure_without_a_deployment_is_a_clear_refusal(env: dict[str, str]) -> N
     (Path(env[config.CONFIG_DIR_ENV]) / "settings.toml").write_text(
         'backend = "azure"\n[endpoint]\nazure_resource = "contoso"\n'
     )
-    with pytest.raises(LaunchError, match="Azure deployment name is empty") as caught:
+    with pytest.raises(
+        LaunchError, match="the Azure OpenAI backend needs the name of the realtime"
+    ) as caught:
         plan(env, **{API_KEY_ENV: KEY})
     assert caught.value.usage
+
+
+@pytest.mark.parametrize(
+    ("user_settings", "key", "usage"),
+    [
+        ('backend = "custom"\n', "endpoint.url", False),
+        ('backend = "openai"\n[endpoint]\nmodel = ""\n', "endpoint.model", True),
+        ('backend = "azure"\n', "endpoint.azure_resource", True),
+        ('backend = "azure"\n[endpoint]\nazure_resource = "contoso"\n', "endpoint.azure_deployment", True),
+        ('backend = "azure"\n[endpoint]\nazure_resource = "c"\nazure_deployment = "rt"\n', "api_key", False),
+    ],
+)
+def test_the_launcher_refuses_with_the_rule_sentence(
+    env: dict[str, str], file_keyring: FileKeyring, user_settings: str, key: str, usage: bool
+) -> None:
+    """The words are those of app.settings_rules, which the Settings dialog shows under the field."""
+    (Path(env[config.CONFIG_DIR_ENV]) / "settings.toml").write_text(user_settings)
+    settings = load_settings(None, env)
+    key_present = key != "api_key"
+    [first, *_] = cross_field_problems(settings.values, api_key_present=key_present)
+    assert first.key == key
+    with pytest.raises(LaunchError) as caught:
+        plan_from_settings(settings, {**env, API_KEY_ENV: KEY} if key_present else env)
+    assert str(caught.value) == first.message and caught.value.usage == usage
+
+
+def test_a_held_back_key_adds_why_to_the_rule_sentence(
+    env: dict[str, str], file_keyring: FileKeyring
+) -> None:
+    store_api_key(KEY)
+    with pytest.raises(LaunchError) as caught:
+        plan(env, **{"HELPDESK_VOICE_BACKEND": "openai"})
+    [problem] = cross_field_problems(
+        load_settings(None, {**env, "HELPDESK_VOICE_BACKEND": "openai"}).values, False
+    )
+    assert str(caught.value).startswith(problem.message + " (the API key in the system keyring is only sent")
+
+
+def test_the_plan_reads_the_typed_settings(env: dict[str, str]) -> None:
+    """The plan takes its values from LoadedSettings.typed: change that alone and the plan follows."""
+    settings = load_settings(None, env)
+    typed = dataclasses.replace(
+        settings.typed,
+        push_to_talk=True,
+        audio=dataclasses.replace(settings.typed.audio, block_ms=30, input_device="Headset"),
+        tools=config.ToolSettings(allowed=("create_ticket",)),
+    )
+    result = plan_from_settings(dataclasses.replace(settings, typed=typed), env)
+    assert result.push_to_talk and result.audio.block_ms == 30.0 and result.input_device == "Headset"
+    assert result.tools_allowed == ("create_ticket",)
 
 
 def test_conversation_settings_reach_the_session(env: dict[str, str]) -> None:

@@ -151,10 +151,11 @@ def test_killing_the_app_takes_the_server_with_it(virtual_audio: VirtualAudioRig
 
 def test_serve_command_prints_its_url_and_token() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--port", "0", "--token", "abc123"],
+        [sys.executable, "-m", "app", "serve", "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "HELPDESK_VOICE_SERVER_TOKEN": "abc123"},  # never argv: ps shows it
     )
     try:
         assert process.stdout is not None
@@ -164,7 +165,8 @@ def test_serve_command_prints_its_url_and_token() -> None:
             assert line, f"serve ended early: {lines}"
             lines.append(line.strip())
         assert any(line.startswith("url: ws://127.0.0.1:") for line in lines)
-        assert "token: abc123" in lines
+        assert "token: from HELPDESK_VOICE_SERVER_TOKEN" in lines
+        assert not any("abc123" in line for line in lines)
         process.send_signal(signal.SIGINT)
         assert process.wait(5) == 0
     finally:

@@ -38,6 +38,7 @@ from app.audio.resample import FloatArray
 from app.audio.streams import open_stream
 from app.audio.virtual_rig import VirtualAudioRig
 from app.config import load_settings, secrets
+from app.launch import LaunchError, plan_from_settings
 from app.ui.level_meter import FLOOR_DBFS, LevelMeter, describe_level
 from app.ui.settings_dialog import (
     API_KEY_FIELD,
@@ -356,13 +357,13 @@ def openai_without_key(dialog: SettingsDialog) -> None:
         (
             custom_without_url,
             "endpoint.url",
-            "Custom URL: must be filled in for the Custom URL backend (the server's ws:// or wss:// address)",
+            "Custom URL: the Custom URL backend needs the server's address (ws:// or wss://)",
             lambda d: d.url_edit.setText("ws://localhost:8765/rt"),
         ),
         (
             azure_without_deployment,
             "endpoint.azure_deployment",
-            "Azure deployment: must be filled in for the Azure OpenAI backend",
+            "Azure deployment: the Azure OpenAI backend needs the name of the realtime model's deployment",
             lambda d: d.azure_deployment_edit.setText("gpt-realtime"),
         ),
         (
@@ -386,7 +387,7 @@ def openai_without_key(dialog: SettingsDialog) -> None:
         (
             openai_without_key,
             API_KEY_FIELD,
-            "API key: the OpenAI backend needs an API key and none is stored",
+            "API key: no API key for OpenAI is stored; type one in Settings",
             lambda d: d.api_key_edit.setText(KEY),
         ),
     ],
@@ -436,6 +437,42 @@ def test_invalid_input_is_refused_with_the_field_marked(
     assert dialog.result() == QDialog.DialogCode.Accepted and not dialog.isVisible()
     assert dialog.errors() == {} and field.widget.property("invalid") is False
     assert load_settings(environ=env).value("voice") == "sage"
+
+
+@pytest.mark.parametrize(
+    ("user_settings", "key"),
+    [
+        ('backend = "custom"\n', "endpoint.url"),
+        ('backend = "openai"\n[endpoint]\nmodel = ""\n', "endpoint.model"),
+        ('backend = "azure"\n', "endpoint.azure_resource"),
+        ('backend = "openai"\n', API_KEY_FIELD),
+    ],
+)
+def test_the_dialog_and_the_launcher_say_the_same_sentence(
+    make_dialog: Callable[..., SettingsDialog], env: dict[str, str], user_settings: str, key: str
+) -> None:
+    """The same settings file, opened in the dialog and started: the same words for the same field."""
+    user_file(env).write_text(user_settings, "utf-8")
+    with pytest.raises(LaunchError) as caught:
+        plan_from_settings(load_settings(None, env), env)
+    dialog = make_dialog()
+    assert not dialog.save()
+    field = dialog.field(key)
+    assert dialog.errors()[key] == f"{field.name}: {caught.value}"
+
+
+def test_the_choice_boxes_list_the_schemas_choices(make_dialog: Callable[..., SettingsDialog]) -> None:
+    dialog = make_dialog()
+    boxes = {
+        "backend": dialog.backend_combo,
+        "turn_detection": dialog.turn_detection_combo,
+        "eagerness": dialog.eagerness_combo,
+        "barge_in.sensitivity": dialog.sensitivity_combo,
+    }
+    for key, box in boxes.items():
+        shown = [(box.itemData(i), box.itemText(i)) for i in range(box.count())]
+        assert shown == list(config.SETTINGS[key].choices), key
+        assert box.currentData() == config.SETTINGS[key].default
 
 
 # ----------------------------------------------------------------------------------------------

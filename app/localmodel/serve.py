@@ -2,27 +2,50 @@
 
 It prints its loading steps, then ``url: ...``, ``token: ...`` and ``ready`` on stdout (the app's
 launcher reads these lines), and runs until SIGTERM or Ctrl-C.
+
+The token comes from ``HELPDESK_VOICE_SERVER_TOKEN`` (how the app's launcher passes it) or the first
+line of stdin (``--token-stdin``), never from the command line, where every user of the computer
+can read it; without one a random token is made and printed. Beyond loopback the server needs a
+certificate and key (``--tls-cert``/``--tls-key``) and serves ``wss://``; plain ``ws://`` there is
+refused before any model loads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
+import getpass
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable
 
 from app.localmodel.components import Components
 from app.localmodel.launcher import READY_LINE, TOKEN_ENV, URL_PREFIX, die_with_parent
-from app.localmodel.server import EmbeddedServer, new_token
+from app.localmodel.server import (
+    EmbeddedServer,
+    ServerSetupError,
+    check_address,
+    limit_malloc_arenas,
+    new_token,
+)
+from app.realtime.endpoint import is_loopback_host
+
+EXIT_USAGE = 2
+# Two arenas: the speech workers then share their freed memory instead of each keeping its own.
+MALLOC_ARENAS = 2
 
 
 def _say(line: str) -> None:
     print(line, flush=True)
+
+
+def _refuse(message: str) -> int:
+    print(f"helpdesk-voice: {message}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
 
 
 def load_components(progress: Callable[[str], None]) -> Components:
@@ -31,21 +54,52 @@ def load_components(progress: Callable[[str], None]) -> Components:
     return load_models(progress)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+def read_token(from_stdin: bool) -> tuple[str, str]:
+    """The token and where it came from: stdin when asked, else the environment, else a new one."""
+    if from_stdin:
+        if sys.stdin.isatty():
+            return getpass.getpass("token: ").strip(), "standard input"
+        return sys.stdin.readline().strip(), "standard input"
+    supplied = os.environ.get(TOKEN_ENV, "").strip()
+    return (supplied, TOKEN_ENV) if supplied else (new_token(), "")
+
+
+def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ServerSetupError("--tls-cert and --tls-key go together")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ServerSetupError(f"cannot use the TLS certificate {cert} and key {key}: {exc}") from exc
+    return context
 
 
-def serve_main(host: str, port: int, token: str | None, watch_stdin: bool) -> int:
+def serve_main(
+    host: str,
+    port: int,
+    *,
+    token_stdin: bool = False,
+    watch_stdin: bool = False,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+) -> int:
+    limit_malloc_arenas(MALLOC_ARENAS)  # before the models start their threads
+    token, origin = read_token(token_stdin)  # before the parent watch reads stdin to its end
+    if not token:
+        return _refuse("--token-stdin read no token (an empty first line)")
     die_with_parent(watch_stdin)
+    try:
+        tls = tls_context(tls_cert, tls_key)
+        check_address(host, tls is not None)
+    except ServerSetupError as exc:
+        return _refuse(str(exc))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s", force=True)
     logging.getLogger("websockets").setLevel(logging.WARNING)
-    token = token or os.environ.get(TOKEN_ENV) or new_token()
-    if not is_loopback(host):
+    if not is_loopback_host(host):  # with TLS, or check_address had refused
         print(
             f"helpdesk-voice: warning: listening on {host}, reachable from other machines; "
             "anyone with the token can use it",
@@ -56,10 +110,11 @@ def serve_main(host: str, port: int, token: str | None, watch_stdin: bool) -> in
     started = time.monotonic()
     components = load_components(_say)
     _say(f"loaded in {time.monotonic() - started:.1f} s")
-    return asyncio.run(_serve(EmbeddedServer(components, token, host, port)))
+    server = EmbeddedServer(components, token, host, port, tls=tls)
+    return asyncio.run(_serve(server, f"from {origin}" if origin else token))
 
 
-async def _serve(server: EmbeddedServer) -> int:
+async def _serve(server: EmbeddedServer, token_line: str) -> int:
     try:
         await server.start()
     except OSError as exc:
@@ -72,7 +127,7 @@ async def _serve(server: EmbeddedServer) -> int:
         with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C still raises KeyboardInterrupt
             loop.add_signal_handler(signum, stop.set)
     _say(f"{URL_PREFIX}{server.url}")
-    _say(f"token: {server.token}")
+    _say(f"token: {token_line}")  # a token given to us is not repeated where logs may keep it
     _say(READY_LINE)
     await stop.wait()
     await server.close()

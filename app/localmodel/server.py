@@ -4,24 +4,44 @@ protocol on loopback, with local speech recognition, the helpdesk brain and a lo
 One :class:`~app.localmodel.session.Session` per connection decides what the protocol requires;
 this module runs the slow parts off the event loop (recognition and synthesis in worker threads)
 and streams replies clause by clause. A connection without the token is refused with HTTP 401.
+
+Limits (:class:`ServerLimits`), so that no client can take the server down or make it grow: at most
+``max_sessions`` sessions at once (one more gets HTTP 503 with Retry-After), a session with no
+client event for ``idle_timeout_s`` is closed with 1001 and a reason, frames are at most
+:data:`MAX_MESSAGE_BYTES`, and what a session keeps is bounded in :mod:`~app.localmodel.session`.
+An event the server fails on costs that event an ``error``, never the session. Beyond loopback the
+server only speaks TLS (``wss://``): the token and the conversation never cross a network in clear.
+
+Memory: what a session allocates is freed when it ends, but glibc keeps freed memory in the malloc
+arenas of the worker threads the speech models run in, so RSS only ever grew. The server caps the
+arenas at two (:func:`limit_malloc_arenas`, at start) and asks glibc to give free memory back
+(``malloc_trim``, in a worker thread) whenever a session or a response ends; elsewhere both do
+nothing. Piper's onnxruntime session keeps an arena of its own, which only its options turn off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hmac
 import json
 import logging
 import secrets
+import ssl
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Literal
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from app.localmodel import events as ev
 from app.localmodel.components import Brain, BrainReply, Components, Speech, Utterance
@@ -38,6 +58,7 @@ from app.localmodel.session import (
     UtterancePaused,
     UtteranceResumed,
 )
+from app.realtime.endpoint import is_loopback_host
 
 log = logging.getLogger("app.localmodel.server")
 
@@ -48,6 +69,30 @@ MAX_MESSAGE_BYTES = 4 * 2**20
 
 def new_token() -> str:
     return secrets.token_urlsafe(24)
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    # Sessions at once: the app needs one (two for a moment while it reconnects), a selftest one
+    # more; each session's speech work competes for the same two cores, so more would only be slow.
+    max_sessions: int = 8
+    # A session with no client event this long is closed (1001). The app streams microphone audio
+    # all the time, so only a client that was left behind is ever idle this long.
+    idle_timeout_s: float = 600.0
+    retry_after_s: int = 5  # told to a client refused for lack of room
+
+
+class ServerSetupError(ValueError):
+    """The server cannot run as asked (a public address without TLS); the message says why."""
+
+
+def check_address(host: str, tls: bool) -> None:
+    """Refuses to serve plain ``ws://`` beyond this computer: the token would cross the network in clear."""
+    if not tls and not is_loopback_host(host):
+        raise ServerSetupError(
+            f"listening on {host} without TLS would send the token and every conversation over the "
+            "network in clear; serve wss:// (--tls-cert and --tls-key) or listen on loopback"
+        )
 
 
 @dataclass
@@ -83,28 +128,47 @@ class _Connection:
 
 
 class EmbeddedServer:
-    def __init__(self, components: Components, token: str, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        components: Components,
+        token: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        tls: ssl.SSLContext | None = None,
+        limits: ServerLimits = ServerLimits(),
+    ) -> None:
+        check_address(host, tls is not None)
         self.components = components
         self.token = token
         self.host = host
         self.port = port
+        self.tls = tls
+        self.limits = limits
         self._server: Server | None = None
         self._connections: set[_Connection] = set()
+        self._admitted: set[ServerConnection] = set()  # past the token check, handshake included
+        self._memory = _MemoryReturner()
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}{PATH}"
+        return f"{'ws' if self.tls is None else 'wss'}://{host}:{self.port}{PATH}"
+
+    @property
+    def sessions(self) -> list[Session]:
+        return [connection.session for connection in self._connections]
 
     async def start(self) -> None:
         self._server = await serve(
             self._handle,
             self.host,
             self.port,
-            process_request=self._check_token,
+            process_request=self._check_request,
             max_size=MAX_MESSAGE_BYTES,
             ping_interval=20,
             ping_timeout=20,
+            ssl=self.tls,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -116,16 +180,28 @@ class EmbeddedServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        await self._memory.settle()
 
     # -- connection setup --------------------------------------------------------------------
-    def _check_token(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         supplied = _bearer(request.headers)
-        if supplied is None or not hmac.compare_digest(supplied, self.token):
+        if supplied is None or not hmac.compare_digest(supplied, self.token.encode()):
             response = connection.respond(HTTPStatus.UNAUTHORIZED, "Missing or wrong token.\n")
             response.headers["WWW-Authenticate"] = 'Bearer realm="helpdesk-voice"'
             return response
         if request.path.split("?")[0] != PATH:
             return connection.respond(HTTPStatus.NOT_FOUND, f"The realtime endpoint is {PATH}.\n")
+        # Counted from here, not once the handler runs, so a burst of handshakes cannot slip past.
+        self._admitted = {c for c in self._admitted if c.state is not State.CLOSED}
+        if len(self._admitted) >= self.limits.max_sessions:
+            log.warning("refused a session: %d are open, the limit", len(self._admitted))
+            response = connection.respond(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"The server has its limit of {self.limits.max_sessions} sessions open; try again later.\n",
+            )
+            response.headers["Retry-After"] = str(self.limits.retry_after_s)
+            return response
+        self._admitted.add(connection)
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -133,13 +209,39 @@ class EmbeddedServer:
         self._connections.add(connection)
         try:
             await self._emit(connection, connection.session.opened())
-            async for message in ws:
-                await self._emit(connection, connection.session.handle(message))
+            await self._receive(connection)
         except Exception:  # a broken connection ends this session only, never the server
             log.exception("session ended by an error")
         finally:
             self._connections.discard(connection)
+            self._admitted.discard(ws)
             await self._end(connection)
+            self._memory.give_back()
+
+    async def _receive(self, connection: _Connection) -> None:
+        ws, idle_s = connection.ws, self.limits.idle_timeout_s
+        while True:
+            try:
+                async with asyncio.timeout(idle_s):
+                    message = await ws.recv()
+            except TimeoutError:
+                log.info("closing a session idle for %g s", idle_s)
+                await ws.close(CloseCode.GOING_AWAY, f"no client event for {idle_s:g} s; session closed")
+                return
+            except ConnectionClosed:
+                return
+            try:
+                await self._emit(connection, connection.session.handle(message))
+            except Exception:  # a fault of ours costs this event, not the session
+                log.exception("a client event could not be handled")
+                await self._send(
+                    connection,
+                    ev.error(
+                        "The server failed on this event; the session goes on.",
+                        "server_error",
+                        "server_error",
+                    ),
+                )
 
     async def _end(self, connection: _Connection) -> None:
         self._drop_speculation(connection)
@@ -158,9 +260,10 @@ class EmbeddedServer:
             self._run(connection, command)
 
     async def _send(self, connection: _Connection, event: dict[str, Any]) -> None:
-        with contextlib.suppress(Exception):  # a closed socket: the receive loop ends the session
+        frame = json.dumps(event, separators=(",", ":"), allow_nan=False)  # strict JSON, as clients parse it
+        with contextlib.suppress(ConnectionClosed):  # the receive loop ends the session
             async with connection.send_lock:
-                await connection.ws.send(json.dumps(event, separators=(",", ":")))
+                await connection.ws.send(frame)
 
     def _run(self, connection: _Connection, command: Command) -> None:
         if isinstance(command, BeginUtterance):
@@ -336,6 +439,7 @@ class EmbeddedServer:
             connection.session.response_finished(response_id, audio_items)
             if connection.response_id == response_id:
                 connection.response_id = None
+            self._memory.give_back()
 
     async def _speak(
         self, connection: _Connection, streaming: _Streaming, text: str, prepared: Speech | None
@@ -438,11 +542,73 @@ class _Streaming:
             self.speech.cancel()
 
 
-def _bearer(headers: Headers) -> str | None:
+def _bearer(headers: Headers) -> bytes | None:
+    """The bearer token as the client sent it, in bytes: any octets compare, none raise."""
     value = headers.get("Authorization", "")
     if value.lower().startswith("bearer "):
-        return value[7:].strip()
+        # websockets decodes header octets as ISO-8859-1, which encodes back to exactly what was sent.
+        return value[7:].strip().encode("latin-1", errors="replace")
     return None
+
+
+class _MemoryReturner:
+    """Asks glibc to return freed memory to the system, in a worker thread, one request at a time."""
+
+    def __init__(self) -> None:
+        self._trim = _malloc_trim()
+        self._running: asyncio.Task[None] | None = None
+        self._again = False
+
+    def give_back(self) -> None:
+        if self._trim is None:
+            return
+        if self._running is not None and not self._running.done():
+            self._again = True  # more was freed while it ran: once more afterwards
+            return
+        self._running = asyncio.get_running_loop().create_task(self._run())
+
+    async def settle(self) -> None:
+        if self._running is not None:
+            await self._running
+
+    async def _run(self) -> None:
+        assert self._trim is not None
+        self._again = True
+        while self._again:
+            self._again = False
+            await asyncio.to_thread(self._trim, 0)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)  # the C library this process already uses
+    except OSError:
+        return None
+    # Only glibc has this one; musl, for one, has neither malloc_trim nor the arenas it trims.
+    return libc if hasattr(libc, "gnu_get_libc_version") else None
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    libc = _glibc()
+    if libc is None:
+        return None
+    trim = libc.malloc_trim
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+M_ARENA_MAX = -8  # mallopt's parameter, from glibc's malloc.h
+
+
+def limit_malloc_arenas(count: int) -> bool:
+    """Caps glibc's malloc arenas (by default up to eight per core); call before threads start."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    return bool(libc.mallopt(M_ARENA_MAX, count))
 
 
 def _json_object(text: str) -> dict[str, Any]:

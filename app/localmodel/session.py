@@ -5,8 +5,19 @@ commands for the server's workers (speech recognition, the reply pipeline). Slow
 here; the server reports its results back (``user_transcribed``, ``response_finished``), so the
 protocol rules are tested without sockets, threads or models.
 
-Bad input (invalid JSON, an unknown event type, audio that is not base64 or not whole samples)
-gets an ``error`` event and the session carries on.
+Bad input gets an ``error`` event (``invalid_request_error`` with a message that says what is wrong
+and ``param``, the path of the field) and the session carries on as it was: a frame that is not
+JSON (``NaN`` and ``Infinity`` included) or is nested deeper than :data:`MAX_DEPTH`, an unknown
+event type, a field of the wrong type, a number outside its :data:`BOUNDS`, a text or a list over
+its limit, audio that is not base64 or not whole samples. A ``session.update`` is checked whole
+before any of it applies.
+
+What a session keeps is bounded, so a long helpdesk call runs in the same memory as a short one:
+the newest :data:`MAX_ITEMS` conversation items holding at most :data:`MAX_CONVERSATION_CHARS` of
+text (older items are forgotten, as OpenAI's ``truncation: auto`` drops them from the model's
+context; the brain keeps its own short dialog state), and at most :data:`MAX_TURN_S` of audio in a
+user turn: a manual-commit buffer drops its oldest audio, and a spoken turn that long is ended and
+answered (speech that goes on opens the next turn).
 """
 
 from __future__ import annotations
@@ -14,8 +25,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import re
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from app.audio.bargein import VAD_RATE, DetectorSettings, SpeechDetector
@@ -23,9 +37,64 @@ from app.audio.resample import StreamResampler, float_to_int16, pcm16_to_float
 from app.localmodel import events as ev
 
 RATE = 24000
-MAX_BUFFER_S = 300  # a manual-commit buffer holds at most five minutes; older audio is dropped
 SPECULATE_AFTER_MS = 150  # a pause this long lets the server start on the reply early
 _EAGERNESS_SILENCE_MS = {"low": 800, "medium": 500, "auto": 500, "high": 300}
+
+# -- limits ----------------------------------------------------------------------------------
+# A whole turn of Whisper decoding stays a few seconds of CPU, and one session at most ~6 MB of audio.
+MAX_TURN_S = 120
+MAX_DEPTH = 64  # JSON nesting; real events, tool schemas included, stay under 20 levels
+MAX_ITEMS = 1000  # conversation items kept (a 70-turn call makes about 210)
+MAX_ITEM_CHARS = 256 * 1024  # text of one item: a message, a tool output, a call's arguments
+MAX_CONVERSATION_CHARS = 2 * 2**20  # text kept over all items
+MAX_INSTRUCTIONS_CHARS = 100_000  # instructions, a tool's description, a transcription prompt
+MAX_NAME_CHARS = 256  # model, voice, call ids, language and the other short strings
+MAX_ITEM_ID_CHARS = 64  # OpenAI documents 32: room to spare for a client that oversteps it
+MAX_TOOLS = 128
+MAX_CONTENT_PARTS = 64
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True)
+class Bound:
+    low: float
+    high: float
+    integer: bool = True
+
+    def describe(self) -> str:
+        if self.low == self.high:
+            return f"{self.low:g}"
+        if self.integer:
+            return f"a whole number from {self.low:.0f} to {self.high:.0f}"
+        return f"a number from {self.low:g} to {self.high:g}"
+
+
+# Every number a client may send, by field name. The ones marked "not used" are accepted so that
+# clients written for OpenAI work unchanged, and checked so that nonsense never sits in a session.
+BOUNDS: dict[str, Bound] = {
+    "threshold": Bound(0.0, 1.0, integer=False),  # the voice detector's aggressiveness follows it
+    "prefix_padding_ms": Bound(0, 2000),  # the session keeps 2 s of recent audio for it
+    "silence_duration_ms": Bound(0, 10_000),
+    "idle_timeout_ms": Bound(0, 3_600_000),  # not used
+    "speed": Bound(0.25, 1.5, integer=False),  # OpenAI's range; not used, the voice speaks at 1.0
+    "strength": Bound(0.0, 10.0, integer=False),  # noise reduction; not used
+    "max_output_tokens": Bound(1, 4096),  # OpenAI's range; not used
+    "content_index": Bound(0, 0),  # an audio item has one content part
+    "audio_end_ms": Bound(0, 3_600_000),
+}
+_PREFIX_KEEP_BYTES = int(BOUNDS["prefix_padding_ms"].high) * RATE * 2 // 1000
+
+# Session fields the embedded server accepts and does not act on: only their JSON type is checked.
+_UNUSED_SESSION_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "output_modalities": ((list,), "an array"),
+    "tool_choice": ((str, dict), "a string or an object"),
+    "truncation": ((str, dict), "a string or an object"),
+    "tracing": ((str, dict), "a string or an object"),
+    "prompt": ((dict,), "an object"),
+    "include": ((list,), "an array"),
+    "reasoning": ((dict,), "an object"),
+    "parallel_tool_calls": ((bool,), "true or false"),
+}
 
 
 # -- commands for the server's workers -------------------------------------------------------
@@ -186,31 +255,155 @@ class ClientError(Exception):
         self.param = param
 
 
+# -- reading client events -------------------------------------------------------------------
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _shorten(text: str, limit: int = 64) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _Fields:
+    """One JSON object of a client event, read a field at a time.
+
+    Each reader returns None for a missing or null field, and raises :class:`ClientError` naming the
+    field (``param``) when the value has the wrong type or is out of bounds.
+    """
+
+    def __init__(self, value: object, path: str) -> None:
+        if not isinstance(value, dict):
+            raise ClientError(f"'{path}' must be an object, not {_json_type(value)}.", "invalid_type", path)
+        self.values: dict[str, Any] = value
+        self.path = path
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.values
+
+    def param(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def typed(self, name: str, kinds: tuple[type, ...], what: str, required: bool = False) -> Any:
+        value = self.values.get(name)
+        param = self.param(name)
+        if value is None:
+            if required:
+                raise ClientError(f"'{param}' is required.", "missing_required_parameter", param)
+            return None
+        # A JSON boolean is an int to Python, never to a client.
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise ClientError(f"'{param}' must be {what}, not {_json_type(value)}.", "invalid_type", param)
+        return value
+
+    def object(self, name: str, required: bool = False) -> _Fields | None:
+        value = self.typed(name, (dict,), "an object", required)
+        return None if value is None else _Fields(value, self.param(name))
+
+    def string(self, name: str, max_chars: int | None = MAX_NAME_CHARS, required: bool = False) -> str | None:
+        value: str | None = self.typed(name, (str,), "a string", required)
+        if value is not None and max_chars is not None and len(value) > max_chars:
+            raise ClientError(
+                f"'{self.param(name)}' is {len(value)} characters long; the limit is {max_chars}.",
+                param=self.param(name),
+            )
+        return value
+
+    def boolean(self, name: str) -> bool | None:
+        value: bool | None = self.typed(name, (bool,), "true or false")
+        return value
+
+    def number(self, name: str, required: bool = False) -> float | None:
+        bound = BOUNDS[name]
+        value = self.typed(name, (int, float), bound.describe(), required)
+        if value is None:
+            return None
+        if (
+            not math.isfinite(value)
+            or not bound.low <= value <= bound.high
+            or (bound.integer and value != int(value))
+        ):
+            raise ClientError(
+                f"'{self.param(name)}' must be {bound.describe()}, not {value!r}.", param=self.param(name)
+            )
+        return int(value) if bound.integer else float(value)
+
+    def choice(self, name: str, choices: tuple[str, ...], required: bool = False) -> str | None:
+        value = self.string(name, None, required)
+        if value is not None and value not in choices:
+            raise ClientError(
+                f"'{self.param(name)}' must be one of {', '.join(choices)}, not {_shorten(value)!r}.",
+                param=self.param(name),
+            )
+        return value
+
+    def array(self, name: str, max_items: int) -> list[Any] | None:
+        value: list[Any] | None = self.typed(name, (list,), "an array")
+        if value is not None and len(value) > max_items:
+            raise ClientError(
+                f"'{self.param(name)}' has {len(value)} entries; the limit is {max_items}.",
+                param=self.param(name),
+            )
+        return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 # -- the session -----------------------------------------------------------------------------
 
 
 @dataclass
-class _AssistantItem:
-    item_id: str
-    audio_ms: float
+class _Item:
+    """What the session keeps of a conversation item: only what later events need."""
+
+    role: str  # user, assistant, system, function_call or function_call_output
+    text: str | None = None  # a user message: typed text, or its transcript (None while pending)
+    audio_ms: float | None = None  # an assistant audio item's length, for truncate
+    output: tuple[str, str] | None = None  # a tool output: (call_id, output)
+
+    @property
+    def chars(self) -> int:
+        return len(self.text or "") + (len(self.output[1]) if self.output is not None else 0)
 
 
 class Session:
     def __init__(self, session_id: str | None = None) -> None:
         self.config = SessionConfig(session_id or ev.new_id("sess"))
         self._buffer = bytearray()
-        self._buffer_start_ms = 0.0  # audio time of the first byte in the buffer
         self._audio_ms = 0.0  # audio time of everything appended so far
         self._detector: SpeechDetector | None = None
         self._vad_resampler = StreamResampler(RATE, VAD_RATE)
-        self._recent = deque[bytes]()  # the last few hundred ms, for prefix padding
+        self._recent = deque[bytes]()  # the last two seconds, for prefix padding
         self._recent_bytes = 0
         self._utterance: str | None = None  # user item being spoken
+        self._utterance_start_ms = 0.0
         self._paused = False
-        self._items: list[str] = []
-        self._user_text: dict[str, str | None] = {}  # user item id -> typed text (None: from audio)
-        self._assistant: dict[str, _AssistantItem] = {}
-        self._tool_outputs: list[tuple[str, str]] = []
+        self._items: dict[str, _Item] = {}  # oldest first
+        self._item_chars = 0
+        self.forgotten_items = 0
+        self._tool_outputs: list[str] = []  # function_call_output items since the last response
         self._last_user_item: str | None = None
         self._answered_user_item: str | None = None
         self.active_response: str | None = None
@@ -221,35 +414,45 @@ class Session:
         return Output(events=[ev.session_created(self.config.as_dict())])
 
     def handle(self, raw: str | bytes) -> Output:
+        too_deep = f"The event is nested too deeply; the limit is {MAX_DEPTH} levels."
         try:
-            event = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return self._error(f"The event is not valid JSON: {exc}", "invalid_json")
+            event = json.loads(raw, parse_constant=_refuse_constant)
+        except RecursionError:
+            return self._error(too_deep, "invalid_json")
+        except ValueError as exc:  # UnicodeDecodeError included
+            return self._error(f"The event is not valid JSON: {exc}.", "invalid_json")
+        if _deeper_than(event, MAX_DEPTH):
+            return self._error(too_deep, "invalid_json")
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             return self._error("An event must be a JSON object with a string 'type'.", "invalid_event")
         client_event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
-        handler = getattr(self, "_on_" + event["type"].replace(".", "_"), None)
+        handler = _HANDLERS.get(event["type"])
         if handler is None:
             return self._error(
-                f"Unsupported event type: {event['type']!r}.", "unsupported_event", "type", client_event_id
+                f"Unsupported event type: {_shorten(event['type'])!r}.",
+                "unsupported_event",
+                "type",
+                client_event_id,
             )
         try:
-            result: Output = handler(event)
+            return handler(self, _Fields(event, ""))
         except ClientError as exc:
             return self._error(str(exc), exc.code, exc.param, client_event_id)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:  # a case the checks above missed
             return self._error(
                 f"Invalid {event['type']} event: {exc}.", "invalid_value", None, client_event_id
             )
-        return result
 
     def user_transcribed(self, item_id: str, text: str, respond: bool) -> Output:
         """The recognizer's final text for a committed user audio item."""
         out = Output()
         if self.config.transcription_model is not None:
             out.events.append(ev.transcription_completed(item_id, text))
-        if item_id in self._user_text and self._user_text[item_id] is None:
-            self._user_text[item_id] = text
+        item = self._items.get(item_id)
+        if item is not None and item.role == "user" and item.text is None:
+            item.text = text
+            self._item_chars += len(text)
+            self._forget_oldest()
         if respond and self.active_response is None and text.strip():
             out += self._start_response()
         return out
@@ -257,56 +460,80 @@ class Session:
     def response_finished(self, response_id: str, audio_items: dict[str, float]) -> None:
         """The server finished (or cancelled) a response; ``audio_items`` maps item id -> audio ms."""
         for item_id, audio_ms in audio_items.items():
-            self._assistant[item_id] = _AssistantItem(item_id, audio_ms)
-            self._items.append(item_id)
+            self._keep(item_id, _Item("assistant", audio_ms=audio_ms))
         if self.active_response == response_id:
             self.active_response = None
 
     def transcript_of(self, item_id: str) -> str | None:
-        return self._user_text.get(item_id)
+        item = self._items.get(item_id)
+        return None if item is None else item.text
+
+    @property
+    def item_count(self) -> int:
+        return len(self._items)
+
+    @property
+    def kept_chars(self) -> int:
+        """Text the conversation's items hold (typed messages, transcripts, tool outputs)."""
+        return self._item_chars
+
+    @property
+    def held_audio_bytes(self) -> int:
+        """Input audio the session holds: the buffer and the prefix-padding window."""
+        return len(self._buffer) + self._recent_bytes
 
     # -- session.update ----------------------------------------------------------------------
-    def _on_session_update(self, event: dict[str, Any]) -> Output:
-        session = event["session"]
-        if not isinstance(session, dict):
-            raise ClientError("'session' must be an object.", param="session")
-        if session.get("type", "realtime") != "realtime":
+    def _on_session_update(self, event: _Fields) -> Output:
+        session = event.object("session", required=True)
+        assert session is not None
+        if session.string("type") not in (None, "realtime"):
             raise ClientError("Only realtime sessions are supported.", param="session.type")
-        config = self.config
-        if isinstance(session.get("instructions"), str):
-            config.instructions = session["instructions"]
-        if isinstance(session.get("model"), str):
-            config.model = session["model"]
-        audio = session.get("audio") or {}
-        audio_in = audio.get("input") or {}
-        audio_out = audio.get("output") or {}
-        for where, part in (("input", audio_in), ("output", audio_out)):
-            fmt = part.get("format")
-            if fmt is not None and (fmt.get("type") != "audio/pcm" or fmt.get("rate", RATE) != RATE):
-                raise ClientError(
-                    "Only audio/pcm at 24000 Hz is supported.",
-                    "unsupported_format",
-                    f"session.audio.{where}.format",
-                )
-        if "transcription" in audio_in:
-            transcription = audio_in["transcription"]
-            config.transcription_model = (
-                None if transcription is None else str(transcription.get("model") or "local")
-            )
-        if "turn_detection" in audio_in:
-            config.turn_detection = _turn_detection(audio_in["turn_detection"])
-            self._configure_turn_detection()
-        voice = audio_out.get("voice")
-        if isinstance(voice, str):
-            config.voice = voice
+        # Checked whole, then applied: a refused update leaves the session as it was.
+        config = replace(self.config)
+        instructions = session.string("instructions", MAX_INSTRUCTIONS_CHARS)
+        if instructions is not None:
+            config.instructions = instructions
+        model = session.string("model")
+        if model is not None:
+            config.model = model
+        for name, (kinds, what) in _UNUSED_SESSION_FIELDS.items():
+            session.typed(name, kinds, what)
+        if session.values.get("max_output_tokens") != "inf":
+            session.number("max_output_tokens")
+        audio = session.object("audio")
+        audio_in = audio.object("input") if audio is not None else None
+        audio_out = audio.object("output") if audio is not None else None
+        for part in (audio_in, audio_out):
+            fmt = part.object("format") if part is not None else None
+            if fmt is not None and (
+                fmt.string("type") not in (None, "audio/pcm") or fmt.values.get("rate") not in (None, RATE)
+            ):
+                raise ClientError("Only audio/pcm at 24000 Hz is supported.", "unsupported_format", fmt.path)
+        detection_changed = False
+        if audio_in is not None:
+            if "transcription" in audio_in:
+                config.transcription_model = _transcription_model(audio_in.object("transcription"))
+            noise = audio_in.object("noise_reduction")
+            if noise is not None:
+                noise.choice("type", ("near_field", "far_field"))
+                noise.number("strength")
+            if "turn_detection" in audio_in:
+                config.turn_detection = _turn_detection(audio_in.object("turn_detection"))
+                detection_changed = True
+        if audio_out is not None:
+            config.voice = _voice(audio_out) or config.voice
+            audio_out.number("speed")
         if "tools" in session:
-            tools = session["tools"] or []
-            if not isinstance(tools, list) or not all(isinstance(t, dict) and t.get("name") for t in tools):
-                raise ClientError(
-                    "'tools' must be a list of function tools with names.", param="session.tools"
-                )
-            config.tools = tools
-        return Output(events=[ev.session_updated(config.as_dict())])
+            config.tools = _tools(session)
+        out = Output()
+        if detection_changed and self._utterance is not None:
+            # The new detector starts in silence and would never end this turn: end it now.
+            out += self._speech_stopped(self._audio_ms)
+        self.config = config
+        if detection_changed:
+            self._configure_turn_detection()
+        out.events.append(ev.session_updated(config.as_dict()))
+        return out
 
     def _configure_turn_detection(self) -> None:
         detection = self.config.turn_detection
@@ -322,10 +549,9 @@ class Session:
         )
 
     # -- input audio -------------------------------------------------------------------------
-    def _on_input_audio_buffer_append(self, event: dict[str, Any]) -> Output:
-        audio = event["audio"]
-        if not isinstance(audio, str):
-            raise ClientError("'audio' must be a base64 string.", "invalid_audio", "audio")
+    def _on_input_audio_buffer_append(self, event: _Fields) -> Output:
+        audio = event.string("audio", None, required=True)
+        assert audio is not None
         try:
             pcm = base64.b64decode(audio, validate=True)
         except (binascii.Error, ValueError) as exc:
@@ -344,6 +570,10 @@ class Session:
         self._remember(pcm)
         if self._detector is not None:
             out += self._detect(pcm, start_ms)
+            if self._utterance is not None and self._audio_ms - self._utterance_start_ms >= MAX_TURN_S * 1000:
+                out += self._speech_stopped(self._audio_ms)
+                # A fresh detector: speech that goes on is heard as the start of the next turn.
+                self._configure_turn_detection()
         return out
 
     def _detect(self, pcm: bytes, start_ms: float) -> Output:
@@ -375,6 +605,7 @@ class Session:
             out.commands.append(CancelResponse(self.active_response, "turn_detected"))
         item_id = ev.new_id("item")
         self._utterance = item_id
+        self._utterance_start_ms = at_ms
         self._paused = False
         out.events.append(ev.speech_started(item_id, int(at_ms)))
         out.commands.append(BeginUtterance(item_id))
@@ -396,7 +627,7 @@ class Session:
         out.commands.append(EndUtterance(item_id, self.config.turn_detection.create_response))
         return out
 
-    def _on_input_audio_buffer_commit(self, event: dict[str, Any]) -> Output:
+    def _on_input_audio_buffer_commit(self, event: _Fields) -> Output:
         if len(self._buffer) < RATE * 2 // 10:  # OpenAI refuses less than 100 ms as well
             raise ClientError(
                 "The input audio buffer holds less than 100 ms of audio.", "input_audio_buffer_commit_empty"
@@ -411,12 +642,10 @@ class Session:
         return out
 
     def _commit(self, item_id: str) -> Output:
-        previous = self._items[-1] if self._items else None
-        self._items.append(item_id)
-        self._user_text[item_id] = None
+        previous = self._last_item()
+        self._keep(item_id, _Item("user"))
         self._last_user_item = item_id
         self._buffer.clear()
-        self._buffer_start_ms = self._audio_ms
         item = ev.user_audio_item(item_id)
         return Output(
             events=[
@@ -426,23 +655,21 @@ class Session:
             ]
         )
 
-    def _on_input_audio_buffer_clear(self, event: dict[str, Any]) -> Output:
+    def _on_input_audio_buffer_clear(self, event: _Fields) -> Output:
         self._buffer.clear()
-        self._buffer_start_ms = self._audio_ms
         return Output(events=[ev.cleared()])
 
     def _trim_buffer(self) -> None:
-        limit = MAX_BUFFER_S * RATE * 2
+        # With turn detection a spoken turn's audio goes to its utterance, so the buffer only needs
+        # what a manual commit between turns could take; without it, the whole turn, up to a limit.
+        limit = MAX_TURN_S * RATE * 2 if self._detector is None else _PREFIX_KEEP_BYTES
         if len(self._buffer) > limit:
-            drop = len(self._buffer) - limit
-            del self._buffer[:drop]
-            self._buffer_start_ms += drop / 2 / RATE * 1000.0
+            del self._buffer[: len(self._buffer) - limit]
 
     def _remember(self, pcm: bytes) -> None:
         self._recent.append(pcm)
         self._recent_bytes += len(pcm)
-        keep = RATE * 2  # one second covers any prefix padding
-        while self._recent_bytes - len(self._recent[0]) > keep:
+        while self._recent_bytes - len(self._recent[0]) > _PREFIX_KEEP_BYTES:
             self._recent_bytes -= len(self._recent.popleft())
 
     def _recent_audio(self, since_ms: float) -> bytes:
@@ -452,67 +679,85 @@ class Session:
         return recent[offset:]
 
     # -- conversation items ------------------------------------------------------------------
-    def _on_conversation_item_create(self, event: dict[str, Any]) -> Output:
-        item = dict(event["item"])
-        kind = item.get("type")
-        item.setdefault("id", ev.new_id("item"))
-        item_id = str(item["id"])
-        item.update(object="realtime.item", status="completed")
+    def _on_conversation_item_create(self, event: _Fields) -> Output:
+        fields = event.object("item", required=True)
+        assert fields is not None
+        kind = fields.choice("type", ("message", "function_call", "function_call_output"), required=True)
+        assert kind is not None
+        item_id = fields.string("id", MAX_ITEM_ID_CHARS) or ev.new_id("item")
+        if item_id in self._items:
+            raise ClientError(f"The conversation already has an item {item_id!r}.", param="item.id")
+        item = {**fields.values, "id": item_id, "object": "realtime.item", "status": "completed"}
         if kind == "message":
-            role = item.get("role")
-            if role not in ("user", "assistant", "system"):
-                raise ClientError(f"Unsupported message role {role!r}.", param="item.role")
-            text = " ".join(
-                str(part.get("text", "")) for part in item.get("content", []) if isinstance(part, dict)
-            ).strip()
-            if role == "user":
-                self._user_text[item_id] = text
-                self._last_user_item = item_id
+            role = fields.choice("role", ("user", "assistant", "system"), required=True)
+            assert role is not None
+            text = _message_text(fields)
+            kept = _Item(role, text if role == "user" else None)
         elif kind == "function_call_output":
-            if not isinstance(item.get("call_id"), str) or not isinstance(item.get("output"), str):
-                raise ClientError(
-                    "A function_call_output needs 'call_id' and 'output' strings.", param="item"
-                )
-            self._tool_outputs.append((item["call_id"], item["output"]))
-        elif kind == "function_call":
-            if not isinstance(item.get("call_id"), str) or not isinstance(item.get("name"), str):
-                raise ClientError("A function_call needs 'call_id' and 'name' strings.", param="item")
-            item.setdefault("arguments", "{}")
+            call_id = fields.string("call_id", required=True)
+            output = fields.string("output", MAX_ITEM_CHARS, required=True)
+            assert call_id is not None and output is not None
+            kept = _Item(kind, output=(call_id, output))
+            self._tool_outputs.append(item_id)
         else:
-            raise ClientError(f"Unsupported item type {kind!r}.", param="item.type")
-        previous = self._items[-1] if self._items else None
-        self._items.append(item_id)
+            fields.string("call_id", required=True)
+            fields.string("name", 64, required=True)
+            fields.string("arguments", MAX_ITEM_CHARS)
+            item.setdefault("arguments", "{}")
+            kept = _Item(kind)
+        if kept.role == "user":
+            self._last_user_item = item_id
+        previous = self._last_item()
+        self._keep(item_id, kept)
         return Output(events=[ev.item_added(item, previous), ev.item_done(item, previous)])
 
-    def _on_conversation_item_truncate(self, event: dict[str, Any]) -> Output:
-        item_id, content_index, end_ms = event["item_id"], event["content_index"], event["audio_end_ms"]
-        item = self._assistant.get(item_id)
-        if item is None:
+    def _on_conversation_item_truncate(self, event: _Fields) -> Output:
+        item_id = event.string("item_id", required=True)
+        item = self._items.get(item_id or "")
+        if item is None or item.audio_ms is None:
             raise ClientError(
                 f"No assistant audio item {item_id!r} to truncate.",
                 "item_truncate_invalid_item_id",
                 "item_id",
             )
-        if not isinstance(end_ms, int) or isinstance(end_ms, bool) or end_ms < 0:
-            raise ClientError("'audio_end_ms' must be a whole number >= 0.", param="audio_end_ms")
+        content_index = int(event.number("content_index", required=True) or 0)
+        end_ms = int(event.number("audio_end_ms", required=True) or 0)
         if end_ms > item.audio_ms + 1:
             raise ClientError(
                 f"audio_end_ms {end_ms} is past the item's audio ({item.audio_ms:.0f} ms).",
                 param="audio_end_ms",
             )
         item.audio_ms = float(end_ms)
-        return Output(events=[ev.item_truncated(item_id, int(content_index), end_ms)])
+        return Output(events=[ev.item_truncated(str(item_id), content_index, end_ms)])
+
+    def _keep(self, item_id: str, item: _Item) -> None:
+        self._items[item_id] = item
+        self._item_chars += item.chars
+        self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        while len(self._items) > MAX_ITEMS or self._item_chars > MAX_CONVERSATION_CHARS:
+            oldest = next(iter(self._items))
+            forgotten = self._items.pop(oldest)
+            self._item_chars -= forgotten.chars
+            self.forgotten_items += 1
+            if forgotten.output is not None and oldest in self._tool_outputs:
+                self._tool_outputs.remove(oldest)
+
+    def _last_item(self) -> str | None:
+        return next(reversed(self._items), None)
 
     # -- responses ---------------------------------------------------------------------------
-    def _on_response_create(self, event: dict[str, Any]) -> Output:
+    def _on_response_create(self, event: _Fields) -> Output:
+        event.object("response")  # its overrides are not used, but must be an object
         if self.active_response is not None:
             raise ClientError(
                 "The conversation already has an active response.", "conversation_already_has_active_response"
             )
         return self._start_response()
 
-    def _on_response_cancel(self, event: dict[str, Any]) -> Output:
-        wanted = event.get("response_id")
+    def _on_response_cancel(self, event: _Fields) -> Output:
+        wanted = event.string("response_id")
         if self.active_response is None or (wanted is not None and wanted != self.active_response):
             raise ClientError("There is no active response to cancel.", "response_cancel_not_active")
         return Output(commands=[CancelResponse(self.active_response, "client_cancelled")])
@@ -522,8 +767,11 @@ class Session:
         self.active_response = response_id
         user_item = self._last_user_item if self._last_user_item != self._answered_user_item else None
         self._answered_user_item = self._last_user_item
-        outputs, self._tool_outputs = tuple(self._tool_outputs), []
-        text = None if user_item is None else self._user_text.get(user_item)
+        outputs = tuple(
+            output for item_id in self._tool_outputs if (output := self._items[item_id].output) is not None
+        )
+        self._tool_outputs = []
+        text = None if user_item is None else self.transcript_of(user_item)
         return Output(commands=[StartResponse(response_id, ResponseInput(user_item, text, outputs))])
 
     def _error(
@@ -532,26 +780,81 @@ class Session:
         return Output(events=[ev.error(message, code, param=param, client_event_id=client_event_id)])
 
 
-def _turn_detection(value: Any) -> TurnDetectionConfig | None:
-    if value is None:
+_HANDLERS: dict[str, Callable[[Session, _Fields], Output]] = {
+    "session.update": Session._on_session_update,
+    "input_audio_buffer.append": Session._on_input_audio_buffer_append,
+    "input_audio_buffer.commit": Session._on_input_audio_buffer_commit,
+    "input_audio_buffer.clear": Session._on_input_audio_buffer_clear,
+    "conversation.item.create": Session._on_conversation_item_create,
+    "conversation.item.truncate": Session._on_conversation_item_truncate,
+    "response.create": Session._on_response_create,
+    "response.cancel": Session._on_response_cancel,
+}
+
+
+def _transcription_model(fields: _Fields | None) -> str | None:
+    if fields is None:
         return None
-    if not isinstance(value, dict) or value.get("type") not in ("server_vad", "semantic_vad"):
-        raise ClientError(
-            "turn_detection must be null, server_vad or semantic_vad.",
-            param="session.audio.input.turn_detection",
-        )
-    config = TurnDetectionConfig(type=value["type"])
-    for name in ("threshold", "prefix_padding_ms", "silence_duration_ms"):
-        if value.get(name) is not None:
-            number = value[name]
-            if not isinstance(number, int | float) or isinstance(number, bool) or number < 0:
-                raise ClientError(
-                    f"{name} must be a number >= 0.", param=f"session.audio.input.turn_detection.{name}"
-                )
-            setattr(config, name, type(getattr(config, name))(number))
+    fields.string("language")
+    fields.string("prompt", MAX_INSTRUCTIONS_CHARS)
+    return fields.string("model") or "local"
+
+
+def _turn_detection(fields: _Fields | None) -> TurnDetectionConfig | None:
+    if fields is None:
+        return None
+    kind = fields.choice("type", ("server_vad", "semantic_vad"), required=True)
+    config = TurnDetectionConfig(type="semantic_vad" if kind == "semantic_vad" else "server_vad")
+    threshold = fields.number("threshold")
+    if threshold is not None:
+        config.threshold = threshold
+    for name in ("prefix_padding_ms", "silence_duration_ms"):
+        value = fields.number(name)
+        if value is not None:
+            setattr(config, name, int(value))
+    fields.number("idle_timeout_ms")
     for flag in ("create_response", "interrupt_response"):
-        if isinstance(value.get(flag), bool):
-            setattr(config, flag, value[flag])
-    if isinstance(value.get("eagerness"), str):
-        config.eagerness = value["eagerness"]
+        setting = fields.boolean(flag)
+        if setting is not None:
+            setattr(config, flag, setting)
+    config.eagerness = fields.choice("eagerness", ("low", "medium", "high", "auto"))
     return config
+
+
+def _voice(audio_out: _Fields) -> str | None:
+    if isinstance(audio_out.values.get("voice"), dict):
+        custom = audio_out.object("voice")
+        assert custom is not None
+        return custom.string("id", required=True)
+    return audio_out.string("voice")
+
+
+def _tools(session: _Fields) -> list[dict[str, Any]]:
+    tools = session.array("tools", MAX_TOOLS) or []
+    for index, tool in enumerate(tools):
+        spec = _Fields(tool, f"session.tools[{index}]")
+        spec.choice("type", ("function",))
+        name = spec.string("name", None, required=True)
+        if not _TOOL_NAME.fullmatch(name or ""):
+            raise ClientError(
+                f"'{spec.param('name')}' must be 1 to 64 letters, digits, '_' or '-'.",
+                param=spec.param("name"),
+            )
+        spec.string("description", MAX_INSTRUCTIONS_CHARS)
+        spec.object("parameters")
+    return list(tools)
+
+
+def _message_text(fields: _Fields) -> str:
+    parts = fields.array("content", MAX_CONTENT_PARTS) or []
+    texts = [
+        _Fields(part, f"item.content[{index}]").string("text", MAX_ITEM_CHARS)
+        for index, part in enumerate(parts)
+    ]
+    text = " ".join(t for t in texts if t).strip()
+    if len(text) > MAX_ITEM_CHARS:
+        raise ClientError(
+            f"The message's text is {len(text)} characters long; the limit is {MAX_ITEM_CHARS}.",
+            param="item.content",
+        )
+    return text

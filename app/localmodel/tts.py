@@ -328,6 +328,8 @@ class PiperVoice:
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+            # The arena keeps the peak of concurrent syntheses for good: without it memory comes back.
+            options.enable_cpu_mem_arena = False
             # piper.PiperVoice.load offers no session options, so the engine is built from its parts.
             self.engine: Any = _PiperEngine(
                 config=PiperConfig.from_dict(json.loads(config.read_text(encoding="utf-8"))),

@@ -2,10 +2,13 @@
 
 What the dialog shows is the effective value of each setting (:func:`app.config.load_settings`).
 Pressing Save checks every field with the same checks the settings files get
-(:func:`app.config.validate_setting`) plus the rules that span fields (a custom backend needs a URL,
-Azure needs a resource and a deployment, the cloud backends need an API key); nothing is written
-until all of them pass. Then only the values the user changed are written, one atomic
-:func:`app.config.save_user_setting` each, and :attr:`SettingsDialog.settings_saved` fires.
+(:func:`app.config.validate_setting`) plus the rules that span fields
+(:func:`app.settings_rules.cross_field_problems`: a custom backend needs a URL, Azure needs a
+resource and a deployment, the cloud backends need an API key; the launcher refuses with the same
+sentences); nothing is written until all of them pass. Then only the values the user changed are
+written, one atomic :func:`app.config.save_user_setting` each, and
+:attr:`SettingsDialog.settings_saved` fires. The choice boxes list the schema's choices with their
+labels (:attr:`app.config.Setting.choices`).
 
 Keys the site policy locks are shown disabled with a note and are never written; values that the
 environment or the command line override are shown with a note saying so. The API key goes only to
@@ -55,6 +58,7 @@ from app.config import (
     validate_setting,
 )
 from app.realtime.endpoint import API_KEY_ENV
+from app.settings_rules import API_KEY_FIELD, cross_field_problems
 from app.ui.level_meter import FLOOR_DBFS, LevelMeter
 
 __all__ = ["API_KEY_FIELD", "LOCKED_NOTE", "SYSTEM_DEFAULT_LABEL", "FieldRow", "SettingsDialog"]
@@ -63,29 +67,6 @@ SYSTEM_DEFAULT_LABEL: Final = "(system default)"
 NOT_CONNECTED_SUFFIX: Final = " (not connected)"
 LOCKED_NOTE: Final = "Set by your IT administrator"
 LEVEL_REFRESH_MS: Final = 50  # 20 Hz: smooth to the eye, cheap for the GUI thread
-API_KEY_FIELD: Final = "api_key"  # not a setting: the name the API key's errors are filed under
-
-BACKENDS: Final = (
-    ("embedded", "Embedded (offline)"),
-    ("openai", "OpenAI"),
-    ("azure", "Azure OpenAI"),
-    ("custom", "Custom URL"),
-)
-TURN_DETECTION: Final = (
-    ("server_vad", "Pause-based (server VAD)"),
-    ("semantic_vad", "Meaning-based (semantic VAD)"),
-)
-EAGERNESS: Final = (
-    ("auto", "Automatic"),
-    ("low", "Low: lets you finish"),
-    ("medium", "Medium"),
-    ("high", "High: answers quickly"),
-)
-SENSITIVITY: Final = (
-    ("low", "Low: only clear speech interrupts"),
-    ("medium", "Medium"),
-    ("high", "High: any speech interrupts"),
-)
 VOICES: Final = ("alloy", "ash", "ballad", "cedar", "coral", "echo", "marin", "sage", "shimmer", "verse")
 
 # The backends that use each connection field; a field not listed here is used by all of them.
@@ -96,8 +77,6 @@ _USED_BY: Final[Mapping[str, frozenset[str]]] = {
     "endpoint.url": frozenset({"custom"}),
     API_KEY_FIELD: frozenset({"openai", "azure", "custom"}),
 }
-_NEEDS_KEY: Final = frozenset({"openai", "azure"})
-_BACKEND_NAMES: Final = dict(BACKENDS)
 
 # Red reads as "wrong" on light and dark themes alike; every other colour comes from the palette.
 _INVALID_STYLE: Final = '*[invalid="true"] { border: 2px solid #d32f2f; border-radius: 3px; }'
@@ -121,9 +100,10 @@ class FieldRow:
     initial: object = None
 
 
-def _combo(choices: Sequence[tuple[str, str]], parent: QWidget) -> QComboBox:
+def _combo(key: str, parent: QWidget) -> QComboBox:
+    """A box of the setting's choices, each shown by its label and holding its value."""
     combo = QComboBox(parent)
-    for value, text in choices:
+    for value, text in SETTINGS[key].choices:
         combo.addItem(text, value)
     return combo
 
@@ -350,7 +330,7 @@ class SettingsDialog(QDialog):
         form = QFormLayout(page)
         s = self._settings
 
-        self.backend_combo = _combo(BACKENDS, page)
+        self.backend_combo = _combo("backend", page)
         _select(self.backend_combo, s.value("backend"))
         self._add_field(form, "backend", "&Backend:", self.backend_combo, lambda: _data(self.backend_combo))
 
@@ -425,7 +405,7 @@ class SettingsDialog(QDialog):
             form, "instructions", "&Instructions:", self.instructions_edit, self.instructions_edit.toPlainText
         )
 
-        self.turn_detection_combo = _combo(TURN_DETECTION, page)
+        self.turn_detection_combo = _combo("turn_detection", page)
         _select(self.turn_detection_combo, s.value("turn_detection"))
         self._add_field(
             form,
@@ -435,13 +415,13 @@ class SettingsDialog(QDialog):
             lambda: _data(self.turn_detection_combo),
         )
 
-        self.eagerness_combo = _combo(EAGERNESS, page)
+        self.eagerness_combo = _combo("eagerness", page)
         _select(self.eagerness_combo, s.value("eagerness"))
         self._add_field(
             form, "eagerness", "&Eagerness:", self.eagerness_combo, lambda: _data(self.eagerness_combo)
         )
 
-        self.sensitivity_combo = _combo(SENSITIVITY, page)
+        self.sensitivity_combo = _combo("barge_in.sensitivity", page)
         _select(self.sensitivity_combo, s.value("barge_in.sensitivity"))
         self._add_field(
             form,
@@ -708,33 +688,13 @@ class SettingsDialog(QDialog):
                 values[key] = validate_setting(key, field.read())
             except ConfigError as exc:
                 errors[key] = self._human(field, str(exc))
-
-        def empty(key: str) -> bool:
-            return key not in errors and not str(self._current(key)).strip()
-
-        backend = self._current("backend")
-        backend_name = _BACKEND_NAMES.get(str(backend), str(backend))
-        required: dict[str, str] = {}
-        if backend == "custom":
-            required["endpoint.url"] = "the server's ws:// or wss:// address"
-        elif backend == "azure":
-            required["endpoint.azure_resource"] = "the name of your Azure OpenAI resource"
-            required["endpoint.azure_deployment"] = "the name of the realtime model's deployment"
-        elif backend == "openai":
-            required["endpoint.model"] = "for example gpt-realtime"
-        for key, hint in required.items():
-            if empty(key):
-                errors[key] = (
-                    f"{self._fields[key].name}: must be filled in for the {backend_name} backend ({hint})"
-                )
-        if (
-            backend in _NEEDS_KEY
-            and not self.api_key_edit.text().strip()
-            and not secrets.status(self._environ).is_set
-        ):
-            errors[API_KEY_FIELD] = (
-                f"API key: the {backend_name} backend needs an API key and none is stored; type it here"
-            )
+        # What the dialog stands for: the checked fields, and the policy's value for a locked key.
+        current = {**values, **{key: self._settings.value(key) for key in self._settings.locks}}
+        key_present = bool(self.api_key_edit.text().strip()) or secrets.status(self._environ).is_set
+        for problem in cross_field_problems(current, api_key_present=key_present):
+            # A field already marked invalid keeps that message: it says more than "needs".
+            if problem.key in self._fields and problem.key not in errors:
+                errors[problem.key] = f"{self._fields[problem.key].name}: {problem.message}"
         return values, errors
 
     def _mark(self, field: FieldRow, message: str | None) -> None:
