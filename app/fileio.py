@@ -16,11 +16,13 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
 __all__ = [
     "STALE_TEMP_AGE_S",
+    "delete_files_where",
     "ensure_private_dir",
     "fsync_dir",
     "is_temp_name",
@@ -119,16 +121,16 @@ def write_atomically(path: Path, text: str | bytes, *, private: bool = False) ->
     fsync_dir(path.parent)  # make the rename itself durable
 
 
-def remove_stale_temp_files(
-    directory: Path, older_than_s: float = STALE_TEMP_AGE_S, now: float | None = None
+def delete_files_where(
+    directory: Path, candidate: Callable[[str], bool], expired: Callable[[str, float], bool]
 ) -> list[Path]:
-    """Delete the temporary files a crashed writer left in ``directory``, once ``older_than_s`` old.
+    """Delete the regular files of ``directory`` whose name is a ``candidate`` and which have
+    ``expired(name, mtime)``.
 
-    Younger ones may belong to a writer that is still running (this or another process) and are
-    left alone. Returns what was deleted; OSError when the folder cannot be read or a file cannot
-    be deleted (after trying the rest). A missing folder has nothing to clean.
+    Only candidates are looked at (a stat each), so a folder of thousands of tickets costs little.
+    Returns what was deleted; OSError when the folder cannot be read or a file cannot be deleted
+    (after trying the rest). A missing folder has nothing to delete.
     """
-    cutoff = (time.time() if now is None else now) - older_than_s
     try:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
@@ -136,12 +138,12 @@ def remove_stale_temp_files(
     deleted: list[Path] = []
     failure: OSError | None = None
     for entry in entries:
-        if not is_temp_name(entry.name):
+        if not candidate(entry.name):
             continue
         try:
             if not entry.is_file(follow_symlinks=False):
                 continue
-            if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+            if expired(entry.name, entry.stat(follow_symlinks=False).st_mtime):
                 os.unlink(entry.path)
                 deleted.append(Path(entry.path))
         except FileNotFoundError:
@@ -151,3 +153,15 @@ def remove_stale_temp_files(
     if failure is not None:
         raise failure
     return deleted
+
+
+def remove_stale_temp_files(
+    directory: Path, older_than_s: float = STALE_TEMP_AGE_S, now: float | None = None
+) -> list[Path]:
+    """Delete the temporary files a crashed writer left in ``directory``, once ``older_than_s`` old.
+
+    Younger ones may belong to a writer that is still running (this or another process) and are
+    left alone. Errors as :func:`delete_files_where`.
+    """
+    cutoff = (time.time() if now is None else now) - older_than_s
+    return delete_files_where(directory, is_temp_name, lambda name, mtime: mtime < cutoff)

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from app.fileio import STALE_TEMP_AGE_S, ensure_private_dir, is_temp_name
+from app.fileio import STALE_TEMP_AGE_S, delete_files_where, ensure_private_dir, is_temp_name
 from app.paths import default_data_dir
 from app.sealed_files import (
     DataKey,
@@ -78,33 +78,16 @@ def prune_transcripts(directory: Path, retention_days: int, now: datetime | None
     trying the rest).
     """
     moment = now or datetime.now()
-    cutoff = moment - timedelta(days=retention_days)
-    temp_cutoff = moment - timedelta(seconds=STALE_TEMP_AGE_S)
-    try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
-        return []
-    deleted: list[Path] = []
-    failure: OSError | None = None
-    for entry in entries:
-        temporary = is_temp_name(entry.name)
-        if not temporary and not entry.name.endswith(SUFFIX):
-            continue
-        try:
-            if not entry.is_file(follow_symlinks=False):
-                continue
-            written = datetime.fromtimestamp(entry.stat(follow_symlinks=False).st_mtime)
-            expired = (written < temp_cutoff) if temporary else (retention_days == 0 or written < cutoff)
-            if expired:
-                os.unlink(entry.path)
-                deleted.append(Path(entry.path))
-        except FileNotFoundError:
-            continue  # gone already (another instance pruned it)
-        except OSError as exc:
-            failure = failure or exc
-    if failure is not None:
-        raise failure
-    return deleted
+    # Naive local times on both sides, as the files' times are read: a day is a calendar day.
+    cutoff = (moment - timedelta(days=retention_days)).timestamp()
+    temp_cutoff = (moment - timedelta(seconds=STALE_TEMP_AGE_S)).timestamp()
+
+    def expired(name: str, written: float) -> bool:
+        if is_temp_name(name):
+            return written < temp_cutoff
+        return retention_days == 0 or written < cutoff
+
+    return delete_files_where(directory, lambda name: is_temp_name(name) or name.endswith(SUFFIX), expired)
 
 
 def _saved_transcripts(directory: Path) -> list[Path]:
