@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from typing import IO
+from urllib.parse import urlsplit
 
 from app.core.actions import Notice
 from app.localmodel.server import new_token
@@ -61,9 +62,7 @@ class EmbeddedServerProcess:
 
     @property
     def port(self) -> int | None:
-        if self.url is None:
-            return None
-        return int(self.url.rsplit(":", 1)[1].split("/", 1)[0])
+        return None if self.url is None else urlsplit(self.url).port
 
     def wait(self, timeout: float | None = None) -> int | None:
         """The child's exit code once it has exited (None: still running after ``timeout``)."""
