@@ -59,7 +59,7 @@ def _assert_step(reply: Reply, article_id: str, number: int) -> None:
 
 def _assert_valid_ticket(call: ToolCall | None) -> ToolCall:
     assert call is not None
-    assert call.name == "create_ticket" and re.fullmatch(r"call_\d+", call.call_id)
+    assert call.name == "create_ticket" and re.fullmatch(r"call_[0-9a-f]{12}_\d+", call.call_id)
     assert validate_arguments(call.arguments, CREATE_TICKET_PARAMETERS) == []
     assert call.arguments["category"] in CATEGORIES and call.arguments["urgency"] in URGENCIES
     assert len(call.arguments["summary"]) <= 200
@@ -552,6 +552,7 @@ def _dialog_state(brain: HelpdeskBrain) -> dict[str, Any]:
 def _fork(brain: HelpdeskBrain, retriever: ArticleRetriever) -> HelpdeskBrain:
     twin = HelpdeskBrain(retriever, can_create_tickets=True)
     twin._restore(brain._snapshot())
+    twin._call_prefix = brain._call_prefix  # the same session's brain, not a new one
     assert _dialog_state(twin) == _dialog_state(brain)  # the snapshot misses nothing
     return twin
 
@@ -621,10 +622,22 @@ def test_preview_does_not_use_up_a_call_id(brain: HelpdeskBrain) -> None:
     assert brain.preview("create a ticket") == previewed and brain.state == "walkthrough"
     replied = brain.reply("create a ticket")
     assert replied == previewed and replied.tool_call is not None
-    assert replied.tool_call.call_id == "call_1" and brain.state == "ticket_pending"
-    brain.tool_result("call_1", {"ticket_id": "HD-7"})
+    first = replied.tool_call.call_id
+    assert first.startswith("call_") and first.endswith("_1") and brain.state == "ticket_pending"
+    brain.tool_result(first, {"ticket_id": "HD-7"})
     second = brain.reply("log another ticket, the kitchen tv is broken").tool_call
-    assert second is not None and second.call_id == "call_2"
+    assert second is not None and second.call_id == first.removesuffix("_1") + "_2"
+
+
+def test_a_new_brain_never_gives_out_an_earlier_brains_call_id(retriever: ArticleRetriever) -> None:
+    """A restarted server's session must not reuse the ids of the calls a client replays into it."""
+    ids = set()
+    for _ in range(3):
+        brain = HelpdeskBrain(retriever, can_create_tickets=True)
+        call = brain.reply("please open a ticket, the kitchen tv is broken").tool_call
+        assert call is not None
+        ids.add(call.call_id)
+    assert len(ids) == 3
 
 
 def test_preview_then_a_different_reply(brain: HelpdeskBrain) -> None:

@@ -545,6 +545,88 @@ def test_barge_in_during_reconnect_is_local_only_and_the_replay_has_the_cut_text
     assert assistant and assistant[0].endswith("...") and len(assistant[0]) < len(ANSWER)
 
 
+def _say(h: Harness, frames: int, start: float) -> bytes:
+    """The user talks for ``frames`` 20 ms frames, as the local detector hears it; returns the audio."""
+    h.run(h.conv.local_speech("speech_start", start, h.now))
+    audio = b""
+    for n in range(frames):
+        pcm = bytes([n % 251 + 1, 0]) * 480
+        audio += pcm
+        h.run(h.conv.mic_frame(MicFrame(pcm, start + n * 0.02)))
+    h.run(h.conv.local_speech("speech_end", start + frames * 0.02, h.now))
+    return audio
+
+
+def _appended(actions: list[Action]) -> bytes:
+    return b"".join(base64.b64decode(e["audio"]) for e in sent(actions, "input_audio_buffer.append"))
+
+
+def test_what_the_user_says_while_disconnected_is_passed_on_after_the_reconnect(h: Harness) -> None:
+    h.run(h.conv.disconnected("dropped", True, h.now))
+    spoken = _say(h, 50, start=h.now)
+    actions = h.run(h.conv.connected_to_server(True, h.now))
+    types = [e["type"] for e in sent(actions)]
+    assert types[0] == "session.update" and types[-1] == "input_audio_buffer.append"
+    assert spoken in _appended(actions)
+    # The server's turn detection answers the words: asking as well would answer twice.
+    assert "response.create" not in types
+    assert any("meanwhile" in n.message for n in of(actions, Notice))
+    # Said once: the next reconnect has nothing new to pass on.
+    h.run(h.conv.disconnected("dropped", True, h.now))
+    assert not sent(h.run(h.conv.connected_to_server(True, h.now)), "input_audio_buffer.append")
+
+
+def test_a_request_the_drop_took_before_its_transcript_is_said_again(h: Harness) -> None:
+    spoken = _say(h, 40, start=h.now)
+    h.user_turn("item_u1")  # committed by the server, which dies before transcribing it
+    h.feed(s.response_created("resp_1"))
+    h.run(h.conv.disconnected("dropped", True, h.now))
+    actions = h.run(h.conv.connected_to_server(True, h.now))
+    assert spoken in _appended(actions)
+    assert not sent(actions, "response.create")
+
+
+def test_a_request_the_server_transcribed_is_not_said_again(h: Harness) -> None:
+    _say(h, 40, start=h.now)
+    h.user_turn("item_u1")
+    h.feed(s.user_transcript("item_u1", "my vpn keeps dropping"), s.response_created("resp_1"))
+    h.run(h.conv.mic_frame(MicFrame(b"\x00\x00" * 480, h.now)))  # silence after it
+    h.run(h.conv.disconnected("dropped", True, h.now))
+    actions = h.run(h.conv.connected_to_server(True, h.now))
+    assert not sent(actions, "input_audio_buffer.append")
+    replayed = [e["item"]["content"][0]["text"] for e in sent(actions, "conversation.item.create")]
+    assert replayed == ["my vpn keeps dropping"]
+    assert sent(actions)[-1]["type"] == "response.create"  # the lost answer, asked for from the text
+
+
+def test_an_answered_request_is_not_said_again(h: Harness) -> None:
+    _say(h, 40, start=h.now)
+    h.user_turn("item_u1")  # no transcription on this server
+    h.feed(*s.spoken_answer("resp_1", "item_a1", ANSWER, audio_ms=1000))
+    h.run(h.conv.disconnected("dropped", True, h.now))
+    assert not sent(h.run(h.conv.connected_to_server(True, h.now)), "input_audio_buffer.append")
+
+
+def test_echo_is_passed_on_as_the_silence_the_server_heard() -> None:
+    h = Harness()
+    h.connect()
+    h.run(h.conv.disconnected("dropped", True, h.now))
+    echo = MicFrame(b"\x7f\x7f" * 480, h.now, hearing="echo")
+    h.run(h.conv.mic_frame(echo))
+    _say(h, 10, start=h.now + 0.02)
+    resent = _appended(h.run(h.conv.connected_to_server(True, h.now)))
+    assert resent.startswith(bytes(960)) and b"\x7f\x7f" not in resent
+
+
+def test_push_to_talk_passes_nothing_on_after_a_reconnect() -> None:
+    h = Harness(push_to_talk=True)
+    h.connect()
+    h.run(h.conv.disconnected("dropped", True, h.now))
+    h.conv.ptt_pressed = True
+    _say(h, 20, start=h.now)
+    assert not sent(h.run(h.conv.connected_to_server(True, h.now)), "input_audio_buffer.append")
+
+
 def test_tool_finishing_while_disconnected_is_sent_after_reconnect(h: Harness) -> None:
     h.user_turn()
     h.feed(s.user_transcript("item_u1", "new laptop please"))

@@ -48,6 +48,7 @@ from app.core.actions import (
 from app.core.hearing import MicFrame
 from app.core.metrics import TurnMetrics
 from app.core.safe_text import one_line
+from app.core.unheard import UnheardSpeech
 
 LocalSpeechKind = Literal["speech_start", "speech_end", "barge_in"]
 
@@ -199,6 +200,7 @@ class Conversation:
         self._interruption: _Interruption | None = None
         self._local_in_speech = False  # the local detector's last word: the user is talking
         self._recent: deque[MicFrame] = deque(maxlen=_RECENT_FRAMES)  # silenced echo frames
+        self._unheard = UnheardSpeech()  # said again to a new session after a reconnect
 
     # ------------------------------------------------------------------------------------------
     # User commands
@@ -276,18 +278,23 @@ class Conversation:
         verdict, the user's audio is held: a cough must not reach the server, where it would
         become a turn (and, with ``interrupt_response``, cancel the answer we may resume).
         """
-        if not self.connected or self.muted:
+        if self.muted:
             return []
         if self.settings.push_to_talk:
-            return [Send(p.input_audio_buffer_append(frame.pcm16))] if self.ptt_pressed else []
-        if self._interruption is not None:
+            talking = self.connected and self.ptt_pressed
+            return [Send(p.input_audio_buffer_append(frame.pcm16))] if talking else []
+        if self._interruption is not None and self.connected:
             self._interruption.held.append(frame)
             return []
         if frame.hearing == "echo":
             self._recent.append(frame)
-            return [Send(p.input_audio_buffer_append(bytes(len(frame.pcm16))))]
-        self._recent.clear()
-        return [Send(p.input_audio_buffer_append(frame.pcm16))]
+            heard = bytes(len(frame.pcm16))
+        else:
+            self._recent.clear()
+            heard = frame.pcm16
+        # Kept while disconnected too: what the user says then is said again after the reconnect.
+        self._unheard.add(heard, speech=frame.hearing != "echo" and self._local_in_speech)
+        return [Send(p.input_audio_buffer_append(heard))] if self.connected else []
 
     def local_speech(self, kind: LocalSpeechKind, at: float, now: float) -> list[Action]:
         """A local detector event; ``at`` is the capture time of the speech it is about."""
@@ -347,6 +354,8 @@ class Conversation:
             actions += self._set_state(State.USER_SPEAKING)
         if self.connected and not self.muted:
             actions += [Send(p.input_audio_buffer_append(f.pcm16)) for f in interruption.held]
+            for held in interruption.held:
+                self._unheard.add(held.pcm16, speech=True)
         return actions
 
     def _resume(self, now: float) -> list[Action]:
@@ -430,11 +439,20 @@ class Conversation:
     def connected_to_server(self, reconnected: bool, now: float) -> list[Action]:
         self.connected = True
         actions: list[Action] = [Send(p.session_update(self._session_config()))]
-        if reconnected:
+        if not reconnected:
+            self._unheard.take()  # what was said before the first connection was said to nobody
+        else:
             actions += self._replay()
             for turn in self._turns:
                 if not turn.completed:
                     turn.metrics.reconnects += 1
+            unheard = self._unheard.take() if self._server_takes_turns() else []
+            if unheard:
+                # The server's turn detection hears the request again and answers it: no
+                # response.create as well, or it would answer twice.
+                actions += [Send(p.input_audio_buffer_append(chunk)) for chunk in _chunks(unheard)]
+                actions.append(Notice("info", "Reconnected; passing on what you said meanwhile."))
+                return actions + self._set_state(State.THINKING)
             if self._pending_reply or self._outputs_awaiting_follow_up():
                 actions.append(Send(p.response_create()))
                 self._pending_reply = True
@@ -445,6 +463,11 @@ class Conversation:
                 return actions + self._set_state(State.THINKING)
             actions.append(Notice("info", "Reconnected."))
         return actions + self._set_state(State.LISTENING)
+
+    def _server_takes_turns(self) -> bool:
+        """The server's turn detection answers speech it hears by itself (not push-to-talk)."""
+        detection = self._session_config().turn_detection
+        return not self.settings.push_to_talk and detection is not None and detection.create_response
 
     def disconnected(
         self, message: str, retrying: bool, now: float, needs_user: bool | None = None
@@ -560,6 +583,7 @@ class Conversation:
             turn.user_item_id = event.item_id
         if not any(e.kind == "user" and e.key == event.item_id for e in self._history):
             self._history.append(_HistoryEntry("user", event.item_id))
+        self._unheard.committed()
         return []
 
     def _on_user_delta(self, event: p.InputAudioTranscriptionDelta, now: float) -> list[Action]:
@@ -568,6 +592,7 @@ class Conversation:
     def _on_user_transcript(self, event: p.InputAudioTranscriptionCompleted, now: float) -> list[Action]:
         text = event.transcript.strip()
         self._set_history_text(event.item_id, text, kind="user")
+        self._unheard.confirmed()
         for turn in reversed(self._turns):
             if turn.user_item_id == event.item_id:
                 turn.user_text = text
@@ -662,6 +687,7 @@ class Conversation:
     def _on_response_done(self, event: p.ResponseDone, now: float) -> list[Action]:
         response = self._response(event.response_id)
         response.done = True
+        self._unheard.confirmed()  # answered (or cancelled for newer speech, which is not yet committed)
         if self._active_response == event.response_id:
             self._active_response = None
         actions: list[Action] = []
@@ -896,6 +922,20 @@ class Conversation:
                 # An output without its call would be rejected by the server.
                 actions.append(Send(p.conversation_item_create_function_call_output(entry.key, entry.text)))
         return actions
+
+
+def _chunks(frames: list[bytes], size: int = 24000) -> list[bytes]:
+    """Frames joined into appends of about half a second (``size`` bytes of 24 kHz PCM16)."""
+    chunks: list[bytes] = []
+    current = bytearray()
+    for frame in frames:
+        current += frame
+        if len(current) >= size:
+            chunks.append(bytes(current))
+            current.clear()
+    if current:
+        chunks.append(bytes(current))
+    return chunks
 
 
 def _cut_transcript(text: str, heard_ms: float | None, audio_ms: float, audio_complete: bool) -> str:

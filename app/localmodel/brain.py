@@ -29,6 +29,7 @@ utterances, so "it won't stop disconnecting" is a problem description, not a com
 from __future__ import annotations
 
 import re
+import secrets
 import threading
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
@@ -428,6 +429,9 @@ class HelpdeskBrain:
         self._candidates: list[Article] = []
         self._pending_call: str | None = None
         self._calls = 0
+        # Call ids unique across sessions: a client replays the calls of a session that died into
+        # the next one, and an id the new session gives out again would look already answered.
+        self._call_prefix = f"call_{secrets.token_hex(6)}"
         self._last = Reply(GREETING)
         # Not dialog state: retrieval results by query (the retriever is deterministic), and the lock.
         self._assessments: dict[str, Assessment] = {}
@@ -985,7 +989,7 @@ class HelpdeskBrain:
         description = _clip(" ".join(lines) or "The user asked for a ticket.", DESCRIPTION_MAX)
         self._calls += 1
         call = ToolCall(
-            call_id=f"call_{self._calls}",
+            call_id=f"{self._call_prefix}_{self._calls}",
             name="create_ticket",
             arguments={
                 "summary": summary,
