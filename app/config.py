@@ -514,8 +514,6 @@ def _read_policy(path: Path) -> _Layer:
     # An admin's typo must not undo the other settings or any lock: a bad value is skipped alone.
     _take_values(flat, label, layer)
     unknown_locks = sorted(key for key in locked_list if key not in SETTINGS)
-    if unknown_locks:
-        layer.problems.append(f"{label}: cannot lock unknown settings: {', '.join(unknown_locks)}")
     layer.locked = {key: path for key in locked_list if key in SETTINGS}
     for key in sorted(layer.locked.keys() & layer.invalid):
         # The admin meant to pin this key but wrote a value that cannot be used: fail closed.
@@ -524,6 +522,9 @@ def _read_policy(path: Path) -> _Layer:
         layer.problems.append(f"{label}: {key} stays locked, to its safest value {_display(key, safest)}")
     if bad_locks:
         return _fail_closed(layer, path, f"{label}: 'locked' must be a list of setting names or a table")
+    if unknown_locks:
+        # A misspelt lock may be the one that mattered, and which one cannot be known: fail closed.
+        return _fail_closed(layer, path, f"{label}: cannot lock unknown settings: {', '.join(unknown_locks)}")
     return layer
 
 

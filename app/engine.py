@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from app.audio.bargein import DetectorSettings
+from app.audio.capture_route import RouteWatcher, route_notice
 from app.audio.devices import AudioDevice
 from app.audio.earcon import load_earcon
 from app.audio.pipeline import AudioPipeline, AudioSettings
@@ -111,6 +112,7 @@ class Engine:
         self._failures_in_a_row = 0
         self._device_checked_at = 0.0
         self._lost_since: dict[str, float] = {}  # "microphone"/"speaker" -> lost or last retried at
+        self._route = RouteWatcher()  # a microphone the sound server silently replaced
         self.final_problem: ConnectionProblem | None = None
 
     # ------------------------------------------------------------------------------------------
@@ -119,6 +121,7 @@ class Engine:
     def start(self, timeout: float = 10.0) -> None:
         """Open the audio devices and start connecting; raises if the audio cannot start."""
         self.audio.start()
+        self._route.start()
         self._thread = threading.Thread(target=self._thread_main, name="helpdesk-engine", daemon=True)
         self._thread.start()
         if not self._started.wait(timeout):
@@ -131,6 +134,7 @@ class Engine:
             with contextlib.suppress(RuntimeError):
                 asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
         self._stopped.wait(timeout)
+        self._route.stop()
         self.audio.close()
         if self._thread is not None:
             self._thread.join(max(0.0, timeout / 2))
@@ -286,6 +290,13 @@ class Engine:
                     stream.reopen()
                 except Exception as exc:
                     log.info("the %s is still unavailable: %s", role, exc)
+                else:
+                    if role == "microphone":
+                        self._route.rebaseline()
+        while self._route.changes:
+            change = self._route.changes.popleft()
+            log.warning("the microphone's recording moved: %s", change)
+            self.listener.on_notice(route_notice(change, self.audio.capture.device.name))
 
     async def _maybe_rollover(self, now: float) -> None:
         transport = self._transport

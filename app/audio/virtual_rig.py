@@ -43,6 +43,7 @@ class VirtualAudioRig:
     _own_workdir: bool = field(default=False, init=False, repr=False)
     _saved_env: dict[str, str | None] = field(default_factory=dict, init=False, repr=False)
     _loopback_module: int | None = field(default=None, init=False, repr=False)
+    _mic_module: int | None = field(default=None, init=False, repr=False)
 
     @property
     def mic(self) -> str:
@@ -147,16 +148,27 @@ class VirtualAudioRig:
                 "channels=1",
                 f"sink_properties=device.description={sink}",
             )
-        self._pactl(
+        self.plug_mic()
+        for key, value in self.env.items():
+            self._saved_env.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+
+    def plug_mic(self) -> None:
+        """The virtual microphone appears (at start, or again after :meth:`unplug_mic`)."""
+        out = self._pactl(
             "load-module",
             "module-remap-source",
             f"source_name={self.mic}",
             f"master={self.mic_feed}.monitor",
             f"source_properties=device.description={self.mic}",
         )
-        for key, value in self.env.items():
-            self._saved_env.setdefault(key, os.environ.get(key))
-            os.environ[key] = value
+        self._mic_module = int(out.stdout.strip())
+
+    def unplug_mic(self) -> None:
+        """The virtual microphone disappears, as an unplugged USB headset does."""
+        if self._mic_module is not None:
+            self._pactl("unload-module", str(self._mic_module))
+            self._mic_module = None
 
     def set_echo(self, enabled: bool, latency_ms: int = 20, gain_db: float = 0.0) -> None:
         """Route what the speaker plays back into the microphone, like laptop speakers do.
