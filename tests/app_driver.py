@@ -8,8 +8,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from app.audio.devices import find_device
 from app.audio.probe import SignalPlayer, TimedRecorder
@@ -79,3 +81,26 @@ def speak(rig: VirtualAudioRig, signal: FloatArray) -> None:
 def loud_since(recorder: TimedRecorder, since: float, threshold: float = 0.02) -> FloatArray:
     times, samples = recorder.timeline()
     return times[(times >= since) & (np.abs(samples) > threshold)]
+
+
+def children(pid: int) -> list[int]:
+    """Every child of ``pid``: /proc lists them per thread, and a restart comes from a watcher thread."""
+    tasks = Path(f"/proc/{pid}/task")
+    if not (tasks / str(pid) / "children").exists():
+        pytest.skip("needs /proc to find child processes")
+    children: list[int] = []
+    for task in tasks.iterdir():
+        try:
+            children += [int(p) for p in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue  # a thread that ended meanwhile
+    return children
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")

@@ -14,7 +14,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,48 @@ FRAME_MS = 20
 SPEECH_RMS = 0.01
 START_FRAMES = 3
 STOP_FRAMES = 25  # 500 ms of silence ends the user's turn
+
+
+class ServerThread:
+    """A WebSocket server on its own event loop in a daemon thread, for the app to connect to."""
+
+    def __init__(self, make: Callable[[], Awaitable[Server]]) -> None:
+        self._make = make
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._server: Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, what: str) -> int:
+        """Starts the server; returns its port."""
+        ready = threading.Event()
+        port = 0
+
+        def main() -> None:
+            nonlocal port
+            loop = asyncio.new_event_loop()
+            self.loop = loop
+
+            async def run() -> None:
+                nonlocal port
+                self._server = await self._make()
+                port = self._server.sockets[0].getsockname()[1]
+                ready.set()
+                await self._server.wait_closed()
+
+            loop.run_until_complete(run())
+            loop.close()
+
+        self._thread = threading.Thread(target=main, daemon=True)
+        self._thread.start()
+        if not ready.wait(5):
+            raise RuntimeError(f"{what} did not start")
+        return port
+
+    def stop(self) -> None:
+        if self.loop is not None and self._server is not None:
+            self.loop.call_soon_threadsafe(self._server.close)
+        if self._thread is not None:
+            self._thread.join(5)
 
 
 @dataclass
@@ -61,41 +103,26 @@ class ScriptedPeer:
     # Events sent right after session.created on every connection (a refusal, a server's error).
     after_connect: list[dict[str, Any]] = field(default_factory=list)
     close_codes: list[int | None] = field(default_factory=list)  # how each connection ended
-    _server: Server | None = None
+    # The next N user turns kill the connection the moment the speech ends (committed, never
+    # transcribed or answered), as a server that dies mid-turn does.
+    die_when_speech_ends: int = 0
+    turns_heard: dict[int, int] = field(default_factory=dict)  # connection number -> user turns
+    _running: ServerThread | None = None
     _loop: asyncio.AbstractEventLoop | None = None
-    _thread: threading.Thread | None = None
     _answer_index: int = 0
     _current: _Session | None = None
     url: str = ""
 
     def __enter__(self) -> ScriptedPeer:
-        ready = threading.Event()
-
-        def main() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-
-            async def run() -> None:
-                self._server = await serve(self._handle, "127.0.0.1", 0, max_size=2**24)
-                port = self._server.sockets[0].getsockname()[1]
-                self.url = f"ws://127.0.0.1:{port}/v1/realtime?model=scripted"
-                ready.set()
-                await self._server.wait_closed()
-
-            loop.run_until_complete(run())
-            loop.close()
-
-        self._thread = threading.Thread(target=main, daemon=True)
-        self._thread.start()
-        if not ready.wait(5):
-            raise RuntimeError("scripted peer did not start")
+        self._running = ServerThread(lambda: serve(self._handle, "127.0.0.1", 0, max_size=2**24))
+        port = self._running.start("scripted peer")
+        self._loop = self._running.loop
+        self.url = f"ws://127.0.0.1:{port}/v1/realtime?model=scripted"
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._server is not None:
-            self._loop.call_soon_threadsafe(self._server.close)
-        if self._thread is not None:
-            self._thread.join(5)
+        if self._running is not None:
+            self._running.stop()
 
     def types(self) -> list[str]:
         return [e.get("type", "?") for e in list(self.received)]
@@ -185,6 +212,13 @@ class ScriptedPeer:
             elif session.in_speech and session.quiet >= STOP_FRAMES:
                 session.in_speech = False
                 session.user_turns += 1
+                self.turns_heard[self.connections] = session.user_turns
+                if self.die_when_speech_ends > 0:
+                    self.die_when_speech_ends -= 1
+                    await self._send(session, s.speech_stopped(item))
+                    await self._send(session, s.committed(item))
+                    session.ws.transport.abort()
+                    return
                 line = self.user_lines[(session.user_turns - 1) % len(self.user_lines)]
                 for event in (s.speech_stopped(item), s.committed(item), s.user_transcript(item, line)):
                     await self._send(session, event)

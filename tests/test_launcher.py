@@ -1,4 +1,7 @@
-"""The embedded server as the app's child process: progress, readiness, token, no orphans."""
+"""The embedded server as the app's child process: progress, readiness, token, the serve command.
+
+Its crash and the app's are fault rows R1 and R2: tests/faults/test_process_faults.py.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +11,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from app.audio.virtual_rig import VirtualAudioRig
 from app.localmodel.launcher import EmbeddedServerProcess
-from tests.app_driver import HeadlessApp
-
-
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    if not path.exists():
-        pytest.skip("needs /proc to find child processes")
-    return [int(p) for p in path.read_text().split()]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+from tests.app_driver import alive
 
 
 def test_server_process_reports_progress_and_refuses_strangers() -> None:
@@ -61,7 +45,7 @@ def test_server_process_reports_progress_and_refuses_strangers() -> None:
         pid = server.pid
     finally:
         server.stop()
-    assert pid is not None and not _alive(pid)
+    assert pid is not None and not alive(pid)
 
 
 def test_the_server_outlives_the_thread_that_started_it() -> None:
@@ -75,7 +59,7 @@ def test_the_server_outlives_the_thread_that_started_it() -> None:
     try:
         assert server.pid is not None
         time.sleep(1.0)
-        assert _alive(server.pid), "the server died with the thread that started it"
+        assert alive(server.pid), "the server died with the thread that started it"
 
         async def session_created() -> str:
             async with connect(server.endpoint.url, additional_headers=server.endpoint.headers) as ws:
@@ -84,69 +68,6 @@ def test_the_server_outlives_the_thread_that_started_it() -> None:
         assert '"session.created"' in asyncio.run(session_created())
     finally:
         server.stop()
-
-
-def test_a_dead_server_comes_back_on_the_same_address() -> None:
-    """The offline assistant is the default backend: a crash of its process must not end the app."""
-    import threading
-
-    from app.core.actions import Notice
-    from app.localmodel.launcher import ServerSupervisor
-    from app.realtime.transport import BackoffPolicy
-
-    notices: list[Notice] = []
-    came_back = threading.Event()
-
-    def notify(notice: Notice) -> None:
-        notices.append(notice)
-        if notice.level == "info":
-            came_back.set()
-
-    supervisor = ServerSupervisor(EmbeddedServerProcess(), notify, BackoffPolicy(initial=0.1, maximum=1.0))
-    endpoint = supervisor.start()
-    try:
-        first = supervisor.server.pid
-        assert first is not None
-        os.kill(first, signal.SIGKILL)
-        assert came_back.wait(120), f"the server did not come back: {notices}"
-        second = supervisor.server.pid
-        assert second is not None and second != first and _alive(second)
-        assert supervisor.restarts == 1
-        assert [n.level for n in notices] == ["warning", "info"]
-        assert "stopped unexpectedly" in notices[0].message
-
-        async def session_created() -> str:
-            # The address and the token the app already holds still work.
-            async with connect(endpoint.url, additional_headers=endpoint.headers) as ws:
-                return str(await ws.recv())
-
-        assert '"session.created"' in asyncio.run(session_created())
-    finally:
-        supervisor.stop()
-    assert not _alive(second)
-    time.sleep(1.0)
-    assert supervisor.restarts == 1  # a stop is not a crash: nothing is restarted
-
-
-@pytest.mark.devices
-def test_killing_the_app_takes_the_server_with_it(virtual_audio: VirtualAudioRig, tmp_path: Path) -> None:
-    app = HeadlessApp(
-        ["--input-device", virtual_audio.mic, "--output-device", virtual_audio.speaker],
-        env={"HELPDESK_VOICE_DATA_DIR": str(tmp_path)},
-    )
-    try:
-        app.wait_for(lambda line: line.startswith("listening on"), 120)
-        assert any("loading speech recognition" in line for line in app.errors), app.errors
-        servers = _children(app.process.pid)
-        assert servers, "the app started no child process"
-        app.process.send_signal(signal.SIGKILL)  # no chance to clean up
-        app.process.wait(5)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(_alive(pid) for pid in servers):
-            time.sleep(0.05)
-        assert not any(_alive(pid) for pid in servers), "the embedded server outlived the app"
-    finally:
-        app.stop()
 
 
 def test_serve_command_prints_its_url_and_token() -> None:
@@ -159,7 +80,7 @@ def test_serve_command_prints_its_url_and_token() -> None:
     )
     try:
         assert process.stdout is not None
-        lines = []
+        lines: list[str] = []
         while not lines or lines[-1] != "ready":
             line = process.stdout.readline()
             assert line, f"serve ended early: {lines}"

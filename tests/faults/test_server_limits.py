@@ -2,7 +2,7 @@
 
 A real server on loopback and real WebSocket clients (``websockets``, the ``openai`` SDK); light
 stand-ins for the models (tests/fake_components.py), since every fault here is about the protocol
-or the limits. The memory checks with the real models are in tests/test_server_memory.py.
+or the limits. The memory checks with the real models are in tests/faults/test_server_memory.py.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from app.localmodel.server import EmbeddedServer, ServerLimits, ServerSetupError
 from tests.fake_components import fake_components
 from tests.test_embedded_server import Client, silence, speechlike
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SECOND = 24000 * 2  # bytes of 24 kHz PCM16
 
 
@@ -203,6 +203,9 @@ MALFORMED: list[tuple[str, Any, str, str | None]] = [
         "invalid_json",
         None,
     ),
+    ("not JSON at all", "hello server", "invalid_json", None),
+    ("an array instead of an event", "[1, 2]", "invalid_event", None),
+    ("an unknown event type", {"type": "session.explode"}, "unsupported_event", "type"),
     ("JSON nested 100,000 deep", "[" * 100_000 + "]" * 100_000, "invalid_json", None),
     (
         "a tool schema nested 80 deep",
@@ -240,6 +243,7 @@ MALFORMED: list[tuple[str, Any, str, str | None]] = [
 ]
 
 
+@pytest.mark.fault("E5", "E6", "E7")
 @pytest.mark.parametrize(
     ("frame", "code", "param"), [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED]
 )
@@ -254,6 +258,7 @@ async def test_bad_input_gets_an_error_naming_the_field_and_the_session_carries_
     await peer.still_works()
 
 
+@pytest.mark.fault("E6")
 async def test_a_refused_update_changes_nothing(peer: Peer) -> None:
     await peer.send(
         _update(
@@ -301,6 +306,49 @@ async def test_what_real_clients_send_is_accepted(peer: Peer) -> None:
     assert [t["name"] for t in session["tools"]] == ["create_ticket"]
 
 
+@pytest.mark.fault("E1")
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer ", "Bearer wrong", "Basic c2VjcmV0", "bearer {token}x", "Bearer {short}"],
+    ids=["none", "empty", "bearer-empty", "wrong", "basic", "one-extra-character", "a-prefix-of-it"],
+)
+async def test_a_client_without_the_token_is_refused_before_any_session(
+    server: EmbeddedServer, authorization: str | None
+) -> None:
+    headers = {}
+    if authorization is not None:
+        headers["Authorization"] = authorization.format(token=server.token, short=server.token[:-1])
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(server.url, additional_headers=headers):
+            pass
+    assert refused.value.response.status_code == 401
+    assert server.token.encode() not in refused.value.response.body
+    async with connect(server.url, additional_headers=_headers(server)) as ws:  # the right one still works
+        assert json.loads(await ws.recv())["type"] == "session.created"
+
+
+@pytest.mark.fault("E5")
+async def test_a_binary_frame_gets_an_error_and_the_session_carries_on(peer: Peer) -> None:
+    await peer.ws.send(b"\x00\x01binary")
+    assert (await peer.next("error"))["error"]["message"]
+    await peer.still_works()
+
+
+@pytest.mark.fault("E8")
+async def test_a_frame_beyond_the_limit_closes_with_1009(server: EmbeddedServer) -> None:
+    async with connect(server.url, additional_headers=_headers(server), max_size=None) as ws:
+        assert json.loads(await ws.recv())["type"] == "session.created"
+        audio = "A" * (4 * 2**20 + 16)
+        await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": audio}))
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    async with connect(server.url, additional_headers=_headers(server)) as ws:  # the server lives on
+        assert json.loads(await ws.recv())["type"] == "session.created"
+
+
+@pytest.mark.fault("E2")
 async def test_non_ascii_bytes_in_the_authorization_header_get_401(
     server: EmbeddedServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -317,6 +365,7 @@ async def test_non_ascii_bytes_in_the_authorization_header_get_401(
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
 
 
+@pytest.mark.fault("E9")
 async def test_sessions_beyond_the_limit_get_503_with_retry_after() -> None:
     server = await _start(max_sessions=3)
     try:
@@ -339,6 +388,7 @@ async def test_sessions_beyond_the_limit_get_503_with_retry_after() -> None:
         await server.close()
 
 
+@pytest.mark.fault("E9")
 async def test_a_burst_of_sessions_gets_the_limit_and_clear_refusals() -> None:
     server = await _start(max_sessions=4)
 
@@ -358,6 +408,7 @@ async def test_a_burst_of_sessions_gets_the_limit_and_clear_refusals() -> None:
     assert sorted(codes) == [101] * 4 + [503] * 16
 
 
+@pytest.mark.fault("E10")
 async def test_an_idle_session_is_closed_with_1001_and_a_reason() -> None:
     server = await _start(idle_timeout_s=0.6)
     try:
@@ -393,6 +444,7 @@ def _broken_recognizer() -> Components:
     return components
 
 
+@pytest.mark.fault("E12")
 async def test_a_fault_in_the_server_costs_one_event_not_the_session() -> None:
     server = await _start(_broken_recognizer())
     try:
@@ -409,6 +461,7 @@ async def test_a_fault_in_the_server_costs_one_event_not_the_session() -> None:
         await server.close()
 
 
+@pytest.mark.fault("E11")
 async def test_a_long_call_keeps_working_with_the_oldest_items_forgotten(
     server: EmbeddedServer, peer: Peer
 ) -> None:
@@ -446,6 +499,7 @@ async def test_a_long_call_keeps_working_with_the_oldest_items_forgotten(
     assert session.item_count == protocol.MAX_ITEMS
 
 
+@pytest.mark.fault("E11")
 async def test_the_text_a_conversation_keeps_is_bounded(server: EmbeddedServer, peer: Peer) -> None:
     big = "y" * protocol.MAX_ITEM_CHARS
     count = protocol.MAX_CONVERSATION_CHARS // protocol.MAX_ITEM_CHARS + 4
@@ -463,6 +517,7 @@ async def test_the_text_a_conversation_keeps_is_bounded(server: EmbeddedServer, 
     assert (await peer.answer("thanks"))["status"] == "completed"
 
 
+@pytest.mark.fault("E11")
 async def test_audio_a_session_holds_is_bounded(server: EmbeddedServer, peer: Peer) -> None:
     # Turn detection on: silence is not kept beyond what prefix padding needs.
     await peer.append(silence(30), chunk_ms=1000)
@@ -590,6 +645,7 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert, key
 
 
+@pytest.mark.fault("E4")
 async def test_tls_serves_wss(certificate: tuple[Path, Path]) -> None:
     cert, key = certificate
     server = EmbeddedServer(fake_components(), new_token(), tls=tls_context(str(cert), str(key)))
@@ -603,6 +659,7 @@ async def test_tls_serves_wss(certificate: tuple[Path, Path]) -> None:
         await server.close()
 
 
+@pytest.mark.fault("E3")
 def test_plain_ws_beyond_loopback_is_refused() -> None:
     for host in ("0.0.0.0", "192.168.1.10", "::"):
         with pytest.raises(ServerSetupError, match="without TLS"):
@@ -666,6 +723,7 @@ def _stop(process: subprocess.Popen[str]) -> int:
             process.kill()
 
 
+@pytest.mark.fault("E14")
 @pytest.mark.parametrize(
     ("how", "check"),
     [
@@ -696,6 +754,7 @@ def test_serve_takes_its_token_from_the_environment_or_stdin_and_prints_one_it_m
             process.kill()
 
 
+@pytest.mark.fault("E3", "E14")
 @pytest.mark.parametrize(
     ("args", "words"),
     [

@@ -106,6 +106,7 @@ def _turns(utterances: list[bytes], count: int, offset: int = 0) -> list[bytes |
     ]
 
 
+@pytest.mark.fault("E13")
 def test_bursts_of_sessions_leave_the_server_as_big_as_it_was(
     server: EmbeddedServerProcess, utterances: list[bytes]
 ) -> None:
@@ -130,6 +131,7 @@ def test_bursts_of_sessions_leave_the_server_as_big_as_it_was(
     assert max(after) - before < BURST_TOLERANCE_MB, (before, after)
 
 
+@pytest.mark.fault("E9")
 def test_a_burst_beyond_the_limit_is_refused_not_served(server: EmbeddedServerProcess) -> None:
     endpoint = server.endpoint
 
@@ -149,6 +151,7 @@ def test_a_burst_beyond_the_limit_is_refused_not_served(server: EmbeddedServerPr
     assert codes.count(101) == ServerLimits().max_sessions and codes.count(503) == 20 - codes.count(101)
 
 
+@pytest.mark.fault("E13")
 def test_a_long_conversation_stays_flat(server: EmbeddedServerProcess, utterances: list[bytes]) -> None:
     pid = server.pid
     assert pid is not None

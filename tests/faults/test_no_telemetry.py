@@ -21,7 +21,7 @@ import pytest
 
 from app.localmodel.launcher import READY_LINE
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 300.0  # the server loads three models; a busy 2-core machine takes its time
 TELEMETRY_NAMES = frozenset({"deviceid", "deviceid.lock", "onnxruntime.db"})
 
@@ -69,6 +69,7 @@ def test_the_check_sees_onnxruntimes_files_when_nothing_turns_them_off(tmp_path:
     assert (tmp_path / "xdg-cache" / "Microsoft" / "DeveloperTools" / ".onnxruntime").is_dir()
 
 
+@pytest.mark.fault("E15")
 def test_the_offline_server_leaves_no_telemetry_files(tmp_path: Path) -> None:
     server = subprocess.Popen(
         [sys.executable, "-m", "app", "serve"],
