@@ -102,7 +102,7 @@ __all__ = [
 ]
 
 Origin: TypeAlias = Literal["default", "policy", "user", "env", "cli"]
-Value: TypeAlias = str | int | bool | tuple[str, ...]
+Value: TypeAlias = str | int | float | bool | tuple[str, ...]
 Backend: TypeAlias = Literal["embedded", "openai", "azure", "custom"]
 TurnDetectionKind: TypeAlias = Literal["server_vad", "semantic_vad"]
 Eagerness: TypeAlias = Literal["auto", "low", "medium", "high"]
@@ -137,6 +137,16 @@ def _int_range(low: int, high: int) -> Callable[[Value], str | None]:
         if low <= value <= high:
             return None
         return f"must be a whole number from {low} to {high}, not {value}"
+
+    return check
+
+
+def _minutes_or_unknown(low: float, high: float) -> Callable[[Value], str | None]:
+    def check(value: Value) -> str | None:
+        assert isinstance(value, float)
+        if value == 0 or low <= value <= high:
+            return None
+        return f"must be 0 (not known) or from {low:g} to {high:g} minutes, not {value:g}"
 
     return check
 
@@ -208,7 +218,7 @@ class Setting:
     """
 
     key: str
-    kind: type[str] | type[int] | type[bool] | type[tuple[str, ...]]
+    kind: type[str] | type[int] | type[float] | type[bool] | type[tuple[str, ...]]
     default: Value
     check: Callable[[Value], str | None] | None = None
     env_aliases: tuple[str, ...] = ()
@@ -232,9 +242,13 @@ class Setting:
 
     @property
     def type_name(self) -> str:
-        return {str: "text", int: "a whole number", bool: "true or false", tuple: "a list of names"}[
-            self.kind
-        ]
+        return {
+            str: "text",
+            int: "a whole number",
+            float: "a number",
+            bool: "true or false",
+            tuple: "a list of names",
+        }[self.kind]
 
 
 _SETTINGS: Final = (
@@ -250,6 +264,16 @@ _SETTINGS: Final = (
     Setting("endpoint.model", str, "gpt-realtime", _no_spaces),
     Setting("endpoint.azure_resource", str, "", _no_spaces),
     Setting("endpoint.azure_deployment", str, "", _no_spaces),
+    Setting(
+        "endpoint.session_minutes",
+        float,
+        0.0,
+        _minutes_or_unknown(0.1, 1440.0),
+        help=(
+            "how many minutes the custom server lets a session last (0 or empty: not known); the app "
+            "opens a fresh session shortly before"
+        ),
+    ),
     Setting("voice", str, defaults.VOICE, _not_blank),
     Setting("instructions", str, defaults.INSTRUCTIONS, _not_blank),
     Setting("turn_detection", str, "server_vad", choices=TURN_DETECTION_CHOICES),
@@ -282,6 +306,9 @@ def _typed(setting: Setting, raw: object) -> Value:
             return raw
         if isinstance(raw, float) and math.isfinite(raw) and raw.is_integer():
             return int(raw)
+    elif setting.kind is float:
+        if isinstance(raw, int | float) and not isinstance(raw, bool) and math.isfinite(raw):
+            return float(raw)
     elif setting.kind is tuple:
         if isinstance(raw, list | tuple) and all(isinstance(item, str) for item in raw):
             return tuple(item.strip() for item in raw)
@@ -304,6 +331,16 @@ def _parse_text(setting: Setting, text: str) -> Value:
             return int(text.strip())
         except ValueError:
             raise ValueError(f"{setting.key} must be a whole number, not {text!r}") from None
+    if setting.kind is float:
+        if not text.strip():
+            return 0.0  # an empty field or variable: not known
+        try:
+            number = float(text.strip())
+        except ValueError:
+            raise ValueError(f"{setting.key} must be a number, not {text!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"{setting.key} must be a number, not {text!r}")
+        return number
     if setting.kind is tuple:
         return tuple(part.strip() for part in text.split(",") if part.strip())
     return text
@@ -598,6 +635,7 @@ class EndpointSettings:
     model: str
     azure_resource: str
     azure_deployment: str
+    session_minutes: float  # how long the custom server lets a session last; 0: not known
 
 
 @dataclass(frozen=True, slots=True)
@@ -677,6 +715,13 @@ def _int_of(values: Mapping[str, Value], key: str) -> int:
     return value
 
 
+def _number_of(values: Mapping[str, Value], key: str) -> float:
+    value = values[key]
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError(f"{key} must be a number, not {value!r}")
+    return float(value)
+
+
 def _bool_of(values: Mapping[str, Value], key: str) -> bool:
     value = values[key]
     if not isinstance(value, bool):
@@ -704,6 +749,7 @@ def typed_settings(values: Mapping[str, Value]) -> Settings:
             model=_text_of(values, "endpoint.model"),
             azure_resource=_text_of(values, "endpoint.azure_resource"),
             azure_deployment=_text_of(values, "endpoint.azure_deployment"),
+            session_minutes=_number_of(values, "endpoint.session_minutes"),
         ),
         voice=_text_of(values, "voice"),
         instructions=_text_of(values, "instructions"),

@@ -81,7 +81,10 @@ class EngineConfig:
     push_to_talk: bool = False
     cue_after_s: float = 0.8
     backend: str = "custom"
-    rollover_after_s: float | None = 55 * 60.0  # before the server's session cap (60 min at OpenAI)
+    # Seconds after connecting to open a fresh session (when idle), before the server's own cap ends
+    # it; None: never. The launch plan sets it per endpoint (app.launch.rollover_after_s); the default
+    # is for a cap that is not known: 5 minutes before OpenAI's 60.
+    rollover_after_s: float | None = 55 * 60.0
     reconnect_attempts: int | None = None
 
 

@@ -6,6 +6,8 @@ settings (OpenAI without a key, Azure without a deployment) are :mod:`app.settin
 the Settings dialog checks, so both say the same sentence. :class:`ConversationRunner` carries a
 plan out: it finds the audio devices, starts the embedded offline server when no endpoint is
 configured, and starts the engine.
+The plan also says when the engine rolls over to a fresh session: shortly before the server's own
+cap on a session's length (:func:`session_cap_s`, :func:`rollover_after_s`).
 Starting can take seconds (the offline models load), so the GUI calls :meth:`ConversationRunner.start`
 on a worker thread; :meth:`ConversationRunner.stop` may come from any thread at any moment, also
 in the middle of starting, and returns within about a second.
@@ -30,6 +32,7 @@ from app.realtime.endpoint import (
     API_KEY_ENV,
     ApiKeyLookup,
     Endpoint,
+    EndpointKind,
     azure_endpoint,
     endpoint_from_url,
     lookup_api_key,
@@ -41,7 +44,16 @@ if TYPE_CHECKING:
     from app.engine import Engine, EngineListener
     from app.localmodel.launcher import ServerSupervisor
 
-__all__ = ["ConversationRunner", "LaunchError", "LaunchPlan", "detector_settings", "plan_from_settings"]
+__all__ = [
+    "UNKNOWN_CAP_ROLLOVER_S",
+    "ConversationRunner",
+    "LaunchError",
+    "LaunchPlan",
+    "detector_settings",
+    "plan_from_settings",
+    "rollover_after_s",
+    "session_cap_s",
+]
 
 log = logging.getLogger("app.launch")
 
@@ -75,6 +87,49 @@ def detector_settings(sensitivity: str) -> DetectorSettings:
     raise ValueError(f"barge-in sensitivity must be low, medium or high, not {sensitivity!r}")
 
 
+# How long a realtime session may last, per endpoint kind, where the service fixes it: OpenAI ends a
+# session after 60 minutes, Azure OpenAI after 30. A custom server's cap comes from the setting
+# endpoint.session_minutes; the embedded offline server has none (app/localmodel/server.py closes only
+# a session that has sent nothing for ten minutes, which is not a cap on its length).
+#
+# The cap is decided here, where the plan is made from settings, and not on the Endpoint: an Endpoint
+# is where to connect and with which headers, built by app.realtime.endpoint, which cannot read the
+# settings (app.config imports it) and has no other use for a duration; only the engine's rollover
+# needs the cap, and the plan is what hands the engine its settings. The kind is the endpoint's, not
+# the backend setting's, so a pasted OpenAI or Azure URL gets that service's cap.
+_KNOWN_CAPS_MIN: Final[Mapping[EndpointKind, float]] = {"openai": 60.0, "azure": 30.0}
+# When the cap is not known (a custom server without endpoint.session_minutes): what every endpoint had
+# before caps were known per endpoint, 5 minutes before OpenAI's 60.
+UNKNOWN_CAP_ROLLOVER_S: Final = 55 * 60.0
+# How long before the cap the rollover is planned: the engine only rolls over while nobody speaks and
+# nothing plays, so it needs time to find such a moment; a sixth of a short cap (tests use seconds).
+_ROLLOVER_MARGIN_S: Final = 5 * 60.0
+
+
+def session_cap_s(kind: EndpointKind, session_minutes: float = 0.0) -> float | None:
+    """The server's cap on a session's length in seconds; None when it has none or it is not known.
+
+    ``session_minutes`` (the setting ``endpoint.session_minutes``, 0 when not known) is the cap of a
+    custom server; OpenAI's and Azure's are fixed by the services, and the embedded server has none.
+    """
+    if kind == "custom":
+        return session_minutes * 60.0 if session_minutes > 0 else None
+    known = _KNOWN_CAPS_MIN.get(kind)
+    return None if known is None else known * 60.0
+
+
+def rollover_after_s(kind: EndpointKind, session_minutes: float = 0.0) -> float | None:
+    """After how many seconds the engine rolls over to a fresh session; None: never (no cap).
+
+    Before the cap by five minutes, or by a sixth of a cap shorter than half an hour; after
+    :data:`UNKNOWN_CAP_ROLLOVER_S` when a custom server's cap is not known.
+    """
+    cap = session_cap_s(kind, session_minutes)
+    if cap is None:
+        return UNKNOWN_CAP_ROLLOVER_S if kind == "custom" else None
+    return cap - min(_ROLLOVER_MARGIN_S, cap / 6)
+
+
 @dataclass(frozen=True)
 class LaunchPlan:
     """Everything needed to start a conversation, settled before any device or socket opens."""
@@ -89,6 +144,9 @@ class LaunchPlan:
     push_to_talk: bool = False
     tools_allowed: tuple[str, ...] = ("search_knowledge_base", "create_ticket")
     warnings: tuple[str, ...] = ()  # shown when the conversation starts (an API key held back)
+    # When the engine opens a fresh session, before the server's cap (None: never; the embedded
+    # server has no cap, which is also why it is the default of a plan without an endpoint).
+    rollover_after_s: float | None = None
 
     def describe(self) -> str:
         if self.endpoint is None:
@@ -218,6 +276,9 @@ def plan_from_settings(settings: LoadedSettings, environ: Mapping[str, str] = os
         push_to_talk=typed.push_to_talk,
         tools_allowed=typed.tools.allowed,
         warnings=warnings,
+        rollover_after_s=None
+        if endpoint is None
+        else rollover_after_s(endpoint.kind, typed.endpoint.session_minutes),
     )
 
 
@@ -288,6 +349,7 @@ class ConversationRunner:
                 detector=self.plan.detector,
                 push_to_talk=self.plan.push_to_talk,
                 backend=endpoint.kind,
+                rollover_after_s=self.plan.rollover_after_s,
             ),
             self.listener,
         )

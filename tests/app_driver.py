@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from app.audio.devices import find_device
@@ -78,7 +79,8 @@ def speak(rig: VirtualAudioRig, signal: FloatArray) -> None:
         time.sleep(0.1)
 
 
-def loud_since(recorder: TimedRecorder, since: float, threshold: float = 0.02) -> FloatArray:
+def loud_since(recorder: TimedRecorder, since: float, threshold: float = 0.02) -> npt.NDArray[np.float64]:
+    """Capture times of the samples louder than ``threshold`` since ``since``."""
     times, samples = recorder.timeline()
     return times[(times >= since) & (np.abs(samples) > threshold)]
 

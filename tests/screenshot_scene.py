@@ -25,7 +25,7 @@ from PySide6.QtWidgets import QApplication, QSystemTrayIcon, QWidget
 from app import defaults
 from app.core.actions import Notice, State, StateChanged, ToolActivity, Transcript, TurnCompleted
 from app.core.metrics import TurnMetrics
-from app.engine import EngineListener
+from app.engine import Engine, EngineListener
 from app.launch import LaunchPlan
 from app.ui.app import HelpdeskApp
 from app.ui.bridge import EngineBridge
@@ -140,7 +140,7 @@ def save(pixmap: QPixmap, path: Path) -> str:
 class SceneRunner:
     """The conversation is scripted through the bridge: nothing to start but the app around it."""
 
-    engine = None
+    engine: Engine | None = None
 
     def __init__(self, plan: LaunchPlan, listener: EngineListener, progress: Callable[[str], None]) -> None:
         self.description = "listening on Headset Microphone -> Headset Speakers"

@@ -3,7 +3,9 @@
 It speaks GA events: an energy-based server VAD on the audio the client appends, a canned user
 transcript, and a canned spoken answer streamed faster than real time. It honours response.cancel,
 conversation.item.truncate, response.create and typed user text, interrupts its own answer when the
-user speaks (interrupt_response), and records every client event it receives.
+user speaks (interrupt_response), and records every client event it receives. With ``close_after_s``
+it ends every session at that age, as a service's cap on a session's length does (OpenAI's 60 minutes,
+Azure's 30): a normal close with a reason.
 """
 
 from __future__ import annotations
@@ -107,6 +109,11 @@ class ScriptedPeer:
     # transcribed or answered), as a server that dies mid-turn does.
     die_when_speech_ends: int = 0
     turns_heard: dict[int, int] = field(default_factory=dict)  # connection number -> user turns
+    # Every session is closed by the peer this long after it opened (1001 and a reason), like a
+    # service's cap on a session's length; None: sessions last as long as the client keeps them.
+    close_after_s: float | None = None
+    closed_at: list[float] = field(default_factory=list)  # when each connection ended
+    closed_by_peer: list[bool] = field(default_factory=list)  # whether the cap ended it
     _running: ServerThread | None = None
     _loop: asyncio.AbstractEventLoop | None = None
     _answer_index: int = 0
@@ -145,6 +152,16 @@ class ScriptedPeer:
         await self._send(session, s.session_created(f"sess_{self.connections}"))
         for event in self.after_connect:
             await self._send(session, event)
+        capped = False
+
+        async def cap() -> None:
+            nonlocal capped
+            assert self.close_after_s is not None
+            await asyncio.sleep(self.close_after_s)
+            capped = True
+            await ws.close(1001, f"Your session hit the maximum duration of {self.close_after_s:g} seconds.")
+
+        capping = asyncio.get_running_loop().create_task(cap()) if self.close_after_s is not None else None
         with contextlib.suppress(Exception):
             async for message in ws:
                 event = json.loads(message)
@@ -155,6 +172,10 @@ class ScriptedPeer:
                 await self._on_event(session, event)
         if session.responding is not None:
             session.responding.cancel()
+        if capping is not None:
+            capping.cancel()
+        self.closed_at.append(time.monotonic())
+        self.closed_by_peer.append(capped)
         self.close_codes.append(ws.close_code)  # 1006 when the client vanished without closing
 
     async def _send(self, session: _Session, event: dict[str, Any]) -> None:

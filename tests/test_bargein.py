@@ -18,9 +18,11 @@ RATE = 16000
 SPEECH_START = 0.5  # seconds of lead-in before the speech
 
 
-def run(signal: FloatArray, playing: bool, **settings: int | float) -> tuple[BargeInDetector, list[float]]:
+def run(
+    signal: FloatArray, playing: bool, settings: DetectorSettings | None = None
+) -> tuple[BargeInDetector, list[float]]:
     halts: list[float] = []
-    detector = BargeInDetector(lambda: playing, lambda: halts.append(1.0), DetectorSettings(**settings))
+    detector = BargeInDetector(lambda: playing, lambda: halts.append(1.0), settings or DetectorSettings())
     detector.feed(float_to_int16(signal), 0.0)
     return detector, halts
 
@@ -47,7 +49,7 @@ def test_speech_while_playing_halts_once_and_reports_barge_in(utterance: FloatAr
 
 
 def test_more_onset_frames_decide_later(utterance: FloatArray) -> None:
-    detector, _ = run(utterance, playing=True, onset_frames=6)
+    detector, _ = run(utterance, playing=True, settings=DetectorSettings(onset_frames=6))
     event = detector.events[0]
     assert event.decided_at - event.at == pytest.approx(0.050, abs=1e-6)
 
@@ -129,11 +131,15 @@ def test_disabled_detector_neither_halts_nor_reports(utterance: FloatArray) -> N
 
 
 def run_frames(
-    signal: FloatArray, playing: bool, echo: bool = False, strict: bool = False, **settings: int | float
+    signal: FloatArray,
+    playing: bool,
+    echo: bool = False,
+    strict: bool = False,
+    settings: DetectorSettings | None = None,
 ) -> tuple[BargeInDetector, list[float]]:
     """Feed ``signal`` frame by frame as the echo worker does, every frame with one verdict."""
     halts: list[float] = []
-    detector = BargeInDetector(lambda: playing, lambda: halts.append(1.0), DetectorSettings(**settings))
+    detector = BargeInDetector(lambda: playing, lambda: halts.append(1.0), settings or DetectorSettings())
     pcm = float_to_int16(signal)
     for i in range(len(pcm) // FRAME_SAMPLES):
         frame = pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
@@ -168,8 +174,8 @@ def test_while_the_canceller_settles_an_onset_needs_a_wider_margin(utterance: Fl
     rng = np.random.default_rng(3)
     voice = utterance * (10 ** (-10 / 20) / float(np.max(np.abs(utterance))))
     noisy = voice + rng.normal(0, 10 ** (-40 / 20), len(voice)).astype(np.float32)
-    assert run_frames(noisy, True, strict_margin_db=40.0)[1]
-    assert run_frames(noisy, True, strict=True, strict_margin_db=40.0)[1] == []
+    assert run_frames(noisy, True, settings=DetectorSettings(strict_margin_db=40.0))[1]
+    assert run_frames(noisy, True, strict=True, settings=DetectorSettings(strict_margin_db=40.0))[1] == []
     assert run_frames(noisy, True, strict=True)[1]  # the default +6 dB lets it through
 
 

@@ -567,7 +567,7 @@ def test_bad_key_is_refused_without_echoing_it(file_keyring: FileKeyring) -> Non
 
 def test_no_keyring_backend_gives_a_clear_error(env: dict[str, str]) -> None:
     original = keyring.get_keyring()
-    keyring.set_keyring(keyring.backends.fail.Keyring())  # type: ignore[no-untyped-call]
+    keyring.set_keyring(keyring.backends.fail.Keyring())
     try:
         with pytest.raises(SecretStoreError, match=r"no OS keyring is available.*set HELPDESK_VOICE_API_KEY"):
             secrets.store_api_key(KEY)

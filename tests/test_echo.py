@@ -278,7 +278,7 @@ def test_echo_path_times_follow_the_capture_clock_not_the_sample_count() -> None
     rng = np.random.default_rng(17)
     true_rate = ECHO_RATE * (1 - 400e-6)
     chunk = np.zeros(160, np.float32)
-    errors = []
+    errors: list[float] = []
     for n in range(6000):  # 60 s of 10 ms chunks
         true_start = 5.0 + n * 160 / true_rate
         late = float(rng.uniform(0.0, 0.004))  # callback times only come late

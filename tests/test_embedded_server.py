@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
+from websockets.typing import Subprotocol
 
 from app.audio.resample import FloatArray, float_to_pcm16
 from app.localmodel.server import EmbeddedServer, new_token
@@ -36,7 +37,7 @@ class Client:
         deadline = time.monotonic() + timeout
         while True:
             raw = await asyncio.wait_for(self.ws.recv(), max(0.01, deadline - time.monotonic()))
-            event = json.loads(raw)
+            event: dict[str, Any] = json.loads(raw)
             SERVER_EVENT.validate_python(event)  # every event the server sends is a valid GA event
             self.seen.append(event)
             if kind is None or event["type"] == kind:
@@ -106,6 +107,21 @@ async def test_connections_without_the_right_token_are_refused(server: EmbeddedS
             async with connect(server.url, additional_headers=headers):
                 pass
         assert refused.value.response.status_code == 401
+
+
+async def test_a_browser_style_client_sends_its_token_as_a_subprotocol(server: EmbeddedServer) -> None:
+    """Browsers cannot set headers on a WebSocket: OpenAI's browser clients offer these subprotocols."""
+    offered = ["realtime", f"openai-insecure-api-key.{server.token}", "openai-beta.realtime-v1"]
+    async with connect(server.url, subprotocols=[Subprotocol(p) for p in offered]) as ws:
+        assert ws.subprotocol == "realtime"  # one of its own chosen, or a browser drops the connection
+        assert json.loads(await ws.recv())["type"] == "session.created"
+    wrong = [Subprotocol("realtime"), Subprotocol("openai-insecure-api-key.wrong")]
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(server.url, subprotocols=wrong):
+            pass
+    assert refused.value.response.status_code == 401
+    async with connect(server.url, additional_headers={"Authorization": f"Bearer {server.token}"}) as ws:
+        assert ws.subprotocol is None  # a client that offers none gets none
 
 
 async def test_session_update_is_acknowledged_with_the_effective_session(client: Client) -> None:
@@ -251,7 +267,8 @@ async def test_truncate_checks_the_item_and_its_length(client: Client) -> None:
     assert (await client.next("error"))["error"]["param"] == "audio_end_ms"
 
 
-async def test_tool_call_round_trip(client: Client) -> None:
+async def _offer_ticket_tool(client: Client) -> None:
+    """The client offers the create_ticket tool, as the app does."""
     await client.send(
         {
             "type": "session.update",
@@ -262,6 +279,10 @@ async def test_tool_call_round_trip(client: Client) -> None:
         }
     )
     await client.next("session.updated")
+
+
+async def test_tool_call_round_trip(client: Client) -> None:
+    await _offer_ticket_tool(client)
     await client.ask("make a ticket please")
     events = await client.until("response.done")
     call = next(e for e in events if e["type"] == "response.function_call_arguments.done")
@@ -385,3 +406,355 @@ async def test_speech_after_a_pause_discards_the_prepared_answer() -> None:
     assert counting.made[0].cancelled
     assert len(counting.made) == 2 and not counting.made[1].cancelled
     assert [e["type"] for e in events].count("response.created") == 1
+
+
+# -- issue 13: item retrieve/delete, response metadata, usage, text-only answers, item lifecycle --
+
+
+def _of(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["type"] == kind]
+
+
+async def _typed(client: Client, text: str, item_id: str | None = None) -> str:
+    """A typed user message; returns its id as the server holds it."""
+    item: dict[str, Any] = {
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_text", "text": text}],
+    }
+    if item_id is not None:
+        item["id"] = item_id
+    await client.send({"type": "conversation.item.create", "item": item})
+    return str((await client.next("conversation.item.done"))["item"]["id"])
+
+
+async def test_retrieve_answers_with_the_item_as_the_server_holds_it(client: Client) -> None:
+    await client.send(
+        {
+            "type": "session.update",
+            "session": {
+                "type": "realtime",
+                "audio": {"input": {"turn_detection": None, "transcription": {"model": "local"}}},
+            },
+        }
+    )
+    await client.next("session.updated")
+    typed = await _typed(client, "my printer jams", "item_typed_1")
+    assert typed == "item_typed_1"
+    await client.send({"type": "conversation.item.retrieve", "item_id": typed, "event_id": "ev_r1"})
+    retrieved = (await client.next("conversation.item.retrieved"))["item"]
+    assert retrieved["id"] == typed and retrieved["role"] == "user"
+    assert retrieved["content"] == [{"type": "input_text", "text": "my printer jams"}]
+
+    await client.send({"type": "response.create"})
+    answer = (await client.next("response.done"))["response"]["output"][0]
+    await client.send({"type": "conversation.item.retrieve", "item_id": answer["id"]})
+    retrieved = (await client.next("conversation.item.retrieved"))["item"]
+    assert retrieved == answer  # the assistant's item, its transcript included
+    assert retrieved["content"][0]["transcript"].startswith("You said my printer jams")
+
+    # A spoken item: retrieved once transcribed (what the Agents SDK does), with its transcript.
+    await client.append(speechlike(0.6))
+    await client.send({"type": "input_audio_buffer.commit"})
+    spoken = (await client.next("input_audio_buffer.committed"))["item_id"]
+    await client.next("conversation.item.input_audio_transcription.completed")
+    await client.send({"type": "conversation.item.retrieve", "item_id": spoken})
+    retrieved = (await client.next("conversation.item.retrieved"))["item"]
+    assert retrieved["id"] == spoken
+    assert retrieved["content"] == [{"type": "input_audio", "transcript": "I forgot my password"}]
+
+    await client.send({"type": "conversation.item.retrieve", "item_id": "item_nope", "event_id": "ev_r2"})
+    error = (await client.next("error"))["error"]
+    assert error["code"] == "item_retrieve_invalid_item_id"
+    assert error["param"] == "item_id" and error["event_id"] == "ev_r2"
+
+
+async def test_delete_removes_the_item_from_what_answers_use(client: Client) -> None:
+    first = await _typed(client, "hello there")
+    await client.send({"type": "response.create"})
+    await client.next("response.done")
+    unheard = await _typed(client, "this one is withdrawn", "item_withdrawn")
+    await client.send({"type": "conversation.item.delete", "item_id": unheard})
+    assert (await client.next("conversation.item.deleted"))["item_id"] == unheard
+    await client.send({"type": "conversation.item.retrieve", "item_id": unheard})
+    assert (await client.next("error"))["error"]["code"] == "item_retrieve_invalid_item_id"
+    await client.send({"type": "conversation.item.delete", "item_id": unheard})
+    assert (await client.next("error"))["error"]["code"] == "item_delete_invalid_item_id"
+    # The next answer does not answer the deleted message, nor again the one answered before.
+    await client.send({"type": "response.create"})
+    done = (await client.next("response.done"))["response"]
+    assert done["output"][0]["content"][0]["transcript"].startswith("I'm here")  # nothing to answer
+    # The new item follows the one before the deleted one.
+    later = await _typed(client, "and now this")
+    added = next(e for e in reversed(client.seen) if e["type"] == "conversation.item.added")
+    assert added["item"]["id"] == later and added["previous_item_id"] == done["output"][0]["id"]
+    await client.send({"type": "conversation.item.retrieve", "item_id": first})
+    assert (await client.next("conversation.item.retrieved"))["item"]["id"] == first
+
+
+async def test_a_deleted_tool_output_is_not_answered(client: Client) -> None:
+    await client.send(
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "function_call_output",
+                "id": "item_out_1",
+                "call_id": "c1",
+                "output": '{"ticket_id": "HD-7"}',
+            },
+        }
+    )
+    await client.next("conversation.item.done")
+    await client.send({"type": "conversation.item.delete", "item_id": "item_out_1"})
+    await client.next("conversation.item.deleted")
+    await client.send({"type": "response.create"})
+    done = (await client.next("response.done"))["response"]
+    assert "HD-7" not in done["output"][0]["content"][0]["transcript"]
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "param"),
+    [
+        (
+            {"type": "conversation.item.retrieve", "item_id": "item_unknown"},
+            "item_retrieve_invalid_item_id",
+            "item_id",
+        ),
+        ({"type": "conversation.item.retrieve", "item_id": 7}, "invalid_type", "item_id"),
+        ({"type": "conversation.item.retrieve"}, "missing_required_parameter", "item_id"),
+        (
+            {"type": "conversation.item.delete", "item_id": "item_unknown"},
+            "item_delete_invalid_item_id",
+            "item_id",
+        ),
+        ({"type": "conversation.item.delete", "item_id": ["a"]}, "invalid_type", "item_id"),
+        ({"type": "conversation.item.delete", "item_id": "x" * 65}, "invalid_value", "item_id"),
+        ({"type": "response.create", "response": {"metadata": "tag"}}, "invalid_type", "response.metadata"),
+        (
+            {"type": "response.create", "response": {"metadata": {f"k{i}": "v" for i in range(17)}}},
+            "invalid_value",
+            "response.metadata",
+        ),
+        (
+            {"type": "response.create", "response": {"metadata": {"k": 1}}},
+            "invalid_type",
+            "response.metadata.k",
+        ),
+        (
+            {"type": "response.create", "response": {"metadata": {"k": "v" * 513}}},
+            "invalid_value",
+            "response.metadata.k",
+        ),
+        ({"type": "response.create", "response": {"metadata": {"k" * 65: "v"}}}, "invalid_value", None),
+        (
+            {"type": "response.create", "response": {"output_modalities": ["video"]}},
+            "invalid_value",
+            "response.output_modalities",
+        ),
+        (
+            {"type": "response.create", "response": {"output_modalities": "text"}},
+            "invalid_type",
+            "response.output_modalities",
+        ),
+        (
+            {"type": "session.update", "session": {"type": "realtime", "output_modalities": []}},
+            "invalid_value",
+            "session.output_modalities",
+        ),
+    ],
+)
+async def test_bad_retrieve_delete_metadata_and_modalities_get_errors_and_the_session_goes_on(
+    client: Client, frame: dict[str, Any], code: str, param: str | None
+) -> None:
+    await client.send(frame)
+    error = (await client.next("error"))["error"]
+    assert error["code"] == code and error["message"]
+    if param is not None:
+        assert error["param"] == param
+    else:
+        assert error["param"].startswith("response.metadata.")
+    # Nothing of the refused event applied: no response started, the session still audio.
+    await client.ask("hello")
+    events = await client.until("response.done")
+    assert len(_of(events, "response.created")) == 1
+    done = events[-1]["response"]
+    assert (
+        done["status"] == "completed" and done["metadata"] is None and done["output_modalities"] == ["audio"]
+    )
+
+
+async def test_response_metadata_is_echoed_on_created_and_done(client: Client) -> None:
+    metadata = {"reply_id": "lk-42", "topic": "printer"}
+    await _typed(client, "hello")
+    await client.send({"type": "response.create", "response": {"metadata": metadata}})
+    events = await client.until("response.done")
+    assert _of(events, "response.created")[0]["response"]["metadata"] == metadata
+    assert events[-1]["response"]["metadata"] == metadata
+    await client.send({"type": "response.create"})
+    assert (await client.next("response.done"))["response"]["metadata"] is None
+
+
+async def test_usage_counts_text_and_audio_of_each_response(client: Client) -> None:
+    await client.ask("hello there")  # 11 characters: 3 text tokens in
+    done = (await client.next("response.done"))["response"]
+    usage = done["usage"]
+    transcript = done["output"][0]["content"][0]["transcript"]
+    assert usage["input_token_details"] == {"text_tokens": 3, "audio_tokens": 0, "cached_tokens": 0}
+    # Four clauses of 300 ms: 1.2 s at 20 tokens a second; the transcript at 4 characters a token.
+    assert usage["output_token_details"] == {"text_tokens": -(-len(transcript) // 4), "audio_tokens": 24}
+    assert usage["input_tokens"] == 3 and usage["output_tokens"] == 24 + -(-len(transcript) // 4)
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    assert _of(client.seen, "response.created")[-1]["response"]["usage"] is None  # as OpenAI: only on done
+
+    # A spoken turn counts its audio (10 tokens a second) instead of its words.
+    await client.append(silence(0.5))
+    await client.append(speechlike(1.2))
+    await client.append(silence(0.8))
+    spoken = (await client.next("response.done", timeout=10))["response"]["usage"]
+    assert spoken["input_token_details"]["text_tokens"] == 0
+    assert 12 <= spoken["input_token_details"]["audio_tokens"] <= 25, spoken
+
+
+async def test_text_only_output_for_the_session_or_one_response(client: Client) -> None:
+    await client.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
+    events = await client.until("response.done")
+    kinds = [e["type"] for e in events]
+    assert not [k for k in kinds if k.startswith("response.output_audio")], kinds
+    deltas = _of(events, "response.output_text.delta")
+    text = _of(events, "response.output_text.done")[0]["text"]
+    assert deltas and "".join(d["delta"] for d in deltas) == text == "I'm here. What can I help you with?"
+    assert _of(events, "response.content_part.added")[0]["part"] == {"type": "text", "text": ""}
+    assert _of(events, "response.content_part.done")[0]["part"] == {"type": "text", "text": text}
+    done = events[-1]["response"]
+    assert done["output_modalities"] == ["text"]
+    assert done["output"][0]["content"] == [{"type": "output_text", "text": text}]
+    assert done["usage"]["output_token_details"]["audio_tokens"] == 0
+    assert _of(events, "response.created")[0]["response"]["output_modalities"] == ["text"]
+
+    await client.send({"type": "response.create"})  # the session's default again: audio
+    events = await client.until("response.done")
+    assert _of(events, "response.output_audio.delta") and not _of(events, "response.output_text.delta")
+
+    await client.send(
+        {"type": "session.update", "session": {"type": "realtime", "output_modalities": ["text"]}}
+    )
+    assert (await client.next("session.updated"))["session"]["output_modalities"] == ["text"]
+    await client.append(silence(0.5))
+    await client.append(speechlike(1.2))
+    await client.append(silence(0.8))
+    events = await client.until("response.done", timeout=10)  # a spoken turn, answered in text
+    assert not [e for e in events if e["type"].startswith("response.output_audio")]
+    assert _of(events, "response.output_text.done")[0]["text"].startswith("You said I forgot my password")
+
+
+async def test_a_text_only_session_prepares_no_speech() -> None:
+    counting = CountingSpeech()
+    running = EmbeddedServer(counting.components, new_token())
+    await running.start()
+    try:
+        async with await _connect(running) as ws:
+            c = Client(ws)
+            await c.next("session.created")
+            await c.send(
+                {"type": "session.update", "session": {"type": "realtime", "output_modalities": ["text"]}}
+            )
+            await c.next("session.updated")
+            await c.append(silence(0.5))
+            await c.append(speechlike(1.0))
+            await c.append(silence(0.35))
+            await asyncio.sleep(0.2)
+            await c.append(silence(0.5))
+            events = await c.until("response.done", timeout=10)
+    finally:
+        await running.close()
+    assert counting.made == []
+    assert events[-1]["response"]["output"][0]["content"][0]["type"] == "output_text"
+
+
+async def test_assistant_items_get_conversation_item_added_and_done_in_order(client: Client) -> None:
+    user = await _typed(client, "hello")
+    await client.send({"type": "response.create"})
+    events = await client.until("response.done")
+    kinds = [e["type"] for e in events]
+    item_id = events[-1]["response"]["output"][0]["id"]
+    added = next(i for i, e in enumerate(events) if e["type"] == "conversation.item.added")
+    done = next(i for i, e in enumerate(events) if e["type"] == "conversation.item.done")
+    assert events[added]["item"] == {**events[kinds.index("response.output_item.added")]["item"]}
+    assert events[added]["item"]["id"] == item_id and events[added]["item"]["status"] == "in_progress"
+    assert events[added]["previous_item_id"] == user
+    assert kinds.index("response.output_item.added") < added < kinds.index("response.content_part.added")
+    assert kinds.index("response.output_item.done") < done < kinds.index("response.done")
+    assert events[done]["item"] == events[-1]["response"]["output"][0]
+    assert events[done]["previous_item_id"] == user
+
+    # A cut answer is done as incomplete; a tool call is an item of its own.
+    await client.ask("hello again")
+    await client.next("response.output_audio.delta")
+    await client.send({"type": "response.cancel"})
+    events = await client.until("response.done")
+    (cut,) = _of(events, "conversation.item.done")
+    assert cut["item"]["status"] == "incomplete" and cut["item"] == events[-1]["response"]["output"][0]
+
+    await _offer_ticket_tool(client)
+    await client.ask("make a ticket please")
+    events = await client.until("response.done")
+    items = [e["item"] for e in _of(events, "conversation.item.done")]
+    assert [i["type"] for i in items] == [
+        "message",
+        "message",
+        "function_call",
+    ]  # the question, the answer, the call
+    assert items[2] == events[-1]["response"]["output"][1]
+    assert [i["type"] for i in (e["item"] for e in _of(events, "conversation.item.added"))] == [
+        "message",
+        "message",
+        "function_call",
+    ]
+
+
+async def test_the_openai_sdk_retrieves_deletes_and_gets_metadata_usage_and_text(
+    server: EmbeddedServer,
+) -> None:
+    """Items 1-4 of issue 13 through the real ``openai`` SDK client, which parses with its own types."""
+    from openai import AsyncOpenAI
+
+    base_url = f"http://127.0.0.1:{server.port}/v1"
+    async with AsyncOpenAI(api_key=server.token, base_url=base_url).realtime.connect(
+        model="gpt-realtime"
+    ) as rt:
+        await rt.session.update(session={"type": "realtime", "output_modalities": ["audio"]})
+        await rt.conversation.item.create(
+            item={
+                "id": "item_sdk_user",
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "my vpn is down"}],
+            }
+        )
+        await rt.response.create(response={"metadata": {"turn": "1"}, "output_modalities": ["text"]})
+        kinds: list[str] = []
+        async for event in rt:
+            kinds.append(event.type)
+            if event.type == "response.done":
+                response = event.response
+                break
+        assert "error" not in kinds
+        assert "response.output_text.done" in kinds and not [k for k in kinds if "output_audio" in k]
+        assert response.metadata == {"turn": "1"} and response.output_modalities == ["text"]
+        assert response.usage is not None and response.usage.total_tokens
+        assert response.usage.input_token_details is not None
+        assert response.usage.input_token_details.text_tokens == 4  # "my vpn is down": 14 characters
+        assert response.output is not None
+        answer_id = response.output[0].id
+        assert answer_id is not None
+        assert kinds.count("conversation.item.added") == 2 and kinds.count("conversation.item.done") == 2
+
+        await rt.conversation.item.retrieve(item_id=answer_id)
+        retrieved = await rt.recv()
+        assert retrieved.type == "conversation.item.retrieved" and retrieved.item.id == answer_id
+        await rt.conversation.item.delete(item_id="item_sdk_user")
+        deleted = await rt.recv()
+        assert deleted.type == "conversation.item.deleted" and deleted.item_id == "item_sdk_user"
+        await rt.conversation.item.retrieve(item_id="item_sdk_user")
+        refused = await rt.recv()
+        assert refused.type == "error" and refused.error.code == "item_retrieve_invalid_item_id"

@@ -221,6 +221,9 @@ def test_redact_url_masks_possible_tokens() -> None:
 class LockedKeyring(KeyringBackend):
     priority = 1
 
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+
     def get_password(self, service: str, username: str) -> str | None:
         raise keyring.errors.KeyringLocked("the login keyring is locked")
 

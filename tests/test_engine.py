@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from app.defaults import session_config
 from app.engine import Engine, EngineConfig
 from app.realtime import custom_endpoint
 from app.tools.registry import Tool, ToolRegistry
+from tests.app_driver import HeadlessApp
 from tests.scripted_peer import Answer, ScriptedPeer
 from tests.server_events import pcm
 
@@ -172,6 +174,7 @@ def test_drop_mid_answer_reconnects_restores_the_session_and_carries_on(
 
 
 def test_planned_rollover_opens_a_fresh_session_when_idle(virtual_audio: Any, peer: ScriptedPeer) -> None:
+    peer.close_after_s = 4.0  # the server's cap, which the planned rollover comes before
     listener = Recorder()
     engine = _engine(virtual_audio, peer, listener, rollover_after_s=1.0)
     engine.start()
@@ -180,7 +183,45 @@ def test_planned_rollover_opens_a_fresh_session_when_idle(virtual_audio: Any, pe
     finally:
         engine.stop()
     assert len(peer.of_type("session.update")) >= 2
+    assert peer.close_codes[0] == 1000 and not peer.closed_by_peer[0]  # the client's own normal close
     assert not [n for n in listener.of(Notice) if n.level == "error"]
+
+
+def test_the_app_rolls_over_before_a_custom_servers_session_cap(virtual_audio: Any, tmp_path: Path) -> None:
+    """endpoint.session_minutes is the server's cap: the app ends the session itself, normally, before."""
+    cap_s = 12.0  # session_minutes = 0.2: the app rolls over 2 s (a sixth) before, after 10 s
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "settings.toml").write_text(f"[endpoint]\nsession_minutes = {cap_s / 60:g}\n")
+    with ScriptedPeer([Answer("Anything else?", pcm(800))], close_after_s=cap_s) as peer:
+        app = HeadlessApp(
+            [
+                "--url",
+                peer.url,
+                "--input-device",
+                virtual_audio.mic,
+                "--output-device",
+                virtual_audio.speaker,
+            ],
+            {"HELPDESK_VOICE_CONFIG_DIR": str(config_dir)},
+        )
+        try:
+            app.wait_for(lambda line: line.startswith("listening on"), 30)
+            deadline = time.monotonic() + cap_s + 30
+            while not (peer.closed_at and peer.connections >= 2 and len(peer.of_type("session.update")) >= 2):
+                assert time.monotonic() < deadline, (
+                    f"no second session; stdout={app.lines} stderr={app.errors[-10:]}"
+                )
+                assert app.process.poll() is None, f"the app ended; stderr={app.errors[-10:]}"
+                time.sleep(0.05)
+        finally:
+            app.stop()
+    lasted = peer.closed_at[0] - peer.connected_at[0]
+    assert not peer.closed_by_peer[0], f"the server's cap ended the first session after {lasted:.1f} s"
+    assert not any("session_minutes" in line for line in app.errors), app.errors  # the setting is known
+    assert peer.close_codes[0] == 1000, peer.close_codes  # the client's normal close, not the cap's 1001
+    assert cap_s - 2.0 - 0.5 < lasted < cap_s, f"rolled over after {lasted:.1f} s"
+    assert peer.connected_at[1] - peer.closed_at[0] < 5.0  # and the next session followed at once
 
 
 def test_ctrl_c_exits_cleanly_within_a_second(virtual_audio: Any, peer: ScriptedPeer) -> None:

@@ -14,7 +14,16 @@ from app import config
 from app.audio.bargein import DetectorSettings
 from app.config import load_settings
 from app.core.actions import Notice, StateChanged
-from app.launch import ConversationRunner, LaunchError, LaunchPlan, detector_settings, plan_from_settings
+from app.launch import (
+    UNKNOWN_CAP_ROLLOVER_S,
+    ConversationRunner,
+    LaunchError,
+    LaunchPlan,
+    detector_settings,
+    plan_from_settings,
+    rollover_after_s,
+    session_cap_s,
+)
 from app.realtime.endpoint import API_KEY_ENV, store_api_key
 from app.settings_rules import cross_field_problems
 from tests.file_keyring import FileKeyring
@@ -23,7 +32,7 @@ from tests.test_engine import Recorder
 KEY = "sk-test-0123456789abcdefSECRET"
 
 
-def plan(env: dict[str, str], cli: dict[str, object] | None = None, **extra: str) -> LaunchPlan:
+def plan(env: dict[str, str], cli: dict[str, object] | None = None, /, **extra: str) -> LaunchPlan:
     environ = {**env, **extra}
     return plan_from_settings(load_settings(cli, environ), environ)
 
@@ -202,6 +211,113 @@ def test_sensitivity_orders_how_readily_the_user_interrupts() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Session length: a planned rollover before each endpoint's own cap
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("user_settings", "cap_min", "rollover_min"),
+    [
+        ("", None, None),  # the embedded offline server has no cap: no planned rollover
+        ('backend = "openai"\n', 60.0, 55.0),
+        ('backend = "azure"\n[endpoint]\nazure_resource = "contoso"\nazure_deployment = "rt"\n', 30.0, 25.0),
+        # A pasted OpenAI or Azure URL is that service, with its cap, whatever the setting says.
+        (
+            'backend = "custom"\n[endpoint]\nurl = "wss://api.openai.com/v1/realtime?model=gpt-realtime"\n'
+            "session_minutes = 10\n",
+            60.0,
+            55.0,
+        ),
+        (
+            'backend = "custom"\n[endpoint]\n'
+            'url = "wss://contoso.openai.azure.com/openai/v1/realtime?model=rt"\n',
+            30.0,
+            25.0,
+        ),
+        # A custom server: its cap from endpoint.session_minutes, else not known (55 minutes as before).
+        ('backend = "custom"\n[endpoint]\nurl = "wss://voice.example.com/rt"\n', None, 55.0),
+        (
+            'backend = "custom"\n[endpoint]\nurl = "wss://voice.example.com/rt"\nsession_minutes = 120\n',
+            120.0,
+            115.0,
+        ),
+        (
+            'backend = "custom"\n[endpoint]\nurl = "wss://voice.example.com/rt"\nsession_minutes = 15\n',
+            15.0,
+            12.5,
+        ),
+        (
+            'backend = "custom"\n[endpoint]\nurl = "ws://127.0.0.1:9/rt"\nsession_minutes = 0.2\n',
+            0.2,
+            0.2 * 5 / 6,
+        ),
+    ],
+)
+def test_the_plan_rolls_over_before_each_endpoints_session_cap(
+    env: dict[str, str], user_settings: str, cap_min: float | None, rollover_min: float | None
+) -> None:
+    (Path(env[config.CONFIG_DIR_ENV]) / "settings.toml").write_text(user_settings)
+    result = plan(env, **{API_KEY_ENV: KEY})
+    kind = "embedded" if result.endpoint is None else result.endpoint.kind
+    minutes = load_settings(None, env).typed.endpoint.session_minutes
+    cap = session_cap_s(kind, minutes)
+    assert cap == (None if cap_min is None else pytest.approx(cap_min * 60))
+    after = result.rollover_after_s
+    if rollover_min is None:
+        assert after is None
+        return
+    assert after is not None and after == pytest.approx(rollover_min * 60)
+    assert cap is None or after < cap
+
+
+def test_the_rollover_margin_is_five_minutes_or_a_sixth_of_a_short_cap() -> None:
+    for minutes in (0.1, 0.5, 1, 10, 29, 30, 31, 60, 240, 1440):
+        cap = minutes * 60.0
+        after = rollover_after_s("custom", minutes)
+        assert after is not None and after == pytest.approx(cap - min(300.0, cap / 6)), minutes
+        assert 0 < after < cap
+    assert rollover_after_s("custom", 0.1) == pytest.approx(5.0)  # a test's cap of six seconds
+    assert rollover_after_s("custom") == UNKNOWN_CAP_ROLLOVER_S == 55 * 60.0
+    assert rollover_after_s("openai", 10) == 55 * 60.0  # the setting is for custom servers only
+    assert rollover_after_s("embedded") is None and session_cap_s("embedded") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "minutes", "problem"),
+    [
+        ("0.5", 0.5, None),
+        ("45", 45.0, None),
+        ("", 0.0, None),  # empty: not known
+        ("0", 0.0, None),
+        ("0.01", 0.0, "must be 0 (not known) or from 0.1 to 1440 minutes"),
+        ("-5", 0.0, "must be 0 (not known) or from 0.1 to 1440 minutes"),
+        ("2000", 0.0, "must be 0 (not known) or from 0.1 to 1440 minutes"),
+        ("half an hour", 0.0, "must be a number"),
+        ("nan", 0.0, "must be a number"),
+    ],
+)
+def test_the_session_length_setting_is_checked_like_the_others(
+    env: dict[str, str], text: str, minutes: float, problem: str | None
+) -> None:
+    settings = load_settings(None, {**env, "HELPDESK_VOICE_ENDPOINT_SESSION_MINUTES": text})
+    assert settings.typed.endpoint.session_minutes == minutes
+    if problem is None:
+        assert settings.problems == [] and settings.origin("endpoint.session_minutes") == "env"
+    else:
+        [found] = settings.problems
+        assert "endpoint.session_minutes" in found and problem in found
+
+
+def test_the_session_length_is_saved_and_read_back_as_minutes(env: dict[str, str]) -> None:
+    config.save_user_setting("endpoint.session_minutes", "12.5", env)
+    assert load_settings(None, env).typed.endpoint.session_minutes == 12.5
+    (Path(env[config.CONFIG_DIR_ENV]) / "settings.toml").write_text("[endpoint]\nsession_minutes = 30\n")
+    assert load_settings(None, env).typed.endpoint.session_minutes == 30.0  # a TOML integer is fine
+    with pytest.raises(config.ConfigError, match=r"endpoint\.session_minutes must be 0"):
+        config.save_user_setting("endpoint.session_minutes", 0.05, env)
+
+
+# ---------------------------------------------------------------------------------------------------
 # The runner, for real
 # ---------------------------------------------------------------------------------------------------
 
@@ -256,6 +372,7 @@ def test_runner_reaches_listening_and_stops_within_a_second(virtual_audio: Any, 
             lambda: any(e.state.value == "listening" for e in listener.of(StateChanged)), 60, "listening"
         )
         assert runner.engine is not None and runner.engine.running
+        assert runner.engine.config.rollover_after_s is None  # the offline server has no session cap
     finally:
         stop_at = time.monotonic()
         runner.stop()

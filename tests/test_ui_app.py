@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QImage
+from PySide6.QtWidgets import QMenu
 from pytestqt.qtbot import QtBot
 
 import app as app_package
@@ -28,11 +29,11 @@ from app.audio.resample import FloatArray
 from app.audio.virtual_rig import VirtualAudioRig
 from app.config import load_settings
 from app.core.actions import State, StateChanged, Transcript
-from app.engine import EngineListener
+from app.engine import Engine, EngineListener
 from app.launch import LaunchError, LaunchPlan, plan_from_settings
 from app.tools.tickets import TicketOutbox
 from app.ui import app as ui_app
-from app.ui.app import QUIT_DEADLINE_S, HelpdeskApp, Runner
+from app.ui.app import QUIT_DEADLINE_S, HelpdeskApp, Phase, Runner
 from app.ui.icons import icon_for
 from app.ui.main_window import NO_TRAY_REASON, ConversationPanel
 from app.ui.transcript_store import read_transcript
@@ -69,7 +70,7 @@ class ScriptedRunner:
         self.progress = progress
         self.release = release
         self.stop_takes = stop_takes
-        self.engine = None
+        self.engine: Engine | None = None
         self.description = ""
         self.start_thread: int | None = None
         self.stopped = threading.Event()
@@ -86,6 +87,12 @@ class ScriptedRunner:
     def stop(self, timeout: float = 1.0) -> None:
         self.stopped.set()
         time.sleep(self.stop_takes)
+
+
+def phase_now(helpdesk: HelpdeskApp) -> Phase:
+    """The app's phase now. A call, not ``helpdesk.phase``: mypy would keep an asserted attribute
+    narrowed across the calls that change it and reject the next assert."""
+    return helpdesk.phase
 
 
 class Factory:
@@ -137,7 +144,8 @@ def test_starting_runs_off_the_gui_thread_and_reports_progress(
     assert helpdesk.phase == "starting"
     assert helpdesk.actions.start_stop.text().replace("&", "") == "Stop conversation"
     # The runner is still blocked in start(); the GUI carries on and shows its progress.
-    qtbot.waitUntil(lambda: "loading speech recognition" in helpdesk.tray.tray.toolTip(), timeout=2000)
+    tray_icon = helpdesk.tray.tray  # narrowed by the assert above, which the lambda cannot see
+    qtbot.waitUntil(lambda: "loading speech recognition" in tray_icon.toolTip(), timeout=2000)
     assert helpdesk.tray.tray.toolTip().startswith("Helpdesk Voice \u2013 Connecting…")
     assert helpdesk.panel.progress_label.text() == "loading speech recognition"
     assert factory.runners[0].start_thread != threading.get_ident()
@@ -162,7 +170,7 @@ def test_stop_while_starting_cancels_quietly(make_app: Callable[..., HelpdeskApp
     helpdesk = make_app(embedded_plan, tray_available=True, runner_factory=factory)
     notified: list[str] = []
     assert helpdesk.tray is not None
-    helpdesk.tray.tray.showMessage = lambda *args: notified.append(args[1])  # type: ignore[method-assign,assignment]
+    helpdesk.tray.tray.showMessage = lambda *args: notified.append(args[1])  # type: ignore[method-assign]
     helpdesk.start()
     qtbot.waitUntil(lambda: len(factory.runners) == 1, timeout=2000)
     helpdesk.stop()
@@ -203,7 +211,9 @@ def test_failed_start_shows_the_reason_and_without_a_tray_a_window_says_why(
     qtbot.waitExposed(window)
     assert window.banner.text() == NO_TRAY_REASON
     assert window.banner.isVisible() and helpdesk.transcript.isVisible()
-    menu_texts = [a.text().replace("&", "") for a in window.menuBar().actions()[0].menu().actions()]
+    menu = window.menuBar().actions()[0].menu()
+    assert isinstance(menu, QMenu)  # typed as QObject
+    menu_texts = [a.text().replace("&", "") for a in menu.actions()]
     assert "Start conversation" in menu_texts and "Quit" in menu_texts
 
     helpdesk.start()
@@ -335,7 +345,7 @@ def test_real_conversation_in_the_tray_app(
         helpdesk.quit()
     elapsed = time.monotonic() - started
     print(f"quit took {elapsed:.3f} s (app measured {helpdesk.quit_seconds:.3f} s)")
-    assert helpdesk.phase == "stopped", "quit gave up waiting for the conversation to stop"
+    assert phase_now(helpdesk) == "stopped", "quit gave up waiting for the conversation to stop"
     assert elapsed < QUIT_BOUND_S
     assert not engine.running
     if server_pid is not None:

@@ -31,7 +31,7 @@ import secrets
 import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Literal
@@ -42,6 +42,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
+from websockets.typing import Subprotocol
 
 from app.localmodel import events as ev
 from app.localmodel.components import Brain, BrainReply, Components, Speech, Utterance
@@ -65,6 +66,8 @@ log = logging.getLogger("app.localmodel.server")
 PATH = "/v1/realtime"
 PARTIAL_EVERY_S = 0.8
 MAX_MESSAGE_BYTES = 4 * 2**20
+REALTIME_SUBPROTOCOL = Subprotocol("realtime")
+INSECURE_KEY_SUBPROTOCOL = "openai-insecure-api-key."
 
 
 def new_token() -> str:
@@ -165,6 +168,7 @@ class EmbeddedServer:
             self.host,
             self.port,
             process_request=self._check_request,
+            select_subprotocol=_select_subprotocol,
             max_size=MAX_MESSAGE_BYTES,
             ping_interval=20,
             ping_timeout=20,
@@ -185,6 +189,10 @@ class EmbeddedServer:
     # -- connection setup --------------------------------------------------------------------
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         supplied = _bearer(request.headers)
+        if supplied is None and is_loopback_host(self.host):
+            # Browsers cannot set headers on a WebSocket, so OpenAI's browser clients send the key as
+            # a subprotocol; acceptable only where the token never crosses a network.
+            supplied = _subprotocol_token(request.headers)
         if supplied is None or not hmac.compare_digest(supplied, self.token.encode()):
             response = connection.respond(HTTPStatus.UNAUTHORIZED, "Missing or wrong token.\n")
             response.headers["WWW-Authenticate"] = 'Bearer realm="helpdesk-voice"'
@@ -279,8 +287,10 @@ class EmbeddedServer:
                 current.add(command.pcm16)
         elif isinstance(command, UtterancePaused):
             paused = connection.utterances.get(command.item_id)
-            detection = connection.session.config.turn_detection
-            if paused is not None and detection is not None and detection.create_response:
+            config = connection.session.config
+            detection = config.turn_detection
+            speaks = "audio" in config.output_modalities  # a text-only session has nothing to prepare
+            if paused is not None and detection is not None and detection.create_response and speaks:
                 self._drop_speculation(connection)
                 connection.speculation_task = asyncio.create_task(
                     self._speculate(connection, command.item_id, paused)
@@ -400,51 +410,87 @@ class EmbeddedServer:
         return reply or BrainReply("I'm here. What can I help you with?")
 
     async def _respond(self, connection: _Connection, command: StartResponse) -> None:
-        response_id = command.response_id
+        response_id, options = command.response_id, command.options
         voice = connection.session.config.voice
         outputs: list[dict[str, Any]] = []
         audio_items: dict[str, float] = {}
         streaming: _Streaming | None = None
+        echo: dict[str, Any] = {"modalities": options.modalities, "metadata": options.metadata}
+
+        def usage() -> dict[str, Any]:
+            return _usage(command.source, outputs, sum(audio_items.values()))
+
         try:
-            await self._send(connection, ev.response_created(response_id, voice))
+            await self._send(connection, ev.response_created(response_id, voice, **echo))
             reply = await self._think(connection, command.source)
             connection.timing["replied"] = time.monotonic()
             prepared = await self._take_speculation(connection, command.source.user_item_id, reply)
+            if prepared is not None and options.text_only:
+                prepared.cancel()
+                prepared = None
             if reply.text:
-                streaming = _Streaming(response_id, ev.new_id("item"), len(outputs))
-                await self._speak(connection, streaming, reply.text, prepared)
-                outputs.append(streaming.finish_item("completed"))
-                audio_items[streaming.item_id] = streaming.audio_ms
-                await self._send_all(connection, streaming.closing_events("completed"))
-                streaming = None
+                streaming = _Streaming(response_id, ev.new_id("item"), len(outputs), options.text_only)
+                await self._open(connection, streaming)
+                if options.text_only:
+                    streaming.transcript = reply.text
+                    await self._send(connection, streaming.transcript_delta(reply.text))
+                else:
+                    await self._speak(connection, streaming, reply.text, prepared)
+                finished, streaming = streaming, None  # a cancel from here on must not close it twice
+                await self._close(connection, finished, "completed", outputs, audio_items)
             if reply.tool_call is not None:
                 call = reply.tool_call
                 outputs.append(await self._call_tool(connection, response_id, len(outputs), call))
-            await self._send(connection, ev.response_done(response_id, outputs, voice))
+            await self._send(connection, ev.response_done(response_id, outputs, voice, usage=usage(), **echo))
         except asyncio.CancelledError:
             if streaming is not None:
                 streaming.stop()
-                outputs.append(streaming.finish_item("incomplete"))
-                audio_items[streaming.item_id] = streaming.audio_ms
-                await self._send_all(connection, streaming.closing_events("incomplete"))
+                await self._close(connection, streaming, "incomplete", outputs, audio_items)
             reason = connection.cancel_reason or "client_cancelled"
             await self._send(
-                connection, ev.response_done(response_id, outputs, voice, cancelled_because=reason)
+                connection,
+                ev.response_done(response_id, outputs, voice, reason, usage=usage(), **echo),
             )
         except Exception as exc:
             log.exception("reply failed")
             await self._send(connection, ev.error(f"The reply failed: {exc}", "server_error", "server_error"))
-            await self._send(connection, ev.response_done(response_id, outputs, voice))
+            await self._send(connection, ev.response_done(response_id, outputs, voice, usage=usage(), **echo))
         finally:
             connection.session.response_finished(response_id, audio_items)
             if connection.response_id == response_id:
                 connection.response_id = None
             self._memory.give_back()
 
+    async def _open(self, connection: _Connection, streaming: _Streaming) -> None:
+        """response.output_item.added, conversation.item.added, response.content_part.added."""
+        item = streaming.started_item()
+        added = connection.session.output_item_started(item)
+        await self._send_all(
+            connection,
+            [ev.output_item_added(streaming.response_id, streaming.index, item), *added.events],
+        )
+        await self._send(connection, streaming.part_added())
+
+    async def _close(
+        self,
+        connection: _Connection,
+        streaming: _Streaming,
+        status: str,
+        outputs: list[dict[str, Any]],
+        audio_items: dict[str, float],
+    ) -> None:
+        """The item's closing events, response.output_item.done, then conversation.item.done."""
+        item = streaming.finish_item(status)
+        outputs.append(item)
+        audio_ms = None if streaming.text_only else streaming.audio_ms
+        if audio_ms is not None:
+            audio_items[streaming.item_id] = audio_ms
+        done = connection.session.output_item_finished(item, audio_ms)
+        await self._send_all(connection, [*streaming.closing_events(status), *done.events])
+
     async def _speak(
         self, connection: _Connection, streaming: _Streaming, text: str, prepared: Speech | None
     ) -> None:
-        await self._send_all(connection, streaming.opening_events())
         speech = prepared or self.components.speak(text)
         streaming.speech = speech
         async for chunk in speech:
@@ -481,13 +527,16 @@ class EmbeddedServer:
         arguments = json.dumps(call.arguments, separators=(",", ":"))
         started = ev.function_call_item(item_id, call.call_id, call.name, "", "in_progress")
         finished = ev.function_call_item(item_id, call.call_id, call.name, arguments, "completed")
+        session = connection.session
         await self._send_all(
             connection,
             [
                 ev.output_item_added(response_id, index, started),
+                *session.output_item_started(started).events,
                 ev.arguments_delta(response_id, item_id, index, call.call_id, arguments),
                 ev.arguments_done(response_id, item_id, index, call.call_id, call.name, arguments),
                 ev.output_item_done(response_id, index, finished),
+                *session.output_item_finished(finished).events,
             ],
         )
         return finished
@@ -499,12 +548,13 @@ class EmbeddedServer:
 
 @dataclass
 class _Streaming:
-    """One assistant audio item on its way out."""
+    """One assistant item on its way out: audio with its transcript, or text alone."""
 
     response_id: str
     item_id: str
     index: int
-    transcript: str = ""
+    text_only: bool = False
+    transcript: str = ""  # the words so far (a text-only item's text)
     audio_bytes: int = 0
     speech: Any = None
 
@@ -512,34 +562,58 @@ class _Streaming:
     def audio_ms(self) -> float:
         return self.audio_bytes / 2 / 24000 * 1000.0
 
-    def opening_events(self) -> list[dict[str, Any]]:
-        item = ev.assistant_audio_item(self.item_id, None, "in_progress")
-        return [
-            ev.output_item_added(self.response_id, self.index, item),
-            ev.content_part_added(self.response_id, self.item_id, self.index),
-        ]
+    def started_item(self) -> dict[str, Any]:
+        if self.text_only:
+            return ev.assistant_text_item(self.item_id, None, "in_progress")
+        return ev.assistant_audio_item(self.item_id, None, "in_progress")
+
+    def part_added(self) -> dict[str, Any]:
+        return ev.content_part_added(self.response_id, self.item_id, self.index, self.text_only)
 
     def transcript_delta(self, delta: str) -> dict[str, Any]:
+        if self.text_only:
+            return ev.text_delta(self.response_id, self.item_id, self.index, delta)
         return ev.transcript_delta(self.response_id, self.item_id, self.index, delta)
 
     def audio_delta(self, pcm16: bytes) -> dict[str, Any]:
         return ev.audio_delta(self.response_id, self.item_id, self.index, pcm16)
 
     def finish_item(self, status: str) -> dict[str, Any]:
+        if self.text_only:
+            return ev.assistant_text_item(self.item_id, self.transcript, status)  # type: ignore[arg-type]
         return ev.assistant_audio_item(self.item_id, self.transcript, status)  # type: ignore[arg-type]
 
     def closing_events(self, status: str) -> list[dict[str, Any]]:
         rid, iid, index = self.response_id, self.item_id, self.index
+        if self.text_only:
+            words = [ev.text_done(rid, iid, index, self.transcript)]
+        else:
+            words = [ev.audio_done(rid, iid, index), ev.transcript_done(rid, iid, index, self.transcript)]
         return [
-            ev.audio_done(rid, iid, index),
-            ev.transcript_done(rid, iid, index, self.transcript),
-            ev.content_part_done(rid, iid, index, self.transcript),
+            *words,
+            ev.content_part_done(rid, iid, index, self.transcript, self.text_only),
             ev.output_item_done(rid, index, self.finish_item(status)),
         ]
 
     def stop(self) -> None:
         if self.speech is not None:
             self.speech.cancel()
+
+
+def _usage(source: ResponseInput, outputs: list[dict[str, Any]], output_audio_ms: float) -> dict[str, Any]:
+    """What a response consumed and made, estimated (``ev.response_usage``): its input is what the
+    brain read (the user's typed words or spoken audio, and tool outputs), its output the words of its
+    items (transcripts, text, call arguments) and the audio sent."""
+    heard = source.user_audio_ms
+    typed = source.user_text if heard is None else None
+    input_text = " ".join([typed or "", *(output for _, output in source.tool_outputs)])
+    words: list[str] = []
+    for item in outputs:
+        if item.get("type") == "function_call":
+            words.append(str(item.get("arguments") or ""))
+        for part in item.get("content") or []:
+            words.append(str(part.get("transcript") or part.get("text") or ""))
+    return ev.response_usage(input_text.strip(), heard or 0.0, " ".join(words), output_audio_ms)
 
 
 def _bearer(headers: Headers) -> bytes | None:
@@ -549,6 +623,21 @@ def _bearer(headers: Headers) -> bytes | None:
         # websockets decodes header octets as ISO-8859-1, which encodes back to exactly what was sent.
         return value[7:].strip().encode("latin-1", errors="replace")
     return None
+
+
+def _subprotocol_token(headers: Headers) -> bytes | None:
+    """The token of a browser-style client: the ``openai-insecure-api-key.<token>`` subprotocol."""
+    for value in headers.get_all("Sec-WebSocket-Protocol"):
+        for offered in value.split(","):
+            offered = offered.strip()
+            if offered.startswith(INSECURE_KEY_SUBPROTOCOL):
+                return offered[len(INSECURE_KEY_SUBPROTOCOL) :].encode("latin-1", errors="replace")
+    return None
+
+
+def _select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """``realtime`` when the client offers it (browsers insist on one of theirs being chosen), else none."""
+    return REALTIME_SUBPROTOCOL if REALTIME_SUBPROTOCOL in offered else None
 
 
 class _MemoryReturner:

@@ -52,6 +52,9 @@ MAX_NAME_CHARS = 256  # model, voice, call ids, language and the other short str
 MAX_ITEM_ID_CHARS = 64  # OpenAI documents 32: room to spare for a client that oversteps it
 MAX_TOOLS = 128
 MAX_CONTENT_PARTS = 64
+MAX_METADATA_KEYS = 16  # a response's metadata, with OpenAI's bounds
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -86,7 +89,6 @@ _PREFIX_KEEP_BYTES = int(BOUNDS["prefix_padding_ms"].high) * RATE * 2 // 1000
 
 # Session fields the embedded server accepts and does not act on: only their JSON type is checked.
 _UNUSED_SESSION_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
-    "output_modalities": ((list,), "an array"),
     "tool_choice": ((str, dict), "a string or an object"),
     "truncation": ((str, dict), "a string or an object"),
     "tracing": ((str, dict), "a string or an object"),
@@ -136,12 +138,26 @@ class ResponseInput:
     user_item_id: str | None
     user_text: str | None  # typed text; None while an audio item's transcript is pending
     tool_outputs: tuple[tuple[str, str], ...] = ()
+    user_audio_ms: float | None = None  # a spoken user item's length (for usage); None when typed
+
+
+@dataclass(frozen=True)
+class ResponseOptions:
+    """What ``response.create`` (or the session) asks of one response."""
+
+    modalities: ev.Modalities = ("audio",)  # ("text",): text only, no audio
+    metadata: dict[str, str] | None = None  # echoed on response.created and response.done
+
+    @property
+    def text_only(self) -> bool:
+        return "audio" not in self.modalities
 
 
 @dataclass(frozen=True)
 class StartResponse:
     response_id: str
     source: ResponseInput
+    options: ResponseOptions = ResponseOptions()
 
 
 @dataclass(frozen=True)
@@ -213,6 +229,7 @@ class SessionConfig:
     transcription_model: str | None = None
     turn_detection: TurnDetectionConfig | None = field(default_factory=TurnDetectionConfig)
     tools: list[dict[str, Any]] = field(default_factory=list)
+    output_modalities: ev.Modalities = ("audio",)
 
     @property
     def tool_names(self) -> set[str]:
@@ -225,7 +242,7 @@ class SessionConfig:
             "object": "realtime.session",
             "id": self.session_id,
             "model": self.model,
-            "output_modalities": ["audio"],
+            "output_modalities": list(self.output_modalities),
             "instructions": self.instructions,
             "tools": self.tools,
             "tool_choice": "auto",
@@ -382,6 +399,9 @@ class _Item:
     text: str | None = None  # a user message: typed text, or its transcript (None while pending)
     audio_ms: float | None = None  # an assistant audio item's length, for truncate
     output: tuple[str, str] | None = None  # a tool output: (call_id, output)
+    wire: dict[str, Any] | None = field(default=None, repr=False)  # the item as retrieve returns it
+    heard_ms: float | None = None  # a user audio item's length, for usage
+    answered: bool = False  # a user item a response has answered
 
     @property
     def chars(self) -> int:
@@ -451,16 +471,38 @@ class Session:
         item = self._items.get(item_id)
         if item is not None and item.role == "user" and item.text is None:
             item.text = text
+            item.wire = ev.user_audio_item(item_id, text)
             self._item_chars += len(text)
             self._forget_oldest()
         if respond and self.active_response is None and text.strip():
             out += self._start_response()
         return out
 
-    def response_finished(self, response_id: str, audio_items: dict[str, float]) -> None:
+    def output_item_started(self, item: dict[str, Any]) -> Output:
+        """A response's item (an assistant message or a function call) joins the conversation."""
+        previous = self._last_item()
+        role = "assistant" if item.get("type") == "message" else str(item.get("type"))
+        self._keep(str(item["id"]), _Item(role, wire=item))
+        return Output(events=[ev.item_added(item, previous)])
+
+    def output_item_finished(self, item: dict[str, Any], audio_ms: float | None = None) -> Output:
+        """A response's item is complete (or cut short); ``audio_ms`` is an audio item's length."""
+        item_id = str(item["id"])
+        kept = self._items.get(item_id)
+        if kept is not None:  # else deleted (or forgotten) while it streamed: it stays gone
+            kept.wire = item
+            kept.audio_ms = audio_ms
+        keys = list(self._items)
+        position = keys.index(item_id) if kept is not None else len(keys)
+        previous = keys[position - 1] if position > 0 else None
+        return Output(events=[ev.item_done(item, previous)])
+
+    def response_finished(self, response_id: str, audio_items: dict[str, float] | None = None) -> None:
         """The server finished (or cancelled) a response; ``audio_items`` maps item id -> audio ms."""
-        for item_id, audio_ms in audio_items.items():
-            self._keep(item_id, _Item("assistant", audio_ms=audio_ms))
+        for item_id, audio_ms in (audio_items or {}).items():
+            kept = self._items.get(item_id)
+            if kept is not None:
+                kept.audio_ms = audio_ms
         if self.active_response == response_id:
             self.active_response = None
 
@@ -525,6 +567,9 @@ class Session:
             audio_out.number("speed")
         if "tools" in session:
             config.tools = _tools(session)
+        modalities = _modalities(session)
+        if modalities is not None:
+            config.output_modalities = modalities
         out = Output()
         if detection_changed and self._utterance is not None:
             # The new detector starts in silence and would never end this turn: end it now.
@@ -623,7 +668,8 @@ class Session:
         self._utterance = None
         self._paused = False
         out = Output(events=[ev.speech_stopped(item_id, int(at_ms))])
-        out += self._commit(item_id)
+        prefix_ms = self.config.turn_detection.prefix_padding_ms
+        out += self._commit(item_id, at_ms - self._utterance_start_ms + prefix_ms)
         out.commands.append(EndUtterance(item_id, self.config.turn_detection.create_response))
         return out
 
@@ -634,19 +680,22 @@ class Session:
             )
         item_id = self._utterance or ev.new_id("item")
         out = Output()
+        heard_ms = len(self._buffer) / 2 / RATE * 1000.0
         if self._utterance is None:
             out.commands += [BeginUtterance(item_id), UtteranceAudio(item_id, bytes(self._buffer))]
+        else:
+            heard_ms = self._audio_ms - self._utterance_start_ms
         self._utterance = None
-        out += self._commit(item_id)
+        out += self._commit(item_id, heard_ms)
         out.commands.append(EndUtterance(item_id, respond=False))
         return out
 
-    def _commit(self, item_id: str) -> Output:
+    def _commit(self, item_id: str, heard_ms: float) -> Output:
         previous = self._last_item()
-        self._keep(item_id, _Item("user"))
+        item = ev.user_audio_item(item_id)
+        self._keep(item_id, _Item("user", wire=item, heard_ms=max(0.0, heard_ms)))
         self._last_user_item = item_id
         self._buffer.clear()
-        item = ev.user_audio_item(item_id)
         return Output(
             events=[
                 ev.committed(item_id, previous),
@@ -692,19 +741,19 @@ class Session:
             role = fields.choice("role", ("user", "assistant", "system"), required=True)
             assert role is not None
             text = _message_text(fields)
-            kept = _Item(role, text if role == "user" else None)
+            kept = _Item(role, text if role == "user" else None, wire=item)
         elif kind == "function_call_output":
             call_id = fields.string("call_id", required=True)
             output = fields.string("output", MAX_ITEM_CHARS, required=True)
             assert call_id is not None and output is not None
-            kept = _Item(kind, output=(call_id, output))
+            kept = _Item(kind, output=(call_id, output), wire=item)
             self._tool_outputs.append(item_id)
         else:
             fields.string("call_id", required=True)
             fields.string("name", 64, required=True)
             fields.string("arguments", MAX_ITEM_CHARS)
             item.setdefault("arguments", "{}")
-            kept = _Item(kind)
+            kept = _Item(kind, wire=item)
         if kept.role == "user":
             self._last_user_item = item_id
         previous = self._last_item()
@@ -730,6 +779,33 @@ class Session:
         item.audio_ms = float(end_ms)
         return Output(events=[ev.item_truncated(str(item_id), content_index, end_ms)])
 
+    def _on_conversation_item_retrieve(self, event: _Fields) -> Output:
+        item_id = event.string("item_id", MAX_ITEM_ID_CHARS, required=True)
+        item = self._items.get(item_id or "")
+        if item is None or item.wire is None:
+            raise ClientError(
+                f"The conversation has no item {item_id!r}.", "item_retrieve_invalid_item_id", "item_id"
+            )
+        return Output(events=[ev.item_retrieved(item.wire)])
+
+    def _on_conversation_item_delete(self, event: _Fields) -> Output:
+        item_id = event.string("item_id", MAX_ITEM_ID_CHARS, required=True)
+        assert item_id is not None
+        item = self._items.pop(item_id, None)
+        if item is None:
+            raise ClientError(
+                f"The conversation has no item {item_id!r}.", "item_delete_invalid_item_id", "item_id"
+            )
+        self._item_chars -= item.chars
+        if item_id in self._tool_outputs:  # a tool output not yet answered: the next response ignores it
+            self._tool_outputs.remove(item_id)
+        if item_id == self._last_user_item:
+            # The next response answers the newest user item left, unless that one was answered.
+            latest = next((i for i, kept in reversed(self._items.items()) if kept.role == "user"), None)
+            unanswered = latest is not None and not self._items[latest].answered
+            self._last_user_item = latest if unanswered else self._answered_user_item
+        return Output(events=[ev.item_deleted(item_id)])
+
     def _keep(self, item_id: str, item: _Item) -> None:
         self._items[item_id] = item
         self._item_chars += item.chars
@@ -749,12 +825,15 @@ class Session:
 
     # -- responses ---------------------------------------------------------------------------
     def _on_response_create(self, event: _Fields) -> Output:
-        event.object("response")  # its overrides are not used, but must be an object
+        # Of the overrides only these two are used; the others must sit in an object.
+        response = event.object("response")
+        modalities = _modalities(response) if response is not None else None
+        metadata = _metadata(response) if response is not None else None
         if self.active_response is not None:
             raise ClientError(
                 "The conversation already has an active response.", "conversation_already_has_active_response"
             )
-        return self._start_response()
+        return self._start_response(ResponseOptions(modalities or self.config.output_modalities, metadata))
 
     def _on_response_cancel(self, event: _Fields) -> Output:
         wanted = event.string("response_id")
@@ -762,7 +841,7 @@ class Session:
             raise ClientError("There is no active response to cancel.", "response_cancel_not_active")
         return Output(commands=[CancelResponse(self.active_response, "client_cancelled")])
 
-    def _start_response(self) -> Output:
+    def _start_response(self, options: ResponseOptions | None = None) -> Output:
         response_id = ev.new_id("resp")
         self.active_response = response_id
         user_item = self._last_user_item if self._last_user_item != self._answered_user_item else None
@@ -771,8 +850,14 @@ class Session:
             output for item_id in self._tool_outputs if (output := self._items[item_id].output) is not None
         )
         self._tool_outputs = []
+        kept = None if user_item is None else self._items.get(user_item)
+        if kept is not None:
+            kept.answered = True
         text = None if user_item is None else self.transcript_of(user_item)
-        return Output(commands=[StartResponse(response_id, ResponseInput(user_item, text, outputs))])
+        heard_ms = None if kept is None else kept.heard_ms
+        source = ResponseInput(user_item, text, outputs, heard_ms)
+        options = options or ResponseOptions(self.config.output_modalities)
+        return Output(commands=[StartResponse(response_id, source, options)])
 
     def _error(
         self, message: str, code: str, param: str | None = None, client_event_id: str | None = None
@@ -787,6 +872,8 @@ _HANDLERS: dict[str, Callable[[Session, _Fields], Output]] = {
     "input_audio_buffer.clear": Session._on_input_audio_buffer_clear,
     "conversation.item.create": Session._on_conversation_item_create,
     "conversation.item.truncate": Session._on_conversation_item_truncate,
+    "conversation.item.retrieve": Session._on_conversation_item_retrieve,
+    "conversation.item.delete": Session._on_conversation_item_delete,
     "response.create": Session._on_response_create,
     "response.cancel": Session._on_response_cancel,
 }
@@ -819,6 +906,47 @@ def _turn_detection(fields: _Fields | None) -> TurnDetectionConfig | None:
             setattr(config, flag, setting)
     config.eagerness = fields.choice("eagerness", ("low", "medium", "high", "auto"))
     return config
+
+
+def _modalities(fields: _Fields) -> ev.Modalities | None:
+    """``output_modalities``: ``["audio"]`` (audio and its transcript) or ``["text"]`` (text only)."""
+    values = fields.array("output_modalities", 2)
+    if values is None:
+        return None
+    param = fields.param("output_modalities")
+    if not values or any(value not in ("audio", "text") for value in values):
+        raise ClientError(f'\'{param}\' must be ["audio"] or ["text"].', param=param)
+    return ("audio",) if "audio" in values else ("text",)
+
+
+def _metadata(response: _Fields) -> dict[str, str] | None:
+    """``response.metadata``: at most 16 string keys of up to 64 characters, string values of up to 512."""
+    fields = response.object("metadata")
+    if fields is None:
+        return None
+    if len(fields.values) > MAX_METADATA_KEYS:
+        raise ClientError(
+            f"'{fields.path}' has {len(fields.values)} keys; the limit is {MAX_METADATA_KEYS}.",
+            param=fields.path,
+        )
+    metadata: dict[str, str] = {}
+    for key, value in fields.values.items():
+        param = fields.param(_shorten(key))
+        if len(key) > MAX_METADATA_KEY_CHARS:
+            raise ClientError(
+                f"A key of '{fields.path}' is {len(key)} characters long; "
+                f"the limit is {MAX_METADATA_KEY_CHARS}.",
+                param=param,
+            )
+        if not isinstance(value, str):
+            raise ClientError(f"'{param}' must be a string, not {_json_type(value)}.", "invalid_type", param)
+        if len(value) > MAX_METADATA_VALUE_CHARS:
+            raise ClientError(
+                f"'{param}' is {len(value)} characters long; the limit is {MAX_METADATA_VALUE_CHARS}.",
+                param=param,
+            )
+        metadata[key] = value
+    return metadata
 
 
 def _voice(audio_out: _Fields) -> str | None:

@@ -75,6 +75,7 @@ _USED_BY: Final[Mapping[str, frozenset[str]]] = {
     "endpoint.azure_resource": frozenset({"azure"}),
     "endpoint.azure_deployment": frozenset({"azure"}),
     "endpoint.url": frozenset({"custom"}),
+    "endpoint.session_minutes": frozenset({"custom"}),
     API_KEY_FIELD: frozenset({"openai", "azure", "custom"}),
 }
 
@@ -359,6 +360,19 @@ class SettingsDialog(QDialog):
 
         self.url_edit = self._line_edit(page, s.value("endpoint.url"), "wss://voice.example.com/v1/realtime")
         self._add_field(form, "endpoint.url", "Custom &URL:", self.url_edit, self._text(self.url_edit))
+
+        # Empty, not "0.0", when the server's cap is not known; an empty field reads back as 0.
+        minutes = s.value("endpoint.session_minutes")
+        shown = f"{minutes:g}" if isinstance(minutes, int | float) and minutes > 0 else ""
+        self.session_minutes_edit = self._line_edit(page, shown, "not known")
+        self._add_field(
+            form,
+            "endpoint.session_minutes",
+            "Session &length:",
+            self.session_minutes_edit,
+            self._text(self.session_minutes_edit),
+            extra=(QLabel("minutes the server allows a session (empty: not known)", page),),
+        )
 
         self.api_key_edit = QLineEdit(page)
         self.api_key_edit.setEchoMode(QLineEdit.EchoMode.Password)

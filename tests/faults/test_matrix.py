@@ -71,7 +71,11 @@ def _marked_tests(folder: Path) -> dict[str, MarkedTest]:
             for decorator in node.decorator_list:
                 name = _mark_name(decorator)
                 if name == "fault" and isinstance(decorator, ast.Call):
-                    test.ids |= {arg.value for arg in decorator.args if isinstance(arg, ast.Constant)}
+                    test.ids |= {
+                        arg.value
+                        for arg in decorator.args
+                        if isinstance(arg, ast.Constant) and isinstance(arg.value, str)
+                    }
                 elif name == "xfail":
                     test.xfail = True
                     keywords = decorator.keywords if isinstance(decorator, ast.Call) else []

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -82,16 +83,16 @@ def test_the_offline_server_leaves_no_telemetry_files(tmp_path: Path) -> None:
     )
     lines: queue.Queue[str | None] = queue.Queue()
 
-    def read(stream: object) -> None:
-        for line in stream:  # type: ignore[attr-defined]
+    def read(stream: IO[str]) -> None:
+        for line in stream:
             lines.put(line.rstrip("\n"))
         lines.put(None)
 
     threading.Thread(target=read, args=(server.stdout,), daemon=True).start()
     errors: list[str] = []
 
-    def drain(stream: object) -> None:
-        errors.extend(stream)  # type: ignore[call-overload]
+    def drain(stream: IO[str]) -> None:
+        errors.extend(stream)
 
     threading.Thread(target=drain, args=(server.stderr,), daemon=True).start()
     seen: list[str] = []

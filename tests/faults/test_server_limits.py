@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
 
 from app.localmodel import session as protocol
 from app.localmodel.components import Components
@@ -607,7 +608,7 @@ async def test_the_openai_sdk_async_and_sync_clients_work_within_the_limits(serv
             conn.session.update(session=session)
             conn.conversation.item.create(item=item)
             conn.response.create()
-            kinds = []
+            kinds: list[str] = []
             for event in conn:
                 kinds.append(event.type)
                 if event.type == "response.done":
@@ -654,6 +655,27 @@ async def test_tls_serves_wss(certificate: tuple[Path, Path]) -> None:
         assert server.url.startswith("wss://127.0.0.1:")
         trust = ssl.create_default_context(cafile=str(cert))
         async with connect(server.url, ssl=trust, additional_headers=_headers(server)) as ws:
+            assert '"session.created"' in str(await ws.recv())
+    finally:
+        await server.close()
+
+
+@pytest.mark.fault("E16")
+async def test_the_browser_style_token_is_refused_beyond_loopback(certificate: tuple[Path, Path]) -> None:
+    """A key in a subprotocol is visible to whatever sits in between: loopback only."""
+    cert, key = certificate
+    token = new_token()
+    server = EmbeddedServer(fake_components(), token, host="0.0.0.0", tls=tls_context(str(cert), str(key)))
+    await server.start()
+    try:
+        url = f"wss://127.0.0.1:{server.port}/v1/realtime"
+        trust = ssl.create_default_context(cafile=str(cert))
+        offered = [Subprotocol("realtime"), Subprotocol(f"openai-insecure-api-key.{token}")]
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(url, ssl=trust, subprotocols=offered):
+                pass
+        assert refused.value.response.status_code == 401
+        async with connect(url, ssl=trust, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
             assert '"session.created"' in str(await ws.recv())
     finally:
         await server.close()
