@@ -22,7 +22,6 @@ answering, and the server's own turn detection never fires on echo.
 from __future__ import annotations
 
 import json
-import re
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -45,6 +44,7 @@ from app.core.actions import (
     Transcript,
     TurnCompleted,
 )
+from app.core.heard_text import cut_transcript
 from app.core.hearing import MicFrame
 from app.core.metrics import TurnMetrics
 from app.core.safe_text import one_line
@@ -894,7 +894,7 @@ class Conversation:
     def _heard_text(self, item: _AssistantItem) -> str:
         if item.heard_ms is None:
             return item.transcript
-        return _cut_transcript(item.transcript, item.heard_ms, item.audio_ms, item.audio_complete)
+        return cut_transcript(item.transcript, item.heard_ms, item.audio_ms, item.audio_complete)
 
     def _set_history_text(self, key: str, text: str, kind: str = "assistant") -> None:
         for entry in reversed(self._history):
@@ -936,28 +936,6 @@ def _chunks(frames: list[bytes], size: int = 24000) -> list[bytes]:
     if current:
         chunks.append(bytes(current))
     return chunks
-
-
-def _cut_transcript(text: str, heard_ms: float | None, audio_ms: float, audio_complete: bool) -> str:
-    """The part of ``text`` the user heard, estimated from the share of the audio that played.
-
-    The transcript usually runs ahead of the audio; when the audio is complete its share is exact
-    enough, and when it is not, the share of what had arrived is the best estimate there is. The cut
-    lands on a word boundary and is marked with an ellipsis.
-    """
-    if heard_ms is None or not text:
-        return text
-    if audio_ms <= 0 or heard_ms <= 0:
-        return ""
-    share = min(1.0, heard_ms / audio_ms)
-    if share >= 0.999 and audio_complete:
-        return text
-    position = int(len(text) * share)
-    cut = text[:position]
-    if position < len(text) and not text[position].isspace():
-        cut = re.sub(r"\S*$", "", cut)
-    cut = cut.rstrip(" ,;:-")
-    return f"{cut}..." if cut else ""
 
 
 def _tool_label(name: str) -> str:

@@ -262,10 +262,16 @@ class EmbeddedServer:
 
     # -- carrying out a session's output ----------------------------------------------------
     async def _emit(self, connection: _Connection, output: Output) -> None:
+        # A cancel takes effect before the events that go with it (conversation.item.truncated,
+        # speech_started) are sent: none of the cancelled response's audio follows them.
+        for command in output.commands:
+            if isinstance(command, CancelResponse):
+                self._run(connection, command)
         for event in output.events:
             await self._send(connection, event)
         for command in output.commands:
-            self._run(connection, command)
+            if not isinstance(command, CancelResponse):
+                self._run(connection, command)
 
     async def _send(self, connection: _Connection, event: dict[str, Any]) -> None:
         frame = json.dumps(event, separators=(",", ":"), allow_nan=False)  # strict JSON, as clients parse it
@@ -312,6 +318,7 @@ class EmbeddedServer:
             isinstance(command, CancelResponse)
             and connection.response_id == command.response_id
             and connection.response_task is not None
+            and connection.cancel_reason is None  # once: a second cancel would cut its response.done
         ):
             connection.cancel_reason = command.reason
             connection.response_task.cancel()
@@ -502,6 +509,8 @@ class EmbeddedServer:
                 self._log_timing(connection)
             streaming.audio_bytes += len(chunk.pcm16)
             await self._send(connection, streaming.audio_delta(chunk.pcm16))
+            # Only audio the client has been sent can be truncated; the session cuts the words with it.
+            connection.session.output_audio_sent(streaming.item_id, streaming.audio_ms, streaming.transcript)
 
     @staticmethod
     def _log_timing(connection: _Connection) -> None:

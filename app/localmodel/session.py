@@ -32,8 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from app.audio.bargein import VAD_RATE, DetectorSettings, SpeechDetector
+from app.audio.bargein import FRAME_MS, VAD_RATE, DetectorSettings, SpeechDetector
 from app.audio.resample import StreamResampler, float_to_int16, pcm16_to_float
+from app.core.heard_text import cut_transcript
 from app.localmodel import events as ev
 
 RATE = 24000
@@ -86,6 +87,12 @@ BOUNDS: dict[str, Bound] = {
     "audio_end_ms": Bound(0, 3_600_000),
 }
 _PREFIX_KEEP_BYTES = int(BOUNDS["prefix_padding_ms"].high) * RATE * 2 // 1000
+# A new detector (session start, a clear or commit, a new turn_detection, a turn cut at MAX_TURN_S)
+# judges nothing in its warm-up and learns the room's noise floor over one window after it, so an
+# onset it finds that soon may come late: speech that began right away would lose its first words to
+# the prefix padding. Its first turn then takes all the audio since it started (kept, see above).
+_SETTLE_MS = (DetectorSettings().warmup_frames + DetectorSettings().floor_window_frames) * FRAME_MS
+assert _SETTLE_MS * RATE * 2 // 1000 <= _PREFIX_KEEP_BYTES
 
 # Session fields the embedded server accepts and does not act on: only their JSON type is checked.
 _UNUSED_SESSION_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -397,7 +404,9 @@ class _Item:
 
     role: str  # user, assistant, system, function_call or function_call_output
     text: str | None = None  # a user message: typed text, or its transcript (None while pending)
-    audio_ms: float | None = None  # an assistant audio item's length, for truncate
+    audio_ms: float | None = None  # an assistant audio item's length (sent so far while it streams)
+    said: str | None = None  # an assistant audio item's words so far, while it streams
+    truncated: bool = False  # cut by conversation.item.truncate: its audio_ms and words stay cut
     output: tuple[str, str] | None = None  # a tool output: (call_id, output)
     wire: dict[str, Any] | None = field(default=None, repr=False)  # the item as retrieve returns it
     heard_ms: float | None = None  # a user audio item's length, for usage
@@ -418,7 +427,9 @@ class Session:
         self._recent = deque[bytes]()  # the last two seconds, for prefix padding
         self._recent_bytes = 0
         self._utterance: str | None = None  # user item being spoken
-        self._utterance_start_ms = 0.0
+        self._utterance_start_ms = 0.0  # where the turn's audio begins (its prefix padding included)
+        self._detector_since_ms = 0.0  # when the detector started: turns never reach back past it
+        self._detector_fresh = True  # it has found no turn yet (see _SETTLE_MS)
         self._paused = False
         self._items: dict[str, _Item] = {}  # oldest first
         self._item_chars = 0
@@ -485,13 +496,28 @@ class Session:
         self._keep(str(item["id"]), _Item(role, wire=item))
         return Output(events=[ev.item_added(item, previous)])
 
+    def output_audio_sent(self, item_id: str, audio_ms: float, said: str) -> None:
+        """A response's audio item has sent ``audio_ms`` of audio so far, ``said`` its words begun."""
+        kept = self._items.get(item_id)
+        if kept is not None and not kept.truncated:
+            kept.audio_ms = audio_ms
+            kept.said = said
+
     def output_item_finished(self, item: dict[str, Any], audio_ms: float | None = None) -> Output:
-        """A response's item is complete (or cut short); ``audio_ms`` is an audio item's length."""
+        """A response's item is complete (or cut short); ``audio_ms`` is an audio item's length.
+
+        An item truncated while it streamed stays as the truncate left it: its audio as heard and
+        its transcript cut to the words heard (``conversation.item.done`` says so too).
+        """
         item_id = str(item["id"])
         kept = self._items.get(item_id)
         if kept is not None:  # else deleted (or forgotten) while it streamed: it stays gone
+            if kept.truncated:
+                item = _with_transcript(item, kept.said or "")
+            else:
+                kept.audio_ms = audio_ms
             kept.wire = item
-            kept.audio_ms = audio_ms
+            kept.said = None
         keys = list(self._items)
         position = keys.index(item_id) if kept is not None else len(keys)
         previous = keys[position - 1] if position > 0 else None
@@ -501,7 +527,7 @@ class Session:
         """The server finished (or cancelled) a response; ``audio_items`` maps item id -> audio ms."""
         for item_id, audio_ms in (audio_items or {}).items():
             kept = self._items.get(item_id)
-            if kept is not None:
+            if kept is not None and not kept.truncated:
                 kept.audio_ms = audio_ms
         if self.active_response == response_id:
             self.active_response = None
@@ -582,6 +608,8 @@ class Session:
 
     def _configure_turn_detection(self) -> None:
         detection = self.config.turn_detection
+        self._detector_since_ms = self._audio_ms
+        self._detector_fresh = True
         if detection is None:
             self._detector = None
             return
@@ -649,13 +677,18 @@ class Session:
         if self.active_response is not None and self.config.turn_detection.interrupt_response:
             out.commands.append(CancelResponse(self.active_response, "turn_detected"))
         item_id = ev.new_id("item")
+        # The turn's audio, and audio_start_ms with it, begins prefix_padding_ms before the onset
+        # (as OpenAI's does), or where a new detector started when it found the turn that soon.
+        begin_ms = max(at_ms - self.config.turn_detection.prefix_padding_ms, self._detector_since_ms)
+        if self._detector_fresh and at_ms - self._detector_since_ms <= _SETTLE_MS:
+            begin_ms = self._detector_since_ms
+        self._detector_fresh = False
         self._utterance = item_id
-        self._utterance_start_ms = at_ms
+        self._utterance_start_ms = begin_ms
         self._paused = False
-        out.events.append(ev.speech_started(item_id, int(at_ms)))
+        out.events.append(ev.speech_started(item_id, int(begin_ms)))
         out.commands.append(BeginUtterance(item_id))
-        prefix_ms = self.config.turn_detection.prefix_padding_ms
-        padding = self._recent_audio(at_ms - prefix_ms)
+        padding = self._recent_audio(begin_ms)
         if padding:
             out.commands.append(UtteranceAudio(item_id, padding))
         return out
@@ -668,8 +701,7 @@ class Session:
         self._utterance = None
         self._paused = False
         out = Output(events=[ev.speech_stopped(item_id, int(at_ms))])
-        prefix_ms = self.config.turn_detection.prefix_padding_ms
-        out += self._commit(item_id, at_ms - self._utterance_start_ms + prefix_ms)
+        out += self._commit(item_id, at_ms - self._utterance_start_ms)
         out.commands.append(EndUtterance(item_id, self.config.turn_detection.create_response))
         return out
 
@@ -688,6 +720,8 @@ class Session:
         self._utterance = None
         out += self._commit(item_id, heard_ms)
         out.commands.append(EndUtterance(item_id, respond=False))
+        # A new detector: speech that goes on, or comes right away, is the next turn, heard whole.
+        self._configure_turn_detection()
         return out
 
     def _commit(self, item_id: str, heard_ms: float) -> Output:
@@ -706,6 +740,8 @@ class Session:
 
     def _on_input_audio_buffer_clear(self, event: _Fields) -> Output:
         self._buffer.clear()
+        if self._utterance is None:  # a new detector: speech right after the clear is heard whole
+            self._configure_turn_detection()
         return Output(events=[ev.cleared()])
 
     def _trim_buffer(self) -> None:
@@ -761,6 +797,13 @@ class Session:
         return Output(events=[ev.item_added(item, previous), ev.item_done(item, previous)])
 
     def _on_conversation_item_truncate(self, event: _Fields) -> Output:
+        """Cuts an assistant audio item to what the user heard, finished or still streaming.
+
+        The audio past ``audio_end_ms`` is gone and so are the words the user did not hear: the
+        transcript keeps the share of its words that the played share of the audio holds, cut at a
+        word boundary (:func:`~app.core.heard_text.cut_transcript`). An item still streaming stops:
+        its response ends as ``response.cancel`` ends it, so no more of its audio follows.
+        """
         item_id = event.string("item_id", required=True)
         item = self._items.get(item_id or "")
         if item is None or item.audio_ms is None:
@@ -771,13 +814,24 @@ class Session:
             )
         content_index = int(event.number("content_index", required=True) or 0)
         end_ms = int(event.number("audio_end_ms", required=True) or 0)
+        streaming = item.said is not None
         if end_ms > item.audio_ms + 1:
+            so_far = "sent so far" if streaming else "audio"
             raise ClientError(
-                f"audio_end_ms {end_ms} is past the item's audio ({item.audio_ms:.0f} ms).",
+                f"audio_end_ms {end_ms} is past the item's {so_far} ({item.audio_ms:.0f} ms).",
                 param="audio_end_ms",
             )
-        item.audio_ms = float(end_ms)
-        return Output(events=[ev.item_truncated(str(item_id), content_index, end_ms)])
+        out = Output(events=[ev.item_truncated(str(item_id), content_index, end_ms)])
+        if streaming:
+            item.said = cut_transcript(item.said or "", end_ms, item.audio_ms, audio_complete=False)
+            if self.active_response is not None:
+                out.commands.append(CancelResponse(self.active_response, "client_cancelled"))
+        elif item.wire is not None:
+            words, complete = _transcript(item.wire), item.wire.get("status") == "completed"
+            item.wire = _with_transcript(item.wire, cut_transcript(words, end_ms, item.audio_ms, complete))
+        item.audio_ms = float(min(end_ms, item.audio_ms))
+        item.truncated = True
+        return out
 
     def _on_conversation_item_retrieve(self, event: _Fields) -> Output:
         item_id = event.string("item_id", MAX_ITEM_ID_CHARS, required=True)
@@ -971,6 +1025,18 @@ def _tools(session: _Fields) -> list[dict[str, Any]]:
         spec.string("description", MAX_INSTRUCTIONS_CHARS)
         spec.object("parameters")
     return list(tools)
+
+
+def _transcript(item: dict[str, Any]) -> str:
+    """An assistant audio item's transcript ("" when it has none)."""
+    content = item.get("content") or [{}]
+    return str(content[0].get("transcript") or "")
+
+
+def _with_transcript(item: dict[str, Any], transcript: str) -> dict[str, Any]:
+    """A copy of an assistant audio item with its transcript replaced."""
+    content = item.get("content") or [{"type": "output_audio"}]
+    return {**item, "content": [{**content[0], "transcript": transcript}, *content[1:]]}
 
 
 def _message_text(fields: _Fields) -> str:
