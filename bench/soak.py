@@ -21,6 +21,7 @@ What it reports:
   first ``--warmup`` minutes (the app's as a slope over the run, the server's across its lives).
 
     python -m bench.soak [--minutes 30] [--kill-every 5] [--drop-every 3] [--out bench/results/soak.json]
+        [--app-log PATH]
 """
 
 from __future__ import annotations
@@ -279,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drop-every", type=float, default=3.0, help="minutes between connection drops")
     parser.add_argument("--warmup", type=float, default=5.0, help="minutes before resources must be flat")
     parser.add_argument("--out", type=Path, default=Path("bench/results/soak.json"))
+    parser.add_argument("--app-log", type=Path, help="keep the app's verbose log here, to look into a turn")
     args = parser.parse_args(argv)
 
     from app.audio.virtual_rig import VirtualAudioRig, reinitialise_portaudio
@@ -306,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             run.stop()
             rig.stop()
         filed, problems = outbox_ids(data_dir)
+        if args.app_log is not None and (data_dir / "app.log").exists():
+            args.app_log.write_bytes((data_dir / "app.log").read_bytes())
 
     spoken = sorted({t for turn in turns for t in turn["tickets_spoken"]})
     lost_turns = [t for t in turns if not t["answered"]]
