@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -366,7 +367,9 @@ async def _connect(server: EmbeddedServer) -> Any:
     return connect(server.url, additional_headers={"Authorization": f"Bearer {server.token}"})
 
 
-async def test_a_pause_prepares_the_answer_and_the_end_of_turn_uses_it() -> None:
+@contextlib.asynccontextmanager
+async def _counting_session() -> AsyncIterator[tuple[Client, CountingSpeech]]:
+    """A session on a server whose voice counts the answers it starts to speak."""
     counting = CountingSpeech()
     running = EmbeddedServer(counting.components, new_token())
     await running.start()
@@ -374,37 +377,34 @@ async def test_a_pause_prepares_the_answer_and_the_end_of_turn_uses_it() -> None
         async with await _connect(running) as ws:
             c = Client(ws)
             await c.next("session.created")
-            await c.append(silence(0.5))
-            await c.append(speechlike(1.0))
-            await c.append(silence(0.35))  # a pause: the server prepares its answer
-            await asyncio.sleep(0.2)
-            assert len(counting.made) == 1 and counting.made[0].started
-            await c.append(silence(0.5))  # the turn really ends
-            events = await c.until("response.done", timeout=10)
+            yield c, counting
     finally:
         await running.close()
+
+
+async def test_a_pause_prepares_the_answer_and_the_end_of_turn_uses_it() -> None:
+    async with _counting_session() as (c, counting):
+        await c.append(silence(0.5))
+        await c.append(speechlike(1.0))
+        await c.append(silence(0.35))  # a pause: the server prepares its answer
+        await asyncio.sleep(0.2)
+        assert len(counting.made) == 1 and counting.made[0].started
+        await c.append(silence(0.5))  # the turn really ends
+        events = await c.until("response.done", timeout=10)
     assert len(counting.made) == 1, "the prepared answer was not used"
     assert not counting.made[0].cancelled
     assert events[-1]["response"]["status"] == "completed"
 
 
 async def test_speech_after_a_pause_discards_the_prepared_answer() -> None:
-    counting = CountingSpeech()
-    running = EmbeddedServer(counting.components, new_token())
-    await running.start()
-    try:
-        async with await _connect(running) as ws:
-            c = Client(ws)
-            await c.next("session.created")
-            await c.append(silence(0.5))
-            await c.append(speechlike(0.8))
-            await c.append(silence(0.35))
-            await asyncio.sleep(0.2)
-            await c.append(speechlike(0.8))  # the user goes on
-            await c.append(silence(0.8))
-            events = await c.until("response.done", timeout=10)
-    finally:
-        await running.close()
+    async with _counting_session() as (c, counting):
+        await c.append(silence(0.5))
+        await c.append(speechlike(0.8))
+        await c.append(silence(0.35))
+        await asyncio.sleep(0.2)
+        await c.append(speechlike(0.8))  # the user goes on
+        await c.append(silence(0.8))
+        events = await c.until("response.done", timeout=10)
     assert counting.made[0].cancelled
     assert len(counting.made) == 2 and not counting.made[1].cancelled
     assert [e["type"] for e in events].count("response.created") == 1
@@ -650,25 +650,17 @@ async def test_text_only_output_for_the_session_or_one_response(client: Client) 
 
 
 async def test_a_text_only_session_prepares_no_speech() -> None:
-    counting = CountingSpeech()
-    running = EmbeddedServer(counting.components, new_token())
-    await running.start()
-    try:
-        async with await _connect(running) as ws:
-            c = Client(ws)
-            await c.next("session.created")
-            await c.send(
-                {"type": "session.update", "session": {"type": "realtime", "output_modalities": ["text"]}}
-            )
-            await c.next("session.updated")
-            await c.append(silence(0.5))
-            await c.append(speechlike(1.0))
-            await c.append(silence(0.35))
-            await asyncio.sleep(0.2)
-            await c.append(silence(0.5))
-            events = await c.until("response.done", timeout=10)
-    finally:
-        await running.close()
+    async with _counting_session() as (c, counting):
+        await c.send(
+            {"type": "session.update", "session": {"type": "realtime", "output_modalities": ["text"]}}
+        )
+        await c.next("session.updated")
+        await c.append(silence(0.5))
+        await c.append(speechlike(1.0))
+        await c.append(silence(0.35))
+        await asyncio.sleep(0.2)
+        await c.append(silence(0.5))
+        events = await c.until("response.done", timeout=10)
     assert counting.made == []
     assert events[-1]["response"]["output"][0]["content"][0]["type"] == "output_text"
 
