@@ -7,8 +7,7 @@ What the sound server did is visible only to its own clients, so this module ask
 source this process's recording streams are attached to and reports when that changes.
 
 :class:`RouteWatch` is the pure part (routes in, changes out); :func:`query_routes` runs ``pactl``
-(well under a second; from a background thread, never the audio callbacks or the event loop), and
-:func:`subscribe` tells it when to ask: only when the server's sources or recording streams change.
+(well under a second; from a background thread, never the audio callbacks or the event loop).
 Where ``pactl`` is missing or no PulseAudio server answers (Windows, macOS, plain ALSA), it returns
 None and the app relies on the stopped-stream check alone.
 """
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.core.actions import Notice
+
+CHECK_INTERVAL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -133,35 +134,15 @@ def query_routes(
     return read_routes(listings[0], listings[1], os.getpid() if pid is None else pid)
 
 
-def subscribe() -> subprocess.Popen[str] | None:
-    """``pactl subscribe``: one line per change on the sound server, so nothing is polled while idle."""
-    pactl = shutil.which("pactl")
-    if pactl is None:
-        return None
-    try:
-        return subprocess.Popen(
-            [pactl, "subscribe"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-        )
-    except OSError:
-        return None
-
-
 class RouteWatcher:
-    """Asks where this process records whenever a source or a recording stream changes, in a daemon
-    thread; changes wait in ``changes``.
+    """Asks where this process records every few seconds in a daemon thread; changes wait in ``changes``.
 
     Stops by itself when no PulseAudio server answers the first time: nothing to watch there.
     """
 
-    def __init__(
-        self,
-        query: Callable[[], Routes | None] = query_routes,
-        events: Callable[[], subprocess.Popen[str] | None] = subscribe,
-    ) -> None:
+    def __init__(self, query: Callable[[], Routes | None] = query_routes) -> None:
         self.changes: deque[RouteChange] = deque(maxlen=16)
         self._query = query
-        self._events = events
-        self._process: subprocess.Popen[str] | None = None
         self._watch = RouteWatch()
         self._stop = threading.Event()
         self._rebaseline = threading.Event()
@@ -175,38 +156,23 @@ class RouteWatcher:
 
     def stop(self) -> None:
         self._stop.set()
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.terminate()  # ends the blocking read of its output
 
     def _run(self) -> None:
-        if not self._check():
-            return
-        self._process = self._events()
-        if self._process is None or self._process.stdout is None:
-            return
-        if self._stop.is_set():  # stopped while the process started
-            self._process.terminate()
-        with self._process:
-            for line in self._process.stdout:
-                if self._stop.is_set():
-                    break
-                # "Event 'remove' on source #3", "Event 'new' on source-output #7", ...
-                if " on source" in line:
-                    self._check()
-
-    def _check(self) -> bool:
-        """Reads the routes once and records a change; False when no sound server answered."""
-        routes = self._query()
-        if routes is None:
-            return False
-        if self._rebaseline.is_set():
-            self._rebaseline.clear()
-            self._watch.rebaseline()
-        change = self._watch.observe(routes)
-        if change is not None:
-            self.changes.append(change)
-        return True
+        delay, answered = 0.0, False
+        while not self._stop.wait(delay):
+            delay = CHECK_INTERVAL_S
+            routes = self._query()
+            if routes is None:
+                if not answered:
+                    return
+                continue
+            answered = True
+            if self._rebaseline.is_set():
+                self._rebaseline.clear()
+                self._watch.rebaseline()
+            change = self._watch.observe(routes)
+            if change is not None:
+                self.changes.append(change)
 
 
 def route_notice(change: RouteChange, device: str) -> Notice:
