@@ -22,13 +22,13 @@ EMBEDDED_SILENCE_MS = 400
 
 def session_config(
     tools: tuple[p.ToolSpec, ...] = (), model: str | None = None, backend: str = "custom"
-) -> p.SessionConfig:
+) -> p.Session:
     silence = EMBEDDED_SILENCE_MS if backend == "embedded" else SILENCE_MS
-    return p.SessionConfig(
+    return p.Session(
         instructions=INSTRUCTIONS,
         model=model,
         voice=VOICE,
-        transcription_model=TRANSCRIPTION_MODEL,
+        transcription=p.Transcription(TRANSCRIPTION_MODEL),
         turn_detection=p.TurnDetection(kind="server_vad", silence_duration_ms=silence),
         tools=tools,
     )

@@ -72,7 +72,7 @@ class EngineListener(Protocol):
 @dataclass
 class EngineConfig:
     endpoint: Endpoint
-    session: p.SessionConfig
+    session: p.Session
     input_device: AudioDevice
     output_device: AudioDevice
     tools: ToolRegistry
@@ -107,7 +107,7 @@ class Engine:
         self._started = threading.Event()
         self._stopped = threading.Event()
         self._transport: RealtimeTransport | None = None
-        self._outbox: asyncio.Queue[dict[str, object]] | None = None
+        self._outbox: asyncio.Queue[p.ClientEvent] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._watched: dict[str, bool] = {}  # item id -> first audio reported
         self._unknown = UnknownTypeLog()

@@ -136,7 +136,7 @@ class LaunchPlan:
 
     backend: Backend
     endpoint: Endpoint | None  # None: the embedded offline server, started by the runner
-    session: p.SessionConfig  # without tools: the runner adds the allowed ones
+    session: p.Session  # without tools: the runner adds the allowed ones
     input_device: str | None = None  # None: the system default
     output_device: str | None = None
     audio: AudioSettings = field(default_factory=AudioSettings)
@@ -154,7 +154,7 @@ class LaunchPlan:
         return self.endpoint.display_url
 
 
-def _session(settings: LoadedSettings, backend: Backend) -> p.SessionConfig:
+def _session(settings: LoadedSettings, backend: Backend) -> p.Session:
     typed = settings.typed
     base = defaults.session_config(backend=backend)
     silence = typed.silence_ms

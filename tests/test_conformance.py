@@ -1,10 +1,11 @@
 """docs/protocol.md's conformance table is true to the code and names every GA event.
 
 The GA event types come from the ``openai`` package's own unions (``RealtimeClientEvent``,
-``RealtimeServerEvent``); what the app sends and the offline server emits is read from the event
-builders' source (the first argument of each ``_event(...)`` call); what the app reads and the server
-accepts from their dispatch tables. A row that claims more or less than the code, a GA event the table
-forgets, or a "no" without a reason fails here.
+``RealtimeServerEvent``). Both roles share the event types of ``app/core/protocol.py``, so what each
+side sends or acts on is read from which of those types its code names: the app's modules for what the
+app sends and acts on, the offline server's (``app/localmodel/``) for what it sends, and its dispatch
+table for what it accepts. A row that claims more or less than the code, a GA event the table forgets,
+or a "no" without a reason fails here.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import ast
 import re
 import typing
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from openai.types.realtime.realtime_client_event import RealtimeClientEvent
 from openai.types.realtime.realtime_server_event import RealtimeServerEvent
 
 from app.core import protocol
-from app.localmodel import session
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "protocol.md"
@@ -32,20 +34,25 @@ def _ga_types(union: object) -> set[str]:
     return {value for model in members for value in typing.get_args(model.model_fields["type"].annotation)}
 
 
-def _built_types(path: Path) -> set[str]:
-    """Event types a builder module makes: the literal first argument of every ``_event(...)`` call."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id == "_event"
-            and node.args
-            and isinstance(node.args[0], ast.Constant)
-            and isinstance(node.args[0].value, str)
-        ):
-            found.add(node.args[0].value)
-    return found
+def _named_in(paths: list[Path], classes: Iterable[type[Any]]) -> set[str]:
+    """The event types of ``classes`` whose class the modules at ``paths`` name (``p.X`` or ``X``)."""
+    names = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Name):
+                names.add(node.id)
+            elif isinstance(node, ast.Attribute):
+                names.add(node.attr)
+    return {cls.TYPE for cls in classes if cls.__name__ in names}
+
+
+SERVER_FILES = sorted((ROOT / "app" / "localmodel").glob("*.py"))
+SHARED_FILES = {ROOT / "app" / "core" / "protocol.py", ROOT / "app" / "core" / "wire.py"}
+APP_FILES = sorted(set((ROOT / "app").rglob("*.py")) - set(SERVER_FILES) - SHARED_FILES)
+
+
+def _server_sends() -> set[str]:
+    return _named_in(SERVER_FILES, protocol.SERVER_EVENTS.values())
 
 
 def _table(heading: str) -> dict[str, tuple[bool, bool, str]]:
@@ -71,15 +78,17 @@ def test_the_ga_event_lists_are_read() -> None:
         RealtimeClientEvent
     )
     assert {"session.created", "response.done", "error"} <= _ga_types(RealtimeServerEvent)
-    assert "response.create" in _built_types(ROOT / "app" / "core" / "protocol.py")
-    assert "response.done" in _built_types(ROOT / "app" / "localmodel" / "events.py")
+    assert "response.create" in _named_in(APP_FILES, protocol.CLIENT_EVENTS.values())
+    assert "response.output_audio.delta" in _named_in(APP_FILES, protocol.SERVER_EVENTS.values())
+    assert "response.done" in _server_sends()
 
 
 def test_client_events_row_by_row() -> None:
     rows = _table("Client events")
     assert set(rows) == _ga_types(RealtimeClientEvent), "the table and the GA client events differ"
-    assert _column(rows, 0) == _built_types(ROOT / "app" / "core" / "protocol.py"), "what the app sends"
-    assert _column(rows, 1) == set(session._HANDLERS), "what the offline server accepts"
+    assert _column(rows, 0) == _named_in(APP_FILES, protocol.CLIENT_EVENTS.values()), "what the app sends"
+    accepts = _named_in([ROOT / "app" / "localmodel" / "session.py"], protocol.CLIENT_EVENTS.values())
+    assert _column(rows, 1) == accepts, "what the offline server accepts"
     unexplained = [
         name for name, (sent, accepted, note) in rows.items() if not (sent and accepted) and not note
     ]
@@ -89,9 +98,7 @@ def test_client_events_row_by_row() -> None:
 def test_server_events_row_by_row() -> None:
     rows = _table("Server events")
     assert set(rows) == _ga_types(RealtimeServerEvent), "the table and the GA server events differ"
-    assert _column(rows, 0) == _built_types(ROOT / "app" / "localmodel" / "events.py"), (
-        "what the server sends"
-    )
-    assert _column(rows, 1) == set(protocol._PARSERS), "what the app reads"
+    assert _column(rows, 0) == _server_sends(), "what the server sends"
+    assert _column(rows, 1) == _named_in(APP_FILES, protocol.SERVER_EVENTS.values()), "what the app acts on"
     unexplained = [name for name, (sent, read, note) in rows.items() if not (sent and read) and not note]
     assert unexplained == [], f"a 'no' needs a reason: {unexplained}"

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from app.core import protocol as p
+from app.core import wire
 from app.core.actions import (
     Action,
     EndAudio,
@@ -34,7 +35,9 @@ ANSWER = "You can reset your password at the self service portal, then sign in a
 
 class Harness:
     def __init__(self, **settings: Any) -> None:
-        config = p.SessionConfig(instructions="Be a helpful IT technician.", transcription_model="whisper-1")
+        config = p.Session(
+            instructions="Be a helpful IT technician.", transcription=p.Transcription("whisper-1")
+        )
         self.conv = Conversation(ConversationSettings(session=config, **settings))
         self.now = 100.0
         self.log: list[Action] = []
@@ -83,7 +86,7 @@ class Harness:
 
 
 def sent(actions: list[Action], kind: str | None = None) -> list[dict[str, Any]]:
-    return [a.event for a in actions if isinstance(a, Send) and (kind is None or a.type == kind)]
+    return [wire.write(a.event) for a in actions if isinstance(a, Send) and (kind is None or a.type == kind)]
 
 
 def of(actions: list[Action], cls: type[Any]) -> list[Any]:
@@ -175,7 +178,7 @@ def test_barge_in_before_the_first_delta_cancels_and_drops_late_audio(h: Harness
     h.user_turn()
     h.feed(s.response_created("resp_1"))
     actions = h.barge_in(at=101.0)
-    assert sent(actions, "response.cancel") == [p.response_cancel("resp_1")]
+    assert sent(actions, "response.cancel") == [wire.write(p.ResponseCancel("resp_1"))]
     assert not sent(actions, "conversation.item.truncate")
     assert not sent(actions, "conversation.item.truncate")
     late = h.feed(
@@ -193,12 +196,12 @@ def test_barge_in_mid_item_truncates_at_what_was_heard(h: Harness) -> None:
     events = s.spoken_answer("resp_1", "item_a1", ANSWER, audio_ms=4000)
     h.at(100.8).feed(*events[:-3])  # all audio in, response still in progress
     actions = h.at(102.0).barge_in(at=101.95)
-    assert sent(actions, "response.cancel") == [p.response_cancel("resp_1")]
+    assert sent(actions, "response.cancel") == [wire.write(p.ResponseCancel("resp_1"))]
     assert of(actions, Halt) == [Halt()]  # the audio thread paused the player; now it is over
     assert h.state() is State.USER_SPEAKING
     actions = h.at(102.03).halted({"item_a1": 1212.7}, silent_at=102.02)
     (truncate,) = sent(actions, "conversation.item.truncate")
-    assert truncate == p.conversation_item_truncate("item_a1", 0, 1212)
+    assert truncate == wire.write(p.ConversationItemTruncate("item_a1", 0, 1212))
     (cut,) = [a for a in actions if isinstance(a, Transcript)]
     assert cut.interrupted and cut.final
     assert cut.text.endswith("...") and ANSWER.startswith(cut.text[:-3])
@@ -238,7 +241,9 @@ def test_barge_in_while_buffered_audio_plays_after_response_done(h: Harness) -> 
     actions = h.barge_in(at=101.0)
     assert not sent(actions, "response.cancel")  # the response is over; only its audio plays on
     actions = h.halted({"item_a1": 900.0}, silent_at=101.05)
-    assert sent(actions, "conversation.item.truncate") == [p.conversation_item_truncate("item_a1", 0, 900)]
+    assert sent(actions, "conversation.item.truncate") == [
+        wire.write(p.ConversationItemTruncate("item_a1", 0, 900))
+    ]
 
 
 def test_barge_in_after_the_item_finished_playing_sends_nothing(h: Harness) -> None:
@@ -289,14 +294,16 @@ def test_server_speech_started_while_playing_halts_without_double_cancel(h: Harn
 
 def test_server_speech_started_cancels_when_the_server_does_not_interrupt() -> None:
     h = Harness()
-    h.conv.settings.session = p.SessionConfig(
+    h.conv.settings.session = p.Session(
         instructions="x", turn_detection=p.TurnDetection(interrupt_response=False)
     )
     h.connect()
     h.user_turn()
     h.feed(*s.spoken_answer("resp_1", "item_a1", ANSWER, audio_ms=3000)[:-3])
     h.run(h.conv.local_speech("speech_start", h.now - 0.1, h.now))
-    assert sent(h.feed(s.speech_started("item_u2")), "response.cancel") == [p.response_cancel("resp_1")]
+    assert sent(h.feed(s.speech_started("item_u2")), "response.cancel") == [
+        wire.write(p.ResponseCancel("resp_1"))
+    ]
 
 
 # --- false interruptions and what the server hears ---------------------------------------------

@@ -551,7 +551,7 @@ async def test_a_deleted_tool_output_is_not_answered(client: Client) -> None:
         (
             {"type": "response.create", "response": {"output_modalities": ["video"]}},
             "invalid_value",
-            "response.output_modalities",
+            "response.output_modalities[0]",
         ),
         (
             {"type": "response.create", "response": {"output_modalities": "text"}},
@@ -949,3 +949,16 @@ def sustained_then_speech() -> FloatArray:
     for k, f in enumerate((140, 280, 420, 560, 700, 840), 1):
         carrier += np.sin(2 * np.pi * f * t) / k
     return np.concatenate([(0.15 * carrier).astype(np.float32), speechlike(0.8)])
+
+
+async def test_a_late_cancel_is_refused_in_openais_words(client: Client) -> None:
+    """LiveKit's client cancels on speech_started, after the server's own turn_detected cancel; it drops
+    the refusal only by OpenAI's message ("Cancellation failed: ..."), so the server words it the same."""
+    await client.ask("hello")
+    assert (await client.next("response.done"))["response"]["status"] == "completed"
+    await client.send({"type": "response.cancel", "event_id": "cancel_late"})
+    error = (await client.next("error"))["error"]
+    assert error["code"] == "response_cancel_not_active" and error["event_id"] == "cancel_late"
+    assert error["message"].startswith("Cancellation failed")
+    await client.ask("thanks")  # and the session goes on
+    assert (await client.next("response.done"))["response"]["status"] == "completed"

@@ -13,6 +13,7 @@ import pytest
 from app import config
 from app.audio.bargein import DetectorSettings
 from app.config import load_settings
+from app.core import wire
 from app.core.actions import Notice, StateChanged
 from app.launch import (
     UNKNOWN_CAP_ROLLOVER_S,
@@ -189,7 +190,7 @@ def test_conversation_settings_reach_the_session(env: dict[str, str]) -> None:
     assert result.session.voice == "cedar" and result.session.instructions == "Be brief."
     detection = result.session.turn_detection
     assert detection is not None and detection.kind == "semantic_vad" and detection.eagerness == "high"
-    assert detection.to_dict().get("silence_duration_ms") is None
+    assert "silence_duration_ms" not in wire.write(detection)
     assert result.push_to_talk and result.audio.block_ms == 20.0
     assert not result.audio.echo_cancellation
     assert result.detector == detector_settings("low")

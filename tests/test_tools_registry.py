@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from app.core import protocol as p
+from app.core import wire
 from app.tools import default_registry
 from app.tools.registry import Tool, ToolError, ToolRegistry, ToolResult, validate_arguments
 
@@ -294,7 +295,9 @@ def test_default_registry_specs_validate_as_realtime_session_tools(tmp_path: Pat
     specs = registry.specs()
     assert sorted(spec.name for spec in specs) == ["create_ticket", "search_knowledge_base"]
     assert all(isinstance(spec, p.ToolSpec) for spec in specs)
-    event = p.session_update(p.SessionConfig(instructions="You are the IT helpdesk.", tools=tuple(specs)))
+    event = wire.write(
+        p.SessionUpdate(p.Session(instructions="You are the IT helpdesk.", tools=tuple(specs)))
+    )
     model = pydantic.TypeAdapter(RealtimeClientEvent).validate_python(event)
     tools = model.session.tools
     assert tools is not None

@@ -33,18 +33,18 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from app.core.protocol import (
+    ConversationItemCreate,
     ErrorEvent,
+    InputAudioBufferClear,
     InputAudioBufferCleared,
     MalformedEvent,
+    ResponseCreate,
     ResponseCreated,
     ServerEvent,
-    SessionConfig,
+    Session,
+    SessionUpdate,
     SessionUpdated,
     UnknownEvent,
-    conversation_item_create_user_text,
-    input_audio_buffer_clear,
-    response_create,
-    session_update,
 )
 from app.realtime import (
     USER_AGENT,
@@ -296,21 +296,21 @@ async def test_events_in_both_directions() -> None:
 
     async def configure(reconnected: bool) -> None:
         assert recorder.transport is not None
-        assert await recorder.transport.send(session_update(SessionConfig(instructions="Be brief.")))
+        assert await recorder.transport.send(SessionUpdate(Session(instructions="Be brief.")))
 
     recorder.connected_hook = configure
     async with ws_server(handler) as url:
         transport = make_transport(custom_endpoint(url, KEY), recorder)
-        assert await transport.send(response_create()) is False  # not connected yet: refused, not raised
+        assert await transport.send(ResponseCreate()) is False  # not connected yet: refused, not raised
         async with running(transport):
             await wait_until(lambda: len(recorder.events) == 2, what="two events")
             assert transport.connected
             assert transport.connected_at is not None
-            assert await transport.send(response_create(event_id="client_1"))
+            assert await transport.send(ResponseCreate(event_id="client_1"))
             await wait_until(lambda: len(inbox) == 2, what="response.create at the server")
         assert not transport.connected
         assert transport.connected_at is None
-        assert await transport.send(response_create()) is False
+        assert await transport.send(ResponseCreate()) is False
 
     assert inbox[0]["type"] == "session.update"
     assert inbox[0]["session"]["instructions"] == "Be brief."
@@ -342,7 +342,7 @@ async def test_malformed_and_unknown_events_reach_handler_and_connection_stays_u
         async with running(transport):
             await wait_until(lambda: len(recorder.events) == 6, what="six events")
             assert transport.connected
-            assert await transport.send(input_audio_buffer_clear())
+            assert await transport.send(InputAudioBufferClear())
             await wait_until(lambda: len(inbox) == 1, what="the client event at the server")
 
     kinds = [type(event) for event in recorder.events]
@@ -419,9 +419,9 @@ async def test_reconnects_after_connection_drop_mid_response_and_replays(
 
     async def configure(reconnected: bool) -> None:
         assert recorder.transport is not None
-        await recorder.transport.send(session_update(SessionConfig(instructions="Help.")))
+        await recorder.transport.send(SessionUpdate(Session(instructions="Help.")))
         if reconnected:
-            await recorder.transport.send(conversation_item_create_user_text("My VPN is down."))
+            await recorder.transport.send(ConversationItemCreate.message("user", "My VPN is down."))
 
     recorder.connected_hook = configure
     async with ws_server(handler) as url:
@@ -784,7 +784,7 @@ async def test_slow_handler_does_not_block_send_or_keepalive() -> None:
         async with running(transport):
             await asyncio.wait_for(entered.wait(), 2.0)
             started = time.monotonic()
-            assert await asyncio.wait_for(transport.send(response_create(event_id="while_busy")), 0.5)
+            assert await asyncio.wait_for(transport.send(ResponseCreate(event_id="while_busy")), 0.5)
             await wait_until(lambda: len(inbox) == 1, timeout=1.0, what="the send while the handler is busy")
             assert time.monotonic() - started < 0.5
             # Several keepalive rounds pass while the handler is stuck; the connection must survive.
@@ -812,7 +812,7 @@ async def test_sends_wait_for_on_connected_setup() -> None:
         assert recorder.transport is not None
         in_setup.set()
         await finish_setup.wait()
-        assert await recorder.transport.send(session_update(SessionConfig(instructions="Setup first.")))
+        assert await recorder.transport.send(SessionUpdate(Session(instructions="Setup first.")))
 
     recorder.connected_hook = configure
     async with ws_server(handler) as url:
@@ -820,11 +820,11 @@ async def test_sends_wait_for_on_connected_setup() -> None:
         async with running(transport):
             await asyncio.wait_for(in_setup.wait(), 2.0)
             # Audio from another task must not overtake session.update and the replay.
-            assert await transport.send(input_audio_buffer_clear()) is False
+            assert await transport.send(InputAudioBufferClear()) is False
             assert not transport.connected
             finish_setup.set()
             await wait_until(lambda: transport.connected, what="setup to finish")
-            assert await transport.send(input_audio_buffer_clear())
+            assert await transport.send(InputAudioBufferClear())
             await wait_until(lambda: len(inbox) == 2, what="both client events")
 
     assert [message["type"] for message in inbox] == ["session.update", "input_audio_buffer.clear"]
@@ -849,7 +849,7 @@ async def test_rollover_closes_normally_and_reconnects() -> None:
             await wait_until(lambda: transport.connected, what="connection")
             assert await transport.rollover()
             await wait_until(lambda: len(recorder.connects) == 2 and transport.connected, what="the new one")
-            assert await transport.send(response_create(event_id="after_rollover"))
+            assert await transport.send(ResponseCreate(event_id="after_rollover"))
             await wait_until(lambda: len(inboxes) == 2 and len(inboxes[1]) == 1, what="send on the new one")
             assert close_codes == [1000]
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Literal
 
 from app.core.metrics import TurnMetrics
+from app.core.protocol import ClientEvent
 
 
 class State(StrEnum):
@@ -29,11 +30,11 @@ class State(StrEnum):
 class Send:
     """A client event for the WebSocket."""
 
-    event: dict[str, Any] = field(repr=False)
+    event: ClientEvent = field(repr=False)
 
     @property
     def type(self) -> str:
-        return str(self.event.get("type"))
+        return self.event.TYPE
 
 
 @dataclass(frozen=True)

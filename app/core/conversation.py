@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Literal
 
 from app.core import protocol as p
 from app.core.actions import (
@@ -63,7 +63,7 @@ BENIGN_ERROR_CODES = frozenset({"response_cancel_not_active", "item_truncate_inv
 
 @dataclass
 class ConversationSettings:
-    session: p.SessionConfig
+    session: p.Session
     push_to_talk: bool = False
     cue_after_s: float = 0.8
     slow_tool_after_s: float = 1.5
@@ -227,7 +227,7 @@ class Conversation:
         actions.append(StateChanged(self.state, self.muted))
         if muted and self.connected and not self.settings.push_to_talk:
             # Whatever the server had of the user's speech should not become a turn.
-            actions.append(Send(p.input_audio_buffer_clear()))
+            actions.append(Send(p.InputAudioBufferClear()))
         return actions
 
     def push_to_talk(self, pressed: bool, now: float) -> list[Action]:
@@ -239,13 +239,13 @@ class Conversation:
             actions += self._interrupt_assistant(now, onset_at=now)
             self._begin_user_turn(now)
             if self.connected:
-                actions.append(Send(p.input_audio_buffer_clear()))
+                actions.append(Send(p.InputAudioBufferClear()))
             return actions + self._set_state(State.USER_SPEAKING)
         turn = self._current_turn()
         if turn is not None:
             turn.metrics.user_speech_end = now
         if self.connected:
-            actions += [Send(p.input_audio_buffer_commit()), Send(p.response_create())]
+            actions += [Send(p.InputAudioBufferCommit()), Send(p.ResponseCreate())]
             self._pending_reply = True
         return actions + self._await_response(now)
 
@@ -263,7 +263,7 @@ class Conversation:
         actions.append(Transcript("user", key, text, final=True))
         self._pending_reply = True
         if self.connected:
-            actions += [Send(p.conversation_item_create_user_text(text)), Send(p.response_create())]
+            actions += [Send(p.ConversationItemCreate.message("user", text)), Send(p.ResponseCreate())]
         return actions + self._await_response(now)
 
     # ------------------------------------------------------------------------------------------
@@ -282,7 +282,7 @@ class Conversation:
             return []
         if self.settings.push_to_talk:
             talking = self.connected and self.ptt_pressed
-            return [Send(p.input_audio_buffer_append(frame.pcm16))] if talking else []
+            return [Send(p.InputAudioBufferAppend(frame.pcm16))] if talking else []
         if self._interruption is not None and self.connected:
             self._interruption.held.append(frame)
             return []
@@ -294,7 +294,7 @@ class Conversation:
             heard = frame.pcm16
         # Kept while disconnected too: what the user says then is said again after the reconnect.
         self._unheard.add(heard, speech=frame.hearing != "echo" and self._local_in_speech)
-        return [Send(p.input_audio_buffer_append(heard))] if self.connected else []
+        return [Send(p.InputAudioBufferAppend(heard))] if self.connected else []
 
     def local_speech(self, kind: LocalSpeechKind, at: float, now: float) -> list[Action]:
         """A local detector event; ``at`` is the capture time of the speech it is about."""
@@ -353,7 +353,7 @@ class Conversation:
             self._begin_user_turn(now)
             actions += self._set_state(State.USER_SPEAKING)
         if self.connected and not self.muted:
-            actions += [Send(p.input_audio_buffer_append(f.pcm16)) for f in interruption.held]
+            actions += [Send(p.InputAudioBufferAppend(f.pcm16)) for f in interruption.held]
             for held in interruption.held:
                 self._unheard.add(held.pcm16, speech=True)
         return actions
@@ -388,7 +388,7 @@ class Conversation:
             turn = self._turn_of_response(item.response_id)
             finished_playing = item.audio_complete and heard >= item.audio_ms - 1.0
             if self.connected and not finished_playing:
-                actions.append(Send(p.conversation_item_truncate(item_id, 0, audio_end_ms)))
+                actions.append(Send(p.ConversationItemTruncate(item_id, 0, audio_end_ms)))
                 if turn is not None:
                     turn.metrics.truncated_at_ms = audio_end_ms
             item.played_out = True
@@ -438,7 +438,7 @@ class Conversation:
     # ------------------------------------------------------------------------------------------
     def connected_to_server(self, reconnected: bool, now: float) -> list[Action]:
         self.connected = True
-        actions: list[Action] = [Send(p.session_update(self._session_config()))]
+        actions: list[Action] = [Send(p.SessionUpdate(self._session_config()))]
         if not reconnected:
             self._unheard.take()  # what was said before the first connection was said to nobody
         else:
@@ -450,11 +450,11 @@ class Conversation:
             if unheard:
                 # The server's turn detection hears the request again and answers it: no
                 # response.create as well, or it would answer twice.
-                actions += [Send(p.input_audio_buffer_append(chunk)) for chunk in _chunks(unheard)]
+                actions += [Send(p.InputAudioBufferAppend(chunk)) for chunk in _chunks(unheard)]
                 actions.append(Notice("info", "Reconnected; passing on what you said meanwhile."))
                 return actions + self._set_state(State.THINKING)
             if self._pending_reply or self._outputs_awaiting_follow_up():
-                actions.append(Send(p.response_create()))
+                actions.append(Send(p.ResponseCreate()))
                 self._pending_reply = True
                 for response in self._responses.values():
                     if response.calls and all(self._calls[c].output is not None for c in response.calls):
@@ -514,7 +514,7 @@ class Conversation:
             ToolActivity(call_id, call.name, "done" if ok else "failed", _tool_message(call, output, ok))
         ]
         if self.connected:
-            actions.append(Send(p.conversation_item_create_function_call_output(call_id, output)))
+            actions.append(Send(p.ConversationItemCreate.function_call_output(call_id, output)))
         return actions + self._maybe_follow_up(call.response_id, now)
 
     # ------------------------------------------------------------------------------------------
@@ -550,10 +550,39 @@ class Conversation:
     # Server events
     # ------------------------------------------------------------------------------------------
     def server_event(self, event: p.ServerEvent, now: float) -> list[Action]:
-        handler = _HANDLERS.get(type(event))
-        if handler is None:
-            return []
-        return handler(self, event, now)
+        match event:
+            case p.SpeechStarted():
+                return self._on_speech_started(event, now)
+            case p.SpeechStopped():
+                return self._on_speech_stopped(event, now)
+            case p.InputAudioBufferCommitted():
+                return self._on_committed(event, now)
+            case p.InputAudioTranscriptionDelta():
+                return self._on_user_delta(event, now)
+            case p.InputAudioTranscriptionCompleted():
+                return self._on_user_transcript(event, now)
+            case p.InputAudioTranscriptionFailed():
+                return self._on_user_transcript_failed(event, now)
+            case p.ResponseCreated():
+                return self._on_response_created(event, now)
+            case p.ResponseOutputItemAdded():
+                return self._on_output_item_added(event, now)
+            case p.ResponseOutputAudioDelta():
+                return self._on_audio_delta(event, now)
+            case p.ResponseOutputAudioDone():
+                return self._on_audio_done(event, now)
+            case p.ResponseOutputAudioTranscriptDelta() | p.ResponseOutputTextDelta():
+                return self._on_transcript_delta(event, now)
+            case p.ResponseOutputAudioTranscriptDone() | p.ResponseOutputTextDone():
+                return self._on_transcript_done(event, now)
+            case p.ResponseFunctionCallArgumentsDone():
+                return self._on_arguments_done(event, now)
+            case p.ResponseDone():
+                return self._on_response_done(event, now)
+            case p.ErrorEvent():
+                return self._on_error(event, now)
+            case _:  # what the conversation does not act on: session reports, item lifecycle, ...
+                return []
 
     def _on_speech_started(self, event: p.SpeechStarted, now: float) -> list[Action]:
         actions: list[Action] = []
@@ -617,7 +646,7 @@ class Conversation:
 
     def _on_output_item_added(self, event: p.ResponseOutputItemAdded, now: float) -> list[Action]:
         response = self._response(event.response_id)
-        if event.item.type == "message":
+        if event.item.type == "message" and event.item.id is not None:
             self._assistant_item(event.item.id, response.response_id)
         return []
 
@@ -715,9 +744,6 @@ class Conversation:
         text = one_line(event.message or event.code or "unknown error")
         return [Notice("error", f"The server reported a problem: {text}")]
 
-    def _on_session(self, event: p.SessionCreated | p.SessionUpdated, now: float) -> list[Action]:
-        return []
-
     # ------------------------------------------------------------------------------------------
     # Internals
     # ------------------------------------------------------------------------------------------
@@ -727,7 +753,7 @@ class Conversation:
         self.state = state
         return [StateChanged(state, self.muted)]
 
-    def _session_config(self) -> p.SessionConfig:
+    def _session_config(self) -> p.Session:
         if self.settings.push_to_talk:
             return replace(self.settings.session, turn_detection=None)
         return self.settings.session
@@ -802,7 +828,7 @@ class Conversation:
         if response.done or response.cancel_sent:
             return []
         response.cancel_sent = True
-        return [Send(p.response_cancel(response_id))]
+        return [Send(p.ResponseCancel(response_id))]
 
     def _interrupt_assistant(
         self, now: float, onset_at: float | None, server_cancels: bool = False
@@ -861,7 +887,7 @@ class Conversation:
         if self.state is State.USER_SPEAKING:
             return []
         self._pending_reply = True
-        actions: list[Action] = [Send(p.response_create())]
+        actions: list[Action] = [Send(p.ResponseCreate())]
         return actions + self._set_state(State.THINKING)
 
     def _maybe_complete_turn_of(self, response_id: str, now: float) -> list[Action]:
@@ -911,16 +937,16 @@ class Conversation:
         replayed_calls = {e.key for e in entries if e.kind == "call"}
         for entry in entries:
             if entry.kind == "user":
-                actions.append(Send(p.conversation_item_create_user_text(entry.text)))
+                actions.append(Send(p.ConversationItemCreate.message("user", entry.text)))
             elif entry.kind == "assistant":
-                actions.append(Send(p.conversation_item_create_assistant_text(entry.text)))
+                actions.append(Send(p.ConversationItemCreate.message("assistant", entry.text)))
             elif entry.kind == "call":
                 actions.append(
-                    Send(p.conversation_item_create_function_call(entry.key, entry.name, entry.text))
+                    Send(p.ConversationItemCreate.function_call(entry.key, entry.name, entry.text))
                 )
             elif entry.key in replayed_calls:
                 # An output without its call would be rejected by the server.
-                actions.append(Send(p.conversation_item_create_function_call_output(entry.key, entry.text)))
+                actions.append(Send(p.ConversationItemCreate.function_call_output(entry.key, entry.text)))
         return actions
 
 
@@ -955,26 +981,3 @@ def _tool_message(call: _Call, output: str, ok: bool) -> str:
         if isinstance(error, dict) and isinstance(error.get("message"), str):
             return f"{call.name} failed: {error['message']}"
     return f"{call.name} {'finished' if ok else 'failed'}"
-
-
-_HANDLERS: dict[type[Any], Callable[[Conversation, Any, float], list[Action]]] = {
-    p.SessionCreated: Conversation._on_session,
-    p.SessionUpdated: Conversation._on_session,
-    p.SpeechStarted: Conversation._on_speech_started,
-    p.SpeechStopped: Conversation._on_speech_stopped,
-    p.InputAudioBufferCommitted: Conversation._on_committed,
-    p.InputAudioTranscriptionDelta: Conversation._on_user_delta,
-    p.InputAudioTranscriptionCompleted: Conversation._on_user_transcript,
-    p.InputAudioTranscriptionFailed: Conversation._on_user_transcript_failed,
-    p.ResponseCreated: Conversation._on_response_created,
-    p.ResponseOutputItemAdded: Conversation._on_output_item_added,
-    p.ResponseOutputAudioDelta: Conversation._on_audio_delta,
-    p.ResponseOutputAudioDone: Conversation._on_audio_done,
-    p.ResponseOutputAudioTranscriptDelta: Conversation._on_transcript_delta,
-    p.ResponseOutputTextDelta: Conversation._on_transcript_delta,
-    p.ResponseOutputAudioTranscriptDone: Conversation._on_transcript_done,
-    p.ResponseOutputTextDone: Conversation._on_transcript_done,
-    p.ResponseFunctionCallArgumentsDone: Conversation._on_arguments_done,
-    p.ResponseDone: Conversation._on_response_done,
-    p.ErrorEvent: Conversation._on_error,
-}

@@ -1,393 +1,210 @@
-"""The OpenAI Realtime protocol (GA event names), sans I/O.
+"""The OpenAI Realtime protocol (GA event names), sans I/O, for both roles.
 
-Client events are built as plain dicts ready for :func:`encode`; server frames are turned into frozen
-dataclasses by :func:`parse_server_event`. Nothing here touches a socket, a thread or a logger, so the
-connection code decides what to send, when, and what to log.
+Every event is a frozen dataclass declared once here: the app builds client events and reads server
+events, the offline server reads client events and builds server events, all through
+:mod:`app.core.wire`, which follows the field declarations. ``encode`` turns any event into a frame;
+:func:`parse_server_event` and :func:`parse_client_event` turn a frame into one.
 
-The parser never raises: a receive loop must survive whatever arrives, so unknown event types become
-:class:`UnknownEvent` and anything unusable becomes :class:`MalformedEvent`. Fields the client does not
-use are ignored, so the server may add fields freely.
+The parsers never raise: a receive loop must survive whatever arrives, so a type not declared here
+becomes :class:`UnknownEvent` and anything unusable :class:`MalformedEvent`, whose ``error`` names the
+field. Fields not declared are ignored, so the other side may add fields freely.
 """
 
 from __future__ import annotations
 
-import base64
-import copy
 import json
-import math
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, Literal, TypeAlias, TypeGuard, TypeVar
+import secrets
+import typing
+from collections.abc import Mapping
+from typing import Any, ClassVar, Final, Literal, TypeAlias
 
+from app.core import wire
 from app.core.safe_text import printable
-
-__all__ = [
-    "PCM_RATE",
-    "ContentPart",
-    "ConversationItemAdded",
-    "ConversationItemDone",
-    "ConversationItemTruncated",
-    "Eagerness",
-    "ErrorEvent",
-    "InputAudioBufferCleared",
-    "InputAudioBufferCommitted",
-    "InputAudioTranscriptionCompleted",
-    "InputAudioTranscriptionDelta",
-    "InputAudioTranscriptionFailed",
-    "ItemInfo",
-    "MalformedEvent",
-    "OutputAudioBufferCleared",
-    "OutputAudioBufferStarted",
-    "OutputAudioBufferStopped",
-    "RateLimit",
-    "RateLimitsUpdated",
-    "ResponseContentPartAdded",
-    "ResponseContentPartDone",
-    "ResponseCreated",
-    "ResponseDone",
-    "ResponseFunctionCallArgumentsDelta",
-    "ResponseFunctionCallArgumentsDone",
-    "ResponseOutputAudioDelta",
-    "ResponseOutputAudioDone",
-    "ResponseOutputAudioTranscriptDelta",
-    "ResponseOutputAudioTranscriptDone",
-    "ResponseOutputItemAdded",
-    "ResponseOutputItemDone",
-    "ResponseOutputTextDelta",
-    "ResponseOutputTextDone",
-    "ResponseStatusDetails",
-    "ServerEvent",
-    "SessionConfig",
-    "SessionCreated",
-    "SessionInfo",
-    "SessionUpdated",
-    "SpeechStarted",
-    "SpeechStopped",
-    "ToolSpec",
-    "TurnDetection",
-    "TurnDetectionKind",
-    "UnknownEvent",
-    "UnknownTypeLog",
-    "Usage",
-    "conversation_item_create_assistant_text",
-    "conversation_item_create_function_call",
-    "conversation_item_create_function_call_output",
-    "conversation_item_create_user_text",
-    "conversation_item_truncate",
-    "encode",
-    "input_audio_buffer_append",
-    "input_audio_buffer_clear",
-    "input_audio_buffer_commit",
-    "parse_server_event",
-    "response_cancel",
-    "response_create",
-    "session_update",
-]
+from app.core.wire import at, event, record
 
 PCM_RATE: Final = 24000  # the only rate the API accepts for audio/pcm, in both directions
+MAX_TEXT_CHARS: Final = 100_000  # instructions, a tool's description, a transcription prompt
+MAX_NAME_CHARS: Final = 256  # model, voice, call ids, language and the other short strings
+MAX_ID_CHARS: Final = 64  # OpenAI documents 32: room to spare for a client that oversteps it
+MAX_ITEM_CHARS: Final = 256 * 1024  # text of one item: a message, a tool output, a call's arguments
+MAX_PREFIX_PADDING_MS: Final = 2000  # how far back a turn may reach before its detected onset
 
 TurnDetectionKind: TypeAlias = Literal["server_vad", "semantic_vad"]
 Eagerness: TypeAlias = Literal["low", "medium", "high", "auto"]
-
-_TURN_DETECTION_KINDS: Final = frozenset({"server_vad", "semantic_vad"})
-_EAGERNESS: Final = frozenset({"low", "medium", "high", "auto"})
+Modality: TypeAlias = Literal["audio", "text"]
 # The API rejects other names with an error that arrives only after the session is live.
 _TOOL_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _EXCERPT_CHARS: Final = 200
 
-
 # ---------------------------------------------------------------------------------------------------
-# Session configuration
+# The session
 # ---------------------------------------------------------------------------------------------------
 
 
-def _is_int(value: object) -> TypeGuard[int]:
-    # bool is an int subclass, and True as a millisecond count is always a bug.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True, slots=True)
+@record
 class TurnDetection:
-    """Server-side turn detection.
+    """Server-side turn detection; ``None`` fields are left to the server's defaults.
 
-    One object can carry the settings of both kinds (a settings page may keep them all while the user
-    switches kind); :meth:`to_dict` renders only the fields valid for ``kind``, because the server
-    rejects e.g. ``eagerness`` on ``server_vad``. ``None`` fields are left to the server's defaults.
+    One object can carry the settings of both kinds (a settings page keeps them all while the user
+    switches kind); only the fields of ``kind`` are written, since the server rejects the others.
     """
 
-    kind: TurnDetectionKind = "server_vad"
-    threshold: float | None = None  # server_vad only, 0.0 to 1.0
-    prefix_padding_ms: int | None = None  # server_vad only
-    silence_duration_ms: int | None = None  # server_vad only
+    kind: TurnDetectionKind = at("type", default="server_vad")
+    threshold: float | None = at(default=None, low=0.0, high=1.0)  # server_vad only
+    prefix_padding_ms: int | None = at(default=None, low=0, high=MAX_PREFIX_PADDING_MS)  # server_vad only
+    silence_duration_ms: int | None = at(default=None, low=0, high=10_000)  # server_vad only
     eagerness: Eagerness | None = None  # semantic_vad only
     create_response: bool = True
     interrupt_response: bool = True
+    idle_timeout_ms: int | None = at(default=None, low=0, high=3_600_000)  # server_vad only
 
     def __post_init__(self) -> None:
-        if self.kind not in _TURN_DETECTION_KINDS:
-            raise ValueError(f"turn detection kind must be server_vad or semantic_vad, not {self.kind!r}")
-        if self.threshold is not None and (
-            isinstance(self.threshold, bool)
-            or not isinstance(self.threshold, int | float)
-            or not 0.0 <= self.threshold <= 1.0
-        ):
-            raise ValueError(f"threshold must be a number from 0.0 to 1.0, not {self.threshold!r}")
-        for name in ("prefix_padding_ms", "silence_duration_ms"):
-            value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 0):
-                raise ValueError(f"{name} must be an int >= 0, not {value!r}")
-        if self.eagerness is not None and self.eagerness not in _EAGERNESS:
-            raise ValueError(f"eagerness must be one of {sorted(_EAGERNESS)}, not {self.eagerness!r}")
-        for name in ("create_response", "interrupt_response"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool")
+        wire.check(self)  # settings build these in code: the same bounds as a server reading them
 
-    def to_dict(self) -> dict[str, Any]:
-        rendered: dict[str, Any] = {"type": self.kind}
-        if self.kind == "server_vad":
-            if self.threshold is not None:
-                rendered["threshold"] = float(self.threshold)
-            if self.prefix_padding_ms is not None:
-                rendered["prefix_padding_ms"] = self.prefix_padding_ms
-            if self.silence_duration_ms is not None:
-                rendered["silence_duration_ms"] = self.silence_duration_ms
-        elif self.eagerness is not None:
-            rendered["eagerness"] = self.eagerness
-        rendered["create_response"] = self.create_response
-        rendered["interrupt_response"] = self.interrupt_response
-        return rendered
+    def omitted(self) -> frozenset[str]:
+        if self.kind == "semantic_vad":
+            return frozenset({"threshold", "prefix_padding_ms", "silence_duration_ms", "idle_timeout_ms"})
+        return frozenset({"eagerness"})
 
 
 def _empty_object_schema() -> Mapping[str, Any]:
     return {"type": "object", "properties": {}}
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ToolSpec:
     """A function tool the model may call; ``parameters`` is a JSON schema."""
 
-    name: str
-    description: str
+    name: str = at(max_chars=64)
+    description: str = at(default="", max_chars=MAX_TEXT_CHARS)
     # Excluded from the hash so a spec stays hashable although a schema is a dict.
-    parameters: Mapping[str, Any] = field(default_factory=_empty_object_schema, hash=False)
+    parameters: Mapping[str, Any] = at(default=_empty_object_schema(), hash=False)
+    type: Literal["function"] = "function"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _TOOL_NAME.fullmatch(self.name):
-            raise ValueError(f"tool name must match [A-Za-z0-9_-]{{1,64}}, not {self.name!r}")
+            problem = f"must be 1 to 64 letters, digits, '_' or '-', not {self.name!r}"
+            raise wire.WireError("name", problem, "value")
         if not isinstance(self.parameters, Mapping):
             raise ValueError(f"parameters of tool {self.name!r} must be a JSON schema object")
 
-    def to_dict(self) -> dict[str, Any]:
-        # A deep copy, so a caller editing the event cannot change the spec behind our back.
-        return {
-            "type": "function",
-            "name": self.name,
-            "description": self.description,
-            "parameters": copy.deepcopy(dict(self.parameters)),
-        }
+
+@record
+class AudioFormat:
+    type: str = at(default="audio/pcm", max_chars=MAX_NAME_CHARS)
+    rate: int | None = PCM_RATE
 
 
-@dataclass(frozen=True, slots=True)
-class SessionConfig:
-    """Everything :func:`session_update` sends.
+@record
+class Transcription:
+    model: str | None = at(default=None, max_chars=MAX_NAME_CHARS)
+    language: str | None = at(default=None, max_chars=MAX_NAME_CHARS)
+    prompt: str | None = at(default=None, max_chars=MAX_TEXT_CHARS)
 
-    ``model`` is usually chosen in the connection URL; set it here only for the first update, since
-    the server does not let a live session change model. ``transcription_model=None`` leaves input
-    transcription off, ``turn_detection=None`` turns server turn detection off (the client then commits
-    the buffer and asks for responses itself).
+
+@record
+class NoiseReduction:
+    type: Literal["near_field", "far_field"] | None = None
+
+
+@record
+class CustomVoice:
+    id: str = at(max_chars=MAX_NAME_CHARS)
+
+
+@record
+class Session:
+    """A realtime session, as ``session.update`` asks for it and the server reports it.
+
+    ``model`` is usually chosen in the connection URL; set it only in the first update, since the
+    server does not let a live session change model. ``transcription=None`` leaves input
+    transcription off, ``turn_detection=None`` turns server turn detection off (the client then
+    commits the buffer and asks for responses itself). In an update only the fields given count
+    (:func:`app.core.wire.given`).
     """
 
-    instructions: str
-    model: str | None = None
-    voice: str = "marin"
-    transcription_model: str | None = None
-    turn_detection: TurnDetection | None = field(default_factory=TurnDetection)
-    tools: tuple[ToolSpec, ...] = ()
+    instructions: str | None = at(default=None, max_chars=MAX_TEXT_CHARS)
+    model: str | None = at(default=None, max_chars=MAX_NAME_CHARS)
+    voice: str | CustomVoice | None = at("audio", "output", "voice", default=None, max_chars=MAX_NAME_CHARS)
+    transcription: Transcription | None = at("audio", "input", "transcription", default=None)
+    turn_detection: TurnDetection | None = at(
+        "audio", "input", "turn_detection", default=TurnDetection(), keep_null=True
+    )
+    tools: tuple[ToolSpec, ...] = at(default=(), max_items=128, keep_empty=True)
+    output_modalities: tuple[Modality, ...] = at(default=("audio",), max_items=2)
+    type: Literal["realtime"] = "realtime"
+    id: str | None = None
+    object: str | None = None
+    tool_choice: str | Mapping[str, Any] | None = "auto"
+    max_output_tokens: int | Literal["inf"] | None = at(default=None, low=1, high=4096)
+    input_format: AudioFormat = at("audio", "input", "format", default=AudioFormat())
+    noise_reduction: NoiseReduction | None = at("audio", "input", "noise_reduction", default=None)
+    output_format: AudioFormat = at("audio", "output", "format", default=AudioFormat())
+    speed: float | None = at("audio", "output", "speed", default=None, low=0.25, high=1.5)
+    truncation: str | Mapping[str, Any] | None = None
+    tracing: str | Mapping[str, Any] | None = None
+    prompt: Mapping[str, Any] | None = None
+    include: tuple[str, ...] | None = None
+    reasoning: Mapping[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    raw: Mapping[str, Any] = at(default={}, whole=True, compare=False)
 
     def __post_init__(self) -> None:
-        tools = tuple(self.tools)  # a list would make the frozen config mutable through the back door
-        object.__setattr__(self, "tools", tools)
-        names = [tool.name for tool in tools]
+        object.__setattr__(self, "tools", tuple(self.tools))  # a list would be mutable behind our back
+        names = [tool.name for tool in self.tools]
         if len(set(names)) != len(names):
             raise ValueError(f"tool names must be unique, got {names}")
 
+    @property
+    def voice_name(self) -> str | None:
+        """A built-in voice's name, or a custom voice's id."""
+        return self.voice.id if isinstance(self.voice, CustomVoice) else self.voice
 
-# ---------------------------------------------------------------------------------------------------
-# Client events
-# ---------------------------------------------------------------------------------------------------
+    @property
+    def transcription_model(self) -> str | None:
+        return None if self.transcription is None else self.transcription.model
 
-
-def _event(event_type: str, event_id: str | None, **fields: Any) -> dict[str, Any]:
-    event: dict[str, Any] = {"type": event_type}
-    if event_id is not None:
-        event["event_id"] = event_id
-    event.update(fields)
-    return event
-
-
-def _pcm_format() -> dict[str, Any]:
-    return {"type": "audio/pcm", "rate": PCM_RATE}
-
-
-def session_update(config: SessionConfig, *, event_id: str | None = None) -> dict[str, Any]:
-    """``session.update`` for a realtime (speech-to-speech) session with 24 kHz PCM16 both ways."""
-    audio_input: dict[str, Any] = {"format": _pcm_format()}
-    if config.transcription_model is not None:
-        audio_input["transcription"] = {"model": config.transcription_model}
-    # Sent even when None: null is how the API is told to turn turn detection off.
-    audio_input["turn_detection"] = (
-        config.turn_detection.to_dict() if config.turn_detection is not None else None
-    )
-    session: dict[str, Any] = {"type": "realtime"}
-    if config.model is not None:
-        session["model"] = config.model
-    session["instructions"] = config.instructions
-    session["output_modalities"] = ["audio"]
-    session["audio"] = {
-        "input": audio_input,
-        "output": {"format": _pcm_format(), "voice": config.voice},
-    }
-    session["tools"] = [tool.to_dict() for tool in config.tools]
-    session["tool_choice"] = "auto"
-    return _event("session.update", event_id, session=session)
-
-
-def input_audio_buffer_append(
-    pcm16: bytes | bytearray | memoryview, *, event_id: str | None = None
-) -> dict[str, Any]:
-    """``input_audio_buffer.append`` with mono little-endian PCM16 at 24 kHz."""
-    raw = bytes(pcm16)
-    if len(raw) % 2:
-        # Half a sample shifts every later sample by one byte, which the server hears as loud noise.
-        raise ValueError(f"PCM16 audio must be a whole number of samples, got {len(raw)} bytes")
-    return _event("input_audio_buffer.append", event_id, audio=base64.b64encode(raw).decode("ascii"))
-
-
-def input_audio_buffer_commit(*, event_id: str | None = None) -> dict[str, Any]:
-    return _event("input_audio_buffer.commit", event_id)
-
-
-def input_audio_buffer_clear(*, event_id: str | None = None) -> dict[str, Any]:
-    return _event("input_audio_buffer.clear", event_id)
-
-
-def _item_create(item: dict[str, Any], event_id: str | None) -> dict[str, Any]:
-    return _event("conversation.item.create", event_id, item=item)
-
-
-def conversation_item_create_user_text(text: str, *, event_id: str | None = None) -> dict[str, Any]:
-    item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
-    return _item_create(item, event_id)
-
-
-def conversation_item_create_assistant_text(text: str, *, event_id: str | None = None) -> dict[str, Any]:
-    """An assistant message, for replaying history into a new session after a reconnect."""
-    item = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}
-    return _item_create(item, event_id)
-
-
-def conversation_item_create_function_call(
-    call_id: str, name: str, arguments: str, *, event_id: str | None = None
-) -> dict[str, Any]:
-    """A past function call, for replay; ``arguments`` is the JSON text the model produced."""
-    item = {"type": "function_call", "call_id": call_id, "name": name, "arguments": arguments}
-    return _item_create(item, event_id)
-
-
-def conversation_item_create_function_call_output(
-    call_id: str, output: str, *, event_id: str | None = None
-) -> dict[str, Any]:
-    item = {"type": "function_call_output", "call_id": call_id, "output": output}
-    return _item_create(item, event_id)
-
-
-def conversation_item_truncate(
-    item_id: str, content_index: int, audio_end_ms: int, *, event_id: str | None = None
-) -> dict[str, Any]:
-    """``conversation.item.truncate``: the user heard only ``audio_end_ms`` of the assistant's audio."""
-    if not _is_int(audio_end_ms):
-        raise TypeError(f"audio_end_ms must be an int, not {type(audio_end_ms).__name__}")
-    if audio_end_ms < 0:
-        raise ValueError(f"audio_end_ms must be >= 0, not {audio_end_ms}")
-    if not _is_int(content_index):
-        raise TypeError(f"content_index must be an int, not {type(content_index).__name__}")
-    if content_index < 0:
-        raise ValueError(f"content_index must be >= 0, not {content_index}")
-    return _event(
-        "conversation.item.truncate",
-        event_id,
-        item_id=item_id,
-        content_index=content_index,
-        audio_end_ms=audio_end_ms,
-    )
-
-
-def response_create(instructions: str | None = None, *, event_id: str | None = None) -> dict[str, Any]:
-    """``response.create``; ``instructions`` override the session's for this response only."""
-    if instructions is None:
-        return _event("response.create", event_id)
-    return _event("response.create", event_id, response={"instructions": instructions})
-
-
-def response_cancel(response_id: str | None = None, *, event_id: str | None = None) -> dict[str, Any]:
-    """``response.cancel``; without ``response_id`` the server cancels whatever is in progress."""
-    if response_id is None:
-        return _event("response.cancel", event_id)
-    return _event("response.cancel", event_id, response_id=response_id)
-
-
-def encode(event: Mapping[str, Any]) -> str:
-    """Compact JSON for one client event.
-
-    NaN and infinities raise ``ValueError`` here rather than producing JSON the server rejects.
-    """
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    @property
+    def tool_names(self) -> tuple[str, ...]:
+        return tuple(tool.name for tool in self.tools)
 
 
 # ---------------------------------------------------------------------------------------------------
-# Server events
+# Conversation items and responses
 # ---------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class SessionInfo:
-    """The parts of a server session object the client checks; ``raw`` has the rest."""
-
-    id: str | None
-    type: str | None  # "realtime" or "transcription"
-    model: str | None
-    instructions: str | None
-    voice: str | None
-    output_modalities: tuple[str, ...]
-    transcription_model: str | None
-    turn_detection_type: str | None  # None when turn detection is off
-    tool_names: tuple[str, ...]
-    raw: Mapping[str, Any] = field(compare=False, repr=False)
-
-
-@dataclass(frozen=True, slots=True)
+@record
 class ContentPart:
     """One content part of a message; audio bytes are not kept (they arrive as deltas)."""
 
-    type: str | None
-    text: str | None = None
+    type: str | None = at(default=None, max_chars=MAX_NAME_CHARS)
+    text: str | None = at(default=None, max_chars=MAX_ITEM_CHARS)
     transcript: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ItemInfo:
-    """A conversation item: a message, a function call, a function call output, or a newer kind."""
+    """A conversation item: a message, a function call, its output, or a newer kind.
 
-    id: str
-    type: str
+    ``id`` is None only in an item a client creates and leaves the server to name.
+    """
+
+    id: str | None = at(default=None, max_chars=MAX_ID_CHARS)
+    type: str = at(default="message", max_chars=MAX_NAME_CHARS)
     role: str | None = None
     status: str | None = None
-    content: tuple[ContentPart, ...] = ()
-    call_id: str | None = None  # function_call and function_call_output
-    name: str | None = None  # function_call
-    arguments: str | None = None  # function_call
-    output: str | None = None  # function_call_output
+    content: tuple[ContentPart, ...] = at(default=(), max_items=64, keep_empty=True)
+    call_id: str | None = at(default=None, max_chars=MAX_NAME_CHARS)  # function_call and its output
+    name: str | None = at(default=None, max_chars=64)  # function_call
+    arguments: str | None = at(default=None, max_chars=MAX_ITEM_CHARS)  # function_call
+    output: str | None = at(default=None, max_chars=MAX_ITEM_CHARS)  # function_call_output
+    object: str | None = at(default=None, compare=False)
+
+    def omitted(self) -> frozenset[str]:
+        # A message has content, if only []; the other kinds have none.
+        return frozenset() if self.type == "message" or self.content else frozenset({"content"})
 
     @property
     def text(self) -> str:
@@ -395,28 +212,34 @@ class ItemInfo:
         return "".join(part.text or part.transcript or "" for part in self.content)
 
 
-@dataclass(frozen=True, slots=True)
+def _named(item: ItemInfo, where: str) -> None:
+    """A server names every item it reports; only a client may leave the id to the server."""
+    if item.id is None:
+        raise wire.WireError(f"{where}.id", "is required", "missing")
+
+
+@record
 class ResponseStatusDetails:
     type: str | None
-    reason: str | None  # e.g. turn_detected, client_cancelled, max_output_tokens, content_filter
-    error_type: str | None
-    error_code: str | None
-    error_message: str | None
+    reason: str | None = None  # e.g. turn_detected, client_cancelled, max_output_tokens, content_filter
+    error_type: str | None = at("error", "type", default=None)
+    error_code: str | None = at("error", "code", default=None)
+    error_message: str | None = at("error", "message", default=None)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Usage:
-    total_tokens: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    input_text_tokens: int = 0
-    input_audio_tokens: int = 0
-    input_cached_tokens: int = 0
-    output_text_tokens: int = 0
-    output_audio_tokens: int = 0
+    total_tokens: int = at(absent=0, default=0)
+    input_tokens: int = at(absent=0, default=0)
+    output_tokens: int = at(absent=0, default=0)
+    input_text_tokens: int = at("input_token_details", "text_tokens", absent=0, default=0)
+    input_audio_tokens: int = at("input_token_details", "audio_tokens", absent=0, default=0)
+    input_cached_tokens: int = at("input_token_details", "cached_tokens", absent=0, default=0)
+    output_text_tokens: int = at("output_token_details", "text_tokens", absent=0, default=0)
+    output_audio_tokens: int = at("output_token_details", "audio_tokens", absent=0, default=0)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RateLimit:
     name: str | None
     limit: int | None
@@ -424,315 +247,418 @@ class RateLimit:
     reset_seconds: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class SessionCreated:
-    TYPE: ClassVar[str] = "session.created"
-    event_id: str
-    session: SessionInfo
+# ---------------------------------------------------------------------------------------------------
+# Client events
+# ---------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class SessionUpdated:
-    TYPE: ClassVar[str] = "session.updated"
-    event_id: str
-    session: SessionInfo
+@record
+class _ClientEvent:
+    TYPE: ClassVar[str]
+    event_id: str | None = at(default=None, max_chars=MAX_NAME_CHARS, kw_only=True)
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorEvent:
+@event("session.update")
+class SessionUpdate(_ClientEvent):
+    session: Session
+
+
+@event("input_audio_buffer.append")
+class InputAudioBufferAppend(_ClientEvent):
+    """Mono little-endian PCM16 at 24 kHz."""
+
+    audio: bytes = at(shown=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "audio", bytes(self.audio))  # a caller's buffer may change later
+        if len(self.audio) % 2:
+            # Half a sample shifts every later sample by one byte, which sounds like loud noise.
+            problem = f"must be a whole number of 16-bit samples, got {len(self.audio)} bytes"
+            raise wire.WireError("audio", problem, "value", "invalid_audio_length")
+
+
+@event("input_audio_buffer.commit")
+class InputAudioBufferCommit(_ClientEvent):
+    pass
+
+
+@event("input_audio_buffer.clear")
+class InputAudioBufferClear(_ClientEvent):
+    pass
+
+
+@event("conversation.item.create")
+class ConversationItemCreate(_ClientEvent):
+    item: ItemInfo
+    previous_item_id: str | None = at(default=None, max_chars=MAX_ID_CHARS)
+
+    @staticmethod
+    def message(role: Literal["user", "assistant", "system"], text: str) -> ConversationItemCreate:
+        """A text message; an assistant's replays history into a new session after a reconnect."""
+        part = ContentPart("output_text" if role == "assistant" else "input_text", text)
+        return ConversationItemCreate(ItemInfo(type="message", role=role, content=(part,)))
+
+    @staticmethod
+    def function_call(call_id: str, name: str, arguments: str) -> ConversationItemCreate:
+        """A past function call, for replay; ``arguments`` is the JSON text the model produced."""
+        return ConversationItemCreate(
+            ItemInfo(type="function_call", call_id=call_id, name=name, arguments=arguments)
+        )
+
+    @staticmethod
+    def function_call_output(call_id: str, output: str) -> ConversationItemCreate:
+        return ConversationItemCreate(ItemInfo(type="function_call_output", call_id=call_id, output=output))
+
+
+@event("conversation.item.truncate")
+class ConversationItemTruncate(_ClientEvent):
+    """The user heard only ``audio_end_ms`` of the assistant's audio."""
+
+    item_id: str = at(max_chars=MAX_ID_CHARS)
+    content_index: int = at(low=0, high=0)  # an audio item has one content part
+    audio_end_ms: int = at(low=0, high=3_600_000)
+
+    def __post_init__(self) -> None:
+        for name in ("content_index", "audio_end_ms"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, not {value}")
+
+
+@event("conversation.item.retrieve")
+class ConversationItemRetrieve(_ClientEvent):
+    item_id: str = at(max_chars=MAX_ID_CHARS)
+
+
+@event("conversation.item.delete")
+class ConversationItemDelete(_ClientEvent):
+    item_id: str = at(max_chars=MAX_ID_CHARS)
+
+
+@record
+class ResponseOptions:
+    """What one ``response.create`` asks for beyond the session's settings."""
+
+    instructions: str | None = at(default=None, max_chars=MAX_TEXT_CHARS)
+    output_modalities: tuple[Modality, ...] | None = at(default=None, max_items=2)
+    metadata: Mapping[str, str] | None = at(default=None, max_items=16, max_chars=512)  # OpenAI's bounds
+    conversation: str | None = at(default=None, max_chars=MAX_NAME_CHARS)
+
+
+@event("response.create")
+class ResponseCreate(_ClientEvent):
+    response: ResponseOptions | None = None
+
+
+@event("response.cancel")
+class ResponseCancel(_ClientEvent):
+    """Without ``response_id`` the server cancels whatever is in progress."""
+
+    response_id: str | None = at(default=None, max_chars=MAX_ID_CHARS)
+
+
+ClientEvent: TypeAlias = (
+    SessionUpdate
+    | InputAudioBufferAppend
+    | InputAudioBufferCommit
+    | InputAudioBufferClear
+    | ConversationItemCreate
+    | ConversationItemTruncate
+    | ConversationItemRetrieve
+    | ConversationItemDelete
+    | ResponseCreate
+    | ResponseCancel
+)
+
+# ---------------------------------------------------------------------------------------------------
+# Server events: ``event_id`` is made when the server builds one, and only logs use it (an event that
+# arrives without one is still delivered)
+# ---------------------------------------------------------------------------------------------------
+
+
+def new_id(prefix: str) -> str:
+    """Ids like OpenAI's: a prefix and a random part (``event_``, ``item_``, ``resp_``, ``call_``)."""
+    return f"{prefix}_{secrets.token_hex(10)}"
+
+
+@record
+class _ServerEvent:
+    TYPE: ClassVar[str]
+    event_id: str = at(absent="", default_factory=lambda: new_id("event"), kw_only=True)
+
+
+@event("session.created")
+class SessionCreated(_ServerEvent):
+    session: Session = at()
+
+
+@event("session.updated")
+class SessionUpdated(_ServerEvent):
+    session: Session = at()
+
+
+@event("error")
+class ErrorEvent(_ServerEvent):
     """``error``; ``client_event_id`` is the ``event_id`` of the client event that caused it, if any."""
 
-    TYPE: ClassVar[str] = "error"
-    event_id: str
-    error_type: str | None
-    code: str | None
-    message: str
-    param: str | None
-    client_event_id: str | None
+    error_type: str | None = at("error", "type")
+    code: str | None = at("error", "code")
+    # An error must reach the user even when the server left out its message.
+    message: str = at("error", "message", absent="")
+    param: str | None = at("error", "param", keep_null=True)
+    client_event_id: str | None = at("error", "event_id", keep_null=True)
 
 
-@dataclass(frozen=True, slots=True)
-class InputAudioBufferCommitted:
-    TYPE: ClassVar[str] = "input_audio_buffer.committed"
-    event_id: str
-    item_id: str
-    previous_item_id: str | None
+@event("input_audio_buffer.committed")
+class InputAudioBufferCommitted(_ServerEvent):
+    item_id: str = at()
+    previous_item_id: str | None = at(default=None, keep_null=True)
 
 
-@dataclass(frozen=True, slots=True)
-class InputAudioBufferCleared:
-    TYPE: ClassVar[str] = "input_audio_buffer.cleared"
-    event_id: str
+@event("input_audio_buffer.cleared")
+class InputAudioBufferCleared(_ServerEvent):
+    pass
 
 
-@dataclass(frozen=True, slots=True)
-class SpeechStarted:
-    TYPE: ClassVar[str] = "input_audio_buffer.speech_started"
-    event_id: str
-    audio_start_ms: int
-    item_id: str
+@event("input_audio_buffer.speech_started")
+class SpeechStarted(_ServerEvent):
+    audio_start_ms: int = at()
+    item_id: str = at()
 
 
-@dataclass(frozen=True, slots=True)
-class SpeechStopped:
-    TYPE: ClassVar[str] = "input_audio_buffer.speech_stopped"
-    event_id: str
-    audio_end_ms: int
-    item_id: str
+@event("input_audio_buffer.speech_stopped")
+class SpeechStopped(_ServerEvent):
+    audio_end_ms: int = at()
+    item_id: str = at()
 
 
-@dataclass(frozen=True, slots=True)
-class ConversationItemAdded:
-    TYPE: ClassVar[str] = "conversation.item.added"
-    event_id: str
-    item: ItemInfo
-    previous_item_id: str | None
+@event("conversation.item.added")
+class ConversationItemAdded(_ServerEvent):
+    item: ItemInfo = at()
+    previous_item_id: str | None = at(default=None, keep_null=True)
+
+    def __post_init__(self) -> None:
+        _named(self.item, "item")
 
 
-@dataclass(frozen=True, slots=True)
-class ConversationItemDone:
-    TYPE: ClassVar[str] = "conversation.item.done"
-    event_id: str
-    item: ItemInfo
-    previous_item_id: str | None
+@event("conversation.item.done")
+class ConversationItemDone(_ServerEvent):
+    item: ItemInfo = at()
+    previous_item_id: str | None = at(default=None, keep_null=True)
+
+    def __post_init__(self) -> None:
+        _named(self.item, "item")
 
 
-@dataclass(frozen=True, slots=True)
-class InputAudioTranscriptionDelta:
-    TYPE: ClassVar[str] = "conversation.item.input_audio_transcription.delta"
-    event_id: str
-    item_id: str
-    content_index: int
-    delta: str
+@event("conversation.item.retrieved")
+class ConversationItemRetrieved(_ServerEvent):
+    item: ItemInfo = at()
 
 
-@dataclass(frozen=True, slots=True)
-class InputAudioTranscriptionCompleted:
-    TYPE: ClassVar[str] = "conversation.item.input_audio_transcription.completed"
-    event_id: str
-    item_id: str
-    content_index: int
-    transcript: str
+@event("conversation.item.deleted")
+class ConversationItemDeleted(_ServerEvent):
+    item_id: str = at()
 
 
-@dataclass(frozen=True, slots=True)
-class InputAudioTranscriptionFailed:
-    TYPE: ClassVar[str] = "conversation.item.input_audio_transcription.failed"
-    event_id: str
-    item_id: str
-    content_index: int
-    error_type: str | None
-    code: str | None
-    message: str | None
+@event("conversation.item.input_audio_transcription.delta")
+class InputAudioTranscriptionDelta(_ServerEvent):
+    item_id: str = at()
+    content_index: int = at(absent=0)
+    delta: str = at(absent="")
 
 
-@dataclass(frozen=True, slots=True)
-class ConversationItemTruncated:
-    TYPE: ClassVar[str] = "conversation.item.truncated"
-    event_id: str
-    item_id: str
-    content_index: int
-    audio_end_ms: int
+@event("conversation.item.input_audio_transcription.completed")
+class InputAudioTranscriptionCompleted(_ServerEvent):
+    item_id: str = at()
+    content_index: int = at()
+    transcript: str = at()
+    usage: Mapping[str, Any] | None = at(default=None, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseCreated:
-    TYPE: ClassVar[str] = "response.created"
-    event_id: str
-    response_id: str
-    status: str | None
+@event("conversation.item.input_audio_transcription.failed")
+class InputAudioTranscriptionFailed(_ServerEvent):
+    item_id: str = at()
+    content_index: int = at()
+    error_type: str | None = at("error", "type", default=None)
+    code: str | None = at("error", "code", default=None)
+    message: str | None = at("error", "message", default=None)
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseDone:
-    """``response.done``; ``status`` is completed, cancelled, failed or incomplete.
+@event("conversation.item.truncated")
+class ConversationItemTruncated(_ServerEvent):
+    item_id: str = at()
+    content_index: int = at()
+    audio_end_ms: int = at()
+
+
+@record
+class _ResponseEvent(_ServerEvent):
+    """``response.created`` and ``response.done``: the response object with what the app reads flat."""
+
+    response_id: str = at("response", "id")
+    status: str | None = at("response", "status", default=None)
+    status_details: ResponseStatusDetails | None = at("response", "status_details", default=None)
+    usage: Usage | None = at("response", "usage", default=None, keep_null=True)
+    output: tuple[ItemInfo, ...] = at("response", "output", default=(), keep_empty=True)
+    # What the app does not read, and so does not compare: the server role writes it.
+    object: str = at("response", "object", default="realtime.response", compare=False)
+    output_modalities: tuple[Modality, ...] = at(
+        "response", "output_modalities", default=("audio",), compare=False
+    )
+    voice: str | CustomVoice | None = at("response", "audio", "output", "voice", default=None, compare=False)
+    metadata: Mapping[str, str] | None = at(
+        "response", "metadata", default=None, keep_null=True, compare=False
+    )
+    conversation_id: str | None = at("response", "conversation_id", default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        for index, item in enumerate(self.output):
+            _named(item, f"response.output[{index}]")
+
+
+@event("response.created")
+class ResponseCreated(_ResponseEvent):
+    pass
+
+
+@event("response.done")
+class ResponseDone(_ResponseEvent):
+    """``status`` is completed, cancelled, failed or incomplete.
 
     ``status`` stays a plain string and may be None: a status value this client does not know must
     still end the response, or the client would wait for it forever.
     """
 
-    TYPE: ClassVar[str] = "response.done"
-    event_id: str
-    response_id: str
-    status: str | None
-    status_details: ResponseStatusDetails | None
-    usage: Usage | None
-    output: tuple[ItemInfo, ...]
+
+@event("response.output_item.added")
+class ResponseOutputItemAdded(_ServerEvent):
+    response_id: str = at()
+    output_index: int = at()
+    item: ItemInfo = at()
+
+    def __post_init__(self) -> None:
+        _named(self.item, "item")
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseOutputItemAdded:
-    TYPE: ClassVar[str] = "response.output_item.added"
-    event_id: str
-    response_id: str
-    output_index: int
-    item: ItemInfo
+@event("response.output_item.done")
+class ResponseOutputItemDone(_ServerEvent):
+    response_id: str = at()
+    output_index: int = at()
+    item: ItemInfo = at()
+
+    def __post_init__(self) -> None:
+        _named(self.item, "item")
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseOutputItemDone:
-    TYPE: ClassVar[str] = "response.output_item.done"
-    event_id: str
-    response_id: str
-    output_index: int
-    item: ItemInfo
+@record
+class _PartEvent(_ServerEvent):
+    """Where a content event belongs: the fields every ``response.<part>`` event shares."""
+
+    response_id: str = at()
+    item_id: str = at()
+    output_index: int = at()
+    content_index: int = at()
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseContentPartAdded:
-    TYPE: ClassVar[str] = "response.content_part.added"
-    event_id: str
-    response_id: str
-    item_id: str
-    output_index: int
-    content_index: int
-    part: ContentPart
+@event("response.content_part.added")
+class ResponseContentPartAdded(_PartEvent):
+    part: ContentPart = at()
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseContentPartDone:
-    TYPE: ClassVar[str] = "response.content_part.done"
-    event_id: str
-    response_id: str
-    item_id: str
-    output_index: int
-    content_index: int
-    part: ContentPart
+@event("response.content_part.done")
+class ResponseContentPartDone(_PartEvent):
+    part: ContentPart = at()
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseOutputAudioDelta:
-    TYPE: ClassVar[str] = "response.output_audio.delta"
-    event_id: str
-    response_id: str
-    item_id: str
-    output_index: int
-    content_index: int
-    audio: bytes = field(repr=False)  # PCM16 at 24 kHz, decoded
+@event("response.output_audio.delta")
+class ResponseOutputAudioDelta(_PartEvent):
+    audio: bytes = at("delta", shown=False)  # PCM16 at 24 kHz, decoded
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseOutputAudioDone:
-    TYPE: ClassVar[str] = "response.output_audio.done"
-    event_id: str
-    response_id: str
-    item_id: str
-    output_index: int
-    content_index: int
+@event("response.output_audio.done")
+class ResponseOutputAudioDone(_PartEvent):
+    pass
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseOutputAudioTranscriptDelta:
-    TYPE: ClassVar[str] = "response.output_audio_transcript.delta"
-    event_id: str
-    response_id: str
-    item_id: str
-    output_index: int
-    content_index: int
-    delta: str
+@event("response.output_audio_transcript.delta")
+class ResponseOutputAudioTranscriptDelta(_PartEvent):
+    delta: str = at()
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseOutputAudioTranscriptDone:
-    TYPE: ClassVar[str] = "response.output_audio_transcript.done"
-    event_id: str
-    response_id: str
-    item_id: str
-    output_index: int
-    content_index: int
-    transcript: str
+@event("response.output_audio_transcript.done")
+class ResponseOutputAudioTranscriptDone(_PartEvent):
+    transcript: str = at()
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseOutputTextDelta:
-    TYPE: ClassVar[str] = "response.output_text.delta"
-    event_id: str
-    response_id: str
-    item_id: str
-    output_index: int
-    content_index: int
-    delta: str
+@event("response.output_text.delta")
+class ResponseOutputTextDelta(_PartEvent):
+    delta: str = at()
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseOutputTextDone:
-    TYPE: ClassVar[str] = "response.output_text.done"
-    event_id: str
-    response_id: str
-    item_id: str
-    output_index: int
-    content_index: int
-    text: str
+@event("response.output_text.done")
+class ResponseOutputTextDone(_PartEvent):
+    text: str = at()
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseFunctionCallArgumentsDelta:
-    TYPE: ClassVar[str] = "response.function_call_arguments.delta"
-    event_id: str
-    response_id: str
-    item_id: str
-    output_index: int
-    call_id: str
-    delta: str
+@event("response.function_call_arguments.delta")
+class ResponseFunctionCallArgumentsDelta(_ServerEvent):
+    response_id: str = at()
+    item_id: str = at()
+    output_index: int = at()
+    call_id: str = at()
+    delta: str = at()
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseFunctionCallArgumentsDone:
-    TYPE: ClassVar[str] = "response.function_call_arguments.done"
-    event_id: str
-    response_id: str
-    item_id: str
-    output_index: int
-    call_id: str
-    name: str
-    arguments: str  # JSON text as the model wrote it; the caller decides how to treat bad JSON
+@event("response.function_call_arguments.done")
+class ResponseFunctionCallArgumentsDone(_ServerEvent):
+    response_id: str = at()
+    item_id: str = at()
+    output_index: int = at()
+    call_id: str = at()
+    name: str = at()
+    arguments: str = at()  # JSON text as the model wrote it; the caller decides how to treat bad JSON
 
 
-@dataclass(frozen=True, slots=True)
-class RateLimitsUpdated:
-    TYPE: ClassVar[str] = "rate_limits.updated"
-    event_id: str
-    rate_limits: tuple[RateLimit, ...]
+@event("rate_limits.updated")
+class RateLimitsUpdated(_ServerEvent):
+    rate_limits: tuple[RateLimit, ...] = at(keep_empty=True)  # null is tolerated, absence is not
 
 
-@dataclass(frozen=True, slots=True)
-class OutputAudioBufferStarted:
-    TYPE: ClassVar[str] = "output_audio_buffer.started"
-    event_id: str
-    response_id: str
+@event("output_audio_buffer.started")
+class OutputAudioBufferStarted(_ServerEvent):
+    response_id: str = at()
 
 
-@dataclass(frozen=True, slots=True)
-class OutputAudioBufferStopped:
-    TYPE: ClassVar[str] = "output_audio_buffer.stopped"
-    event_id: str
-    response_id: str
+@event("output_audio_buffer.stopped")
+class OutputAudioBufferStopped(_ServerEvent):
+    response_id: str = at()
 
 
-@dataclass(frozen=True, slots=True)
-class OutputAudioBufferCleared:
-    TYPE: ClassVar[str] = "output_audio_buffer.cleared"
-    event_id: str
-    response_id: str
+@event("output_audio_buffer.cleared")
+class OutputAudioBufferCleared(_ServerEvent):
+    response_id: str = at()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class UnknownEvent:
-    """A well-formed event of a type this client does not handle."""
+    """A well-formed event of a type not declared here: the one type for every event left unread."""
 
     type: str
-    raw: Mapping[str, Any] = field(compare=False, repr=False)
+    raw: Mapping[str, Any] = at(default={}, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MalformedEvent:
-    """A frame that could not be used; ``raw_excerpt`` is the start of it, for the log."""
+    """A frame that could not be used: why, the field at fault if one was, and the start of it."""
 
     reason: str
     raw_excerpt: str
+    error: wire.WireError | None = at(default=None, compare=False)
 
 
-ServerEvent: TypeAlias = (
+KnownServerEvent: TypeAlias = (
     SessionCreated
     | SessionUpdated
     | ErrorEvent
@@ -742,6 +668,8 @@ ServerEvent: TypeAlias = (
     | SpeechStopped
     | ConversationItemAdded
     | ConversationItemDone
+    | ConversationItemRetrieved
+    | ConversationItemDeleted
     | InputAudioTranscriptionDelta
     | InputAudioTranscriptionCompleted
     | InputAudioTranscriptionFailed
@@ -764,9 +692,22 @@ ServerEvent: TypeAlias = (
     | OutputAudioBufferStarted
     | OutputAudioBufferStopped
     | OutputAudioBufferCleared
-    | UnknownEvent
-    | MalformedEvent
 )
+# What a client receives: an event of a declared type, one of a type not declared, or junk.
+ServerEvent: TypeAlias = KnownServerEvent | UnknownEvent | MalformedEvent
+
+CLIENT_EVENTS: Final[Mapping[str, type[ClientEvent]]] = {
+    cls.TYPE: cls for cls in typing.get_args(ClientEvent)
+}
+SERVER_EVENTS: Final[Mapping[str, type[KnownServerEvent]]] = {
+    cls.TYPE: cls for cls in typing.get_args(KnownServerEvent)
+}
+
+
+def encode(event: ClientEvent | KnownServerEvent | Mapping[str, Any]) -> str:
+    """Compact JSON for one event; NaN and infinities raise ``ValueError`` rather than going out."""
+    body = event if isinstance(event, Mapping) else wire.write(event)
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 class UnknownTypeLog:
@@ -786,454 +727,6 @@ class UnknownTypeLog:
         return True
 
 
-class _Bad(Exception):
-    """Aborts parsing of one event; never escapes :func:`parse_server_event`."""
-
-
-_Obj: TypeAlias = Mapping[str, Any]
-_T = TypeVar("_T")
-
-
-def _get(obj: _Obj, key: str) -> Any:
-    if key not in obj:
-        raise _Bad(f"missing field {key!r}")
-    return obj[key]
-
-
-def _kind(value: object) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _raw_str(obj: _Obj, key: str) -> str:
-    value = _get(obj, key)
-    if not isinstance(value, str):
-        raise _Bad(f"field {key!r} must be a string, not {_kind(value)}")
-    return value
-
-
-# Every string a server sends may reach a terminal, a log or a notification: control characters
-# go here, once, rather than at each place that shows one.
-def _str(obj: _Obj, key: str) -> str:
-    return printable(_raw_str(obj, key))
-
-
-def _opt_str(obj: _Obj, key: str) -> str | None:
-    value = obj.get(key)
-    if value is not None and not isinstance(value, str):
-        raise _Bad(f"field {key!r} must be a string or null, not {_kind(value)}")
-    return None if value is None else printable(value)
-
-
-def _int(obj: _Obj, key: str) -> int:
-    value = _get(obj, key)
-    if _is_int(value):
-        return value
-    raise _Bad(f"field {key!r} must be an integer, not {_kind(value)}")
-
-
-def _opt_int(obj: _Obj, key: str) -> int | None:
-    value = obj.get(key)
-    if value is None or _is_int(value):
-        return value
-    raise _Bad(f"field {key!r} must be an integer or null, not {_kind(value)}")
-
-
-def _opt_float(obj: _Obj, key: str) -> float | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _Bad(f"field {key!r} must be a finite number or null, not {value!r}")
-    return float(value)
-
-
-def _obj(obj: _Obj, key: str) -> _Obj:
-    value = _get(obj, key)
-    if not isinstance(value, Mapping):
-        raise _Bad(f"field {key!r} must be an object, not {_kind(value)}")
-    return value
-
-
-def _opt_obj(obj: _Obj, key: str) -> _Obj | None:
-    value = obj.get(key)
-    if value is not None and not isinstance(value, Mapping):
-        raise _Bad(f"field {key!r} must be an object or null, not {_kind(value)}")
-    return value
-
-
-def _opt_list(obj: _Obj, key: str) -> list[Any]:
-    value = obj.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _Bad(f"field {key!r} must be an array or null, not {_kind(value)}")
-    return value
-
-
-def _objects(obj: _Obj, key: str) -> list[_Obj]:
-    values = _opt_list(obj, key)
-    for index, value in enumerate(values):
-        if not isinstance(value, Mapping):
-            raise _Bad(f"{key}[{index}] must be an object, not {_kind(value)}")
-    return values
-
-
-def _base64(obj: _Obj, key: str) -> bytes:
-    text = _raw_str(obj, key)  # audio: base64 has no control characters, and validate=True checks
-    try:
-        return base64.b64decode(text, validate=True)
-    except ValueError as exc:  # binascii.Error, or non-ASCII text
-        raise _Bad(f"field {key!r} is not valid base64: {exc}") from None
-
-
-def _nested(key: str, parse: Callable[[_Obj], _T], obj: _Obj) -> _T:
-    try:
-        return parse(obj)
-    except _Bad as exc:
-        raise _Bad(f"{key}: {exc}") from None
-
-
-def _event_id(obj: _Obj) -> str:
-    # Only logs use it, so an event without one is still worth delivering.
-    return _opt_str(obj, "event_id") or ""
-
-
-def _session_info(session: _Obj) -> SessionInfo:
-    audio = _opt_obj(session, "audio") or {}
-    audio_in = _opt_obj(audio, "input") or {}
-    audio_out = _opt_obj(audio, "output") or {}
-    # A custom voice comes as {"id": ...}, a built-in one as its name.
-    custom_voice = audio_out.get("voice")
-    voice = (
-        _opt_str(custom_voice, "id") if isinstance(custom_voice, Mapping) else _opt_str(audio_out, "voice")
-    )
-    transcription = _opt_obj(audio_in, "transcription")
-    turn_detection = _opt_obj(audio_in, "turn_detection")
-    modalities = _opt_list(session, "output_modalities")
-    if not all(isinstance(m, str) for m in modalities):
-        raise _Bad("output_modalities must hold strings")
-    tools = _objects(session, "tools")
-    return SessionInfo(
-        id=_opt_str(session, "id"),
-        type=_opt_str(session, "type"),
-        model=_opt_str(session, "model"),
-        instructions=_opt_str(session, "instructions"),
-        voice=voice,
-        output_modalities=tuple(modalities),
-        transcription_model=_opt_str(transcription, "model") if transcription is not None else None,
-        turn_detection_type=_opt_str(turn_detection, "type") if turn_detection is not None else None,
-        tool_names=tuple(name for tool in tools if (name := _opt_str(tool, "name")) is not None),
-        raw=session,
-    )
-
-
-def _content_part(part: _Obj) -> ContentPart:
-    return ContentPart(
-        type=_opt_str(part, "type"), text=_opt_str(part, "text"), transcript=_opt_str(part, "transcript")
-    )
-
-
-def _item_info(item: _Obj) -> ItemInfo:
-    return ItemInfo(
-        id=_str(item, "id"),
-        type=_str(item, "type"),
-        role=_opt_str(item, "role"),
-        status=_opt_str(item, "status"),
-        content=tuple(_content_part(part) for part in _objects(item, "content")),
-        call_id=_opt_str(item, "call_id"),
-        name=_opt_str(item, "name"),
-        arguments=_opt_str(item, "arguments"),
-        output=_opt_str(item, "output"),
-    )
-
-
-def _item(obj: _Obj) -> ItemInfo:
-    return _nested("item", _item_info, _obj(obj, "item"))
-
-
-def _status_details(details: _Obj) -> ResponseStatusDetails:
-    error = _opt_obj(details, "error") or {}
-    return ResponseStatusDetails(
-        type=_opt_str(details, "type"),
-        reason=_opt_str(details, "reason"),
-        error_type=_opt_str(error, "type"),
-        error_code=_opt_str(error, "code"),
-        error_message=_opt_str(error, "message"),
-    )
-
-
-def _usage(usage: _Obj) -> Usage:
-    input_details = _opt_obj(usage, "input_token_details") or {}
-    output_details = _opt_obj(usage, "output_token_details") or {}
-    return Usage(
-        total_tokens=_opt_int(usage, "total_tokens") or 0,
-        input_tokens=_opt_int(usage, "input_tokens") or 0,
-        output_tokens=_opt_int(usage, "output_tokens") or 0,
-        input_text_tokens=_opt_int(input_details, "text_tokens") or 0,
-        input_audio_tokens=_opt_int(input_details, "audio_tokens") or 0,
-        input_cached_tokens=_opt_int(input_details, "cached_tokens") or 0,
-        output_text_tokens=_opt_int(output_details, "text_tokens") or 0,
-        output_audio_tokens=_opt_int(output_details, "audio_tokens") or 0,
-    )
-
-
-def _session_created(obj: _Obj) -> ServerEvent:
-    return SessionCreated(_event_id(obj), _nested("session", _session_info, _obj(obj, "session")))
-
-
-def _session_updated(obj: _Obj) -> ServerEvent:
-    return SessionUpdated(_event_id(obj), _nested("session", _session_info, _obj(obj, "session")))
-
-
-def _error(obj: _Obj) -> ServerEvent:
-    error = _obj(obj, "error")
-    return ErrorEvent(
-        event_id=_event_id(obj),
-        error_type=_opt_str(error, "type"),
-        code=_opt_str(error, "code"),
-        # An error must reach the user even when the server left out its message.
-        message=_opt_str(error, "message") or "",
-        param=_opt_str(error, "param"),
-        client_event_id=_opt_str(error, "event_id"),
-    )
-
-
-def _committed(obj: _Obj) -> ServerEvent:
-    return InputAudioBufferCommitted(_event_id(obj), _str(obj, "item_id"), _opt_str(obj, "previous_item_id"))
-
-
-def _cleared(obj: _Obj) -> ServerEvent:
-    return InputAudioBufferCleared(_event_id(obj))
-
-
-def _speech_started(obj: _Obj) -> ServerEvent:
-    return SpeechStarted(_event_id(obj), _int(obj, "audio_start_ms"), _str(obj, "item_id"))
-
-
-def _speech_stopped(obj: _Obj) -> ServerEvent:
-    return SpeechStopped(_event_id(obj), _int(obj, "audio_end_ms"), _str(obj, "item_id"))
-
-
-def _item_added(obj: _Obj) -> ServerEvent:
-    return ConversationItemAdded(_event_id(obj), _item(obj), _opt_str(obj, "previous_item_id"))
-
-
-def _item_done(obj: _Obj) -> ServerEvent:
-    return ConversationItemDone(_event_id(obj), _item(obj), _opt_str(obj, "previous_item_id"))
-
-
-def _transcription_delta(obj: _Obj) -> ServerEvent:
-    return InputAudioTranscriptionDelta(
-        event_id=_event_id(obj),
-        item_id=_str(obj, "item_id"),
-        content_index=_opt_int(obj, "content_index") or 0,
-        delta=_opt_str(obj, "delta") or "",
-    )
-
-
-def _transcription_completed(obj: _Obj) -> ServerEvent:
-    return InputAudioTranscriptionCompleted(
-        event_id=_event_id(obj),
-        item_id=_str(obj, "item_id"),
-        content_index=_int(obj, "content_index"),
-        transcript=_str(obj, "transcript"),
-    )
-
-
-def _transcription_failed(obj: _Obj) -> ServerEvent:
-    error = _opt_obj(obj, "error") or {}
-    return InputAudioTranscriptionFailed(
-        event_id=_event_id(obj),
-        item_id=_str(obj, "item_id"),
-        content_index=_int(obj, "content_index"),
-        error_type=_opt_str(error, "type"),
-        code=_opt_str(error, "code"),
-        message=_opt_str(error, "message"),
-    )
-
-
-def _item_truncated(obj: _Obj) -> ServerEvent:
-    return ConversationItemTruncated(
-        event_id=_event_id(obj),
-        item_id=_str(obj, "item_id"),
-        content_index=_int(obj, "content_index"),
-        audio_end_ms=_int(obj, "audio_end_ms"),
-    )
-
-
-def _response_created(obj: _Obj) -> ServerEvent:
-    event_id = _event_id(obj)
-
-    def body(response: _Obj) -> ServerEvent:
-        return ResponseCreated(event_id, _str(response, "id"), _opt_str(response, "status"))
-
-    return _nested("response", body, _obj(obj, "response"))
-
-
-def _response_done(obj: _Obj) -> ServerEvent:
-    event_id = _event_id(obj)
-
-    def body(response: _Obj) -> ServerEvent:
-        details = _opt_obj(response, "status_details")
-        usage = _opt_obj(response, "usage")
-        return ResponseDone(
-            event_id=event_id,
-            response_id=_str(response, "id"),
-            status=_opt_str(response, "status"),
-            status_details=_nested("status_details", _status_details, details)
-            if details is not None
-            else None,
-            usage=_nested("usage", _usage, usage) if usage is not None else None,
-            output=tuple(_nested("output", _item_info, item) for item in _objects(response, "output")),
-        )
-
-    return _nested("response", body, _obj(obj, "response"))
-
-
-def _output_item_added(obj: _Obj) -> ServerEvent:
-    return ResponseOutputItemAdded(
-        _event_id(obj), _str(obj, "response_id"), _int(obj, "output_index"), _item(obj)
-    )
-
-
-def _output_item_done(obj: _Obj) -> ServerEvent:
-    return ResponseOutputItemDone(
-        _event_id(obj), _str(obj, "response_id"), _int(obj, "output_index"), _item(obj)
-    )
-
-
-def _part_location(obj: _Obj) -> tuple[str, str, str, int, int]:
-    """event_id, response_id, item_id, output_index, content_index: shared by all content events."""
-    return (
-        _event_id(obj),
-        _str(obj, "response_id"),
-        _str(obj, "item_id"),
-        _int(obj, "output_index"),
-        _int(obj, "content_index"),
-    )
-
-
-def _part(obj: _Obj) -> ContentPart:
-    return _nested("part", _content_part, _obj(obj, "part"))
-
-
-def _content_part_added(obj: _Obj) -> ServerEvent:
-    return ResponseContentPartAdded(*_part_location(obj), _part(obj))
-
-
-def _content_part_done(obj: _Obj) -> ServerEvent:
-    return ResponseContentPartDone(*_part_location(obj), _part(obj))
-
-
-def _audio_delta(obj: _Obj) -> ServerEvent:
-    return ResponseOutputAudioDelta(*_part_location(obj), _base64(obj, "delta"))
-
-
-def _audio_done(obj: _Obj) -> ServerEvent:
-    return ResponseOutputAudioDone(*_part_location(obj))
-
-
-def _audio_transcript_delta(obj: _Obj) -> ServerEvent:
-    return ResponseOutputAudioTranscriptDelta(*_part_location(obj), _str(obj, "delta"))
-
-
-def _audio_transcript_done(obj: _Obj) -> ServerEvent:
-    return ResponseOutputAudioTranscriptDone(*_part_location(obj), _str(obj, "transcript"))
-
-
-def _text_delta(obj: _Obj) -> ServerEvent:
-    return ResponseOutputTextDelta(*_part_location(obj), _str(obj, "delta"))
-
-
-def _text_done(obj: _Obj) -> ServerEvent:
-    return ResponseOutputTextDone(*_part_location(obj), _str(obj, "text"))
-
-
-def _arguments_delta(obj: _Obj) -> ServerEvent:
-    return ResponseFunctionCallArgumentsDelta(
-        event_id=_event_id(obj),
-        response_id=_str(obj, "response_id"),
-        item_id=_str(obj, "item_id"),
-        output_index=_int(obj, "output_index"),
-        call_id=_str(obj, "call_id"),
-        delta=_str(obj, "delta"),
-    )
-
-
-def _arguments_done(obj: _Obj) -> ServerEvent:
-    return ResponseFunctionCallArgumentsDone(
-        event_id=_event_id(obj),
-        response_id=_str(obj, "response_id"),
-        item_id=_str(obj, "item_id"),
-        output_index=_int(obj, "output_index"),
-        call_id=_str(obj, "call_id"),
-        name=_str(obj, "name"),
-        arguments=_str(obj, "arguments"),
-    )
-
-
-def _rate_limit(limit: _Obj) -> RateLimit:
-    return RateLimit(
-        name=_opt_str(limit, "name"),
-        limit=_opt_int(limit, "limit"),
-        remaining=_opt_int(limit, "remaining"),
-        reset_seconds=_opt_float(limit, "reset_seconds"),
-    )
-
-
-def _rate_limits(obj: _Obj) -> ServerEvent:
-    _get(obj, "rate_limits")  # null is tolerated, absence is not
-    limits = tuple(_nested("rate_limits", _rate_limit, limit) for limit in _objects(obj, "rate_limits"))
-    return RateLimitsUpdated(_event_id(obj), limits)
-
-
-def _output_buffer_started(obj: _Obj) -> ServerEvent:
-    return OutputAudioBufferStarted(_event_id(obj), _str(obj, "response_id"))
-
-
-def _output_buffer_stopped(obj: _Obj) -> ServerEvent:
-    return OutputAudioBufferStopped(_event_id(obj), _str(obj, "response_id"))
-
-
-def _output_buffer_cleared(obj: _Obj) -> ServerEvent:
-    return OutputAudioBufferCleared(_event_id(obj), _str(obj, "response_id"))
-
-
-_PARSERS: Final[Mapping[str, Callable[[_Obj], ServerEvent]]] = {
-    SessionCreated.TYPE: _session_created,
-    SessionUpdated.TYPE: _session_updated,
-    ErrorEvent.TYPE: _error,
-    InputAudioBufferCommitted.TYPE: _committed,
-    InputAudioBufferCleared.TYPE: _cleared,
-    SpeechStarted.TYPE: _speech_started,
-    SpeechStopped.TYPE: _speech_stopped,
-    ConversationItemAdded.TYPE: _item_added,
-    ConversationItemDone.TYPE: _item_done,
-    InputAudioTranscriptionDelta.TYPE: _transcription_delta,
-    InputAudioTranscriptionCompleted.TYPE: _transcription_completed,
-    InputAudioTranscriptionFailed.TYPE: _transcription_failed,
-    ConversationItemTruncated.TYPE: _item_truncated,
-    ResponseCreated.TYPE: _response_created,
-    ResponseDone.TYPE: _response_done,
-    ResponseOutputItemAdded.TYPE: _output_item_added,
-    ResponseOutputItemDone.TYPE: _output_item_done,
-    ResponseContentPartAdded.TYPE: _content_part_added,
-    ResponseContentPartDone.TYPE: _content_part_done,
-    ResponseOutputAudioDelta.TYPE: _audio_delta,
-    ResponseOutputAudioDone.TYPE: _audio_done,
-    ResponseOutputAudioTranscriptDelta.TYPE: _audio_transcript_delta,
-    ResponseOutputAudioTranscriptDone.TYPE: _audio_transcript_done,
-    ResponseOutputTextDelta.TYPE: _text_delta,
-    ResponseOutputTextDone.TYPE: _text_done,
-    ResponseFunctionCallArgumentsDelta.TYPE: _arguments_delta,
-    ResponseFunctionCallArgumentsDone.TYPE: _arguments_done,
-    RateLimitsUpdated.TYPE: _rate_limits,
-    OutputAudioBufferStarted.TYPE: _output_buffer_started,
-    OutputAudioBufferStopped.TYPE: _output_buffer_stopped,
-    OutputAudioBufferCleared.TYPE: _output_buffer_cleared,
-}
-
-
 def _excerpt(data: object) -> str:
     if isinstance(data, str):
         return printable(data[:_EXCERPT_CHARS])
@@ -1246,41 +739,48 @@ def _excerpt(data: object) -> str:
     return printable(text[:_EXCERPT_CHARS])
 
 
-def _parse(data: str | bytes | bytearray | Mapping[str, Any]) -> ServerEvent:
+def decode_event(data: object) -> Mapping[str, Any] | MalformedEvent:
+    """A frame as a JSON object with a string ``type``, or why it is not one."""
+    obj: object = data
     if isinstance(data, str | bytes | bytearray):
         try:
-            obj: object = json.loads(data)
+            obj = json.loads(data)
         except (ValueError, RecursionError) as exc:  # ValueError covers bad JSON and bad UTF-8
             return MalformedEvent(f"not valid JSON: {exc}", _excerpt(data))
-    elif isinstance(data, Mapping):
-        obj = data
-    else:
+    elif not isinstance(data, Mapping):
         return MalformedEvent(f"cannot parse a {type(data).__name__}", _excerpt(data))
     if not isinstance(obj, Mapping):
-        return MalformedEvent(f"event is a JSON {_kind(obj)}, not an object", _excerpt(data))
-    event_type = obj.get("type")
-    if not isinstance(event_type, str):
-        reason = "event has no 'type'" if event_type is None else "event 'type' is not a string"
+        return MalformedEvent(f"event is a JSON {wire.kind(obj)}, not an object", _excerpt(data))
+    if not isinstance(obj.get("type"), str):
+        reason = "event has no 'type'" if obj.get("type") is None else "event 'type' is not a string"
         return MalformedEvent(reason, _excerpt(data))
-    event_type = printable(event_type)
-    parser = _PARSERS.get(event_type)
-    if parser is None:
+    return obj
+
+
+def _parse(data: object, types: Mapping[str, type[Any]]) -> Any:
+    obj = decode_event(data)
+    if isinstance(obj, MalformedEvent):
+        return obj
+    event_type = printable(obj["type"])
+    cls = types.get(event_type)
+    if cls is None:
         return UnknownEvent(event_type, obj)
     try:
-        return parser(obj)
-    except _Bad as exc:
-        return MalformedEvent(f"{event_type}: {exc}", _excerpt(data))
+        return wire.read(cls, obj)
+    except wire.WireError as exc:
+        return MalformedEvent(f"{event_type}: {exc}", _excerpt(data), exc)
+    except Exception as exc:  # a bug here must cost one event, not the connection
+        reason = f"internal parser error: {type(exc).__name__}: {printable(str(exc))}"
+        return MalformedEvent(reason, _excerpt(data))
 
 
-def parse_server_event(data: str | bytes | bytearray | Mapping[str, Any]) -> ServerEvent:
-    """One server frame (JSON text, JSON bytes, or an already decoded object) as a typed event.
+def parse_server_event(data: object) -> ServerEvent:
+    """One server frame (JSON text, JSON bytes, or a decoded object) as a typed event; never raises."""
+    event: ServerEvent = _parse(data, SERVER_EVENTS)
+    return event
 
-    Never raises: anything unusable comes back as :class:`MalformedEvent`.
-    """
-    try:
-        return _parse(data)
-    except Exception as exc:
-        # A bug here must cost one event, not the connection; the reason makes the bug visible.
-        return MalformedEvent(
-            f"internal parser error: {type(exc).__name__}: {printable(str(exc))}", _excerpt(data)
-        )
+
+def parse_client_event(data: object) -> ClientEvent | UnknownEvent | MalformedEvent:
+    """One client frame as a typed event, for the server role; never raises."""
+    event: ClientEvent | UnknownEvent | MalformedEvent = _parse(data, CLIENT_EVENTS)
+    return event

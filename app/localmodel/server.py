@@ -27,12 +27,13 @@ import ctypes
 import hmac
 import json
 import logging
+import math
 import secrets
 import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from typing import Any, Literal
 
@@ -44,7 +45,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 
-from app.localmodel import events as ev
+from app.core import protocol as p
 from app.localmodel.components import Brain, BrainReply, Components, Speech, Utterance
 from app.localmodel.session import (
     BeginUtterance,
@@ -242,14 +243,8 @@ class EmbeddedServer:
                 await self._emit(connection, connection.session.handle(message))
             except Exception:  # a fault of ours costs this event, not the session
                 log.exception("a client event could not be handled")
-                await self._send(
-                    connection,
-                    ev.error(
-                        "The server failed on this event; the session goes on.",
-                        "server_error",
-                        "server_error",
-                    ),
-                )
+                message = "The server failed on this event; the session goes on."
+                await self._send(connection, _server_error(message))
 
     async def _end(self, connection: _Connection) -> None:
         self._drop_speculation(connection)
@@ -273,8 +268,8 @@ class EmbeddedServer:
             if not isinstance(command, CancelResponse):
                 self._run(connection, command)
 
-    async def _send(self, connection: _Connection, event: dict[str, Any]) -> None:
-        frame = json.dumps(event, separators=(",", ":"), allow_nan=False)  # strict JSON, as clients parse it
+    async def _send(self, connection: _Connection, event: p.KnownServerEvent) -> None:
+        frame = p.encode(event)  # strict JSON, as clients parse it
         with contextlib.suppress(ConnectionClosed):  # the receive loop ends the session
             async with connection.send_lock:
                 await connection.ws.send(frame)
@@ -372,7 +367,8 @@ class EmbeddedServer:
                 and text.startswith(sent)
                 and len(text) > len(sent)
             ):
-                await self._send(connection, ev.transcription_delta(item_id, text[len(sent) :]))
+                delta = p.InputAudioTranscriptionDelta(item_id, 0, text[len(sent) :])
+                await self._send(connection, delta)
                 sent = text
 
     async def _finish_utterance(self, connection: _Connection, command: EndUtterance) -> None:
@@ -384,7 +380,10 @@ class EmbeddedServer:
                 text = (await asyncio.to_thread(utterance.finish)).strip()
             except Exception as exc:
                 log.exception("speech recognition failed")
-                await self._send(connection, ev.transcription_failed(command.item_id, str(exc)))
+                failed = p.InputAudioTranscriptionFailed(
+                    command.item_id, 0, "transcription_error", "transcription_failed", str(exc)
+                )
+                await self._send(connection, failed)
         connection.timing["transcribed"] = time.monotonic()
         future = connection.transcripts.pop(command.item_id, None)
         if future is not None and not future.done():
@@ -418,17 +417,25 @@ class EmbeddedServer:
 
     async def _respond(self, connection: _Connection, command: StartResponse) -> None:
         response_id, options = command.response_id, command.options
-        voice = connection.session.config.voice
-        outputs: list[dict[str, Any]] = []
+        outputs: list[p.ItemInfo] = []
         audio_items: dict[str, float] = {}
         streaming: _Streaming | None = None
-        echo: dict[str, Any] = {"modalities": options.modalities, "metadata": options.metadata}
+        echo: dict[str, Any] = {  # what response.created and response.done both say of the response
+            "output_modalities": options.modalities,
+            "voice": connection.session.config.voice,
+            "metadata": options.metadata,
+            "conversation_id": "conv_embedded",
+        }
+        created = p.ResponseCreated(response_id, "in_progress", **echo)
 
-        def usage() -> dict[str, Any]:
-            return _usage(command.source, outputs, sum(audio_items.values()))
+        def done(reason: Literal["turn_detected", "client_cancelled"] | None = None) -> p.ResponseDone:
+            usage = _usage(command.source, outputs, sum(audio_items.values()))
+            details = None if reason is None else p.ResponseStatusDetails("cancelled", reason)
+            status = "completed" if reason is None else "cancelled"
+            return p.ResponseDone(response_id, status, details, usage, tuple(outputs), **echo)
 
         try:
-            await self._send(connection, ev.response_created(response_id, voice, **echo))
+            await self._send(connection, created)
             reply = await self._think(connection, command.source)
             connection.timing["replied"] = time.monotonic()
             prepared = await self._take_speculation(connection, command.source.user_item_id, reply)
@@ -436,7 +443,7 @@ class EmbeddedServer:
                 prepared.cancel()
                 prepared = None
             if reply.text:
-                streaming = _Streaming(response_id, ev.new_id("item"), len(outputs), options.text_only)
+                streaming = _Streaming(response_id, p.new_id("item"), len(outputs), options.text_only)
                 await self._open(connection, streaming)
                 if options.text_only:
                     streaming.transcript = reply.text
@@ -448,20 +455,17 @@ class EmbeddedServer:
             if reply.tool_call is not None:
                 call = reply.tool_call
                 outputs.append(await self._call_tool(connection, response_id, len(outputs), call))
-            await self._send(connection, ev.response_done(response_id, outputs, voice, usage=usage(), **echo))
+            await self._send(connection, done())
         except asyncio.CancelledError:
             if streaming is not None:
                 streaming.stop()
                 await self._close(connection, streaming, "incomplete", outputs, audio_items)
             reason = connection.cancel_reason or "client_cancelled"
-            await self._send(
-                connection,
-                ev.response_done(response_id, outputs, voice, reason, usage=usage(), **echo),
-            )
+            await self._send(connection, done(reason))
         except Exception as exc:
             log.exception("reply failed")
-            await self._send(connection, ev.error(f"The reply failed: {exc}", "server_error", "server_error"))
-            await self._send(connection, ev.response_done(response_id, outputs, voice, usage=usage(), **echo))
+            await self._send(connection, _server_error(f"The reply failed: {exc}"))
+            await self._send(connection, done())
         finally:
             connection.session.response_finished(response_id, audio_items)
             if connection.response_id == response_id:
@@ -474,7 +478,7 @@ class EmbeddedServer:
         added = connection.session.output_item_started(item)
         await self._send_all(
             connection,
-            [ev.output_item_added(streaming.response_id, streaming.index, item), *added.events],
+            [p.ResponseOutputItemAdded(streaming.response_id, streaming.index, item), *added.events],
         )
         await self._send(connection, streaming.part_added())
 
@@ -483,7 +487,7 @@ class EmbeddedServer:
         connection: _Connection,
         streaming: _Streaming,
         status: str,
-        outputs: list[dict[str, Any]],
+        outputs: list[p.ItemInfo],
         audio_items: dict[str, float],
     ) -> None:
         """The item's closing events, response.output_item.done, then conversation.item.done."""
@@ -531,26 +535,38 @@ class EmbeddedServer:
 
     async def _call_tool(
         self, connection: _Connection, response_id: str, index: int, call: Any
-    ) -> dict[str, Any]:
-        item_id = ev.new_id("item")
+    ) -> p.ItemInfo:
+        item_id = p.new_id("item")
         arguments = json.dumps(call.arguments, separators=(",", ":"))
-        started = ev.function_call_item(item_id, call.call_id, call.name, "", "in_progress")
-        finished = ev.function_call_item(item_id, call.call_id, call.name, arguments, "completed")
+        started = p.ItemInfo(
+            item_id,
+            "function_call",
+            None,
+            "in_progress",
+            (),
+            call.call_id,
+            call.name,
+            "",
+            object="realtime.item",
+        )
+        finished = replace(started, status="completed", arguments=arguments)
         session = connection.session
         await self._send_all(
             connection,
             [
-                ev.output_item_added(response_id, index, started),
+                p.ResponseOutputItemAdded(response_id, index, started),
                 *session.output_item_started(started).events,
-                ev.arguments_delta(response_id, item_id, index, call.call_id, arguments),
-                ev.arguments_done(response_id, item_id, index, call.call_id, call.name, arguments),
-                ev.output_item_done(response_id, index, finished),
+                p.ResponseFunctionCallArgumentsDelta(response_id, item_id, index, call.call_id, arguments),
+                p.ResponseFunctionCallArgumentsDone(
+                    response_id, item_id, index, call.call_id, call.name, arguments
+                ),
+                p.ResponseOutputItemDone(response_id, index, finished),
                 *session.output_item_finished(finished).events,
             ],
         )
         return finished
 
-    async def _send_all(self, connection: _Connection, events: list[dict[str, Any]]) -> None:
+    async def _send_all(self, connection: _Connection, events: list[p.KnownServerEvent]) -> None:
         for event in events:
             await self._send(connection, event)
 
@@ -571,58 +587,92 @@ class _Streaming:
     def audio_ms(self) -> float:
         return self.audio_bytes / 2 / 24000 * 1000.0
 
-    def started_item(self) -> dict[str, Any]:
+    def started_item(self) -> p.ItemInfo:
+        return p.ItemInfo(self.item_id, "message", "assistant", "in_progress", (), object="realtime.item")
+
+    def part_added(self) -> p.KnownServerEvent:
+        return p.ResponseContentPartAdded(*self._at(), self._part(""))
+
+    def transcript_delta(self, delta: str) -> p.KnownServerEvent:
         if self.text_only:
-            return ev.assistant_text_item(self.item_id, None, "in_progress")
-        return ev.assistant_audio_item(self.item_id, None, "in_progress")
+            return p.ResponseOutputTextDelta(*self._at(), delta)
+        return p.ResponseOutputAudioTranscriptDelta(*self._at(), delta)
 
-    def part_added(self) -> dict[str, Any]:
-        return ev.content_part_added(self.response_id, self.item_id, self.index, self.text_only)
+    def audio_delta(self, pcm16: bytes) -> p.KnownServerEvent:
+        return p.ResponseOutputAudioDelta(*self._at(), pcm16)
 
-    def transcript_delta(self, delta: str) -> dict[str, Any]:
-        if self.text_only:
-            return ev.text_delta(self.response_id, self.item_id, self.index, delta)
-        return ev.transcript_delta(self.response_id, self.item_id, self.index, delta)
+    def finish_item(self, status: str) -> p.ItemInfo:
+        words = self.transcript
+        part = (
+            p.ContentPart("output_text", words)
+            if self.text_only
+            else p.ContentPart("output_audio", transcript=words)
+        )
+        return replace(self.started_item(), status=status, content=(part,))
 
-    def audio_delta(self, pcm16: bytes) -> dict[str, Any]:
-        return ev.audio_delta(self.response_id, self.item_id, self.index, pcm16)
-
-    def finish_item(self, status: str) -> dict[str, Any]:
-        if self.text_only:
-            return ev.assistant_text_item(self.item_id, self.transcript, status)  # type: ignore[arg-type]
-        return ev.assistant_audio_item(self.item_id, self.transcript, status)  # type: ignore[arg-type]
-
-    def closing_events(self, status: str) -> list[dict[str, Any]]:
-        rid, iid, index = self.response_id, self.item_id, self.index
-        if self.text_only:
-            words = [ev.text_done(rid, iid, index, self.transcript)]
-        else:
-            words = [ev.audio_done(rid, iid, index), ev.transcript_done(rid, iid, index, self.transcript)]
+    def closing_events(self, status: str) -> list[p.KnownServerEvent]:
+        at, words = self._at(), self.transcript
+        closing: list[p.KnownServerEvent] = (
+            [p.ResponseOutputTextDone(*at, words)]
+            if self.text_only
+            else [p.ResponseOutputAudioDone(*at), p.ResponseOutputAudioTranscriptDone(*at, words)]
+        )
         return [
-            *words,
-            ev.content_part_done(rid, iid, index, self.transcript, self.text_only),
-            ev.output_item_done(rid, index, self.finish_item(status)),
+            *closing,
+            p.ResponseContentPartDone(*at, self._part(words)),
+            p.ResponseOutputItemDone(self.response_id, self.index, self.finish_item(status)),
         ]
+
+    def _at(self) -> tuple[str, str, int, int]:
+        return self.response_id, self.item_id, self.index, 0
+
+    def _part(self, words: str) -> p.ContentPart:
+        return p.ContentPart("text", words) if self.text_only else p.ContentPart("audio", transcript=words)
 
     def stop(self) -> None:
         if self.speech is not None:
             self.speech.cancel()
 
 
-def _usage(source: ResponseInput, outputs: list[dict[str, Any]], output_audio_ms: float) -> dict[str, Any]:
-    """What a response consumed and made, estimated (``ev.response_usage``): its input is what the
-    brain read (the user's typed words or spoken audio, and tool outputs), its output the words of its
-    items (transcripts, text, call arguments) and the audio sent."""
+# ``usage`` is an estimate: the embedded server runs no token-based model. Text counts one token per
+# four characters (OpenAI's rule of thumb for English, rounded up); audio counts by its length at
+# the rates OpenAI documents for realtime audio: one token per 100 ms of the user's audio, one per
+# 50 ms of the assistant's.
+CHARS_PER_TOKEN = 4
+INPUT_AUDIO_TOKENS_PER_S = 10
+OUTPUT_AUDIO_TOKENS_PER_S = 20
+
+
+def _usage(source: ResponseInput, outputs: list[p.ItemInfo], output_audio_ms: float) -> p.Usage:
+    """What a response consumed and made, estimated (see :data:`CHARS_PER_TOKEN`): its input is what
+    the brain read (the user's typed words or spoken audio, and tool outputs), its output the words of
+    its items (transcripts, text, call arguments) and the audio sent."""
     heard = source.user_audio_ms
     typed = source.user_text if heard is None else None
-    input_text = " ".join([typed or "", *(output for _, output in source.tool_outputs)])
+    input_text = " ".join([typed or "", *(output for _, output in source.tool_outputs)]).strip()
     words: list[str] = []
     for item in outputs:
-        if item.get("type") == "function_call":
-            words.append(str(item.get("arguments") or ""))
-        for part in item.get("content") or []:
-            words.append(str(part.get("transcript") or part.get("text") or ""))
-    return ev.response_usage(input_text.strip(), heard or 0.0, " ".join(words), output_audio_ms)
+        if item.type == "function_call":
+            words.append(item.arguments or "")
+        words += [part.transcript or part.text or "" for part in item.content]
+    text_in = math.ceil(len(input_text) / CHARS_PER_TOKEN)
+    text_out = math.ceil(len(" ".join(words)) / CHARS_PER_TOKEN)
+    audio_in = math.ceil(max(0.0, heard or 0.0) * INPUT_AUDIO_TOKENS_PER_S / 1000.0)
+    audio_out = math.ceil(max(0.0, output_audio_ms) * OUTPUT_AUDIO_TOKENS_PER_S / 1000.0)
+    return p.Usage(
+        text_in + audio_in + text_out + audio_out,
+        text_in + audio_in,
+        text_out + audio_out,
+        text_in,
+        audio_in,
+        0,
+        text_out,
+        audio_out,
+    )
+
+
+def _server_error(message: str) -> p.ErrorEvent:
+    return p.ErrorEvent("server_error", "server_error", message, None, None)
 
 
 def _bearer(headers: Headers) -> bytes | None:

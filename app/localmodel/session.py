@@ -8,7 +8,8 @@ protocol rules are tested without sockets, threads or models.
 Bad input gets an ``error`` event (``invalid_request_error`` with a message that says what is wrong
 and ``param``, the path of the field) and the session carries on as it was: a frame that is not
 JSON (``NaN`` and ``Infinity`` included) or is nested deeper than :data:`MAX_DEPTH`, an unknown
-event type, a field of the wrong type, a number outside its :data:`BOUNDS`, a text or a list over
+event type, a field of the wrong type, a number outside its bounds (declared with the event types in
+:mod:`app.core.protocol`), a text or a list over
 its limit, audio that is not base64 or not whole samples. A ``session.update`` is checked whole
 before any of it applies.
 
@@ -22,20 +23,16 @@ answered (speech that goes on opens the next turn).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import math
-import re
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from app.audio.bargein import FRAME_MS, VAD_RATE, DetectorSettings, SpeechDetector
 from app.audio.resample import StreamResampler, float_to_int16, pcm16_to_float
+from app.core import protocol as p
+from app.core import wire
 from app.core.heard_text import cut_transcript
-from app.localmodel import events as ev
 
 RATE = 24000
 SPECULATE_AFTER_MS = 150  # a pause this long lets the server start on the reply early
@@ -46,47 +43,10 @@ _EAGERNESS_SILENCE_MS = {"low": 800, "medium": 500, "auto": 500, "high": 300}
 MAX_TURN_S = 120
 MAX_DEPTH = 64  # JSON nesting; real events, tool schemas included, stay under 20 levels
 MAX_ITEMS = 1000  # conversation items kept (a 70-turn call makes about 210)
-MAX_ITEM_CHARS = 256 * 1024  # text of one item: a message, a tool output, a call's arguments
+MAX_ITEM_CHARS = p.MAX_ITEM_CHARS  # text of one item: a message, a tool output, a call's arguments
 MAX_CONVERSATION_CHARS = 2 * 2**20  # text kept over all items
-MAX_INSTRUCTIONS_CHARS = 100_000  # instructions, a tool's description, a transcription prompt
-MAX_NAME_CHARS = 256  # model, voice, call ids, language and the other short strings
-MAX_ITEM_ID_CHARS = 64  # OpenAI documents 32: room to spare for a client that oversteps it
-MAX_TOOLS = 128
-MAX_CONTENT_PARTS = 64
-MAX_METADATA_KEYS = 16  # a response's metadata, with OpenAI's bounds
-MAX_METADATA_KEY_CHARS = 64
-MAX_METADATA_VALUE_CHARS = 512
-_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-@dataclass(frozen=True)
-class Bound:
-    low: float
-    high: float
-    integer: bool = True
-
-    def describe(self) -> str:
-        if self.low == self.high:
-            return f"{self.low:g}"
-        if self.integer:
-            return f"a whole number from {self.low:.0f} to {self.high:.0f}"
-        return f"a number from {self.low:g} to {self.high:g}"
-
-
-# Every number a client may send, by field name. The ones marked "not used" are accepted so that
-# clients written for OpenAI work unchanged, and checked so that nonsense never sits in a session.
-BOUNDS: dict[str, Bound] = {
-    "threshold": Bound(0.0, 1.0, integer=False),  # the voice detector's aggressiveness follows it
-    "prefix_padding_ms": Bound(0, 2000),  # the session keeps 2 s of recent audio for it
-    "silence_duration_ms": Bound(0, 10_000),
-    "idle_timeout_ms": Bound(0, 3_600_000),  # not used
-    "speed": Bound(0.25, 1.5, integer=False),  # OpenAI's range; not used, the voice speaks at 1.0
-    "strength": Bound(0.0, 10.0, integer=False),  # noise reduction; not used
-    "max_output_tokens": Bound(1, 4096),  # OpenAI's range; not used
-    "content_index": Bound(0, 0),  # an audio item has one content part
-    "audio_end_ms": Bound(0, 3_600_000),
-}
-_PREFIX_KEEP_BYTES = int(BOUNDS["prefix_padding_ms"].high) * RATE * 2 // 1000
+MAX_METADATA_KEY_CHARS = 64  # a response's metadata keys, with OpenAI's bound
+_PREFIX_KEEP_BYTES = p.MAX_PREFIX_PADDING_MS * RATE * 2 // 1000
 # A new detector (session start, a clear or commit, a new turn_detection, a turn cut at MAX_TURN_S)
 # judges nothing in its warm-up and learns the room's noise floor over one window after it, so an
 # onset it finds that soon may come late: speech that began right away would lose its first words to
@@ -94,15 +54,15 @@ _PREFIX_KEEP_BYTES = int(BOUNDS["prefix_padding_ms"].high) * RATE * 2 // 1000
 _SETTLE_MS = (DetectorSettings().warmup_frames + DetectorSettings().floor_window_frames) * FRAME_MS
 assert _SETTLE_MS * RATE * 2 // 1000 <= _PREFIX_KEEP_BYTES
 
-# Session fields the embedded server accepts and does not act on: only their JSON type is checked.
-_UNUSED_SESSION_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
-    "tool_choice": ((str, dict), "a string or an object"),
-    "truncation": ((str, dict), "a string or an object"),
-    "tracing": ((str, dict), "a string or an object"),
-    "prompt": ((dict,), "an object"),
-    "include": ((list,), "an array"),
-    "reasoning": ((dict,), "an object"),
-    "parallel_tool_calls": ((bool,), "true or false"),
+# What session.update changes; the other fields are checked (their types and bounds) and not used.
+_APPLIED: Final = frozenset(
+    {"instructions", "model", "voice", "transcription", "turn_detection", "tools", "output_modalities"}
+)
+# A client event that does not fit its type is refused with OpenAI's codes for the problem.
+_CODES: Final[dict[wire.Problem, str]] = {
+    "missing": "missing_required_parameter",
+    "type": "invalid_type",
+    "value": "invalid_value",
 }
 
 
@@ -152,7 +112,7 @@ class ResponseInput:
 class ResponseOptions:
     """What ``response.create`` (or the session) asks of one response."""
 
-    modalities: ev.Modalities = ("audio",)  # ("text",): text only, no audio
+    modalities: tuple[p.Modality, ...] = ("audio",)  # ("text",): text only, no audio
     metadata: dict[str, str] | None = None  # echoed on response.created and response.done
 
     @property
@@ -186,7 +146,7 @@ Command = (
 
 @dataclass
 class Output:
-    events: list[ev.Event] = field(default_factory=list)
+    events: list[p.KnownServerEvent] = field(default_factory=list)
     commands: list[Command] = field(default_factory=list)
 
     def __iadd__(self, other: Output) -> Output:
@@ -198,76 +158,34 @@ class Output:
 # -- session configuration -------------------------------------------------------------------
 
 
-@dataclass
-class TurnDetectionConfig:
-    type: Literal["server_vad", "semantic_vad"] = "server_vad"
-    threshold: float = 0.5
-    prefix_padding_ms: int = 300
-    silence_duration_ms: int = 500
-    create_response: bool = True
-    interrupt_response: bool = True
-    eagerness: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        if self.type == "semantic_vad":
-            return {
-                "type": "semantic_vad",
-                "eagerness": self.eagerness or "auto",
-                "create_response": self.create_response,
-                "interrupt_response": self.interrupt_response,
-            }
-        return {
-            "type": "server_vad",
-            "threshold": self.threshold,
-            "prefix_padding_ms": self.prefix_padding_ms,
-            "silence_duration_ms": self.silence_duration_ms,
-            "idle_timeout_ms": None,
-            "create_response": self.create_response,
-            "interrupt_response": self.interrupt_response,
-        }
+def _initial_session(session_id: str) -> p.Session:
+    """What a new session reports: the server's defaults, in full, as OpenAI's do."""
+    detection = _effective(p.TurnDetection())
+    return p.Session(
+        id=session_id,
+        object="realtime.session",
+        model="helpdesk-voice-embedded",
+        instructions="",
+        voice="joe",
+        turn_detection=detection,
+        max_output_tokens="inf",
+        truncation="auto",
+        speed=1.0,
+    )
 
 
-@dataclass
-class SessionConfig:
-    session_id: str
-    model: str = "helpdesk-voice-embedded"
-    instructions: str = ""
-    voice: str = "joe"
-    transcription_model: str | None = None
-    turn_detection: TurnDetectionConfig | None = field(default_factory=TurnDetectionConfig)
-    tools: list[dict[str, Any]] = field(default_factory=list)
-    output_modalities: ev.Modalities = ("audio",)
-
-    @property
-    def tool_names(self) -> set[str]:
-        return {str(t.get("name")) for t in self.tools}
-
-    def as_dict(self) -> dict[str, Any]:
-        transcription = None if self.transcription_model is None else {"model": self.transcription_model}
-        return {
-            "type": "realtime",
-            "object": "realtime.session",
-            "id": self.session_id,
-            "model": self.model,
-            "output_modalities": list(self.output_modalities),
-            "instructions": self.instructions,
-            "tools": self.tools,
-            "tool_choice": "auto",
-            "max_output_tokens": "inf",
-            "tracing": None,
-            "prompt": None,
-            "truncation": "auto",
-            "audio": {
-                "input": {
-                    "format": {"type": "audio/pcm", "rate": RATE},
-                    "transcription": transcription,
-                    "noise_reduction": None,
-                    "turn_detection": None if self.turn_detection is None else self.turn_detection.as_dict(),
-                },
-                "output": {"format": {"type": "audio/pcm", "rate": RATE}, "voice": self.voice, "speed": 1.0},
-            },
-            "include": None,
-        }
+def _effective(detection: p.TurnDetection | None) -> p.TurnDetection | None:
+    """Turn detection with the server's defaults where the client left a value out."""
+    if detection is None:
+        return None
+    if detection.kind == "semantic_vad":
+        return replace(detection, eagerness=detection.eagerness or "auto")
+    return replace(
+        detection,
+        threshold=0.5 if detection.threshold is None else detection.threshold,
+        prefix_padding_ms=300 if detection.prefix_padding_ms is None else detection.prefix_padding_ms,
+        silence_duration_ms=500 if detection.silence_duration_ms is None else detection.silence_duration_ms,
+    )
 
 
 class ClientError(Exception):
@@ -282,102 +200,8 @@ class ClientError(Exception):
 # -- reading client events -------------------------------------------------------------------
 
 
-def _json_type(value: object) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
-
-
 def _shorten(text: str, limit: int = 64) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class _Fields:
-    """One JSON object of a client event, read a field at a time.
-
-    Each reader returns None for a missing or null field, and raises :class:`ClientError` naming the
-    field (``param``) when the value has the wrong type or is out of bounds.
-    """
-
-    def __init__(self, value: object, path: str) -> None:
-        if not isinstance(value, dict):
-            raise ClientError(f"'{path}' must be an object, not {_json_type(value)}.", "invalid_type", path)
-        self.values: dict[str, Any] = value
-        self.path = path
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.values
-
-    def param(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def typed(self, name: str, kinds: tuple[type, ...], what: str, required: bool = False) -> Any:
-        value = self.values.get(name)
-        param = self.param(name)
-        if value is None:
-            if required:
-                raise ClientError(f"'{param}' is required.", "missing_required_parameter", param)
-            return None
-        # A JSON boolean is an int to Python, never to a client.
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            raise ClientError(f"'{param}' must be {what}, not {_json_type(value)}.", "invalid_type", param)
-        return value
-
-    def object(self, name: str, required: bool = False) -> _Fields | None:
-        value = self.typed(name, (dict,), "an object", required)
-        return None if value is None else _Fields(value, self.param(name))
-
-    def string(self, name: str, max_chars: int | None = MAX_NAME_CHARS, required: bool = False) -> str | None:
-        value: str | None = self.typed(name, (str,), "a string", required)
-        if value is not None and max_chars is not None and len(value) > max_chars:
-            raise ClientError(
-                f"'{self.param(name)}' is {len(value)} characters long; the limit is {max_chars}.",
-                param=self.param(name),
-            )
-        return value
-
-    def boolean(self, name: str) -> bool | None:
-        value: bool | None = self.typed(name, (bool,), "true or false")
-        return value
-
-    def number(self, name: str, required: bool = False) -> float | None:
-        bound = BOUNDS[name]
-        value = self.typed(name, (int, float), bound.describe(), required)
-        if value is None:
-            return None
-        if (
-            not math.isfinite(value)
-            or not bound.low <= value <= bound.high
-            or (bound.integer and value != int(value))
-        ):
-            raise ClientError(
-                f"'{self.param(name)}' must be {bound.describe()}, not {value!r}.", param=self.param(name)
-            )
-        return int(value) if bound.integer else float(value)
-
-    def choice(self, name: str, choices: tuple[str, ...], required: bool = False) -> str | None:
-        value = self.string(name, None, required)
-        if value is not None and value not in choices:
-            raise ClientError(
-                f"'{self.param(name)}' must be one of {', '.join(choices)}, not {_shorten(value)!r}.",
-                param=self.param(name),
-            )
-        return value
-
-    def array(self, name: str, max_items: int) -> list[Any] | None:
-        value: list[Any] | None = self.typed(name, (list,), "an array")
-        if value is not None and len(value) > max_items:
-            raise ClientError(
-                f"'{self.param(name)}' has {len(value)} entries; the limit is {max_items}.",
-                param=self.param(name),
-            )
-        return value
 
 
 def _refuse_constant(name: str) -> Any:
@@ -408,7 +232,7 @@ class _Item:
     said: str | None = None  # an assistant audio item's words so far, while it streams
     truncated: bool = False  # cut by conversation.item.truncate: its audio_ms and words stay cut
     output: tuple[str, str] | None = None  # a tool output: (call_id, output)
-    wire: dict[str, Any] | None = field(default=None, repr=False)  # the item as retrieve returns it
+    wire: p.ItemInfo | None = field(default=None, repr=False)  # the item as retrieve returns it
     heard_ms: float | None = None  # a user audio item's length, for usage
     answered: bool = False  # a user item a response has answered
 
@@ -419,7 +243,7 @@ class _Item:
 
 class Session:
     def __init__(self, session_id: str | None = None) -> None:
-        self.config = SessionConfig(session_id or ev.new_id("sess"))
+        self.config = _initial_session(session_id or p.new_id("sess"))
         self._buffer = bytearray()
         self._audio_ms = 0.0  # audio time of everything appended so far
         self._detector: SpeechDetector | None = None
@@ -442,7 +266,7 @@ class Session:
 
     # -- entry points ------------------------------------------------------------------------
     def opened(self) -> Output:
-        return Output(events=[ev.session_created(self.config.as_dict())])
+        return Output(events=[p.SessionCreated(self.config)])
 
     def handle(self, raw: str | bytes) -> Output:
         too_deep = f"The event is nested too deeply; the limit is {MAX_DEPTH} levels."
@@ -457,8 +281,8 @@ class Session:
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             return self._error("An event must be a JSON object with a string 'type'.", "invalid_event")
         client_event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
-        handler = _HANDLERS.get(event["type"])
-        if handler is None:
+        kind = p.CLIENT_EVENTS.get(event["type"])
+        if kind is None:
             return self._error(
                 f"Unsupported event type: {_shorten(event['type'])!r}.",
                 "unsupported_event",
@@ -466,7 +290,12 @@ class Session:
                 client_event_id,
             )
         try:
-            return handler(self, _Fields(event, ""))
+            return self._dispatch(wire.read(kind, event))
+        except wire.WireError as exc:
+            code = exc.code or _CODES[exc.problem]
+            if exc.path == "audio" and exc.problem == "value":
+                code = exc.code or "invalid_audio"  # not base64
+            return self._error(f"{exc}.", code, exc.path or None, client_event_id)
         except ClientError as exc:
             return self._error(str(exc), exc.code, exc.param, client_event_id)
         except (KeyError, TypeError, ValueError) as exc:  # a case the checks above missed
@@ -474,27 +303,52 @@ class Session:
                 f"Invalid {event['type']} event: {exc}.", "invalid_value", None, client_event_id
             )
 
+    def _dispatch(self, event: p.ClientEvent) -> Output:
+        match event:
+            case p.SessionUpdate():
+                return self._on_session_update(event)
+            case p.InputAudioBufferAppend():
+                return self._on_input_audio_buffer_append(event)
+            case p.InputAudioBufferCommit():
+                return self._on_input_audio_buffer_commit()
+            case p.InputAudioBufferClear():
+                return self._on_input_audio_buffer_clear()
+            case p.ConversationItemCreate():
+                return self._on_conversation_item_create(event)
+            case p.ConversationItemTruncate():
+                return self._on_conversation_item_truncate(event)
+            case p.ConversationItemRetrieve():
+                return self._on_conversation_item_retrieve(event)
+            case p.ConversationItemDelete():
+                return self._on_conversation_item_delete(event)
+            case p.ResponseCreate():
+                return self._on_response_create(event)
+            case p.ResponseCancel():
+                return self._on_response_cancel(event)
+
     def user_transcribed(self, item_id: str, text: str, respond: bool) -> Output:
         """The recognizer's final text for a committed user audio item."""
         out = Output()
         if self.config.transcription_model is not None:
-            out.events.append(ev.transcription_completed(item_id, text))
+            out.events.append(
+                p.InputAudioTranscriptionCompleted(item_id, 0, text, {"type": "duration", "seconds": 0.0})
+            )
         item = self._items.get(item_id)
         if item is not None and item.role == "user" and item.text is None:
             item.text = text
-            item.wire = ev.user_audio_item(item_id, text)
+            item.wire = _user_audio_item(item_id, text)
             self._item_chars += len(text)
             self._forget_oldest()
         if respond and self.active_response is None and text.strip():
             out += self._start_response()
         return out
 
-    def output_item_started(self, item: dict[str, Any]) -> Output:
+    def output_item_started(self, item: p.ItemInfo) -> Output:
         """A response's item (an assistant message or a function call) joins the conversation."""
         previous = self._last_item()
-        role = "assistant" if item.get("type") == "message" else str(item.get("type"))
-        self._keep(str(item["id"]), _Item(role, wire=item))
-        return Output(events=[ev.item_added(item, previous)])
+        role = "assistant" if item.type == "message" else item.type
+        self._keep(str(item.id), _Item(role, wire=item))
+        return Output(events=[p.ConversationItemAdded(item, previous)])
 
     def output_audio_sent(self, item_id: str, audio_ms: float, said: str) -> None:
         """A response's audio item has sent ``audio_ms`` of audio so far, ``said`` its words begun."""
@@ -503,13 +357,13 @@ class Session:
             kept.audio_ms = audio_ms
             kept.said = said
 
-    def output_item_finished(self, item: dict[str, Any], audio_ms: float | None = None) -> Output:
+    def output_item_finished(self, item: p.ItemInfo, audio_ms: float | None = None) -> Output:
         """A response's item is complete (or cut short); ``audio_ms`` is an audio item's length.
 
         An item truncated while it streamed stays as the truncate left it: its audio as heard and
         its transcript cut to the words heard (``conversation.item.done`` says so too).
         """
-        item_id = str(item["id"])
+        item_id = str(item.id)
         kept = self._items.get(item_id)
         if kept is not None:  # else deleted (or forgotten) while it streamed: it stays gone
             if kept.truncated:
@@ -521,7 +375,7 @@ class Session:
         keys = list(self._items)
         position = keys.index(item_id) if kept is not None else len(keys)
         previous = keys[position - 1] if position > 0 else None
-        return Output(events=[ev.item_done(item, previous)])
+        return Output(events=[p.ConversationItemDone(item, previous)])
 
     def response_finished(self, response_id: str, audio_items: dict[str, float] | None = None) -> None:
         """The server finished (or cancelled) a response; ``audio_items`` maps item id -> audio ms."""
@@ -551,51 +405,33 @@ class Session:
         return len(self._buffer) + self._recent_bytes
 
     # -- session.update ----------------------------------------------------------------------
-    def _on_session_update(self, event: _Fields) -> Output:
-        session = event.object("session", required=True)
-        assert session is not None
-        if session.string("type") not in (None, "realtime"):
-            raise ClientError("Only realtime sessions are supported.", param="session.type")
+    def _on_session_update(self, event: p.SessionUpdate) -> Output:
+        update = event.session
+        given = wire.given(p.Session, update.raw)  # only the fields the client sent change
+        for side in ("input", "output"):
+            fmt: p.AudioFormat = getattr(update, f"{side}_format")
+            if f"{side}_format" in given and (fmt.type != "audio/pcm" or fmt.rate not in (None, RATE)):
+                path = f"session.audio.{side}.format"
+                raise ClientError("Only audio/pcm at 24000 Hz is supported.", "unsupported_format", path)
+        if "output_modalities" in given and not update.output_modalities:
+            param = "session.output_modalities"
+            raise ClientError(f'\'{param}\' must be ["audio"] or ["text"].', param=param)
         # Checked whole, then applied: a refused update leaves the session as it was.
-        config = replace(self.config)
-        instructions = session.string("instructions", MAX_INSTRUCTIONS_CHARS)
-        if instructions is not None:
-            config.instructions = instructions
-        model = session.string("model")
-        if model is not None:
-            config.model = model
-        for name, (kinds, what) in _UNUSED_SESSION_FIELDS.items():
-            session.typed(name, kinds, what)
-        if session.values.get("max_output_tokens") != "inf":
-            session.number("max_output_tokens")
-        audio = session.object("audio")
-        audio_in = audio.object("input") if audio is not None else None
-        audio_out = audio.object("output") if audio is not None else None
-        for part in (audio_in, audio_out):
-            fmt = part.object("format") if part is not None else None
-            if fmt is not None and (
-                fmt.string("type") not in (None, "audio/pcm") or fmt.values.get("rate") not in (None, RATE)
-            ):
-                raise ClientError("Only audio/pcm at 24000 Hz is supported.", "unsupported_format", fmt.path)
-        detection_changed = False
-        if audio_in is not None:
-            if "transcription" in audio_in:
-                config.transcription_model = _transcription_model(audio_in.object("transcription"))
-            noise = audio_in.object("noise_reduction")
-            if noise is not None:
-                noise.choice("type", ("near_field", "far_field"))
-                noise.number("strength")
-            if "turn_detection" in audio_in:
-                config.turn_detection = _turn_detection(audio_in.object("turn_detection"))
-                detection_changed = True
-        if audio_out is not None:
-            config.voice = _voice(audio_out) or config.voice
-            audio_out.number("speed")
-        if "tools" in session:
-            config.tools = _tools(session)
-        modalities = _modalities(session)
-        if modalities is not None:
-            config.output_modalities = modalities
+        changes = {name: getattr(update, name) for name in given & _APPLIED}
+        if "voice" in changes:
+            changes["voice"] = update.voice_name  # a custom voice by its id
+        for name in ("instructions", "model", "voice"):
+            if changes.get(name, "") is None:
+                del changes[name]  # null: as it was
+        transcription = changes.get("transcription")
+        if transcription is not None and transcription.model is None:
+            changes["transcription"] = replace(transcription, model="local")
+        if "output_modalities" in changes:
+            changes["output_modalities"] = ("audio",) if "audio" in update.output_modalities else ("text",)
+        detection_changed = "turn_detection" in changes
+        if detection_changed:
+            changes["turn_detection"] = _effective(update.turn_detection)
+        config = replace(self.config, **changes)
         out = Output()
         if detection_changed and self._utterance is not None:
             # The new detector starts in silence and would never end this turn: end it now.
@@ -603,7 +439,7 @@ class Session:
         self.config = config
         if detection_changed:
             self._configure_turn_detection()
-        out.events.append(ev.session_updated(config.as_dict()))
+        out.events.append(p.SessionUpdated(config))
         return out
 
     def _configure_turn_detection(self) -> None:
@@ -613,26 +449,18 @@ class Session:
         if detection is None:
             self._detector = None
             return
-        silence_ms = detection.silence_duration_ms
-        if detection.type == "semantic_vad":
+        silence_ms = detection.silence_duration_ms or 500
+        if detection.kind == "semantic_vad":
             silence_ms = _EAGERNESS_SILENCE_MS.get(detection.eagerness or "auto", 500)
-        mode = 3 if detection.threshold >= 0.7 else 2 if detection.threshold >= 0.4 else 1
+        threshold = 0.5 if detection.threshold is None else detection.threshold
+        mode = 3 if threshold >= 0.7 else 2 if threshold >= 0.4 else 1
         self._detector = SpeechDetector(
             DetectorSettings(onset_frames=3, hangover_frames=max(5, silence_ms // 10), vad_mode=mode)
         )
 
     # -- input audio -------------------------------------------------------------------------
-    def _on_input_audio_buffer_append(self, event: _Fields) -> Output:
-        audio = event.string("audio", None, required=True)
-        assert audio is not None
-        try:
-            pcm = base64.b64decode(audio, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ClientError("'audio' is not valid base64.", "invalid_audio", "audio") from exc
-        if len(pcm) % 2:
-            raise ClientError(
-                f"Audio must be whole 16-bit samples; got {len(pcm)} bytes.", "invalid_audio_length", "audio"
-            )
+    def _on_input_audio_buffer_append(self, event: p.InputAudioBufferAppend) -> Output:
+        pcm = event.audio
         out = Output()
         start_ms = self._audio_ms
         self._audio_ms += len(pcm) / 2 / RATE * 1000.0
@@ -676,17 +504,18 @@ class Session:
         out = Output()
         if self.active_response is not None and self.config.turn_detection.interrupt_response:
             out.commands.append(CancelResponse(self.active_response, "turn_detected"))
-        item_id = ev.new_id("item")
+        item_id = p.new_id("item")
         # The turn's audio, and audio_start_ms with it, begins prefix_padding_ms before the onset
         # (as OpenAI's does), or where a new detector started when it found the turn that soon.
-        begin_ms = max(at_ms - self.config.turn_detection.prefix_padding_ms, self._detector_since_ms)
+        padding_ms = self.config.turn_detection.prefix_padding_ms or 0
+        begin_ms = max(at_ms - padding_ms, self._detector_since_ms)
         if self._detector_fresh and at_ms - self._detector_since_ms <= _SETTLE_MS:
             begin_ms = self._detector_since_ms
         self._detector_fresh = False
         self._utterance = item_id
         self._utterance_start_ms = begin_ms
         self._paused = False
-        out.events.append(ev.speech_started(item_id, int(begin_ms)))
+        out.events.append(p.SpeechStarted(int(begin_ms), item_id))
         out.commands.append(BeginUtterance(item_id))
         padding = self._recent_audio(begin_ms)
         if padding:
@@ -700,17 +529,17 @@ class Session:
             return Output()
         self._utterance = None
         self._paused = False
-        out = Output(events=[ev.speech_stopped(item_id, int(at_ms))])
+        out = Output(events=[p.SpeechStopped(int(at_ms), item_id)])
         out += self._commit(item_id, at_ms - self._utterance_start_ms)
         out.commands.append(EndUtterance(item_id, self.config.turn_detection.create_response))
         return out
 
-    def _on_input_audio_buffer_commit(self, event: _Fields) -> Output:
+    def _on_input_audio_buffer_commit(self) -> Output:
         if len(self._buffer) < RATE * 2 // 10:  # OpenAI refuses less than 100 ms as well
             raise ClientError(
                 "The input audio buffer holds less than 100 ms of audio.", "input_audio_buffer_commit_empty"
             )
-        item_id = self._utterance or ev.new_id("item")
+        item_id = self._utterance or p.new_id("item")
         out = Output()
         heard_ms = len(self._buffer) / 2 / RATE * 1000.0
         if self._utterance is None:
@@ -726,23 +555,23 @@ class Session:
 
     def _commit(self, item_id: str, heard_ms: float) -> Output:
         previous = self._last_item()
-        item = ev.user_audio_item(item_id)
+        item = _user_audio_item(item_id)
         self._keep(item_id, _Item("user", wire=item, heard_ms=max(0.0, heard_ms)))
         self._last_user_item = item_id
         self._buffer.clear()
         return Output(
             events=[
-                ev.committed(item_id, previous),
-                ev.item_added(item, previous),
-                ev.item_done(item, previous),
+                p.InputAudioBufferCommitted(item_id, previous),
+                p.ConversationItemAdded(item, previous),
+                p.ConversationItemDone(item, previous),
             ]
         )
 
-    def _on_input_audio_buffer_clear(self, event: _Fields) -> Output:
+    def _on_input_audio_buffer_clear(self) -> Output:
         self._buffer.clear()
         if self._utterance is None:  # a new detector: speech right after the clear is heard whole
             self._configure_turn_detection()
-        return Output(events=[ev.cleared()])
+        return Output(events=[p.InputAudioBufferCleared()])
 
     def _trim_buffer(self) -> None:
         # With turn detection a spoken turn's audio goes to its utterance, so the buffer only needs
@@ -764,39 +593,44 @@ class Session:
         return recent[offset:]
 
     # -- conversation items ------------------------------------------------------------------
-    def _on_conversation_item_create(self, event: _Fields) -> Output:
-        fields = event.object("item", required=True)
-        assert fields is not None
-        kind = fields.choice("type", ("message", "function_call", "function_call_output"), required=True)
-        assert kind is not None
-        item_id = fields.string("id", MAX_ITEM_ID_CHARS) or ev.new_id("item")
+    def _on_conversation_item_create(self, event: p.ConversationItemCreate) -> Output:
+        item = event.item
+        if item.type not in ("message", "function_call", "function_call_output"):
+            choices = "message, function_call, function_call_output"
+            raise ClientError(
+                f"'item.type' must be one of {choices}, not {_shorten(item.type)!r}.", param="item.type"
+            )
+        item_id = item.id or p.new_id("item")
         if item_id in self._items:
             raise ClientError(f"The conversation already has an item {item_id!r}.", param="item.id")
-        item = {**fields.values, "id": item_id, "object": "realtime.item", "status": "completed"}
-        if kind == "message":
-            role = fields.choice("role", ("user", "assistant", "system"), required=True)
-            assert role is not None
-            text = _message_text(fields)
+        item = replace(item, id=item_id, object="realtime.item", status="completed")
+        if item.type == "message":
+            role = _required(item.role, "item.role")
+            if role not in ("user", "assistant", "system"):
+                raise ClientError(
+                    f"'item.role' must be one of user, assistant, system, not {_shorten(role)!r}.",
+                    param="item.role",
+                )
+            text = _message_text(item)
             kept = _Item(role, text if role == "user" else None, wire=item)
-        elif kind == "function_call_output":
-            call_id = fields.string("call_id", required=True)
-            output = fields.string("output", MAX_ITEM_CHARS, required=True)
-            assert call_id is not None and output is not None
-            kept = _Item(kind, output=(call_id, output), wire=item)
+        elif item.type == "function_call_output":
+            call_id = _required(item.call_id, "item.call_id")
+            kept = _Item(item.type, output=(call_id, _required(item.output, "item.output")), wire=item)
             self._tool_outputs.append(item_id)
         else:
-            fields.string("call_id", required=True)
-            fields.string("name", 64, required=True)
-            fields.string("arguments", MAX_ITEM_CHARS)
-            item.setdefault("arguments", "{}")
-            kept = _Item(kind, wire=item)
+            _required(item.call_id, "item.call_id")
+            _required(item.name, "item.name")
+            item = replace(item, arguments=item.arguments or "{}")
+            kept = _Item(item.type, wire=item)
         if kept.role == "user":
             self._last_user_item = item_id
         previous = self._last_item()
         self._keep(item_id, kept)
-        return Output(events=[ev.item_added(item, previous), ev.item_done(item, previous)])
+        return Output(
+            events=[p.ConversationItemAdded(item, previous), p.ConversationItemDone(item, previous)]
+        )
 
-    def _on_conversation_item_truncate(self, event: _Fields) -> Output:
+    def _on_conversation_item_truncate(self, event: p.ConversationItemTruncate) -> Output:
         """Cuts an assistant audio item to what the user heard, finished or still streaming.
 
         The audio past ``audio_end_ms`` is gone and so are the words the user did not hear: the
@@ -804,16 +638,15 @@ class Session:
         word boundary (:func:`~app.core.heard_text.cut_transcript`). An item still streaming stops:
         its response ends as ``response.cancel`` ends it, so no more of its audio follows.
         """
-        item_id = event.string("item_id", required=True)
-        item = self._items.get(item_id or "")
+        item_id = event.item_id
+        item = self._items.get(item_id)
         if item is None or item.audio_ms is None:
             raise ClientError(
                 f"No assistant audio item {item_id!r} to truncate.",
                 "item_truncate_invalid_item_id",
                 "item_id",
             )
-        content_index = int(event.number("content_index", required=True) or 0)
-        end_ms = int(event.number("audio_end_ms", required=True) or 0)
+        content_index, end_ms = event.content_index, event.audio_end_ms
         streaming = item.said is not None
         if end_ms > item.audio_ms + 1:
             so_far = "sent so far" if streaming else "audio"
@@ -821,30 +654,29 @@ class Session:
                 f"audio_end_ms {end_ms} is past the item's {so_far} ({item.audio_ms:.0f} ms).",
                 param="audio_end_ms",
             )
-        out = Output(events=[ev.item_truncated(str(item_id), content_index, end_ms)])
+        out = Output(events=[p.ConversationItemTruncated(item_id, content_index, end_ms)])
         if streaming:
             item.said = cut_transcript(item.said or "", end_ms, item.audio_ms, audio_complete=False)
             if self.active_response is not None:
                 out.commands.append(CancelResponse(self.active_response, "client_cancelled"))
         elif item.wire is not None:
-            words, complete = _transcript(item.wire), item.wire.get("status") == "completed"
+            words, complete = _transcript(item.wire), item.wire.status == "completed"
             item.wire = _with_transcript(item.wire, cut_transcript(words, end_ms, item.audio_ms, complete))
         item.audio_ms = float(min(end_ms, item.audio_ms))
         item.truncated = True
         return out
 
-    def _on_conversation_item_retrieve(self, event: _Fields) -> Output:
-        item_id = event.string("item_id", MAX_ITEM_ID_CHARS, required=True)
-        item = self._items.get(item_id or "")
+    def _on_conversation_item_retrieve(self, event: p.ConversationItemRetrieve) -> Output:
+        item_id = event.item_id
+        item = self._items.get(item_id)
         if item is None or item.wire is None:
             raise ClientError(
                 f"The conversation has no item {item_id!r}.", "item_retrieve_invalid_item_id", "item_id"
             )
-        return Output(events=[ev.item_retrieved(item.wire)])
+        return Output(events=[p.ConversationItemRetrieved(item.wire)])
 
-    def _on_conversation_item_delete(self, event: _Fields) -> Output:
-        item_id = event.string("item_id", MAX_ITEM_ID_CHARS, required=True)
-        assert item_id is not None
+    def _on_conversation_item_delete(self, event: p.ConversationItemDelete) -> Output:
+        item_id = event.item_id
         item = self._items.pop(item_id, None)
         if item is None:
             raise ClientError(
@@ -858,7 +690,7 @@ class Session:
             latest = next((i for i, kept in reversed(self._items.items()) if kept.role == "user"), None)
             unanswered = latest is not None and not self._items[latest].answered
             self._last_user_item = latest if unanswered else self._answered_user_item
-        return Output(events=[ev.item_deleted(item_id)])
+        return Output(events=[p.ConversationItemDeleted(item_id)])
 
     def _keep(self, item_id: str, item: _Item) -> None:
         self._items[item_id] = item
@@ -878,25 +710,38 @@ class Session:
         return next(reversed(self._items), None)
 
     # -- responses ---------------------------------------------------------------------------
-    def _on_response_create(self, event: _Fields) -> Output:
-        # Of the overrides only these two are used; the others must sit in an object.
-        response = event.object("response")
-        modalities = _modalities(response) if response is not None else None
-        metadata = _metadata(response) if response is not None else None
+    def _on_response_create(self, event: p.ResponseCreate) -> Output:
+        # Of the overrides only these two are used; the others are checked by their types.
+        asked = event.response or p.ResponseOptions()
+        if asked.output_modalities is not None and not asked.output_modalities:
+            param = "response.output_modalities"
+            raise ClientError(f'\'{param}\' must be ["audio"] or ["text"].', param=param)
+        modalities = asked.output_modalities or self.config.output_modalities
+        for key in asked.metadata or {}:
+            if len(key) > MAX_METADATA_KEY_CHARS:
+                raise ClientError(
+                    f"A key of 'response.metadata' is {len(key)} characters long; "
+                    f"the limit is {MAX_METADATA_KEY_CHARS}.",
+                    param=f"response.metadata.{_shorten(key)}",
+                )
         if self.active_response is not None:
             raise ClientError(
                 "The conversation already has an active response.", "conversation_already_has_active_response"
             )
-        return self._start_response(ResponseOptions(modalities or self.config.output_modalities, metadata))
+        chosen: tuple[p.Modality, ...] = ("audio",) if "audio" in modalities else ("text",)
+        metadata = None if asked.metadata is None else dict(asked.metadata)
+        return self._start_response(ResponseOptions(chosen, metadata))
 
-    def _on_response_cancel(self, event: _Fields) -> Output:
-        wanted = event.string("response_id")
+    def _on_response_cancel(self, event: p.ResponseCancel) -> Output:
+        wanted = event.response_id
         if self.active_response is None or (wanted is not None and wanted != self.active_response):
-            raise ClientError("There is no active response to cancel.", "response_cancel_not_active")
+            # OpenAI's words: LiveKit's client knows this benign race (its cancel after the server's own
+            # turn_detected cancel) by the message's "Cancellation failed" and stays quiet about it.
+            raise ClientError("Cancellation failed: no active response found.", "response_cancel_not_active")
         return Output(commands=[CancelResponse(self.active_response, "client_cancelled")])
 
     def _start_response(self, options: ResponseOptions | None = None) -> Output:
-        response_id = ev.new_id("resp")
+        response_id = p.new_id("resp")
         self.active_response = response_id
         user_item = self._last_user_item if self._last_user_item != self._answered_user_item else None
         self._answered_user_item = self._last_user_item
@@ -916,136 +761,34 @@ class Session:
     def _error(
         self, message: str, code: str, param: str | None = None, client_event_id: str | None = None
     ) -> Output:
-        return Output(events=[ev.error(message, code, param=param, client_event_id=client_event_id)])
+        error = p.ErrorEvent("invalid_request_error", code, message, param, client_event_id)
+        return Output(events=[error])
 
 
-_HANDLERS: dict[str, Callable[[Session, _Fields], Output]] = {
-    "session.update": Session._on_session_update,
-    "input_audio_buffer.append": Session._on_input_audio_buffer_append,
-    "input_audio_buffer.commit": Session._on_input_audio_buffer_commit,
-    "input_audio_buffer.clear": Session._on_input_audio_buffer_clear,
-    "conversation.item.create": Session._on_conversation_item_create,
-    "conversation.item.truncate": Session._on_conversation_item_truncate,
-    "conversation.item.retrieve": Session._on_conversation_item_retrieve,
-    "conversation.item.delete": Session._on_conversation_item_delete,
-    "response.create": Session._on_response_create,
-    "response.cancel": Session._on_response_cancel,
-}
+def _required(value: str | None, param: str) -> str:
+    if value is None:
+        raise ClientError(f"'{param}' is required.", "missing_required_parameter", param)
+    return value
 
 
-def _transcription_model(fields: _Fields | None) -> str | None:
-    if fields is None:
-        return None
-    fields.string("language")
-    fields.string("prompt", MAX_INSTRUCTIONS_CHARS)
-    return fields.string("model") or "local"
+def _user_audio_item(item_id: str, transcript: str | None = None) -> p.ItemInfo:
+    part = p.ContentPart("input_audio", transcript=transcript)
+    return p.ItemInfo(item_id, "message", "user", "completed", (part,), object="realtime.item")
 
 
-def _turn_detection(fields: _Fields | None) -> TurnDetectionConfig | None:
-    if fields is None:
-        return None
-    kind = fields.choice("type", ("server_vad", "semantic_vad"), required=True)
-    config = TurnDetectionConfig(type="semantic_vad" if kind == "semantic_vad" else "server_vad")
-    threshold = fields.number("threshold")
-    if threshold is not None:
-        config.threshold = threshold
-    for name in ("prefix_padding_ms", "silence_duration_ms"):
-        value = fields.number(name)
-        if value is not None:
-            setattr(config, name, int(value))
-    fields.number("idle_timeout_ms")
-    for flag in ("create_response", "interrupt_response"):
-        setting = fields.boolean(flag)
-        if setting is not None:
-            setattr(config, flag, setting)
-    config.eagerness = fields.choice("eagerness", ("low", "medium", "high", "auto"))
-    return config
-
-
-def _modalities(fields: _Fields) -> ev.Modalities | None:
-    """``output_modalities``: ``["audio"]`` (audio and its transcript) or ``["text"]`` (text only)."""
-    values = fields.array("output_modalities", 2)
-    if values is None:
-        return None
-    param = fields.param("output_modalities")
-    if not values or any(value not in ("audio", "text") for value in values):
-        raise ClientError(f'\'{param}\' must be ["audio"] or ["text"].', param=param)
-    return ("audio",) if "audio" in values else ("text",)
-
-
-def _metadata(response: _Fields) -> dict[str, str] | None:
-    """``response.metadata``: at most 16 string keys of up to 64 characters, string values of up to 512."""
-    fields = response.object("metadata")
-    if fields is None:
-        return None
-    if len(fields.values) > MAX_METADATA_KEYS:
-        raise ClientError(
-            f"'{fields.path}' has {len(fields.values)} keys; the limit is {MAX_METADATA_KEYS}.",
-            param=fields.path,
-        )
-    metadata: dict[str, str] = {}
-    for key, value in fields.values.items():
-        param = fields.param(_shorten(key))
-        if len(key) > MAX_METADATA_KEY_CHARS:
-            raise ClientError(
-                f"A key of '{fields.path}' is {len(key)} characters long; "
-                f"the limit is {MAX_METADATA_KEY_CHARS}.",
-                param=param,
-            )
-        if not isinstance(value, str):
-            raise ClientError(f"'{param}' must be a string, not {_json_type(value)}.", "invalid_type", param)
-        if len(value) > MAX_METADATA_VALUE_CHARS:
-            raise ClientError(
-                f"'{param}' is {len(value)} characters long; the limit is {MAX_METADATA_VALUE_CHARS}.",
-                param=param,
-            )
-        metadata[key] = value
-    return metadata
-
-
-def _voice(audio_out: _Fields) -> str | None:
-    if isinstance(audio_out.values.get("voice"), dict):
-        custom = audio_out.object("voice")
-        assert custom is not None
-        return custom.string("id", required=True)
-    return audio_out.string("voice")
-
-
-def _tools(session: _Fields) -> list[dict[str, Any]]:
-    tools = session.array("tools", MAX_TOOLS) or []
-    for index, tool in enumerate(tools):
-        spec = _Fields(tool, f"session.tools[{index}]")
-        spec.choice("type", ("function",))
-        name = spec.string("name", None, required=True)
-        if not _TOOL_NAME.fullmatch(name or ""):
-            raise ClientError(
-                f"'{spec.param('name')}' must be 1 to 64 letters, digits, '_' or '-'.",
-                param=spec.param("name"),
-            )
-        spec.string("description", MAX_INSTRUCTIONS_CHARS)
-        spec.object("parameters")
-    return list(tools)
-
-
-def _transcript(item: dict[str, Any]) -> str:
+def _transcript(item: p.ItemInfo) -> str:
     """An assistant audio item's transcript ("" when it has none)."""
-    content = item.get("content") or [{}]
-    return str(content[0].get("transcript") or "")
+    return (item.content[0].transcript or "") if item.content else ""
 
 
-def _with_transcript(item: dict[str, Any], transcript: str) -> dict[str, Any]:
+def _with_transcript(item: p.ItemInfo, transcript: str) -> p.ItemInfo:
     """A copy of an assistant audio item with its transcript replaced."""
-    content = item.get("content") or [{"type": "output_audio"}]
-    return {**item, "content": [{**content[0], "transcript": transcript}, *content[1:]]}
+    first, *rest = item.content or (p.ContentPart("output_audio"),)
+    return replace(item, content=(replace(first, transcript=transcript), *rest))
 
 
-def _message_text(fields: _Fields) -> str:
-    parts = fields.array("content", MAX_CONTENT_PARTS) or []
-    texts = [
-        _Fields(part, f"item.content[{index}]").string("text", MAX_ITEM_CHARS)
-        for index, part in enumerate(parts)
-    ]
-    text = " ".join(t for t in texts if t).strip()
+def _message_text(item: p.ItemInfo) -> str:
+    text = " ".join(part.text for part in item.content if part.text).strip()
     if len(text) > MAX_ITEM_CHARS:
         raise ClientError(
             f"The message's text is {len(text)} characters long; the limit is {MAX_ITEM_CHARS}.",

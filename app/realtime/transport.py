@@ -30,6 +30,7 @@ from websockets.version import version as websockets_version
 
 from app import __version__
 from app.core.protocol import (
+    ClientEvent,
     ErrorEvent,
     ServerEvent,
     SessionCreated,
@@ -265,7 +266,7 @@ class RealtimeTransport:
             detail=str(detail),
         )
 
-    async def send(self, event: Mapping[str, Any]) -> bool:
+    async def send(self, event: ClientEvent | Mapping[str, Any]) -> bool:
         """Sends one client event; False when there is no usable connection (nothing is queued).
 
         A malformed event (NaN, unserialisable value) raises, connected or not: that is a bug.
