@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs Helpdesk Voice on Debian or Ubuntu: the system libraries it needs (apt-get), then the
 # app itself into a virtual environment in .venv. With --test it adds what the test suite needs:
-# a PulseAudio daemon for the virtual audio devices, sox, Xvfb with trayer, and the Python test tools.
+# a PulseAudio daemon for the virtual audio devices, sox, Xvfb with trayer, the Python test tools, and
+# third-party realtime clients in .venv-clients.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,6 +50,12 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 if [ "$with_tests" = 1 ]; then
   .venv/bin/python -m pip install -q -e ".[test]"
+  # The third-party realtime clients the tests run against the embedded server, in a virtualenv of
+  # their own: livekit-agents would downgrade the app's websockets (tests/third_party/).
+  if [ ! -x .venv-clients/bin/python ]; then
+    python3 -m venv .venv-clients
+  fi
+  .venv-clients/bin/python -m pip install -q -r tests/third_party/requirements.txt
 else
   .venv/bin/python -m pip install -q -e .
 fi

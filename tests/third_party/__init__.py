@@ -1,0 +1,1 @@
+"""Scenario scripts of third-party realtime clients; they run in .venv-clients (see common.py)."""
