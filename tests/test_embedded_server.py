@@ -813,6 +813,27 @@ async def test_truncate_while_the_answer_streams_stops_it_and_keeps_only_the_hea
     assert (await client.next("response.done"))["response"]["status"] == "completed"
 
 
+async def test_truncate_before_any_audio_was_sent_ends_the_answer_unheard(slow_client: Client) -> None:
+    """An interrupt in the first moment of an answer truncates it at 0 ms, before its first audio."""
+    client = slow_client
+    await client.ask("hello there")
+    item_id = (await client.next("response.output_item.added"))["item"]["id"]
+    assert not _of(client.seen, "response.output_audio.delta"), "the first audio came before the truncate"
+    await client.send(
+        {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": 0}
+    )
+    events = await client.until("response.done")
+    kinds = [e["type"] for e in events]
+    assert "error" not in kinds
+    truncated = events[kinds.index("conversation.item.truncated")]
+    assert (truncated["item_id"], truncated["audio_end_ms"]) == (item_id, 0)
+    assert not _of(events[kinds.index("conversation.item.truncated") :], "response.output_audio.delta")
+    assert events[-1]["response"]["status"] == "cancelled"
+    await client.send({"type": "conversation.item.retrieve", "item_id": item_id})
+    retrieved = (await client.next("conversation.item.retrieved"))["item"]
+    assert retrieved["content"][0]["transcript"] == ""  # nothing of it was heard
+
+
 @pytest.mark.parametrize("cancel_first", [True, False], ids=["cancel-then-truncate", "truncate-then-cancel"])
 async def test_an_interrupt_with_cancel_and_truncate_ends_the_answer_once(
     slow_client: Client, cancel_first: bool

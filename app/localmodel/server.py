@@ -475,7 +475,7 @@ class EmbeddedServer:
     async def _open(self, connection: _Connection, streaming: _Streaming) -> None:
         """response.output_item.added, conversation.item.added, response.content_part.added."""
         item = streaming.started_item()
-        added = connection.session.output_item_started(item)
+        added = connection.session.output_item_started(item, audio=not streaming.text_only)
         await self._send_all(
             connection,
             [p.ResponseOutputItemAdded(streaming.response_id, streaming.index, item), *added.events],

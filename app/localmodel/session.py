@@ -343,11 +343,15 @@ class Session:
             out += self._start_response()
         return out
 
-    def output_item_started(self, item: p.ItemInfo) -> Output:
-        """A response's item (an assistant message or a function call) joins the conversation."""
+    def output_item_started(self, item: p.ItemInfo, audio: bool = False) -> Output:
+        """A response's item (an assistant message or a function call) joins the conversation.
+
+        An audio item can be truncated from this moment, before any of its audio is sent (at 0 ms).
+        """
         previous = self._last_item()
         role = "assistant" if item.type == "message" else item.type
-        self._keep(str(item.id), _Item(role, wire=item))
+        kept = _Item(role, wire=item, audio_ms=0.0, said="") if audio else _Item(role, wire=item)
+        self._keep(str(item.id), kept)
         return Output(events=[p.ConversationItemAdded(item, previous)])
 
     def output_audio_sent(self, item_id: str, audio_ms: float, said: str) -> None:
