@@ -972,6 +972,25 @@ def sustained_then_speech() -> FloatArray:
     return np.concatenate([(0.15 * carrier).astype(np.float32), speechlike(0.8)])
 
 
+async def test_a_cancel_of_an_answer_the_users_speech_cancelled_is_no_error(slow_client: Client) -> None:
+    """LiveKit's agent sends response.cancel on speech_started, after the server's own cancel."""
+    client = slow_client
+    await client.ask("hello there")
+    await _audio_deltas(client, 2)
+    await client.append(speechlike(1.0))  # the user talks over the answer
+    await client.next("input_audio_buffer.speech_started")
+    await client.send({"type": "response.cancel"})
+    events = await client.until("response.done")
+    done = events[-1]["response"]
+    assert (done["status"], done["status_details"]["reason"]) == ("cancelled", "turn_detected")
+    await client.send({"type": "response.cancel"})  # later still: the same answer, the same silence
+    await client.ask("thanks")
+    events = await client.until("response.done")
+    assert not _of(events, "error") and events[-1]["response"]["status"] == "completed"
+    await client.send({"type": "response.cancel"})  # a new answer ended normally: refused again
+    assert (await client.next("error"))["error"]["code"] == "response_cancel_not_active"
+
+
 async def test_a_late_cancel_is_refused_in_openais_words(client: Client) -> None:
     """LiveKit's client cancels on speech_started, after the server's own turn_detected cancel; it drops
     the refusal only by OpenAI's message ("Cancellation failed: ..."), so the server words it the same."""

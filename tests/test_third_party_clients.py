@@ -250,11 +250,8 @@ def test_livekit_realtime_model(clients_python: Path, served: Served, speech_wav
     assert over["truncated_at_ms"] == over["heard_ms"] > 0, over
     assert over["next_response_status"] == "completed"
     assert "vpn" in over["user_transcripts"][1].lower(), over
-    # The agent's own cancel after the server's is OpenAI's benign race, which LiveKit drops.
-    assert all(
-        e == {"step": "speech_over_answer", "code": "response_cancel_not_active"}
-        for e in steps["ignored_errors"]
-    )
+    # The agent's own cancel after the server's cancel for the user's speech is no error either.
+    assert steps["ignored_errors"] == []
     # An answer interrupted before any of it played is deleted; so is an item left out of the chat context.
     delete = steps["delete"]
     assert delete["unheard_status"] == "cancelled" and delete["unheard_deleted"], delete

@@ -262,6 +262,7 @@ class Session:
         self._last_user_item: str | None = None
         self._answered_user_item: str | None = None
         self.active_response: str | None = None
+        self._cut_by_speech: str | None = None  # the latest response, when the user's speech cancelled it
         self._configure_turn_detection()
 
     # -- entry points ------------------------------------------------------------------------
@@ -508,6 +509,7 @@ class Session:
         out = Output()
         if self.active_response is not None and self.config.turn_detection.interrupt_response:
             out.commands.append(CancelResponse(self.active_response, "turn_detected"))
+            self._cut_by_speech = self.active_response
         item_id = p.new_id("item")
         # The turn's audio, and audio_start_ms with it, begins prefix_padding_ms before the onset
         # (as OpenAI's does), or where a new detector started when it found the turn that soon.
@@ -738,15 +740,20 @@ class Session:
 
     def _on_response_cancel(self, event: p.ResponseCancel) -> Output:
         wanted = event.response_id
+        if self._cut_by_speech is not None and wanted in (None, self._cut_by_speech):
+            # A client that cancels on speech_started (LiveKit's does) asks for what the server did
+            # already: its response.done says cancelled, turn_detected. Not worth an error.
+            return Output()
         if self.active_response is None or (wanted is not None and wanted != self.active_response):
-            # OpenAI's words: LiveKit's client knows this benign race (its cancel after the server's own
-            # turn_detected cancel) by the message's "Cancellation failed" and stays quiet about it.
+            # OpenAI's words: clients (LiveKit's) know a cancel that raced the response's end by the
+            # message's "Cancellation failed" and stay quiet about it.
             raise ClientError("Cancellation failed: no active response found.", "response_cancel_not_active")
         return Output(commands=[CancelResponse(self.active_response, "client_cancelled")])
 
     def _start_response(self, options: ResponseOptions | None = None) -> Output:
         response_id = p.new_id("resp")
         self.active_response = response_id
+        self._cut_by_speech = None
         user_item = self._last_user_item if self._last_user_item != self._answered_user_item else None
         self._answered_user_item = self._last_user_item
         outputs = tuple(
