@@ -74,6 +74,7 @@ __all__ = [
     "POLICY_ENV",
     "SENSITIVITY_CHOICES",
     "SETTINGS",
+    "TICKET_SYSTEM_CHOICES",
     "TURN_DETECTION_CHOICES",
     "AudioDeviceSettings",
     "Backend",
@@ -107,13 +108,14 @@ Backend: TypeAlias = Literal["embedded", "openai", "azure", "custom"]
 TurnDetectionKind: TypeAlias = Literal["server_vad", "semantic_vad"]
 Eagerness: TypeAlias = Literal["auto", "low", "medium", "high"]
 Sensitivity: TypeAlias = Literal["low", "medium", "high"]
+TicketSystem: TypeAlias = Literal["none", "rt", "servicenow", "jsm", "webhook"]
 
 ENV_PREFIX: Final = "HELPDESK_VOICE_"
 POLICY_ENV: Final = "HELPDESK_VOICE_POLICY"
 CONFIG_DIR_ENV: Final = "HELPDESK_VOICE_CONFIG_DIR"
 POLICY_FILE: Final = "policy.toml"
 USER_FILE: Final = "settings.toml"
-KNOWN_TOOLS: Final = ("search_knowledge_base", "create_ticket")
+KNOWN_TOOLS: Final = ("search_knowledge_base", "create_ticket", "get_ticket_status")
 # A key part named like this holds a secret, which belongs in the keyring, never in a file. Whole
 # names, so that a setting such as ``max_tokens`` or ``token_limit`` is not taken for one.
 _SECRET_KEY: Final = re.compile(
@@ -164,6 +166,19 @@ def _ws_url(value: Value) -> str | None:
     return None
 
 
+def _http_url(value: Value) -> str | None:
+    assert isinstance(value, str)
+    if value == "":
+        return None  # none set up
+    if any(ch.isspace() for ch in value):
+        return "must not contain spaces or line breaks"
+    if not value.lower().startswith(("https://", "http://")):
+        return f"must start with https:// or http://, not {redact_url(value)!r}"
+    if "@" in value.split("/", 3)[2]:
+        return "must not contain a user name or password; store the credential in the keyring instead"
+    return None
+
+
 def _no_spaces(value: Value) -> str | None:
     assert isinstance(value, str)
     return "must not contain spaces" if any(ch.isspace() for ch in value) else None
@@ -206,6 +221,13 @@ SENSITIVITY_CHOICES: Final[tuple[tuple[Sensitivity, str], ...]] = (
     ("low", "Low: only clear speech interrupts"),
     ("medium", "Medium"),
     ("high", "High: any speech interrupts"),
+)
+TICKET_SYSTEM_CHOICES: Final[tuple[tuple[TicketSystem, str], ...]] = (
+    ("none", "None: keep tickets on this computer"),
+    ("rt", "Request Tracker"),
+    ("servicenow", "ServiceNow"),
+    ("jsm", "Jira Service Management"),
+    ("webhook", "Webhook"),
 )
 
 
@@ -292,6 +314,22 @@ _SETTINGS: Final = (
     ),
     Setting("transcript.retention_days", int, 7, _int_range(0, 3650), fail_closed=0),
     Setting("tools.allowed", tuple, KNOWN_TOOLS, _tools),
+    Setting(
+        "tickets.system",
+        str,
+        "none",
+        choices=TICKET_SYSTEM_CHOICES,
+        help="the company's ticket system the assistant's tickets go to; none keeps them on this computer",
+    ),
+    Setting("tickets.url", str, "", _http_url, help="the ticket system's address, https://..."),
+    Setting("tickets.queue", str, "General", help="Request Tracker: the queue new tickets go to"),
+    Setting("tickets.user", str, "", help="ServiceNow: the API user; Jira Service Management: the e-mail"),
+    Setting("tickets.service_desk_id", str, "", _no_spaces, help="Jira Service Management: the service desk"),
+    Setting("tickets.request_type_id", str, "", _no_spaces, help="Jira Service Management: the request type"),
+    Setting("tickets.assignment_group", str, "", help="ServiceNow: the group new incidents go to (optional)"),
+    Setting(
+        "tickets.contact", str, "", help="the user's e-mail address, so tickets and their status find them"
+    ),
 )
 SETTINGS: Final[Mapping[str, Setting]] = {s.key: s for s in _SETTINGS}
 
@@ -670,6 +708,20 @@ class ToolSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TicketSettings:
+    """``tickets.*``: where delivered tickets go (the credential is never here: it is in the keyring)."""
+
+    system: TicketSystem
+    url: str
+    queue: str
+    user: str
+    service_desk_id: str
+    request_type_id: str
+    assignment_group: str
+    contact: str
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The effective values with their real types, one attribute per dotted key.
 
@@ -689,6 +741,7 @@ class Settings:
     audio: AudioDeviceSettings
     transcript: TranscriptSettings
     tools: ToolSettings
+    tickets: TicketSettings
 
 
 _L = TypeVar("_L", bound=str)
@@ -766,6 +819,16 @@ def typed_settings(values: Mapping[str, Value]) -> Settings:
         ),
         transcript=TranscriptSettings(retention_days=_int_of(values, "transcript.retention_days")),
         tools=ToolSettings(allowed=_names_of(values, "tools.allowed")),
+        tickets=TicketSettings(
+            system=_one_of(values, "tickets.system", TICKET_SYSTEM_CHOICES),
+            url=_text_of(values, "tickets.url"),
+            queue=_text_of(values, "tickets.queue"),
+            user=_text_of(values, "tickets.user"),
+            service_desk_id=_text_of(values, "tickets.service_desk_id"),
+            request_type_id=_text_of(values, "tickets.request_type_id"),
+            assignment_group=_text_of(values, "tickets.assignment_group"),
+            contact=_text_of(values, "tickets.contact"),
+        ),
     )
 
 

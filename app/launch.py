@@ -26,8 +26,9 @@ from app import defaults
 from app.audio.bargein import DetectorSettings
 from app.audio.devices import AudioDevice, DeviceError, find_device
 from app.audio.pipeline import AudioSettings
-from app.config import Backend, LoadedSettings, Sensitivity, Settings
+from app.config import Backend, LoadedSettings, Sensitivity, Settings, TicketSettings
 from app.core import protocol as p
+from app.core.actions import Notice
 from app.realtime.endpoint import (
     API_KEY_ENV,
     ApiKeyLookup,
@@ -43,6 +44,7 @@ from app.settings_rules import API_KEY_FIELD, cross_field_problems
 if TYPE_CHECKING:
     from app.engine import Engine, EngineListener
     from app.localmodel.launcher import ServerSupervisor
+    from app.tools.delivery import Delivered, DeliveryProblem, DeliveryWorker
 
 __all__ = [
     "UNKNOWN_CAP_ROLLOVER_S",
@@ -142,7 +144,8 @@ class LaunchPlan:
     audio: AudioSettings = field(default_factory=AudioSettings)
     detector: DetectorSettings = field(default_factory=DetectorSettings)
     push_to_talk: bool = False
-    tools_allowed: tuple[str, ...] = ("search_knowledge_base", "create_ticket")
+    tools_allowed: tuple[str, ...] = ("search_knowledge_base", "create_ticket", "get_ticket_status")
+    tickets: TicketSettings | None = None  # where tickets go; None: they stay on this computer
     warnings: tuple[str, ...] = ()  # shown when the conversation starts (an API key held back)
     # When the engine opens a fresh session, before the server's cap (None: never; the embedded
     # server has no cap, which is also why it is the default of a plan without an endpoint).
@@ -275,6 +278,7 @@ def plan_from_settings(settings: LoadedSettings, environ: Mapping[str, str] = os
         detector=_SENSITIVITY[typed.barge_in.sensitivity],
         push_to_talk=typed.push_to_talk,
         tools_allowed=typed.tools.allowed,
+        tickets=typed.tickets,
         warnings=warnings,
         rollover_after_s=None
         if endpoint is None
@@ -304,6 +308,7 @@ class ConversationRunner:
         self._lock = threading.Lock()  # guards the hand-over between start() and stop()
         self._stopping = False
         self._server: ServerSupervisor | None = None
+        self._delivery: DeliveryWorker | None = None
         self.engine: Engine | None = None
         self.description = ""
 
@@ -337,7 +342,9 @@ class ConversationRunner:
                 if self._stopping:
                     raise LaunchError("stopped before it started") from exc
                 raise LaunchError(str(exc)) from exc
-        tools = default_registry().only(self.plan.tools_allowed)
+        delivery = self._start_delivery()
+        contact = self.plan.tickets.contact.strip() or None if self.plan.tickets is not None else None
+        tools = default_registry(delivery=delivery, contact=contact).only(self.plan.tools_allowed)
         engine = Engine(
             EngineConfig(
                 endpoint=endpoint,
@@ -373,9 +380,44 @@ class ConversationRunner:
         with self._lock:
             self._stopping = True
             engine, self.engine = self.engine, None
+            delivery, self._delivery = self._delivery, None
         if engine is not None:
             engine.stop(timeout)
+        if delivery is not None:
+            delivery.stop(timeout)  # a try in flight finishes in its thread; its key guards a retry
         self._stop_server()
+
+    def _start_delivery(self) -> DeliveryWorker:
+        """The thread that sends tickets to the company's system (when one is set up)."""
+        from app.ticket_systems import make_connector, system_name
+        from app.tools import TicketOutbox
+        from app.tools.delivery import DeliveryWorker
+
+        tickets = self.plan.tickets
+        notice = self.listener.on_notice
+
+        def delivered(done: Delivered) -> None:
+            notice(Notice("info", f"Ticket {done.local_id} reached {done.system} as {done.remote.number}."))
+
+        def problem(trouble: DeliveryProblem) -> None:
+            which = f"Ticket {trouble.local_id} is" if trouble.local_id else "Tickets are"
+            later = (
+                "it will be sent again later" if trouble.retrying else "it stays queued until this is fixed"
+            )
+            notice(Notice("warning", f"{which} kept on this computer: {trouble.message}; {later}."))
+
+        worker = DeliveryWorker(
+            TicketOutbox(),
+            lambda: None if tickets is None else make_connector(tickets),
+            on_delivered=delivered,
+            on_problem=problem,
+        )
+        if tickets is not None and tickets.system != "none":
+            log.info("tickets go to %s at %s", system_name(tickets.system), tickets.url)
+        with self._lock:
+            self._delivery = worker
+        worker.start()
+        return worker
 
     def _stop_server(self) -> None:
         with self._lock:

@@ -27,6 +27,9 @@ packages=(
 if [ "$with_tests" = 1 ]; then
   # virtual audio devices and measuring them; a virtual screen with a system tray for screenshots
   packages+=(pulseaudio pulseaudio-utils sox xvfb trayer)
+  # a real Request Tracker 5 for the RT connector's tests (tests/rt_server.py runs a private copy;
+  # the packages pull in an MTA, exim, which the tests never use)
+  packages+=(request-tracker5 rt5-db-sqlite rt5-standalone)
 fi
 if ! python3 -c "import ensurepip, venv" 2>/dev/null; then
   packages+=(python3-venv python3-pip)

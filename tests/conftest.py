@@ -1,4 +1,4 @@
-"""Shared fixtures: the PulseAudio virtual devices and synthetic speech.
+"""Shared fixtures: the PulseAudio virtual devices, synthetic speech, a real Request Tracker.
 
 The virtual devices start once per test session. Where PulseAudio cannot start, tests that need
 it skip with the reason, unless HELPDESK_VOICE_REQUIRE_DEVICES=1 (CI sets it), where they fail.
@@ -6,6 +6,7 @@ it skip with the reason, unless HELPDESK_VOICE_REQUIRE_DEVICES=1 (CI sets it), w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from app.audio.resample import FloatArray, StreamResampler
 from app.audio.streams import open_stream
 from app.audio.virtual_rig import RigUnavailable, VirtualAudioRig, reinitialise_portaudio
 from tests.file_keyring import FileKeyring
+from tests.rt_server import RtInstance, RtUnavailable, running_rt
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -123,3 +125,15 @@ def speech() -> Callable[[str, int], FloatArray]:
 def sine(freq: float, rate: float, seconds: float, amplitude: float = 0.5) -> FloatArray:
     t = np.arange(int(rate * seconds)) / rate
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RtInstance]:
+    with contextlib.ExitStack() as stack:
+        try:
+            instance = stack.enter_context(running_rt(tmp_path_factory.mktemp("rt")))
+        except RtUnavailable as exc:
+            if exc.missing and os.environ.get("HELPDESK_VOICE_REQUIRE_DEVICES") != "1":
+                pytest.skip(str(exc))
+            pytest.fail(f"Request Tracker is required here but could not start: {exc}")
+        yield instance

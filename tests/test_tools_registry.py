@@ -293,7 +293,11 @@ def test_default_registry_specs_validate_as_realtime_session_tools(tmp_path: Pat
 
     registry = default_registry(outbox_dir=tmp_path / "outbox")
     specs = registry.specs()
-    assert sorted(spec.name for spec in specs) == ["create_ticket", "search_knowledge_base"]
+    assert sorted(spec.name for spec in specs) == [
+        "create_ticket",
+        "get_ticket_status",
+        "search_knowledge_base",
+    ]
     assert all(isinstance(spec, p.ToolSpec) for spec in specs)
     event = wire.write(
         p.SessionUpdate(p.Session(instructions="You are the IT helpdesk.", tools=tuple(specs)))
@@ -313,4 +317,4 @@ def test_only_keeps_the_allowed_tools_in_their_order(tmp_path: Path) -> None:
     assert registry.only(["create_ticket"]).names() == ["create_ticket"]
     assert registry.only(["nonexistent", "search_knowledge_base"]).names() == ["search_knowledge_base"]
     assert len(registry.only([])) == 0
-    assert len(registry) == 2  # the original is untouched
+    assert len(registry) == 3  # the original is untouched

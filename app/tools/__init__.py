@@ -1,12 +1,14 @@
-"""The helpdesk tools the realtime model can call: knowledge base search and ticket creation."""
+"""The helpdesk tools the realtime model can call: knowledge base search, tickets and their status."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+from app.tools.delivery import DeliveryWorker
 from app.tools.kb import Article, KeywordIndex, default_kb_dir, load_articles, search_knowledge_base_tool
 from app.tools.registry import Tool, ToolError, ToolRegistry, ToolResult
+from app.tools.ticket_status import ticket_status_tool
 from app.tools.tickets import Ticket, TicketListing, TicketOutbox, create_ticket_tool, default_outbox_dir
 
 __all__ = [
@@ -28,8 +30,17 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 
-def default_registry(outbox_dir: Path | None = None, kb_dir: Path | None = None) -> ToolRegistry:
-    """A registry with ``search_knowledge_base`` and ``create_ticket``.
+def default_registry(
+    outbox_dir: Path | None = None,
+    kb_dir: Path | None = None,
+    *,
+    delivery: DeliveryWorker | None = None,
+    contact: str | None = None,
+) -> ToolRegistry:
+    """A registry with ``search_knowledge_base``, ``create_ticket`` and ``get_ticket_status``.
+
+    With ``delivery``, tickets go to the company's ticket system through it (and its outbox is the
+    one used); ``contact`` is the user's e-mail address, stored on tickets and used to list theirs.
 
     Bad article files are logged and left out rather than raised: one broken file must not cost the
     user the whole assistant. Nothing is written until a ticket is created.
@@ -39,5 +50,10 @@ def default_registry(outbox_dir: Path | None = None, kb_dir: Path | None = None)
         _log.warning("knowledge base: %s", problem)
     registry = ToolRegistry()
     registry.register(search_knowledge_base_tool(KeywordIndex(articles)))
-    registry.register(create_ticket_tool(TicketOutbox(outbox_dir)))
+    outbox = delivery.outbox if delivery is not None else TicketOutbox(outbox_dir)
+    registry.register(create_ticket_tool(outbox, contact=contact, delivery=delivery))
+    if delivery is not None:
+        registry.register(ticket_status_tool(outbox, delivery.state_of, delivery.connector, contact))
+    else:
+        registry.register(ticket_status_tool(outbox, lambda ticket_id: None, lambda: None, contact))
     return registry

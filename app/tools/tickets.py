@@ -1,9 +1,10 @@
 """The local ticket outbox and the ``create_ticket`` tool.
 
 A ticket the assistant creates is first written to a folder on this computer, one JSON file per
-ticket, with status ``queued``; a later sync hands the folder's contents to the company's ticket
-system. The ticket id is read aloud to the user straight away, so it must be short, must never be
-given to two tickets, and the ticket must survive a crash or power cut once its id has been spoken.
+ticket, with status ``queued``; the delivery (:mod:`app.tools.delivery`) hands each one to the
+company's ticket system when one is set up, and the file stays as the record of what was filed.
+The ticket id is read aloud to the user straight away, so it must be short, must never be given to
+two tickets, and the ticket must survive a crash or power cut once its id has been spoken.
 
 - **Unique ids across processes**: an id is reserved by creating a marker file with
   ``O_CREAT | O_EXCL``, which the file system grants to exactly one creator. That works the same on
@@ -36,7 +37,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Literal, TypeAlias, get_args
+from typing import Any, Final, Literal, Protocol, TypeAlias, get_args
 
 from app.fileio import ensure_private_dir, fsync_dir, remove_stale_temp_files, write_atomically
 from app.paths import DATA_DIR_ENV, default_data_dir
@@ -462,8 +463,26 @@ CREATE_TICKET_PARAMETERS: Final[dict[str, Any]] = {
 }
 
 
-def create_ticket_tool(outbox: TicketOutbox, *, contact: str | None = None) -> Tool:
+# How long the tool waits for the ticket system's own number before answering with the local id
+# (the delivery goes on; the user hears the real number in a notice when it comes).
+DELIVERY_WAIT_S: Final = 3.0
+
+
+class Delivery(Protocol):
+    """What the tool needs of :class:`app.tools.delivery.DeliveryWorker`."""
+
+    def deliver_soon(self) -> None: ...
+
+    def wait_delivered(self, ticket_id: str, timeout: float) -> Any: ...
+
+
+def create_ticket_tool(
+    outbox: TicketOutbox, *, contact: str | None = None, delivery: Delivery | None = None
+) -> Tool:
     """The ``create_ticket`` tool writing to ``outbox``; ``contact`` is stored on every ticket.
+
+    With ``delivery`` (a ticket system is set up), the new ticket goes to the system at once and the
+    answer carries the system's own number when it arrives within :data:`DELIVERY_WAIT_S`.
 
     Making the tool is the outbox's start: its :meth:`TicketOutbox.tidy` runs on a thread of its own,
     so neither a slow disk nor the keyring holds up the conversation starting.
@@ -488,6 +507,21 @@ def create_ticket_tool(outbox: TicketOutbox, *, contact: str | None = None) -> T
             raise ToolError("ticket_not_saved", message) from exc
         ticket = created.ticket
         answer = {"ticket_id": ticket.id, "status": ticket.status, "message": f"Ticket {ticket.id} created"}
+        if delivery is not None:
+            delivery.deliver_soon()
+            state = await asyncio.to_thread(delivery.wait_delivered, ticket.id, DELIVERY_WAIT_S)
+            if state is not None:
+                answer |= {
+                    "status": "delivered",
+                    "ticket_number": state.number,
+                    "system": state.system,
+                    "message": f"Ticket {ticket.id} is filed in {state.system} as {state.number}",
+                }
+            else:
+                answer["message"] = (
+                    f"Ticket {ticket.id} created; it is being sent to the IT helpdesk, and the user will "
+                    "be told its number there"
+                )
         if created.unsealed_reason is not None:
             # Shown in the transcript and read by the model: the user hears the id either way, and
             # learns that this ticket sits on the disk unencrypted until a keyring can seal it.
@@ -506,7 +540,8 @@ def create_ticket_tool(outbox: TicketOutbox, *, contact: str | None = None) -> T
         description=(
             "Create an IT helpdesk ticket for a technician. Use it when the knowledge base steps did not "
             "solve the problem, when an article says to escalate, or when the user asks for a ticket. "
-            "Tell the user the ticket id that comes back, for example 'HD-1001'."
+            "Tell the user the ticket number that comes back: the helpdesk's own (ticket_number, for "
+            "example 'RT #123') when there is one, else the ticket id, for example 'HD-1001'."
         ),
         parameters=CREATE_TICKET_PARAMETERS,
         handler=handler,

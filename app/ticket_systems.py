@@ -1,0 +1,117 @@
+"""From the ``tickets.*`` settings and the keyring to a connector for the company's ticket system.
+
+The credential (RT's auth token, ServiceNow's password, Jira's API token, the webhook's signing
+secret) lives only in the OS keyring, under the app's service and ``tickets.<system>``;
+``HELPDESK_VOICE_TICKETS_SECRET`` overrides it for testers and scripts, as the API key's variable
+does. A setting or credential missing is a :class:`ConnectorError` (``config``) saying which, which
+the delivery reports once and keeps the tickets queued: the assistant itself still starts.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+import httpx
+
+from app.config import TICKET_SYSTEM_CHOICES, TicketSettings
+from app.tools.connectors import Connector, ConnectorError
+
+__all__ = ["SECRET_ENV", "load_ticket_secret", "make_connector", "store_ticket_secret", "system_name"]
+
+SECRET_ENV: Final = "HELPDESK_VOICE_TICKETS_SECRET"
+KEYRING_SERVICE: Final = "helpdesk-voice"  # the API key's service: one entry per credential
+TIMEOUT: Final = httpx.Timeout(10.0, connect=5.0)
+_CREDENTIAL: Final = {
+    "rt": "an auth token",
+    "servicenow": "the API user's password",
+    "jsm": "an API token",
+    "webhook": "the signing secret",
+}
+
+
+def system_name(system: str) -> str:
+    """The system as people call it ("Request Tracker")."""
+    return next((label for value, label in TICKET_SYSTEM_CHOICES if value == system), system)
+
+
+def _keyring_user(system: str) -> str:
+    return f"tickets.{system}"
+
+
+def load_ticket_secret(system: str) -> str | None:
+    """The system's credential: the environment's, else the keyring's, else None. Blocking."""
+    supplied = os.environ.get(SECRET_ENV, "").strip()
+    if supplied:
+        return supplied
+    import keyring  # late: picking a backend may talk to D-Bus
+    from keyring.errors import KeyringError
+
+    try:
+        stored = keyring.get_password(KEYRING_SERVICE, _keyring_user(system))
+    except KeyringError as exc:
+        raise ConnectorError("config", f"the system keyring could not be read: {exc}") from exc
+    return stored.strip() if stored else None
+
+
+def store_ticket_secret(system: str, secret: str) -> None:
+    """Keeps the credential in the OS keyring (raises keyring's errors for the caller to say)."""
+    import keyring
+
+    keyring.set_password(KEYRING_SERVICE, _keyring_user(system), secret.strip())
+
+
+def _needs(settings: TicketSettings, *fields: tuple[str, str]) -> None:
+    missing = [what for name, what in fields if not str(getattr(settings, name)).strip()]
+    if missing:
+        raise ConnectorError(
+            "config", f"{system_name(settings.system)} needs {' and '.join(missing)} in Settings (Tickets)"
+        )
+
+
+def make_connector(settings: TicketSettings, client: httpx.Client | None = None) -> Connector | None:
+    """The connector the settings choose, or None for ``tickets.system = none``. Blocking (keyring)."""
+    if settings.system == "none":
+        return None
+    url = ("url", "the system's address (https://...)")
+    if settings.system == "rt":
+        _needs(settings, url, ("queue", "a queue"))
+    elif settings.system == "servicenow":
+        _needs(settings, url, ("user", "the API user"))
+    elif settings.system == "jsm":
+        _needs(
+            settings,
+            url,
+            ("user", "the e-mail of the API user"),
+            ("service_desk_id", "the service desk's id"),
+            ("request_type_id", "the request type's id"),
+        )
+    else:
+        _needs(settings, url)
+    secret = load_ticket_secret(settings.system)
+    if not secret:
+        raise ConnectorError(
+            "config",
+            f"no credential for {system_name(settings.system)} is stored: type "
+            f"{_CREDENTIAL[settings.system]} in Settings (Tickets; it is kept in the system keyring) "
+            f"or set {SECRET_ENV}",
+        )
+    client = client or httpx.Client(timeout=TIMEOUT, follow_redirects=False)
+    if settings.system == "rt":
+        from app.tools.connectors.rt import RequestTrackerConnector
+
+        return RequestTrackerConnector(client, settings.url, settings.queue, secret)
+    if settings.system == "servicenow":
+        from app.tools.connectors.servicenow import ServiceNowConnector
+
+        group = settings.assignment_group or None
+        return ServiceNowConnector(client, settings.url, settings.user, secret, group)
+    if settings.system == "jsm":
+        from app.tools.connectors.jsm import JiraServiceManagementConnector
+
+        return JiraServiceManagementConnector(
+            client, settings.url, settings.user, secret, settings.service_desk_id, settings.request_type_id
+        )
+    from app.tools.connectors.webhook import WebhookConnector
+
+    return WebhookConnector(client, settings.url, secret)

@@ -1,0 +1,456 @@
+"""ServiceNow: incidents through the Table API (``/api/now/table/incident``), basic auth.
+
+Built from ServiceNow's public REST API reference, "Table API" (GET/POST ``/now/table/{tableName}``,
+GET/PATCH ``/now/table/{tableName}/{sys_id}``), and "Encoded query strings". Not exercised against a
+real instance: the tests replay recorded contracts written from that reference (tests/data/contracts).
+
+Where the idempotency key lives: ``correlation_id`` of the incident, with ``correlation_display`` set
+to "Helpdesk Voice". :meth:`ServiceNowConnector.find` asks for ``correlation_id=<key>``.
+
+What it sends:
+
+* create: ``POST /api/now/table/incident`` with short_description, description (the contact and the
+  assistant's category are written into it too), urgency (low 3, normal 2, high and critical 1),
+  impact (3, one user, or 2 for critical: the assistant files for one person, so claiming a wider
+  impact would inflate the priority), category (mapped to the out-of-the-box incident choices),
+  correlation_id, correlation_display, assignment_group when configured, and caller_id when the
+  contact is an e-mail address that matches exactly one ``sys_user`` (looked up first).
+* get and comment take the ``sys_id`` (the ``ref``) or the incident number (``INC0010042``), which is
+  looked up with ``number=<number>`` first.
+* find, get, open_tickets: raw values (``sysparm_display_value=false``), because display values are
+  localised and dates come in the user's time zone; raw ``state`` is a number mapped to a word here
+  and raw dates are UTC.
+* open_tickets: ``active=true^caller_id.email=<e-mail>^ORDERBYDESCsys_created_on``, pages of
+  :data:`PAGE_SIZE` (or ``page_size``) by ``sysparm_offset`` while the ``Link`` header has
+  ``rel="next"`` (or, without a Link header, while pages come back full), at most :data:`MAX_TICKETS`.
+  The offset is computed here rather than following the Link URL, so the credentials only ever go to
+  the configured instance.
+
+Encoded queries cannot quote a value: ``^`` separates conditions (``^OR``, ``^NQ`` would add
+conditions of the caller's choosing) and a value starting with ``javascript:`` is evaluated on the
+instance. No escape for either is documented, so such values are refused (``rejected``) rather than
+sent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import httpx
+
+from app.tools.connectors.base import ConnectorError, RemoteTicket, TicketDraft
+
+__all__ = ["MAX_TICKETS", "PAGE_SIZE", "STATES", "ServiceNowConnector"]
+
+TABLE: Final = "incident"
+PAGE_SIZE: Final = 50
+MAX_TICKETS: Final = 200
+TIMEOUT_S: Final = 20.0
+MESSAGE_MAX: Final = 200
+FIELDS: Final = "sys_id,number,state,short_description,sys_updated_on"
+
+STATES: Final[Mapping[str, str]] = {
+    "1": "New",
+    "2": "In Progress",
+    "3": "On Hold",
+    "6": "Resolved",
+    "7": "Closed",
+    "8": "Canceled",
+}
+_URGENCY: Final[Mapping[str, str]] = {"low": "3", "normal": "2", "high": "1", "critical": "1"}
+_IMPACT: Final[Mapping[str, str]] = {"critical": "2"}
+_CATEGORY: Final[Mapping[str, str]] = {
+    "network": "network",
+    "hardware": "hardware",
+    "software": "software",
+    "email": "software",
+}
+_SYS_ID = re.compile(r"^[0-9a-f]{32}$")
+_NUMBER = re.compile(r"^[A-Z]{2,8}[0-9]{4,12}$")  # safe in an encoded query: no ^, no javascript:
+
+
+class ServiceNowConnector:
+    """Incidents in one ServiceNow instance, filed as ``user`` (who needs ``itil`` or equivalent)."""
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        instance_url: str,
+        user: str,
+        password: str,
+        assignment_group: str | None = None,
+        *,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        self._client = client
+        self._base = instance_url.rstrip("/")
+        self._host = urlsplit(self._base).hostname or self._base
+        self._auth = httpx.BasicAuth(user, password)
+        self._secrets = tuple(s for s in (password,) if s)
+        self._assignment_group = assignment_group
+        self._page_size = page_size
+
+    @property
+    def name(self) -> str:
+        return "ServiceNow"
+
+    def find(self, idempotency_key: str) -> RemoteTicket | None:
+        key = _query_value(idempotency_key, "the ticket's idempotency key")
+        body = self._request(
+            "GET",
+            f"/api/now/table/{TABLE}",
+            params={
+                "sysparm_query": f"correlation_id={key}",
+                "sysparm_limit": "1",
+                "sysparm_fields": FIELDS,
+                "sysparm_display_value": "false",
+                "sysparm_exclude_reference_link": "true",
+            },
+            action="look for the ticket",
+        )
+        records = _result_list(body)
+        return self._ticket(records[0]) if records else None
+
+    def create(self, draft: TicketDraft) -> RemoteTicket:
+        key = _query_value(draft.idempotency_key, "the ticket's idempotency key")
+        fields: dict[str, str] = {
+            "short_description": draft.summary,
+            "description": _description(draft),
+            "urgency": _URGENCY.get(draft.urgency, "2"),
+            "impact": _IMPACT.get(draft.urgency, "3"),
+            "category": _CATEGORY.get(draft.category, "inquiry"),
+            "correlation_id": key,
+            "correlation_display": "Helpdesk Voice",
+        }
+        if self._assignment_group:
+            fields["assignment_group"] = self._assignment_group
+        caller = self._caller_sys_id(draft.contact)
+        if caller:
+            fields["caller_id"] = caller
+        body = self._request(
+            "POST",
+            f"/api/now/table/{TABLE}",
+            params={
+                "sysparm_fields": FIELDS,
+                "sysparm_display_value": "false",
+                "sysparm_exclude_reference_link": "true",
+            },
+            json=fields,
+            action="file the ticket",
+        )
+        return self._ticket(_result_record(body))
+
+    def get(self, ref: str) -> RemoteTicket:
+        if _NUMBER.match(ref):
+            return self._by_number(ref)
+        body = self._request(
+            "GET",
+            self._record_path(ref),
+            params={
+                "sysparm_fields": FIELDS,
+                "sysparm_display_value": "false",
+                "sysparm_exclude_reference_link": "true",
+            },
+            action=f"read ticket {ref}",
+            record=ref,
+        )
+        return self._ticket(_result_record(body))
+
+    def comment(self, ref: str, text: str) -> None:
+        sys_id = self._by_number(ref).ref if _NUMBER.match(ref) else ref
+        # ``comments`` is a journal field: writing it appends an "Additional comment" the caller
+        # sees; it does not replace earlier ones.
+        self._request(
+            "PATCH",
+            self._record_path(sys_id),
+            params={"sysparm_fields": "sys_id", "sysparm_exclude_reference_link": "true"},
+            json={"comments": text},
+            action=f"comment on ticket {ref}",
+            record=ref,
+        )
+
+    def open_tickets(self, contact: str) -> list[RemoteTicket]:
+        if "@" not in contact:
+            return []  # only an e-mail address names one caller; a spoken name may match several
+        email = _query_value(contact.strip(), "the contact's e-mail address")
+        tickets: list[RemoteTicket] = []
+        offset = 0
+        while len(tickets) < MAX_TICKETS:
+            response, body = self._exchange(
+                "GET",
+                f"/api/now/table/{TABLE}",
+                params={
+                    "sysparm_query": f"active=true^caller_id.email={email}^ORDERBYDESCsys_created_on",
+                    "sysparm_fields": FIELDS,
+                    "sysparm_display_value": "false",
+                    "sysparm_exclude_reference_link": "true",
+                    "sysparm_limit": str(self._page_size),
+                    "sysparm_offset": str(offset),
+                },
+                json=None,
+                action="list the caller's open tickets",
+                record=None,
+            )
+            page = _result_list(body)
+            tickets.extend(self._ticket(record) for record in page)
+            link = response.headers.get("Link")
+            more = 'rel="next"' in link if link is not None else len(page) == self._page_size
+            if not more or not page:
+                break
+            offset += len(page)
+        return tickets[:MAX_TICKETS]
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _caller_sys_id(self, contact: str | None) -> str | None:
+        if not contact or "@" not in contact:
+            return None
+        try:
+            email = _query_value(contact.strip(), "the contact's e-mail address")
+        except ConnectorError:
+            return None  # the contact still reaches the ticket, in the description
+        try:
+            body = self._request(
+                "GET",
+                "/api/now/table/sys_user",
+                params={
+                    "sysparm_query": f"email={email}",
+                    "sysparm_fields": "sys_id",
+                    "sysparm_limit": "2",
+                },
+                action="look up the caller",
+            )
+        except ConnectorError as error:
+            # An integration user may file incidents without being allowed to read sys_user: the
+            # ticket matters more than its caller field. Outages still stop it, to be retried whole.
+            if error.retryable:
+                raise
+            return None
+        users = _result_list(body)
+        # Two accounts with one address: picking either could show the ticket to the wrong person.
+        if len(users) != 1:
+            return None
+        sys_id = users[0].get("sys_id")
+        return sys_id if isinstance(sys_id, str) and sys_id else None
+
+    def _by_number(self, number: str) -> RemoteTicket:
+        """The incident people call ``number`` (INC0010042): the protocol lets get() take either."""
+        body = self._request(
+            "GET",
+            f"/api/now/table/{TABLE}",
+            params={
+                "sysparm_query": f"number={number}",
+                "sysparm_limit": "1",
+                "sysparm_fields": FIELDS,
+                "sysparm_display_value": "false",
+                "sysparm_exclude_reference_link": "true",
+            },
+            action=f"read ticket {number}",
+        )
+        records = _result_list(body)
+        if not records:
+            raise ConnectorError("not_found", f"ServiceNow has no incident {number}.")
+        return self._ticket(records[0])
+
+    def _record_path(self, ref: str) -> str:
+        if not _SYS_ID.match(ref):
+            raise ConnectorError("not_found", f"ServiceNow has no incident with the id {ref[:40]!r}.")
+        return f"/api/now/table/{TABLE}/{ref}"
+
+    def _ticket(self, record: Mapping[str, Any]) -> RemoteTicket:
+        sys_id = record.get("sys_id")
+        number = record.get("number")
+        if not isinstance(sys_id, str) or not isinstance(number, str) or not sys_id or not number:
+            raise _malformed(self._host)
+        state = str(record.get("state", ""))
+        return RemoteTicket(
+            number=number,
+            status=STATES.get(state, state or "unknown"),
+            url=f"{self._base}/{TABLE}.do?sys_id={sys_id}",
+            title=str(record.get("short_description") or ""),
+            updated_at=_iso(record.get("sys_updated_on")),
+            ref=sys_id,
+        )
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str],
+        action: str,
+        json: Mapping[str, Any] | None = None,
+        record: str | None = None,
+    ) -> Any:
+        return self._exchange(method, path, params=params, json=json, action=action, record=record)[1]
+
+    def _exchange(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str],
+        json: Mapping[str, Any] | None,
+        action: str,
+        record: str | None,
+    ) -> tuple[httpx.Response, Any]:
+        try:
+            response = self._client.request(
+                method,
+                self._base + path,
+                params=params,
+                json=json,
+                auth=self._auth,
+                headers={"Accept": "application/json"},
+                timeout=TIMEOUT_S,
+            )
+        except httpx.TimeoutException:
+            raise ConnectorError(
+                "unavailable", f"ServiceNow at {self._host} did not answer in time."
+            ) from None
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol):
+            raise ConnectorError(
+                "config", "The ServiceNow instance URL is not a valid https address."
+            ) from None
+        except httpx.HTTPError as exc:
+            raise ConnectorError(
+                "unavailable", f"Could not reach ServiceNow at {self._host} ({type(exc).__name__})."
+            ) from None
+        except ValueError:  # text that cannot be encoded as UTF-8 JSON (a lone surrogate)
+            raise ConnectorError(
+                "rejected", "The ticket's text could not be encoded for ServiceNow."
+            ) from None
+        if response.status_code >= 300:
+            raise self._error(response, action, record)
+        try:
+            return response, response.json()
+        except ValueError:
+            raise _malformed(self._host) from None
+
+    def _error(self, response: httpx.Response, action: str, record: str | None) -> ConnectorError:
+        status = response.status_code
+        said = _scrub(_servicenow_message(response), self._secrets)
+        detail = f": {said}" if said else ""
+        if status in (401, 403):
+            return ConnectorError(
+                "auth",
+                f"ServiceNow refused the credentials or their roles when trying to {action} "
+                f"(HTTP {status}){detail}. An administrator must check the integration user.",
+            )
+        if status == 404:
+            if record is not None and not said.lower().startswith("invalid table"):
+                return ConnectorError("not_found", f"ServiceNow has no incident {record}{detail}.")
+            return ConnectorError(
+                "config",
+                f"ServiceNow at {self._host} has no incident table at /api/now/table/{TABLE} "
+                f"(HTTP 404){detail}. Check the instance URL.",
+            )
+        if status == 429:
+            return ConnectorError(
+                "rate_limited",
+                f"ServiceNow is rate limiting requests{detail}.",
+                retry_after=_retry_after(response),
+            )
+        if status >= 500:
+            return ConnectorError("unavailable", f"ServiceNow failed with HTTP {status}{detail}.")
+        if 300 <= status < 400:
+            return ConnectorError(
+                "config", f"ServiceNow at {self._host} redirected (HTTP {status}). Check the instance URL."
+            )
+        return ConnectorError("rejected", f"ServiceNow refused to {action} (HTTP {status}){detail}.")
+
+
+def _description(draft: TicketDraft) -> str:
+    lines = [draft.description.rstrip(), ""]
+    if draft.contact:
+        lines.append(f"Contact: {draft.contact}")
+    lines.append(f"Category (as filed): {draft.category}")
+    lines.append(f"Filed by Helpdesk Voice as {draft.local_id} at {draft.created_at}")
+    return "\n".join(lines)
+
+
+def _query_value(value: str, what: str) -> str:
+    """``value`` if it can stand alone after ``=`` in an encoded query; refused otherwise."""
+    if not value or "^" in value or any(ord(c) < 32 for c in value):
+        raise ConnectorError(
+            "rejected", f"ServiceNow cannot search for {what}: it contains '^' or a control character."
+        )
+    if value.lower().lstrip().startswith("javascript:"):
+        raise ConnectorError(
+            "rejected", f"ServiceNow cannot search for {what}: it starts with 'javascript:'."
+        )
+    return value
+
+
+def _result_list(body: Any) -> list[Mapping[str, Any]]:
+    result = body.get("result") if isinstance(body, dict) else None
+    if not isinstance(result, list) or not all(isinstance(r, dict) for r in result):
+        raise ConnectorError(
+            "unavailable", "ServiceNow answered without the list of records the Table API documents."
+        )
+    return result
+
+
+def _result_record(body: Any) -> Mapping[str, Any]:
+    result = body.get("result") if isinstance(body, dict) else None
+    if not isinstance(result, dict):
+        raise ConnectorError("unavailable", "ServiceNow answered without the record the Table API documents.")
+    return result
+
+
+def _malformed(host: str) -> ConnectorError:
+    # "unavailable", not "rejected": a 2xx that is not the documented JSON is what a proxy, an SSO
+    # login page or a hibernating instance sends. The ticket may or may not exist; a retry is safe
+    # because the delivery calls find() first, while "rejected" would drop the ticket for good.
+    return ConnectorError(
+        "unavailable", f"ServiceNow at {host} answered with something other than the Table API's JSON."
+    )
+
+
+def _servicenow_message(response: httpx.Response) -> str:
+    """The ``error.message`` (and ``detail``) of a Table API failure, shortened; "" when absent."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return ""
+    parts = [str(error[k]) for k in ("message", "detail") if isinstance(error.get(k), str) and error[k]]
+    return _shorten(" - ".join(parts))
+
+
+def _shorten(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MESSAGE_MAX else text[: MESSAGE_MAX - 1] + "…"
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        return float(value)
+    if value:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return None
+
+
+def _iso(value: Any) -> str | None:
+    """Table API raw date-times ("2026-12-04 16:07:00", UTC) as ISO 8601."""
+    if not isinstance(value, str) or not re.match(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$", value):
+        return None
+    return value.replace(" ", "T") + "Z"

@@ -1,0 +1,390 @@
+"""The Request Tracker connector against a real RT 5 (tests/rt_server.py), plus its error mapping.
+
+The ``rt`` fixture starts one RT for the session. Without RT installed those tests skip with the
+reason, unless HELPDESK_VOICE_REQUIRE_DEVICES=1 (CI sets it), where they fail; an RT that is
+installed but does not start always fails. The ``Mocked`` tests need no RT: they pin down how each
+HTTP failure becomes a :class:`ConnectorError`.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.tools.connectors.base import Connector, ConnectorError, TicketDraft
+from app.tools.connectors.rt import RequestTrackerConnector, key_marker, ticketsql_string
+from tests.rt_server import RtInstance
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client() as http:
+        yield http
+
+
+@pytest.fixture
+def connector(rt: RtInstance, client: httpx.Client) -> RequestTrackerConnector:
+    return RequestTrackerConnector(client, rt.base_url, rt.queue, rt.token)
+
+
+def unique(prefix: str = "") -> str:
+    return prefix + uuid.uuid4().hex[:12]
+
+
+def draft(contact: str | None = None, **changes: Any) -> TicketDraft:
+    local = f"HD-{uuid.uuid4().int % 9000 + 1000}"
+    fields: dict[str, Any] = {
+        "local_id": local,
+        "idempotency_key": f"hv-{uuid.uuid4().hex[:16]}-{local}",
+        "summary": "VPN drops every ten minutes",
+        "description": "The VPN client disconnects every ten minutes since this morning.",
+        "category": "network",
+        "urgency": "high",
+        "contact": contact,
+        "created_at": "2026-12-04T16:07:00+00:00",
+    }
+    fields.update(changes)
+    return TicketDraft(**fields)
+
+
+def rest(rt: RtInstance, method: str, path: str, **kwargs: Any) -> Any:
+    """RT's REST 2 as its superuser: the test's own witness, beside the connector's account."""
+    response = httpx.request(
+        method,
+        f"{rt.base_url}/REST/2.0{path}",
+        auth=("root", rt.root_password),
+        timeout=20,
+        **kwargs,
+    )
+    response.raise_for_status()
+    return response.json()
+
+
+def attachment_texts(rt: RtInstance, ticket_id: str) -> dict[str, str]:
+    """Each transaction's text (by transaction id) of the ticket."""
+    body = rest(rt, "GET", f"/ticket/{ticket_id}/attachments", params={"fields": "Content,TransactionId"})
+    return {str(item["TransactionId"]): str(item.get("Content") or "") for item in body["items"]}
+
+
+# -- against the real RT ---------------------------------------------------------------------------
+
+
+def test_rt_server_is_private_and_answers(rt: RtInstance) -> None:
+    """The throwaway RT is the one in the session directory and speaks REST 2 to its token."""
+    assert rest(rt, "GET", "/rt")["Version"].startswith("5.")
+    agent = httpx.get(f"{rt.base_url}/REST/2.0/rt", headers={"Authorization": f"token {rt.token}"})
+    assert agent.status_code == 200
+    assert (rt.directory / "rt.sqlite").is_file()
+    assert rest(rt, "GET", f"/queue/{rt.queue}")["Name"] == rt.queue
+
+
+def test_create_files_the_ticket_and_find_finds_it_by_key(
+    rt: RtInstance, connector: RequestTrackerConnector
+) -> None:
+    contact = f"{unique('alice-')}@example.com"
+    filed = draft(contact)
+    as_protocol: Connector = connector  # mypy checks that the class implements the protocol
+    ticket = as_protocol.create(filed)
+
+    assert ticket.ref.isdigit()
+    assert ticket.number == f"RT #{ticket.ref}"
+    assert ticket.url == f"{rt.base_url}/Ticket/Display.html?id={ticket.ref}"
+    assert ticket.title == filed.summary
+    assert ticket.status == "new"
+    assert ticket.updated_at is not None
+
+    raw = rest(rt, "GET", f"/ticket/{ticket.ref}")
+    assert raw["Subject"] == f"{filed.summary} {key_marker(filed.idempotency_key)}"
+    assert raw["Queue"]["id"] == str(rest(rt, "GET", f"/queue/{rt.queue}")["id"])
+    assert [r["id"] for r in raw["Requestor"]] == [contact]
+    assert raw["Priority"] == "100"
+    content = "\n".join(attachment_texts(rt, ticket.ref).values())
+    for expected in (
+        filed.description,
+        "Category: network",
+        "Urgency: high",
+        f"Contact: {contact}",
+        filed.local_id,
+    ):
+        assert expected in content
+
+    assert connector.find(filed.idempotency_key) == ticket
+    assert connector.find(unique("hv-never-filed-")) is None
+
+
+def test_find_is_exact_about_the_key(connector: RequestTrackerConnector) -> None:
+    """HD-1 is not HD-10, and a LIKE wildcard in the key does not match other keys."""
+    base = unique("hv-")
+    ten = connector.create(draft(idempotency_key=f"{base}-HD-10"))
+    assert connector.find(f"{base}-HD-1") is None
+    assert connector.find(f"{base}-HD-1_") is None
+    found = connector.find(f"{base}-HD-10")
+    assert found is not None and found.ref == ten.ref
+
+
+def test_a_retry_finds_the_first_ticket_instead_of_filing_again(
+    rt: RtInstance, connector: RequestTrackerConnector
+) -> None:
+    """The delivery's exactly-once step, ``find(key) or create(draft)``, run twice, files one ticket."""
+    filed = draft(f"{unique('bob-')}@example.com")
+    first = connector.find(filed.idempotency_key) or connector.create(filed)
+    again = connector.find(filed.idempotency_key) or connector.create(filed)
+    assert again == first
+    query = f"Subject LIKE {ticketsql_string(key_marker(filed.idempotency_key))}"
+    assert rest(rt, "GET", "/tickets", params={"query": query})["count"] == 1
+
+
+def test_get_by_ref_or_number(connector: RequestTrackerConnector) -> None:
+    ticket = connector.create(draft(None, urgency="low", summary="Printer on floor 3 jams"))
+    assert connector.get(ticket.ref) == ticket
+    assert connector.get(ticket.number) == ticket
+    with pytest.raises(ConnectorError) as missing:
+        connector.get("999999")
+    assert missing.value.problem == "not_found"
+    with pytest.raises(ConnectorError) as nonsense:
+        connector.get("INC0010042")
+    assert nonsense.value.problem == "not_found"
+
+
+def test_comment_is_added_to_the_ticket(rt: RtInstance, connector: RequestTrackerConnector) -> None:
+    ticket = connector.create(draft(f"{unique('carol-')}@example.com"))
+    text = f"Handoff from Helpdesk Voice {unique()}: the caller restarted the router twice."
+    connector.comment(ticket.ref, text)
+
+    history = rest(rt, "GET", f"/ticket/{ticket.ref}/history", params={"fields": "Type"})["items"]
+    comments = [str(item["id"]) for item in history if item["Type"] == "Comment"]
+    assert len(comments) == 1
+    assert attachment_texts(rt, ticket.ref)[comments[0]].strip() == text
+
+    with pytest.raises(ConnectorError) as missing:
+        connector.comment("999999", "nobody reads this")
+    assert missing.value.problem == "not_found"
+
+
+def test_open_tickets_are_the_contacts_active_ones_newest_first(
+    rt: RtInstance, connector: RequestTrackerConnector
+) -> None:
+    alice = f"{unique('o.brien-')}'x@example.com"  # an apostrophe is valid in an address, and quoted
+    bob = f"{unique('bob-')}@example.com"
+    older = connector.create(draft(alice, summary="Laptop fan is loud"))
+    resolved = connector.create(draft(alice, summary="Password reset"))
+    newer = connector.create(draft(alice, summary="Outlook asks for the password"))
+    bobs = connector.create(draft(bob, summary="Monitor flickers"))
+    rest(rt, "PUT", f"/ticket/{resolved.ref}", json={"Status": "resolved"})
+
+    mine = connector.open_tickets(alice)
+    assert [t.ref for t in mine] == [newer.ref, older.ref]
+    assert [t.title for t in mine] == ["Outlook asks for the password", "Laptop fan is loud"]
+    assert [t.ref for t in connector.open_tickets(bob)] == [bobs.ref]
+    # RT compares addresses without case.
+    assert [t.ref for t in connector.open_tickets(f"  {bob.upper()}  ")] == [bobs.ref]
+    assert connector.open_tickets("Alice O'Brien") == []  # a name was never made a requestor
+    # Quoted, the would-be condition is part of one address: its own ticket only, not everyone's.
+    assert connector.open_tickets("x'OR'1'='1@example.com") == []
+    sly = f"{unique('x')}'OR'1'='1@example.com"
+    slys = connector.create(draft(sly, summary="Keyboard missing keys"))
+    assert [t.ref for t in connector.open_tickets(sly)] == [slys.ref]
+
+
+def test_an_unknown_queue_is_a_configuration_problem(rt: RtInstance, client: httpx.Client) -> None:
+    wrong = RequestTrackerConnector(client, rt.base_url, "No Such Queue", rt.token)
+    with pytest.raises(ConnectorError) as refused:
+        wrong.create(draft("dave@example.com"))
+    assert refused.value.problem == "config"
+    assert "'No Such Queue'" in refused.value.message
+    assert rt.token not in refused.value.message
+
+
+def test_a_wrong_base_url_is_a_configuration_problem(rt: RtInstance, client: httpx.Client) -> None:
+    wrong = RequestTrackerConnector(client, rt.base_url + "/helpdesk", rt.queue, rt.token)
+    calls: list[Callable[[], object]] = [
+        lambda: wrong.find("hv-x-HD-1"),
+        lambda: wrong.get("1"),
+        lambda: wrong.create(draft()),
+    ]
+    for call in calls:
+        with pytest.raises(ConnectorError) as refused:
+            call()
+        assert refused.value.problem == "config", refused.value.message
+
+
+@pytest.mark.parametrize("token", ["1-27-0123456789abcdef0123456789abcdef", "not-a-token"])
+def test_a_wrong_token_is_an_auth_problem(rt: RtInstance, client: httpx.Client, token: str) -> None:
+    wrong = RequestTrackerConnector(client, rt.base_url, rt.queue, token)
+    calls: list[Callable[[], object]] = [
+        lambda: wrong.find("hv-x-HD-1"),
+        lambda: wrong.create(draft()),
+        lambda: wrong.get("1"),
+        lambda: wrong.comment("1", "x"),
+        lambda: wrong.open_tickets("erin@example.com"),
+    ]
+    for call in calls:
+        with pytest.raises(ConnectorError) as refused:
+            call()
+        assert refused.value.problem == "auth"
+        assert not refused.value.retryable
+        assert token not in refused.value.message
+
+
+def test_rt_that_does_not_answer_is_unavailable(client: httpx.Client) -> None:
+    with socket.socket() as sock:  # a loopback port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    down = RequestTrackerConnector(client, f"http://127.0.0.1:{port}", "Helpdesk", "1-27-secret")
+    calls: list[Callable[[], object]] = [
+        lambda: down.find("hv-x-HD-1"),
+        lambda: down.create(draft()),
+        lambda: down.get("1"),
+    ]
+    for call in calls:
+        with pytest.raises(ConnectorError) as failed:
+            call()
+        assert failed.value.problem == "unavailable"
+        assert failed.value.retryable
+        assert "secret" not in failed.value.message
+
+
+# -- the error mapping, without RT -----------------------------------------------------------------
+
+TOKEN = "1-27-s3cr3tt0k3n"
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def mocked(handler: Handler, queue: str = "Helpdesk") -> RequestTrackerConnector:
+    return RequestTrackerConnector(
+        httpx.Client(transport=httpx.MockTransport(handler)), "https://rt.example.com/rt", queue, TOKEN
+    )
+
+
+def answer(status: int, body: object = None, **headers: str) -> Handler:
+    def handle(request: httpx.Request) -> httpx.Response:
+        if body is None:
+            return httpx.Response(status, headers=headers)
+        if isinstance(body, str):
+            return httpx.Response(status, text=body, headers=headers)
+        return httpx.Response(status, json=body, headers=headers)
+
+    return handle
+
+
+def refusal(
+    handler: Handler, call: Callable[[RequestTrackerConnector], object] | None = None
+) -> ConnectorError:
+    connector = mocked(handler)
+    with pytest.raises(ConnectorError) as caught:
+        (call or (lambda c: c.find("hv-0123456789abcdef-HD-1")))(connector)
+    assert TOKEN not in caught.value.message
+    return caught.value
+
+
+def test_mocked_429_is_rate_limited_with_retry_after() -> None:
+    error = refusal(answer(429, {"message": "Slow down"}, **{"Retry-After": "7"}))
+    assert (error.problem, error.retry_after, error.retryable) == ("rate_limited", 7.0, True)
+    assert "Slow down" in error.message
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
+    dated = refusal(answer(429, None, **{"Retry-After": later}))
+    assert dated.retry_after is not None and 100 < dated.retry_after <= 120
+    assert refusal(answer(429)).retry_after is None
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_mocked_5xx_is_unavailable(status: int) -> None:
+    error = refusal(answer(status, {"message": "Database is locked"}))
+    assert error.problem == "unavailable" and error.retryable
+    assert f"HTTP {status}" in error.message and "Database is locked" in error.message
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [httpx.ReadTimeout("timed out"), httpx.ConnectTimeout("timed out"), httpx.ConnectError("refused")],
+)
+def test_mocked_timeouts_and_refusals_are_unavailable(failure: httpx.TransportError) -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        raise failure
+
+    error = refusal(handle)
+    assert error.problem == "unavailable"
+    assert "rt.example.com" in error.message
+
+
+def test_mocked_statuses_map_to_problems() -> None:
+    echo = {"message": f"bad token {TOKEN}"}  # even if RT repeated the token, the message must not
+    assert refusal(answer(401, echo)).problem == "auth"
+    assert refusal(answer(403, {"message": "Forbidden"})).problem == "auth"
+    assert refusal(answer(400, {"message": "Invalid query"})).problem == "rejected"
+    assert refusal(answer(422, {"message": "Unprocessable"})).problem == "rejected"
+    assert refusal(answer(404, "<html>Not Found</html>")).problem == "config"
+    assert refusal(answer(302, None, Location="https://sso.example.com/login")).problem == "config"
+    assert refusal(answer(200, "<html>Sign in</html>")).problem == "config"
+    assert refusal(answer(200, {"unexpected": True})).problem == "unavailable"
+    assert refusal(answer(404, {"message": "Not Found"}), lambda c: c.get("42")).problem == "not_found"
+    assert refusal(answer(404, "<html>Not Found</html>"), lambda c: c.get("42")).problem == "config"
+
+
+def test_mocked_unknown_queue_names_the_queue() -> None:
+    error = refusal(answer(403, {"message": "Forbidden"}), lambda c: c.create(draft()))
+    assert error.problem == "config"
+    assert "'Helpdesk'" in error.message
+
+
+def test_mocked_queries_are_quoted() -> None:
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"items": [], "count": 0, "page": 1, "pages": 0, "per_page": 100})
+
+    connector = mocked(handle)
+    assert connector.open_tickets("o'brien@example.com") == []
+    query = seen[0].url.params["query"]
+    assert query == "Requestor.EmailAddress = 'o\\'brien@example.com' AND Status = '__Active__'"
+    assert seen[0].headers["Authorization"] == f"token {TOKEN}"
+    assert ticketsql_string("a\\'b") == "'a\\\\\\'b'"
+    with pytest.raises(ConnectorError) as refused:
+        connector.open_tickets("CF.{Secret}@example.com")
+    assert refused.value.problem == "rejected"
+    assert len(seen) == 1
+
+
+def test_mocked_request_body_of_create() -> None:
+    sent: list[dict[str, Any]] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            sent.append(json.loads(request.content))
+            return httpx.Response(201, json={"id": "77", "type": "ticket"})
+        if request.url.path.endswith("/queue/Help%20desk"):
+            return httpx.Response(200, json={"id": 3, "Name": "Help desk", "Disabled": "0"})
+        return httpx.Response(200, json={"id": 77, "Subject": "x [HV:k]", "Status": "new"})
+
+    connector = mocked(handle, queue="Help desk")
+    ticket = connector.create(draft("Alice from accounting", summary="  Screen\nblank  " + "x" * 300))
+    body = sent[0]
+    assert body["Queue"] == "Help desk" and body["Priority"] == 100 and "Requestor" not in body
+    assert len(body["Subject"]) <= 200 and body["Subject"].endswith("]") and "\n" not in body["Subject"]
+    assert "Contact: Alice from accounting" in body["Content"]
+    assert (ticket.number, ticket.ref, ticket.url) == (
+        "RT #77",
+        "77",
+        "https://rt.example.com/rt/Ticket/Display.html?id=77",
+    )
+
+
+def test_rt_server_config_stays_in_its_directory(tmp_path: Path) -> None:
+    """tests/rt_server.py points RT at its own config only, and that config at its own directory."""
+    from tests.rt_server import _write_config
+
+    env = _write_config(tmp_path, 12345)
+    assert env["RT_SITE_CONFIG"] == str(tmp_path / "RT_SiteConfig.pm")
+    assert env["RT_SITE_CONFIG_DIR"] == str(tmp_path / "RT_SiteConfig.d")
+    config = (tmp_path / "RT_SiteConfig.pm").read_text()
+    assert "/etc/" not in config and "/var/" not in config

@@ -1,0 +1,268 @@
+"""The webhook connector: its recorded contract, and a real round trip to a receiver on loopback.
+
+The receiver is a stdlib ``http.server`` that verifies every request with
+:func:`app.tools.connectors.webhook.verify_signature`, as the module docstring tells receivers to.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from app.tools.connectors.base import ConnectorError, TicketDraft
+from app.tools.connectors.webhook import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WebhookConnector,
+    sign,
+    verify_signature,
+)
+from tests.contracts import Replay
+
+SECRET = "whsec-4f9a1c7e2b"
+URL = "https://hooks.example.com/hooks/helpdesk?token=flow-token-123"
+NOW = 1796400420.0  # 2026-12-04T16:07:00Z, the timestamp in the recordings
+KEY = "hv-7f3c2a9e-5b1d-4c8e-9a6f-2d4b8e1c0a57"
+
+DRAFT = TicketDraft(
+    local_id="HD-1042",
+    idempotency_key=KEY,
+    summary="VPN drops every few minutes",
+    description="The VPN disconnects every few minutes since this morning.",
+    category="network",
+    urgency="high",
+    contact="ana.lopez@example.com",
+    created_at="2026-12-04T16:07:00+00:00",
+)
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.replay: Replay | None = None
+
+    def connect(self, *names: str) -> WebhookConnector:
+        self.replay = Replay.of("webhook", names)
+        return WebhookConnector(self.replay.client(), URL, SECRET, clock=lambda: NOW)
+
+
+@pytest.fixture
+def hook() -> Iterator[Harness]:
+    harness = Harness()
+    yield harness
+    if harness.replay is not None:
+        harness.replay.check()
+
+
+def failure(call: Callable[[], object]) -> ConnectorError:
+    with pytest.raises(ConnectorError) as caught:
+        call()
+    assert SECRET not in caught.value.message
+    assert "flow-token-123" not in caught.value.message
+    return caught.value
+
+
+# -- the recorded contract ---------------------------------------------------------------------------
+
+
+def test_create_sends_the_signed_draft_and_reads_the_receivers_number(hook: Harness) -> None:
+    ticket = hook.connect("create_201").create(DRAFT)
+    assert (ticket.number, ticket.status, ticket.url) == (
+        "SUP-5531",
+        "new",
+        "https://support.example.com/tickets/5531",
+    )
+    assert hook.replay is not None
+    sent = hook.replay.requests[0]
+    assert verify_signature(
+        SECRET, sent.headers[TIMESTAMP_HEADER], sent.content, sent.headers[SIGNATURE_HEADER], now=NOW
+    )
+
+
+def test_an_empty_2xx_keeps_the_local_number(hook: Harness) -> None:
+    ticket = hook.connect("create_204").create(DRAFT)
+    assert (ticket.number, ticket.status, ticket.ref) == ("HD-1042", "received", "HD-1042")
+
+
+def test_find_asks_nothing_because_the_receiver_deduplicates(hook: Harness) -> None:
+    assert hook.connect().find(KEY) is None
+
+
+def test_get_and_open_tickets_say_the_webhook_gives_no_status(hook: Harness) -> None:
+    connector = hook.connect()
+    for call in (lambda: connector.get("SUP-5531"), lambda: connector.open_tickets("ana.lopez@example.com")):
+        error = failure(call)
+        assert error.problem == "config" and "gives no status" in error.message
+
+
+def test_comment_is_a_signed_comment_event_to_the_same_url(hook: Harness) -> None:
+    hook.connect("comment_202").comment("SUP-5531", "Handed over to a technician.")
+
+
+@pytest.mark.parametrize(
+    ("recording", "problem", "said"),
+    [
+        ("create_401", "auth", "signature does not match"),
+        ("create_404", "config", "URL"),
+        ("create_422", "rejected", "no queue configured"),
+        ("create_503", "unavailable", "upstream down"),
+        ("create_200_html", "unavailable", "login page"),
+    ],
+)
+def test_each_failure_is_classified_without_the_secret_or_the_urls_token(
+    hook: Harness, recording: str, problem: str, said: str
+) -> None:
+    connector = hook.connect(recording)
+    error = failure(lambda: connector.create(DRAFT))
+    assert (error.problem, said in error.message) == (problem, True)
+
+
+def test_429_is_rate_limited_with_the_retry_after_seconds(hook: Harness) -> None:
+    connector = hook.connect("create_429")
+    error = failure(lambda: connector.create(DRAFT))
+    assert (error.problem, error.retry_after) == ("rate_limited", 90.0)
+
+
+@pytest.mark.parametrize("exc", [httpx.ConnectTimeout("timed out"), httpx.ConnectError("refused")])
+def test_timeouts_and_connection_failures_are_unavailable(exc: httpx.HTTPError) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise exc
+
+    connector = WebhookConnector(httpx.Client(transport=httpx.MockTransport(handler)), URL, SECRET)
+    error = failure(lambda: connector.create(DRAFT))
+    assert error.problem == "unavailable" and "hooks.example.com" in error.message
+
+
+# -- verify_signature ----------------------------------------------------------------------------------
+
+
+def test_verify_signature_accepts_only_the_exact_body_secret_and_a_fresh_timestamp() -> None:
+    body = b'{"a":1}'
+    header = sign(SECRET, "1796400420", body)
+    assert verify_signature(SECRET, "1796400420", body, header, 300, now=NOW + 299)
+    assert not verify_signature(SECRET, "1796400420", b'{"a":2}', header, 300, now=NOW)
+    assert not verify_signature("other", "1796400420", body, header, 300, now=NOW)
+    assert not verify_signature(SECRET, "1796400421", body, header, 300, now=NOW)
+    assert not verify_signature(SECRET, "1796400420", body, header, 300, now=NOW + 301)
+    assert not verify_signature(SECRET, "1796400420", body, header, 300, now=NOW - 301)
+    assert not verify_signature(SECRET, "1796400420", body, header.removeprefix("sha256="), 300, now=NOW)
+    assert not verify_signature(SECRET, "²", body, header, 300, now=NOW)
+    assert not verify_signature(SECRET, "1796400420", body, "sha256=é", 300, now=NOW)
+
+
+# -- a real receiver on loopback ---------------------------------------------------------------------
+
+
+class Receiver(ThreadingHTTPServer):
+    """Verifies, deduplicates on Idempotency-Key, and answers a number, as the docstring asks."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), ReceiverHandler)
+        self.tickets: dict[str, dict[str, object]] = {}
+        self.comments: list[dict[str, object]] = []
+        self.refused = 0
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}/hooks/helpdesk"
+
+
+class ReceiverHandler(BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        timestamp = self.headers.get(TIMESTAMP_HEADER, "")
+        signature = self.headers.get(SIGNATURE_HEADER, "")
+        if not verify_signature(SECRET, timestamp, body, signature, 300):
+            with self.server.lock:
+                self.server.refused += 1
+            self._answer(401, {"error": "signature or timestamp refused"})
+            return
+        event = json.loads(body)
+        key = self.headers["Idempotency-Key"]
+        with self.server.lock:
+            if event["type"] == "comment":
+                self.server.comments.append(event)
+                self._answer(202, None)
+                return
+            ticket = self.server.tickets.get(key)
+            if ticket is None:
+                number = f"SUP-{5530 + len(self.server.tickets) + 1}"
+                ticket = {"number": number, "status": "new", "url": f"https://support.example.com/{number}"}
+                self.server.tickets[key] = ticket
+        self._answer(201, ticket)
+
+    def _answer(self, status: int, body: object) -> None:
+        data = b"" if body is None else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # keep the test output to the test's own
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_round_trip_to_a_receiver_that_verifies_and_deduplicates(receiver: Receiver) -> None:
+    with httpx.Client(trust_env=False) as client:
+        connector = WebhookConnector(client, receiver.url, SECRET)
+        first = connector.create(DRAFT)
+        again = connector.create(DRAFT)  # a retry after a lost reply
+        connector.comment(first.ref, "Handed over to a technician.")
+    assert first.number == again.number == "SUP-5531"
+    assert len(receiver.tickets) == 1 and receiver.refused == 0
+    assert receiver.comments[0]["ticket"] == "SUP-5531"
+
+
+def test_the_receiver_refuses_a_tampered_body(receiver: Receiver) -> None:
+    body = json.dumps({"schema_version": 1, "type": "ticket", "summary": "Reset my password"}).encode()
+    timestamp = str(int(time.time()))
+    signature = sign(SECRET, timestamp, body)
+    tampered = body.replace(b"Reset my password", b"Grant me admin")
+    headers = {TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: signature, "Idempotency-Key": "k1"}
+    with httpx.Client(trust_env=False) as client:
+        response = client.post(receiver.url, content=tampered, headers=headers)
+    assert response.status_code == 401 and receiver.tickets == {}
+
+
+def test_a_stale_timestamp_is_refused_and_the_connector_says_auth(receiver: Receiver) -> None:
+    with httpx.Client(trust_env=False) as client:
+        connector = WebhookConnector(client, receiver.url, SECRET, clock=lambda: time.time() - 3600)
+        error = failure(lambda: connector.create(DRAFT))
+    assert error.problem == "auth" and "clock" in error.message
+    assert receiver.refused == 1 and receiver.tickets == {}
+
+
+def test_a_wrong_secret_is_refused_and_the_connector_says_auth(receiver: Receiver) -> None:
+    with httpx.Client(trust_env=False) as client:
+        error = failure(lambda: WebhookConnector(client, receiver.url, "not-the-secret").create(DRAFT))
+    assert error.problem == "auth" and receiver.tickets == {}
+
+
+def test_text_that_cannot_be_encoded_is_rejected_not_raised(hook: Harness) -> None:
+    connector = hook.connect()
+    broken = replace(DRAFT, summary="bad \ud800")
+    assert failure(lambda: connector.create(broken)).problem == "rejected"
