@@ -12,61 +12,28 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from app.tools.connectors.base import ConnectorError, TicketDraft
+from app.tools.connectors.base import ConnectorError
 from app.tools.connectors.jsm import REFERENCE_PREFIX, JiraServiceManagementConnector, jql_string
-from tests.contracts import Replay
+from tests.connector_cases import DRAFT, KEY, WALK_IN, ReplayHarness, checked, classified, raising, refused
 
 SITE = "https://acme.atlassian.net"
 EMAIL = "helpdesk-bot@acme.example"
 TOKEN = "ATATT3xFfGF0-test-token"
-KEY = "hv-7f3c2a9e-5b1d-4c8e-9a6f-2d4b8e1c0a57"
-
-DRAFT = TicketDraft(
-    local_id="HD-1042",
-    idempotency_key=KEY,
-    summary="VPN drops every few minutes",
-    description="The VPN disconnects every few minutes since this morning.",
-    category="network",
-    urgency="high",
-    contact="ana.lopez@example.com",
-    created_at="2026-12-04T16:07:00+00:00",
-)
-WALK_IN = TicketDraft(
-    local_id="HD-1043",
-    idempotency_key="hv-0b6e1d2c-walkin",
-    summary="Printer on floor 3 jams",
-    description="Paper jams on every second page.",
-    category="hardware",
-    urgency="low",
-    contact="walk-in@example.com",
-    created_at="2026-12-04T16:09:00+00:00",
-)
 
 
-class Harness:
-    def __init__(self) -> None:
-        self.replay: Replay | None = None
-
+class Harness(ReplayHarness):
     def connect(self, *names: str, page_size: int = 50) -> JiraServiceManagementConnector:
-        self.replay = Replay.of("jsm", names)
-        return JiraServiceManagementConnector(
-            self.replay.client(), SITE, EMAIL, TOKEN, "4", "27", page_size=page_size
-        )
+        client = self.client("jsm", names)
+        return JiraServiceManagementConnector(client, SITE, EMAIL, TOKEN, "4", "27", page_size=page_size)
 
 
 @pytest.fixture
 def jsm() -> Iterator[Harness]:
-    harness = Harness()
-    yield harness
-    if harness.replay is not None:
-        harness.replay.check()
+    yield from checked(Harness())
 
 
 def failure(call: Callable[[], object]) -> ConnectorError:
-    with pytest.raises(ConnectorError) as caught:
-        call()
-    assert TOKEN not in caught.value.message
-    return caught.value
+    return refused(call, TOKEN)
 
 
 def test_create_raises_the_request_on_behalf_of_the_customer_found_by_email(jsm: Harness) -> None:
@@ -199,9 +166,7 @@ def test_each_failure_of_create_is_classified_and_said_without_the_token(
     jsm: Harness, recording: str, problem: str, said: str
 ) -> None:
     connector = jsm.connect("user_search_one", recording)
-    error = failure(lambda: connector.create(DRAFT))
-    assert error.problem == problem
-    assert said in error.message
+    classified(failure(lambda: connector.create(DRAFT)), problem, said)
 
 
 def test_429_is_rate_limited_with_the_retry_after_seconds(jsm: Harness) -> None:
@@ -218,11 +183,7 @@ def test_a_jql_error_is_rejected_with_jiras_own_message(jsm: Harness) -> None:
 
 @pytest.mark.parametrize("exc", [httpx.ReadTimeout("timed out"), httpx.ConnectError("refused")])
 def test_timeouts_and_connection_failures_are_unavailable(exc: httpx.HTTPError) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise exc
-
-    client = httpx.Client(transport=httpx.MockTransport(handler))
-    connector = JiraServiceManagementConnector(client, SITE, EMAIL, TOKEN, "4", "27")
+    connector = JiraServiceManagementConnector(raising(exc), SITE, EMAIL, TOKEN, "4", "27")
     error = failure(lambda: connector.get("IT-17"))
     assert error.problem == "unavailable" and "acme.atlassian.net" in error.message
 

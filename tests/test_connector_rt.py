@@ -22,6 +22,7 @@ import pytest
 
 from app.tools.connectors.base import Connector, ConnectorError, TicketDraft
 from app.tools.connectors.rt import RequestTrackerConnector, key_marker, ticketsql_string
+from tests.connector_cases import refused
 from tests.rt_server import RtInstance
 
 
@@ -280,10 +281,7 @@ def refusal(
     handler: Handler, call: Callable[[RequestTrackerConnector], object] | None = None
 ) -> ConnectorError:
     connector = mocked(handler)
-    with pytest.raises(ConnectorError) as caught:
-        (call or (lambda c: c.find("hv-0123456789abcdef-HD-1")))(connector)
-    assert TOKEN not in caught.value.message
-    return caught.value
+    return refused(lambda: (call or (lambda c: c.find("hv-0123456789abcdef-HD-1")))(connector), TOKEN)
 
 
 def test_mocked_429_is_rate_limited_with_retry_after() -> None:

@@ -6,71 +6,40 @@ and a request that matches none of them fails the test (tests/contracts.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import httpx
 import pytest
 
-from app.tools.connectors.base import ConnectorError, TicketDraft
+from app.tools.connectors.base import ConnectorError
 from app.tools.connectors.servicenow import ServiceNowConnector
+from tests.connector_cases import DRAFT, KEY, WALK_IN, ReplayHarness, checked, classified, raising, refused
 from tests.contracts import ContractMismatch, Replay
 
 BASE = "https://acme.service-now.com"
 PASSWORD = "Pa55-w0rd!x"
-KEY = "hv-7f3c2a9e-5b1d-4c8e-9a6f-2d4b8e1c0a57"
 SYS = "9d385017c611228701d22104cc95c371"
 MISSING = "e8caedcbc0a80164017df472f39eaed1"
 
-DRAFT = TicketDraft(
-    local_id="HD-1042",
-    idempotency_key=KEY,
-    summary="VPN drops every few minutes",
-    description="The VPN disconnects every few minutes since this morning.",
-    category="network",
-    urgency="high",
-    contact="ana.lopez@example.com",
-    created_at="2026-12-04T16:07:00+00:00",
-)
-WALK_IN = TicketDraft(
-    local_id="HD-1043",
-    idempotency_key="hv-0b6e1d2c-walkin",
-    summary="Printer on floor 3 jams",
-    description="Paper jams on every second page.",
-    category="hardware",
-    urgency="low",
-    contact="walk-in@example.com",
-    created_at="2026-12-04T16:09:00+00:00",
-)
 
-
-class Harness:
-    def __init__(self) -> None:
-        self.replay: Replay | None = None
-
+class Harness(ReplayHarness):
     def connect(
         self, *names: str, assignment_group: str | None = "Service Desk", page_size: int = 50
     ) -> ServiceNowConnector:
-        self.replay = Replay.of("servicenow", names)
+        client = self.client("servicenow", names)
         return ServiceNowConnector(
-            self.replay.client(), BASE, "hv-integration", PASSWORD, assignment_group, page_size=page_size
+            client, BASE, "hv-integration", PASSWORD, assignment_group, page_size=page_size
         )
 
 
 @pytest.fixture
 def sn() -> Iterator[Harness]:
-    harness = Harness()
-    yield harness
-    if harness.replay is not None:
-        harness.replay.check()
+    yield from checked(Harness())
 
 
-def failure(call: object) -> ConnectorError:
-    assert callable(call)
-    with pytest.raises(ConnectorError) as caught:
-        call()
-    assert PASSWORD not in caught.value.message
-    return caught.value
+def failure(call: Callable[[], object]) -> ConnectorError:
+    return refused(call, PASSWORD)
 
 
 def test_create_files_an_incident_with_the_key_as_correlation_id_and_the_caller_found_by_email(
@@ -177,9 +146,7 @@ def test_each_failure_of_create_is_classified_and_said_without_credentials(
     sn: Harness, recordings: tuple[str, ...], problem: str, said: str
 ) -> None:
     connector = sn.connect(*recordings)
-    error = failure(lambda: connector.create(DRAFT))
-    assert error.problem == problem
-    assert said in error.message
+    classified(failure(lambda: connector.create(DRAFT)), problem, said)
 
 
 def test_429_is_rate_limited_with_the_retry_after_seconds(sn: Harness) -> None:
@@ -199,10 +166,7 @@ def test_a_500_on_find_is_unavailable_and_a_404_from_another_host_is_config(sn: 
     "exc", [httpx.ConnectTimeout("timed out"), httpx.ReadTimeout("timed out"), httpx.ConnectError("refused")]
 )
 def test_timeouts_and_connection_failures_are_unavailable(exc: httpx.HTTPError) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise exc
-
-    connector = ServiceNowConnector(httpx.Client(transport=httpx.MockTransport(handler)), BASE, "u", PASSWORD)
+    connector = ServiceNowConnector(raising(exc), BASE, "u", PASSWORD)
     error = failure(lambda: connector.find(KEY))
     assert error.problem == "unavailable" and "acme.service-now.com" in error.message
 

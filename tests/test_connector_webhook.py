@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from app.tools.connectors.base import ConnectorError, TicketDraft
+from app.tools.connectors.base import ConnectorError
 from app.tools.connectors.webhook import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -24,48 +24,25 @@ from app.tools.connectors.webhook import (
     sign,
     verify_signature,
 )
-from tests.contracts import Replay
+from tests.connector_cases import DRAFT, KEY, ReplayHarness, checked, classified, raising, refused
 
 SECRET = "whsec-4f9a1c7e2b"
 URL = "https://hooks.example.com/hooks/helpdesk?token=flow-token-123"
 NOW = 1796400420.0  # 2026-12-04T16:07:00Z, the timestamp in the recordings
-KEY = "hv-7f3c2a9e-5b1d-4c8e-9a6f-2d4b8e1c0a57"
-
-DRAFT = TicketDraft(
-    local_id="HD-1042",
-    idempotency_key=KEY,
-    summary="VPN drops every few minutes",
-    description="The VPN disconnects every few minutes since this morning.",
-    category="network",
-    urgency="high",
-    contact="ana.lopez@example.com",
-    created_at="2026-12-04T16:07:00+00:00",
-)
 
 
-class Harness:
-    def __init__(self) -> None:
-        self.replay: Replay | None = None
-
+class Harness(ReplayHarness):
     def connect(self, *names: str) -> WebhookConnector:
-        self.replay = Replay.of("webhook", names)
-        return WebhookConnector(self.replay.client(), URL, SECRET, clock=lambda: NOW)
+        return WebhookConnector(self.client("webhook", names), URL, SECRET, clock=lambda: NOW)
 
 
 @pytest.fixture
 def hook() -> Iterator[Harness]:
-    harness = Harness()
-    yield harness
-    if harness.replay is not None:
-        harness.replay.check()
+    yield from checked(Harness())
 
 
 def failure(call: Callable[[], object]) -> ConnectorError:
-    with pytest.raises(ConnectorError) as caught:
-        call()
-    assert SECRET not in caught.value.message
-    assert "flow-token-123" not in caught.value.message
-    return caught.value
+    return refused(call, SECRET, "flow-token-123")
 
 
 # -- the recorded contract ---------------------------------------------------------------------------
@@ -119,8 +96,7 @@ def test_each_failure_is_classified_without_the_secret_or_the_urls_token(
     hook: Harness, recording: str, problem: str, said: str
 ) -> None:
     connector = hook.connect(recording)
-    error = failure(lambda: connector.create(DRAFT))
-    assert (error.problem, said in error.message) == (problem, True)
+    classified(failure(lambda: connector.create(DRAFT)), problem, said)
 
 
 def test_429_is_rate_limited_with_the_retry_after_seconds(hook: Harness) -> None:
@@ -131,10 +107,7 @@ def test_429_is_rate_limited_with_the_retry_after_seconds(hook: Harness) -> None
 
 @pytest.mark.parametrize("exc", [httpx.ConnectTimeout("timed out"), httpx.ConnectError("refused")])
 def test_timeouts_and_connection_failures_are_unavailable(exc: httpx.HTTPError) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise exc
-
-    connector = WebhookConnector(httpx.Client(transport=httpx.MockTransport(handler)), URL, SECRET)
+    connector = WebhookConnector(raising(exc), URL, SECRET)
     error = failure(lambda: connector.create(DRAFT))
     assert error.problem == "unavailable" and "hooks.example.com" in error.message
 

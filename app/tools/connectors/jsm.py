@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
 import httpx
 
+from app.tools.connectors._http import HttpApi, error_body, objects
 from app.tools.connectors.base import ConnectorError, RemoteTicket, TicketDraft
 
 __all__ = ["MAX_TICKETS", "PAGE_SIZE", "REFERENCE_PREFIX", "JiraServiceManagementConnector", "jql_string"]
@@ -46,8 +46,6 @@ __all__ = ["MAX_TICKETS", "PAGE_SIZE", "REFERENCE_PREFIX", "JiraServiceManagemen
 REFERENCE_PREFIX: Final = "Helpdesk Voice reference:"
 PAGE_SIZE: Final = 50
 MAX_TICKETS: Final = 200
-TIMEOUT_S: Final = 20.0
-MESSAGE_MAX: Final = 200
 SEARCH_FIELDS: Final = ("summary", "status", "updated")
 _ISSUE_KEY = re.compile(r"^(?:[A-Z][A-Z0-9_]*-\d+|\d+)$")
 
@@ -83,12 +81,21 @@ class JiraServiceManagementConnector:
         *,
         page_size: int = PAGE_SIZE,
     ) -> None:
-        self._client = client
         self._base = site_url.rstrip("/")
         self._host = urlsplit(self._base).hostname or self._base
-        self._auth = httpx.BasicAuth(email, api_token)
+        self._http = HttpApi(
+            client,
+            name="Jira",
+            host=self._host,
+            url_setting="the Jira site URL",
+            credentials="the account or its permissions",
+            auth_advice="Check the e-mail address, the API token and that the account is an agent of the "
+            "service desk.",
+            config_advice="Check the site URL and the service desk settings.",
+            secrets=(api_token,),
+            auth=httpx.BasicAuth(email, api_token),
+        )
         self._email = email
-        self._secrets = tuple(s for s in (api_token,) if s)
         self._service_desk_id = service_desk_id
         self._request_type_id = request_type_id
         self._page_size = page_size
@@ -175,7 +182,7 @@ class JiraServiceManagementConnector:
             )
             values = page.get("values") if isinstance(page, dict) else None
             if not isinstance(values, list):
-                raise _malformed(self._host)
+                raise self._malformed()
             for value in values:
                 created = value.get("createdDate") if isinstance(value, dict) else None
                 millis = created.get("epochMillis") if isinstance(created, dict) else None
@@ -197,7 +204,7 @@ class JiraServiceManagementConnector:
             )
             project = desk.get("projectId") if isinstance(desk, dict) else None
             if not isinstance(project, str | int) or not str(project).isdigit():
-                raise _malformed(self._host)
+                raise self._malformed()
             self._project_id = str(project)
         return self._project_id
 
@@ -218,7 +225,7 @@ class JiraServiceManagementConnector:
                 raise
             return None
         if not isinstance(users, list):
-            raise _malformed(self._host)
+            raise self._malformed()
         matching = [
             u["accountId"]
             for u in users
@@ -236,9 +243,9 @@ class JiraServiceManagementConnector:
         if token:
             body["nextPageToken"] = token
         answer = self._call("POST", "/rest/api/3/search/jql", json=body, action=action)
-        issues = answer.get("issues") if isinstance(answer, dict) else None
-        if not isinstance(issues, list) or not all(isinstance(i, dict) for i in issues):
-            raise _malformed(self._host)
+        issues = objects(answer, "issues")
+        if issues is None:
+            raise self._malformed()
         next_token = answer.get("nextPageToken")
         last = answer.get("isLast") is True
         return issues, next_token if isinstance(next_token, str) and next_token and not last else None
@@ -247,7 +254,7 @@ class JiraServiceManagementConnector:
         key = issue.get("key")
         fields = issue.get("fields")
         if not isinstance(key, str) or not key or not isinstance(fields, dict):
-            raise _malformed(self._host)
+            raise self._malformed()
         status = fields.get("status")
         name = status.get("name") if isinstance(status, dict) else None
         return RemoteTicket(
@@ -261,10 +268,10 @@ class JiraServiceManagementConnector:
 
     def _request_ticket(self, answer: Any) -> RemoteTicket:
         if not isinstance(answer, dict):
-            raise _malformed(self._host)
+            raise self._malformed()
         key = answer.get("issueKey")
         if not isinstance(key, str) or not key:
-            raise _malformed(self._host)
+            raise self._malformed()
         current = answer.get("currentStatus")
         status = current.get("status") if isinstance(current, dict) else None
         when = current.get("statusDate") if isinstance(current, dict) else None
@@ -290,69 +297,31 @@ class JiraServiceManagementConnector:
         record: str | None = None,
         desk: bool = False,
     ) -> Any:
-        try:
-            response = self._client.request(
-                method,
-                self._base + path,
-                params=params,
-                json=json,
-                auth=self._auth,
-                headers={"Accept": "application/json"},
-                timeout=TIMEOUT_S,
-            )
-        except httpx.TimeoutException:
-            raise ConnectorError("unavailable", f"Jira at {self._host} did not answer in time.") from None
-        except (httpx.InvalidURL, httpx.UnsupportedProtocol):
-            raise ConnectorError("config", "The Jira site URL is not a valid https address.") from None
-        except httpx.HTTPError as exc:
-            raise ConnectorError(
-                "unavailable", f"Could not reach Jira at {self._host} ({type(exc).__name__})."
-            ) from None
-        except ValueError:  # text that cannot be encoded as UTF-8 JSON (a lone surrogate)
-            raise ConnectorError("rejected", "The ticket's text could not be encoded for Jira.") from None
-        if response.status_code >= 300:
-            raise self._error(response, action, record, desk)
-        if response.status_code == 204 or not response.content:
-            return {}
-        try:
-            return response.json()
-        except ValueError:
-            raise _malformed(self._host) from None
+        response = self._http.send(
+            method,
+            self._base + path,
+            params=params,
+            json=json,
+            refuse=lambda response: self._error(response, action, record, desk),
+        )
+        # A comment may be answered 204 with no body at all.
+        return self._http.json(response, not_json=self._malformed(), allow_empty=True)
 
     def _error(self, response: httpx.Response, action: str, record: str | None, desk: bool) -> ConnectorError:
-        status = response.status_code
-        said = _scrub(_jira_message(response), self._secrets)
-        detail = f": {said}" if said else ""
-        if status in (401, 403):
-            return ConnectorError(
-                "auth",
-                f"Jira refused the account or its permissions when trying to {action} "
-                f"(HTTP {status}){detail}. Check the e-mail address, the API token and that the account "
-                "is an agent of the service desk.",
-            )
-        if status == 404:
-            if record is not None:
-                return ConnectorError("not_found", f"Jira has no request {record}{detail}.")
-            where = (
-                f"service desk {self._service_desk_id} or request type {self._request_type_id}"
-                if desk
-                else "API"
-            )
-            return ConnectorError(
-                "config",
-                f"Jira at {self._host} does not know this {where} (HTTP 404){detail}. Check the settings.",
-            )
-        if status == 429:
-            return ConnectorError(
-                "rate_limited", f"Jira is rate limiting requests{detail}.", retry_after=_retry_after(response)
-            )
-        if status >= 500:
-            return ConnectorError("unavailable", f"Jira failed with HTTP {status}{detail}.")
-        if 300 <= status < 400:
-            return ConnectorError(
-                "config", f"Jira at {self._host} redirected (HTTP {status}). Check the site URL."
-            )
-        return ConnectorError("rejected", f"Jira refused to {action} (HTTP {status}){detail}.")
+        """A 404 for a request is that request missing; the rest as for any system."""
+        said = self._http.said(_jira_message(response))
+        if response.status_code == 404 and record is not None:
+            detail = f": {said}" if said else ""
+            return ConnectorError("not_found", f"Jira has no request {record}{detail}.")
+        missing = (
+            f"no service desk {self._service_desk_id} or request type {self._request_type_id}"
+            if desk
+            else "no such API"
+        )
+        return self._http.refusal(response, action, said, missing=missing)
+
+    def _malformed(self) -> ConnectorError:
+        return self._http.malformed("with something other than the documented JSON")
 
 
 def _key(ref: str) -> str:
@@ -384,25 +353,13 @@ def _summary(answer: Mapping[str, Any]) -> str:
     return ""
 
 
-def _malformed(host: str) -> ConnectorError:
-    # "unavailable", not "rejected": a 2xx that is not the documented JSON comes from a proxy, a login
-    # page or an outage page. The request may or may not exist; a retry is safe because the delivery
-    # calls find() first, while "rejected" would drop the ticket for good.
-    return ConnectorError(
-        "unavailable", f"Jira at {host} answered with something other than the documented JSON."
-    )
-
-
 def _jira_message(response: httpx.Response) -> str:
-    """The error said in either body Atlassian documents, shortened; "" when there is none.
+    """The error said in either body Atlassian documents; "" when there is none.
 
     Service Desk API: ``{"errorMessage": ..., "i18nErrorMessage": {...}}``; platform API:
     ``{"errorMessages": [...], "errors": {"field": "message"}}``.
     """
-    try:
-        body = response.json()
-    except ValueError:
-        return ""
+    body = error_body(response)
     if not isinstance(body, dict):
         return ""
     parts: list[str] = []
@@ -414,31 +371,7 @@ def _jira_message(response: httpx.Response) -> str:
     errors = body.get("errors")
     if isinstance(errors, dict):
         parts.extend(f"{k}: {v}" for k, v in errors.items() if isinstance(v, str))
-    return _shorten("; ".join(p for p in parts if p))
-
-
-def _shorten(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= MESSAGE_MAX else text[: MESSAGE_MAX - 1] + "…"
-
-
-def _scrub(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After", "").strip()
-    if value.isdigit():
-        return float(value)
-    if not value:
-        return None
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return "; ".join(p for p in parts if p)
 
 
 def _jira_time(value: Any) -> str | None:

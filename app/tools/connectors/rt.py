@@ -39,13 +39,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
 import httpx
 
+from app.tools.connectors._http import HttpApi, error_body, objects
 from app.tools.connectors.base import ConnectorError, RemoteTicket, TicketDraft
 
 __all__ = [
@@ -60,10 +59,12 @@ __all__ = [
 API: Final = "/REST/2.0"
 PAGE_SIZE: Final = 100  # REST 2's own maximum per page
 MAX_TICKETS: Final = 200
-TIMEOUT_S: Final = 20.0
-MESSAGE_MAX: Final = 200
 SUBJECT_MAX: Final = 200  # Tickets.Subject is varchar(200)
 FIELDS: Final = "Subject,Status,LastUpdated"
+CHECK_URL: Final = (
+    "Check the RT URL (the address of RT's web interface; https?) and that the API is not behind "
+    "a login page."
+)
 
 PRIORITIES: Final[Mapping[str, int]] = {"low": 0, "normal": 50, "high": 100, "critical": 100}
 _EMAIL = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[^@\s<>(),;:\"\[\]\\]+\.[^@\s<>(),;:\"\[\]\\]+$")
@@ -91,11 +92,20 @@ class RequestTrackerConnector:
     """Tickets in one RT queue, filed as the account that owns ``token``."""
 
     def __init__(self, client: httpx.Client, base_url: str, queue: str, token: str) -> None:
-        self._client = client
         self._base = base_url.rstrip("/")  # RT's web root, as in the browser: https://rt.example.com/rt
         self._host = urlsplit(self._base).netloc or self._base
         self._queue = queue
         self._token = token
+        self._http = HttpApi(
+            client,
+            name="Request Tracker",
+            host=self._host,
+            url_setting="the Request Tracker URL",
+            credentials="the auth token",
+            auth_advice="An administrator must check the token and that its user is enabled.",
+            config_advice=CHECK_URL,
+            secrets=(token,),
+        )
         self._queue_checked = False
 
     @property
@@ -279,54 +289,30 @@ class RequestTrackerConnector:
     ) -> Any:
         if not self._token or any(c.isspace() or ord(c) < 32 for c in self._token):
             raise ConnectorError("config", "The Request Tracker auth token is empty or malformed.")
-        try:
-            response = self._client.request(
-                method,
-                self._base + API + path,
-                params=list(params),
-                json=json,
-                headers={"Authorization": f"token {self._token}", "Accept": "application/json"},
-                timeout=TIMEOUT_S,
-            )
-        except httpx.TimeoutException:
-            raise ConnectorError(
-                "unavailable", f"Request Tracker at {self._host} did not answer in time."
-            ) from None
-        except (httpx.InvalidURL, httpx.UnsupportedProtocol):
-            raise ConnectorError(
-                "config", "The Request Tracker URL is not a valid http or https address."
-            ) from None
-        except httpx.HTTPError as exc:
-            raise ConnectorError(
-                "unavailable", f"Could not reach Request Tracker at {self._host} ({type(exc).__name__})."
-            ) from None
-        if response.status_code >= 300:
-            raise self._error(response, action, ticket=ticket, queue=queue)
-        try:
-            return response.json()
-        except ValueError:
-            # RT itself answers a path outside its REST 2 API (a wrong URL) with its login page and
-            # HTTP 200; so does a single sign-on proxy in front of RT. Either way the admin must act.
-            raise ConnectorError(
-                "config",
-                f"Request Tracker at {self._host} answered with a web page instead of REST 2's JSON. "
-                "Check the RT URL (the address of RT's web interface) and that the API is not behind "
-                "a login page.",
-            ) from None
+        response = self._http.send(
+            method,
+            self._base + API + path,
+            params=params,
+            json=json,
+            headers={"Authorization": f"token {self._token}"},
+            refuse=lambda response: self._error(response, action, ticket=ticket, queue=queue),
+        )
+        # RT itself answers a path outside its REST 2 API (a wrong URL) with its login page and HTTP
+        # 200; so does a single sign-on proxy in front of RT. Either way the admin must act.
+        login_page = ConnectorError(
+            "config",
+            f"Request Tracker at {self._host} answered with a web page instead of REST 2's JSON. {CHECK_URL}",
+        )
+        return self._http.json(response, not_json=login_page)
 
     def _error(
         self, response: httpx.Response, action: str, *, ticket: str | None, queue: bool
     ) -> ConnectorError:
+        """RT's own meanings of a status; the rest as for any system (:meth:`HttpApi.refusal`)."""
         status = response.status_code
         said, from_rest2 = _rt_message(response)
-        said = _scrub(said, self._token)
+        said = self._http.said(said)
         detail = f": {said}" if said else ""
-        if status == 401:
-            return ConnectorError(
-                "auth",
-                f"Request Tracker at {self._host} refused the auth token (HTTP 401){detail}. "
-                "An administrator must check the token and that its user is enabled.",
-            )
         if queue and status in (403, 404) and from_rest2:
             # RT says 403 both for a queue that does not exist and for one the account may not see.
             return ConnectorError(
@@ -335,46 +321,21 @@ class RequestTrackerConnector:
                 f"see (HTTP {status}). Check the queue name, and that the account has SeeQueue and "
                 "CreateTicket on it.",
             )
+        # A 403 is a missing right, not a refused token (401); RT answers some of those with 400.
         if status == 403 or (status == 400 and said.lower() == "permission denied"):
             return ConnectorError(
                 "auth",
                 f"Request Tracker did not let this account {action} (HTTP {status}){detail}. "
                 "An administrator must grant the account the rights on the queue.",
             )
-        if status == 404:
-            if ticket is not None and from_rest2:
-                return ConnectorError("not_found", f"Request Tracker has no ticket RT #{ticket}.")
-            return ConnectorError(
-                "config",
-                f"There is no Request Tracker REST 2 API at {self._host}"
-                f" under {urlsplit(self._base).path or '/'} (HTTP 404). "
-                "Check the RT URL: it is the address of RT's web interface.",
-            )
-        if status == 429:
-            return ConnectorError(
-                "rate_limited",
-                f"Request Tracker at {self._host} is rate limiting requests{detail}.",
-                retry_after=_retry_after(response),
-            )
-        if status >= 500:
-            return ConnectorError(
-                "unavailable", f"Request Tracker at {self._host} failed with HTTP {status}{detail}."
-            )
-        if 300 <= status < 400:
-            # Usually a single sign-on page or http -> https: the API never redirects by itself.
-            return ConnectorError(
-                "config",
-                f"Request Tracker at {self._host} redirected the API request (HTTP {status}). "
-                "Check the RT URL (https?) and that the API is not behind a login page.",
-            )
-        return ConnectorError("rejected", f"Request Tracker refused to {action} (HTTP {status}){detail}.")
+        if status == 404 and ticket is not None and from_rest2:
+            return ConnectorError("not_found", f"Request Tracker has no ticket RT #{ticket}.")
+        return self._http.refusal(
+            response, action, said, missing=f"no REST 2 API under {urlsplit(self._base).path or '/'}"
+        )
 
     def _malformed(self) -> ConnectorError:
-        # "unavailable", not "rejected": JSON without what REST 2 documents is a server in trouble
-        # (or mid-upgrade), not a verdict on this ticket. A retry is safe: the delivery calls find() first.
-        return ConnectorError(
-            "unavailable", f"Request Tracker at {self._host} answered without the fields REST 2 documents."
-        )
+        return self._http.malformed("without the fields REST 2 documents")
 
 
 def _subject(summary: str, marker: str) -> str:
@@ -394,8 +355,8 @@ def _content(draft: TicketDraft) -> str:
 
 
 def _items(body: Any) -> list[Mapping[str, Any]]:
-    items = body.get("items") if isinstance(body, dict) else None
-    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+    items = objects(body, "items")
+    if items is None:
         raise ConnectorError(
             "unavailable", "Request Tracker answered a search without REST 2's list of items."
         )
@@ -403,29 +364,8 @@ def _items(body: Any) -> list[Mapping[str, Any]]:
 
 
 def _rt_message(response: httpx.Response) -> tuple[str, bool]:
-    """REST 2's ``message`` of a failure, shortened, and whether the answer was REST 2's JSON at all."""
-    try:
-        body = response.json()
-    except ValueError:
-        return "", False
+    """REST 2's ``message`` of a failure, and whether the answer was REST 2's JSON at all."""
+    body = error_body(response)
     if not isinstance(body, dict) or not isinstance(body.get("message"), str):
         return "", False
-    text = " ".join(body["message"].split())
-    return (text if len(text) <= MESSAGE_MAX else text[: MESSAGE_MAX - 1] + "…"), True
-
-
-def _scrub(text: str, secret: str) -> str:
-    return text.replace(secret, "***") if secret else text
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After", "").strip()
-    if value.isdigit():
-        return float(value)
-    if value:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, (when - datetime.now(UTC)).total_seconds())
-    return None
+    return body["message"], True

@@ -36,13 +36,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 import httpx
 
+from app.tools.connectors._http import HttpApi, error_body, objects
 from app.tools.connectors.base import ConnectorError, RemoteTicket, TicketDraft
 
 __all__ = ["MAX_TICKETS", "PAGE_SIZE", "STATES", "ServiceNowConnector"]
@@ -50,8 +49,6 @@ __all__ = ["MAX_TICKETS", "PAGE_SIZE", "STATES", "ServiceNowConnector"]
 TABLE: Final = "incident"
 PAGE_SIZE: Final = 50
 MAX_TICKETS: Final = 200
-TIMEOUT_S: Final = 20.0
-MESSAGE_MAX: Final = 200
 FIELDS: Final = "sys_id,number,state,short_description,sys_updated_on"
 
 STATES: Final[Mapping[str, str]] = {
@@ -87,11 +84,19 @@ class ServiceNowConnector:
         *,
         page_size: int = PAGE_SIZE,
     ) -> None:
-        self._client = client
         self._base = instance_url.rstrip("/")
         self._host = urlsplit(self._base).hostname or self._base
-        self._auth = httpx.BasicAuth(user, password)
-        self._secrets = tuple(s for s in (password,) if s)
+        self._http = HttpApi(
+            client,
+            name="ServiceNow",
+            host=self._host,
+            url_setting="the ServiceNow instance URL",
+            credentials="the credentials or their roles",
+            auth_advice="An administrator must check the integration user.",
+            config_advice="Check the instance URL.",
+            secrets=(password,),
+            auth=httpx.BasicAuth(user, password),
+        )
         self._assignment_group = assignment_group
         self._page_size = page_size
 
@@ -266,7 +271,7 @@ class ServiceNowConnector:
         sys_id = record.get("sys_id")
         number = record.get("number")
         if not isinstance(sys_id, str) or not isinstance(number, str) or not sys_id or not number:
-            raise _malformed(self._host)
+            raise self._malformed()
         state = str(record.get("state", ""))
         return RemoteTicket(
             number=number,
@@ -299,70 +304,32 @@ class ServiceNowConnector:
         action: str,
         record: str | None,
     ) -> tuple[httpx.Response, Any]:
-        try:
-            response = self._client.request(
-                method,
-                self._base + path,
-                params=params,
-                json=json,
-                auth=self._auth,
-                headers={"Accept": "application/json"},
-                timeout=TIMEOUT_S,
-            )
-        except httpx.TimeoutException:
-            raise ConnectorError(
-                "unavailable", f"ServiceNow at {self._host} did not answer in time."
-            ) from None
-        except (httpx.InvalidURL, httpx.UnsupportedProtocol):
-            raise ConnectorError(
-                "config", "The ServiceNow instance URL is not a valid https address."
-            ) from None
-        except httpx.HTTPError as exc:
-            raise ConnectorError(
-                "unavailable", f"Could not reach ServiceNow at {self._host} ({type(exc).__name__})."
-            ) from None
-        except ValueError:  # text that cannot be encoded as UTF-8 JSON (a lone surrogate)
-            raise ConnectorError(
-                "rejected", "The ticket's text could not be encoded for ServiceNow."
-            ) from None
-        if response.status_code >= 300:
-            raise self._error(response, action, record)
-        try:
-            return response, response.json()
-        except ValueError:
-            raise _malformed(self._host) from None
+        response = self._http.send(
+            method,
+            self._base + path,
+            params=params,
+            json=json,
+            refuse=lambda response: self._error(response, action, record),
+        )
+        return response, self._http.json(response, not_json=self._malformed())
 
     def _error(self, response: httpx.Response, action: str, record: str | None) -> ConnectorError:
-        status = response.status_code
-        said = _scrub(_servicenow_message(response), self._secrets)
-        detail = f": {said}" if said else ""
-        if status in (401, 403):
-            return ConnectorError(
-                "auth",
-                f"ServiceNow refused the credentials or their roles when trying to {action} "
-                f"(HTTP {status}){detail}. An administrator must check the integration user.",
-            )
-        if status == 404:
-            if record is not None and not said.lower().startswith("invalid table"):
-                return ConnectorError("not_found", f"ServiceNow has no incident {record}{detail}.")
-            return ConnectorError(
-                "config",
-                f"ServiceNow at {self._host} has no incident table at /api/now/table/{TABLE} "
-                f"(HTTP 404){detail}. Check the instance URL.",
-            )
-        if status == 429:
-            return ConnectorError(
-                "rate_limited",
-                f"ServiceNow is rate limiting requests{detail}.",
-                retry_after=_retry_after(response),
-            )
-        if status >= 500:
-            return ConnectorError("unavailable", f"ServiceNow failed with HTTP {status}{detail}.")
-        if 300 <= status < 400:
-            return ConnectorError(
-                "config", f"ServiceNow at {self._host} redirected (HTTP {status}). Check the instance URL."
-            )
-        return ConnectorError("rejected", f"ServiceNow refused to {action} (HTTP {status}){detail}.")
+        """A 404 for a record is that record missing; the rest as for any system."""
+        said = self._http.said(_servicenow_message(response))
+        # The Table API answers a wrong table name with 404 too, saying "Invalid table".
+        if (
+            response.status_code == 404
+            and record is not None
+            and not said.lower().startswith("invalid table")
+        ):
+            detail = f": {said}" if said else ""
+            return ConnectorError("not_found", f"ServiceNow has no incident {record}{detail}.")
+        return self._http.refusal(
+            response, action, said, missing=f"no incident table at /api/now/table/{TABLE}"
+        )
+
+    def _malformed(self) -> ConnectorError:
+        return self._http.malformed("with something other than the Table API's JSON")
 
 
 def _description(draft: TicketDraft) -> str:
@@ -388,8 +355,8 @@ def _query_value(value: str, what: str) -> str:
 
 
 def _result_list(body: Any) -> list[Mapping[str, Any]]:
-    result = body.get("result") if isinstance(body, dict) else None
-    if not isinstance(result, list) or not all(isinstance(r, dict) for r in result):
+    result = objects(body, "result")
+    if result is None:
         raise ConnectorError(
             "unavailable", "ServiceNow answered without the list of records the Table API documents."
         )
@@ -403,50 +370,15 @@ def _result_record(body: Any) -> Mapping[str, Any]:
     return result
 
 
-def _malformed(host: str) -> ConnectorError:
-    # "unavailable", not "rejected": a 2xx that is not the documented JSON is what a proxy, an SSO
-    # login page or a hibernating instance sends. The ticket may or may not exist; a retry is safe
-    # because the delivery calls find() first, while "rejected" would drop the ticket for good.
-    return ConnectorError(
-        "unavailable", f"ServiceNow at {host} answered with something other than the Table API's JSON."
-    )
-
-
 def _servicenow_message(response: httpx.Response) -> str:
-    """The ``error.message`` (and ``detail``) of a Table API failure, shortened; "" when absent."""
-    try:
-        body = response.json()
-    except ValueError:
-        return ""
+    """The ``error.message`` (and ``detail``) of a Table API failure; "" when absent."""
+    body = error_body(response)
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
         return ""
-    parts = [str(error[k]) for k in ("message", "detail") if isinstance(error.get(k), str) and error[k]]
-    return _shorten(" - ".join(parts))
-
-
-def _shorten(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= MESSAGE_MAX else text[: MESSAGE_MAX - 1] + "…"
-
-
-def _scrub(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After", "").strip()
-    if value.isdigit():
-        return float(value)
-    if value:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, (when - datetime.now(UTC)).total_seconds())
-    return None
+    return " - ".join(
+        str(error[k]) for k in ("message", "detail") if isinstance(error.get(k), str) and error[k]
+    )
 
 
 def _iso(value: Any) -> str | None:

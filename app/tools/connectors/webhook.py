@@ -57,12 +57,12 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 import httpx
 
+from app.tools.connectors._http import HttpApi, error_body
 from app.tools.connectors.base import ConnectorError, RemoteTicket, TicketDraft
 
 __all__ = [
@@ -79,8 +79,6 @@ SCHEMA_VERSION: Final = 1
 TIMESTAMP_HEADER: Final = "X-Helpdesk-Voice-Timestamp"
 SIGNATURE_HEADER: Final = "X-Helpdesk-Voice-Signature"
 DEFAULT_MAX_AGE_S: Final = 300.0
-TIMEOUT_S: Final = 20.0
-MESSAGE_MAX: Final = 200
 
 
 def sign(secret: str | bytes, timestamp: str, body: bytes) -> str:
@@ -124,13 +122,23 @@ class WebhookConnector:
     def __init__(
         self, client: httpx.Client, url: str, secret: str, *, clock: Callable[[], float] = time.time
     ) -> None:
-        self._client = client
         self._url = url
-        # The URL may carry a token of its own (many flow services put one in the query), so
-        # messages name only the host.
-        self._host = urlsplit(url).hostname or "the webhook"
         self._secret = secret
         self._clock = clock
+        self._http = HttpApi(
+            client,
+            name="the webhook",
+            # The URL may carry a token of its own (many flow services put one in the query), so
+            # messages name only the host.
+            host=urlsplit(url).hostname or "its address",
+            url_setting="the webhook URL",
+            credentials="the signature",
+            auth_advice="Check the shared secret on both sides and this computer's clock.",
+            config_advice="Check the webhook URL in the settings.",
+            secrets=(secret,),
+            # The receiver's contract: 404/410 (and 405, a URL that takes no POST) mean a wrong URL.
+            wrong_url=(404, 405, 410),
+        )
 
     @property
     def name(self) -> str:
@@ -200,104 +208,42 @@ class WebhookConnector:
         timestamp = str(int(self._clock()))
         headers = {
             "Content-Type": "application/json",
-            "Accept": "application/json",
             "Idempotency-Key": key,
             TIMESTAMP_HEADER: timestamp,
             SIGNATURE_HEADER: sign(self._secret, timestamp, body),
         }
-        try:
-            response = self._client.post(self._url, content=body, headers=headers, timeout=TIMEOUT_S)
-        except httpx.TimeoutException:
-            raise ConnectorError(
-                "unavailable", f"The webhook at {self._host} did not answer in time."
-            ) from None
-        except (httpx.InvalidURL, httpx.UnsupportedProtocol):
-            raise ConnectorError("config", "The webhook URL is not a valid https address.") from None
-        except httpx.HTTPError as exc:
-            raise ConnectorError(
-                "unavailable", f"Could not reach the webhook at {self._host} ({type(exc).__name__})."
-            ) from None
-        if not 200 <= response.status_code < 300:
-            raise self._error(response, action)
-        if not response.content.strip():
-            return {}
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = None
+        response = self._http.send(
+            "POST",
+            self._url,
+            content=body,
+            headers=headers,
+            refuse=lambda response: self._error(response, action),
+        )
+        # "unavailable", not "rejected" or accepted: a 2xx that is neither empty nor a JSON object is
+        # what a login page or proxy sends, so the receiver may never have seen the ticket. Sending
+        # again is safe: the receiver deduplicates on the Idempotency-Key.
+        not_json = self._http.malformed(
+            "with something other than JSON (is the URL the receiver's, not a login page?)"
+        )
+        answer = self._http.json(response, not_json=not_json, allow_empty=True)
         if not isinstance(answer, dict):
-            # "unavailable", not "rejected" or accepted: a 2xx that is neither empty nor a JSON object
-            # is what a login page or proxy sends, so the receiver may never have seen the ticket.
-            # Sending again is safe: the receiver deduplicates on the Idempotency-Key.
-            raise ConnectorError(
-                "unavailable",
-                f"The webhook at {self._host} answered with something other than JSON; "
-                "is the URL the receiver's, not a login page?",
-            )
+            raise not_json
         return answer
 
     def _error(self, response: httpx.Response, action: str) -> ConnectorError:
-        status = response.status_code
-        said = (
-            _receiver_message(response).replace(self._secret, "***")
-            if self._secret
-            else _receiver_message(response)
-        )
-        detail = f": {said}" if said else ""
-        if status in (401, 403):
-            return ConnectorError(
-                "auth",
-                f"The webhook at {self._host} refused the signature (HTTP {status}){detail}. "
-                "Check the shared secret on both sides and this computer's clock.",
-            )
-        if status in (404, 405, 410) or 300 <= status < 400:
-            return ConnectorError(
-                "config",
-                f"The webhook URL at {self._host} is wrong (HTTP {status}){detail}. Check the settings.",
-            )
-        if status == 429:
-            return ConnectorError(
-                "rate_limited",
-                f"The webhook at {self._host} is busy{detail}.",
-                retry_after=_retry_after(response),
-            )
-        if status >= 500:
-            return ConnectorError(
-                "unavailable", f"The webhook at {self._host} failed with HTTP {status}{detail}."
-            )
-        return ConnectorError(
-            "rejected", f"The webhook at {self._host} refused to {action} (HTTP {status}){detail}."
+        return self._http.refusal(
+            response, action, self._http.said(_receiver_message(response)), missing="no receiver at this URL"
         )
 
 
 def _receiver_message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
+    """The receiver's ``error`` (or ``message``, ``detail``), or a plain-text body; "" when neither."""
+    body = error_body(response)
     if isinstance(body, dict):
         for name in ("error", "message", "detail"):
             if isinstance(body.get(name), str):
-                return _shorten(body[name])
+                return str(body[name])
         return ""
     if response.headers.get("Content-Type", "").startswith("text/plain"):
-        return _shorten(response.text)
+        return response.text
     return ""
-
-
-def _shorten(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= MESSAGE_MAX else text[: MESSAGE_MAX - 1] + "…"
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After", "").strip()
-    if value.isdigit():
-        return float(value)
-    if not value:
-        return None
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
