@@ -9,15 +9,26 @@ the delivery reports once and keeps the tickets queued: the assistant itself sti
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Final
+from urllib.parse import urlsplit
 
 import httpx
 
 from app.config import TICKET_SYSTEM_CHOICES, TicketSettings
 from app.tools.connectors import Connector, ConnectorError
 
-__all__ = ["SECRET_ENV", "load_ticket_secret", "make_connector", "store_ticket_secret", "system_name"]
+__all__ = [
+    "SECRET_ENV",
+    "load_ticket_secret",
+    "make_connector",
+    "store_ticket_secret",
+    "system_name",
+    "try_connection",
+]
+
+log = logging.getLogger(__name__)
 
 SECRET_ENV: Final = "HELPDESK_VOICE_TICKETS_SECRET"
 KEYRING_SERVICE: Final = "helpdesk-voice"  # the API key's service: one entry per credential
@@ -69,8 +80,14 @@ def _needs(settings: TicketSettings, *fields: tuple[str, str]) -> None:
         )
 
 
-def make_connector(settings: TicketSettings, client: httpx.Client | None = None) -> Connector | None:
-    """The connector the settings choose, or None for ``tickets.system = none``. Blocking (keyring)."""
+def make_connector(
+    settings: TicketSettings, client: httpx.Client | None = None, secret: str | None = None
+) -> Connector | None:
+    """The connector the settings choose, or None for ``tickets.system = none``. Blocking (keyring).
+
+    ``secret``: a credential typed and not stored yet (the Settings dialog's Test connection); else
+    the stored one.
+    """
     if settings.system == "none":
         return None
     url = ("url", "the system's address (https://...)")
@@ -88,7 +105,7 @@ def make_connector(settings: TicketSettings, client: httpx.Client | None = None)
         )
     else:
         _needs(settings, url)
-    secret = load_ticket_secret(settings.system)
+    secret = (secret or "").strip() or load_ticket_secret(settings.system)
     if not secret:
         raise ConnectorError(
             "config",
@@ -115,3 +132,30 @@ def make_connector(settings: TicketSettings, client: httpx.Client | None = None)
     from app.tools.connectors.webhook import WebhookConnector
 
     return WebhookConnector(client, settings.url, secret)
+
+
+CONNECTION_TEST_KEY: Final = "hv-connection-test"  # a key no ticket has: find() is a harmless read
+
+
+def try_connection(settings: TicketSettings, secret: str = "") -> tuple[bool, str]:
+    """Whether the system answers a harmless read with these settings, and a sentence saying so.
+
+    Blocking (network, keyring): call it off the GUI thread. ``secret`` empty means the stored one.
+    """
+    if settings.system == "none":
+        return False, "No ticket system is chosen: tickets stay on this computer."
+    client = httpx.Client(timeout=TIMEOUT, follow_redirects=False)
+    try:
+        connector = make_connector(settings, client, secret)
+        if connector is None:
+            return False, "No ticket system is chosen: tickets stay on this computer."
+        connector.find(CONNECTION_TEST_KEY)
+    except ConnectorError as exc:
+        return False, exc.message
+    except Exception as exc:  # a connector bug must not leave a caller waiting for good
+        log.exception("the ticket system connection test failed")
+        return False, f"The connection test failed unexpectedly ({type(exc).__name__})."
+    finally:
+        client.close()
+    host = urlsplit(settings.url).hostname or settings.url
+    return True, f"Connected to {system_name(settings.system)} at {host}"

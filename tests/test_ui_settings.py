@@ -9,6 +9,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import math
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ import keyring
 import keyring.backends.fail
 import numpy as np
 import pytest
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QAbstractButton, QDialog, QLabel, QPushButton, QWidget
 from pytestqt.qtbot import QtBot
@@ -44,9 +45,11 @@ from app.ui.settings_dialog import (
     API_KEY_FIELD,
     LOCKED_NOTE,
     SYSTEM_DEFAULT_LABEL,
+    TICKET_SECRET_FIELD,
     SettingsDialog,
 )
 from tests.file_keyring import FileKeyring
+from tests.rt_server import RtInstance
 
 KEY = "sk-test-settings-dialog-0123456789SECRET"
 UTTERANCE = "Hello, can you hear me?"
@@ -826,3 +829,266 @@ def test_a_device_that_will_not_open_is_reported_not_fatal(
     )
     dialog.retention_edit.setText("3")
     assert dialog.save()  # the rest of the dialog still works
+
+
+# ----------------------------------------------------------------------------------------------
+# The Tickets page
+# ----------------------------------------------------------------------------------------------
+TICKET_TOKEN = "1-23-0123456789abcdefTICKETSECRET"
+
+
+def set_ticket_system(dialog: SettingsDialog, system: str) -> None:
+    dialog.ticket_system_combo.setCurrentIndex(dialog.ticket_system_combo.findData(system))
+
+
+def ticket_rows(dialog: SettingsDialog) -> dict[str, QWidget]:
+    return {
+        "url": dialog.ticket_url_edit,
+        "queue": dialog.ticket_queue_edit,
+        "user": dialog.ticket_user_edit,
+        "group": dialog.ticket_group_edit,
+        "desk": dialog.ticket_desk_edit,
+        "request_type": dialog.ticket_request_type_edit,
+        "secret": dialog.ticket_secret_edit,
+        "contact": dialog.ticket_contact_edit,
+    }
+
+
+def test_the_ticket_system_shows_only_the_fields_it_uses(
+    qtbot: QtBot, make_dialog: Callable[..., SettingsDialog]
+) -> None:
+    dialog = make_dialog()
+    show_page(qtbot, dialog, dialog.tickets_page)
+    assert dialog.ticket_system_combo.currentData() == "none"  # the default: tickets stay here
+    expected = {
+        "none": ({"contact"}, None),
+        "rt": ({"url", "queue", "secret", "contact"}, "Auth token"),
+        "servicenow": ({"url", "user", "group", "secret", "contact"}, "Password"),
+        "jsm": ({"url", "user", "desk", "request_type", "secret", "contact"}, "API token"),
+        "webhook": ({"url", "secret", "contact"}, "Signing secret"),
+    }
+    for system, (visible, credential) in expected.items():
+        set_ticket_system(dialog, system)
+        rows = ticket_rows(dialog)
+        assert {name for name, widget in rows.items() if widget.isVisible()} == visible, system
+        assert all(rows[name].isEnabled() for name in visible), system
+        assert dialog.test_connection_button.isEnabled() == (system != "none")
+        if credential is not None:
+            field = dialog.field(TICKET_SECRET_FIELD)
+            assert field.label.text().replace("&", "") == credential + ":"
+            assert dialog.ticket_secret_edit.accessibleName() == credential
+            assert dialog.ticket_secret_edit.echoMode() == dialog.ticket_secret_edit.EchoMode.Password
+            assert "none stored" in dialog.ticket_secret_status.text()
+    set_ticket_system(dialog, "jsm")
+    assert dialog.field("tickets.user").label.text().replace("&", "") == "API user's e-mail:"
+    # The settings' own help, for the fields and for screen readers.
+    assert dialog.ticket_queue_edit.toolTip() == config.SETTINGS["tickets.queue"].help
+    assert dialog.ticket_url_edit.accessibleDescription() == config.SETTINGS["tickets.url"].help
+
+
+def test_ticket_fields_are_checked_with_the_settings_checks(
+    make_dialog: Callable[..., SettingsDialog], env: dict[str, str]
+) -> None:
+    dialog = make_dialog()
+    set_ticket_system(dialog, "rt")
+    dialog.ticket_url_edit.setText("rt.example.com")
+    assert not dialog.save()
+    assert list(dialog.errors()) == ["tickets.url"]
+    assert "Address: must start with https:// or http://" in dialog.errors()["tickets.url"]
+    assert dialog.tabs.currentWidget() is dialog.tickets_page
+    assert not user_file(env).exists()
+
+    # A field the chosen system does not use is neither checked nor saved.
+    dialog.ticket_desk_edit.setText("has spaces")  # hidden for RT
+    dialog.ticket_url_edit.setText("https://rt.example.com")
+    assert dialog.save()
+    assert "service_desk_id" not in user_file(env).read_text("utf-8")
+
+
+def test_tickets_go_to_the_settings_file_and_the_credential_to_the_keyring(
+    qtbot: QtBot,
+    make_dialog: Callable[..., SettingsDialog],
+    env: dict[str, str],
+    file_keyring: FileKeyring,
+) -> None:
+    dialog = make_dialog()
+    set_ticket_system(dialog, "rt")
+    dialog.ticket_url_edit.setText(" https://rt.example.com/rt ")
+    dialog.ticket_queue_edit.setText("Helpdesk")
+    dialog.ticket_contact_edit.setText("jane.doe@example.com")
+    dialog.ticket_secret_edit.setText(f" {TICKET_TOKEN} ")
+    with qtbot.waitSignal(dialog.settings_saved, timeout=1000):
+        assert dialog.save()
+    assert file_keyring.get_password("helpdesk-voice", "tickets.rt") == TICKET_TOKEN
+    assert dialog.ticket_secret_edit.text() == ""
+    assert "stored in the system keyring" in dialog.ticket_secret_status.text()
+    assert TICKET_TOKEN not in dialog.ticket_secret_status.text()
+    reloaded = load_settings(environ=env)
+    assert reloaded.typed.tickets == config.TicketSettings(
+        system="rt",
+        url="https://rt.example.com/rt",
+        queue="Helpdesk",
+        user="",
+        service_desk_id="",
+        request_type_id="",
+        assignment_group="",
+        contact="jane.doe@example.com",
+    )
+    config_files = [p for p in Path(env[config.CONFIG_DIR_ENV]).rglob("*") if p.is_file()]
+    assert [p.name for p in config_files] == ["settings.toml"]
+    text = config_files[0].read_bytes()
+    assert TICKET_TOKEN.encode() not in text and b"secret" not in text and b"token" not in text
+
+    # A second dialog says a credential is stored, and an empty field leaves it alone.
+    second = make_dialog()
+    assert "Auth token: stored in the system keyring" in second.ticket_secret_status.text()
+    second.ticket_queue_edit.setText("Hardware")
+    assert second.save()
+    assert file_keyring.get_password("helpdesk-voice", "tickets.rt") == TICKET_TOKEN
+    assert load_settings(environ=env).value("tickets.queue") == "Hardware"
+
+
+def test_a_ticket_credential_is_refused_cleanly_without_a_keyring(
+    make_dialog: Callable[..., SettingsDialog], env: dict[str, str]
+) -> None:
+    keyring.set_keyring(keyring.backends.fail.Keyring())  # the file_keyring fixture restores it
+    dialog = make_dialog()
+    set_ticket_system(dialog, "servicenow")
+    dialog.ticket_url_edit.setText("https://corp.service-now.com")
+    dialog.ticket_user_edit.setText("helpdesk.voice")
+    dialog.ticket_secret_edit.setText(TICKET_TOKEN)
+    assert not dialog.save()
+    assert list(dialog.errors()) == [TICKET_SECRET_FIELD]
+    assert dialog.errors()[TICKET_SECRET_FIELD].startswith("Password: the system keyring could not store it")
+    assert TICKET_TOKEN not in dialog.message_label.text()
+    assert not user_file(env).exists()  # the settings wait for the credential
+
+
+def test_a_locked_ticket_url_is_read_only_and_never_saved(
+    qtbot: QtBot, make_dialog: Callable[..., SettingsDialog], env: dict[str, str]
+) -> None:
+    write_policy(env, '[locked.tickets]\nsystem = "rt"\nurl = "https://rt.corp.example/rt"\n')
+    dialog = make_dialog()
+    show_page(qtbot, dialog, dialog.tickets_page)
+    field = dialog.field("tickets.url")
+    assert dialog.ticket_url_edit.text() == "https://rt.corp.example/rt"
+    assert not dialog.ticket_url_edit.isEnabled() and not dialog.ticket_system_combo.isEnabled()
+    assert field.note.isVisible() and field.note.text() == LOCKED_NOTE
+    assert "policy" in field.note.toolTip() and "policy" in dialog.ticket_url_edit.toolTip()
+    assert dialog.ticket_queue_edit.isVisible() and dialog.ticket_queue_edit.isEnabled()  # RT, by policy
+
+    dialog.ticket_url_edit.setText("https://attacker.example")  # poked from code
+    dialog.ticket_queue_edit.setText("Helpdesk")
+    assert dialog.save()
+    text = user_file(env).read_text("utf-8")
+    assert "attacker" not in text and "url" not in text and 'queue = "Helpdesk"' in text
+
+
+def wait_for_test(qtbot: QtBot, dialog: SettingsDialog) -> list[int]:
+    """Clicks Test connection and waits for its result while counting event-loop timer ticks."""
+    ticks: list[int] = []
+    timer = QTimer(dialog)
+    timer.setInterval(0)  # ticks on every pass of the event loop, however quickly RT answers
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start()
+    qtbot.mouseClick(dialog.test_connection_button, Qt.MouseButton.LeftButton)
+    busy = (
+        not dialog.test_connection_button.isEnabled(),
+        dialog.test_connection_button.text(),
+        dialog.connection_status.text(),
+    )
+    assert busy == (True, "Testing…", "Connecting to Request Tracker…")
+    qtbot.waitUntil(lambda: dialog.test_connection_button.isEnabled(), timeout=30_000)
+    timer.stop()
+    return ticks
+
+
+def fill_rt(dialog: SettingsDialog, rt: RtInstance) -> None:
+    set_ticket_system(dialog, "rt")
+    dialog.ticket_url_edit.setText(rt.base_url)
+    dialog.ticket_queue_edit.setText(rt.queue)
+
+
+def test_test_connection_reaches_the_real_request_tracker_off_the_gui_thread(
+    qtbot: QtBot,
+    make_dialog: Callable[..., SettingsDialog],
+    env: dict[str, str],
+    file_keyring: FileKeyring,
+    rt: RtInstance,
+) -> None:
+    dialog = make_dialog()
+    show_page(qtbot, dialog, dialog.tickets_page)
+    fill_rt(dialog, rt)
+    dialog.ticket_secret_edit.setText(rt.token)  # typed, not saved
+    started = time.monotonic()
+    ticks = wait_for_test(qtbot, dialog)
+    assert dialog.connection_status.text() == "Connected to Request Tracker at 127.0.0.1"
+    assert dialog.test_connection_button.text() == "Test c&onnection"
+    # The GUI thread kept serving its timers while RT answered: it was never blocked for the test.
+    assert len(ticks) >= 1 and time.monotonic() - started < 30
+    assert file_keyring.get_password("helpdesk-voice", "tickets.rt") is None  # testing stores nothing
+    assert not user_file(env).exists()
+
+    # A stored credential is used when the field is empty.
+    dialog.ticket_secret_edit.setText(rt.token)
+    assert dialog.save()
+    dialog.connection_status.clear()
+    wait_for_test(qtbot, dialog)
+    assert dialog.connection_status.text() == "Connected to Request Tracker at 127.0.0.1"
+
+
+def test_test_connection_with_a_wrong_token_shows_the_auth_error(
+    qtbot: QtBot, make_dialog: Callable[..., SettingsDialog], rt: RtInstance
+) -> None:
+    dialog = make_dialog()
+    show_page(qtbot, dialog, dialog.tickets_page)
+    fill_rt(dialog, rt)
+    dialog.ticket_secret_edit.setText("1-99-00000000000000000000000000000000")
+    wait_for_test(qtbot, dialog)
+    text = dialog.connection_status.text()
+    assert text.startswith("⚠ Request Tracker at 127.0.0.1") and "refused the auth token" in text, text
+    assert "00000000000000000000000000000000" not in text
+
+
+def test_test_connection_says_what_is_missing_without_trying(
+    qtbot: QtBot, make_dialog: Callable[..., SettingsDialog]
+) -> None:
+    dialog = make_dialog()
+    set_ticket_system(dialog, "rt")
+    dialog.ticket_queue_edit.setText("")
+    qtbot.mouseClick(dialog.test_connection_button, Qt.MouseButton.LeftButton)
+    assert not dialog.connection_test.running
+    assert dialog.connection_status.text() == "Not tested: please correct the fields marked."
+    assert set(dialog.errors()) == {"tickets.url", "tickets.queue"}
+    assert dialog.errors()["tickets.queue"] == "Queue: Request Tracker needs it"
+
+    # The fields are filled, but no credential is stored or typed: the connector's own sentence.
+    dialog.ticket_url_edit.setText("https://rt.example.com")
+    dialog.ticket_queue_edit.setText("General")
+    qtbot.mouseClick(dialog.test_connection_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not dialog.connection_test.running, timeout=5000)
+    assert "no credential for Request Tracker is stored" in dialog.connection_status.text()
+
+
+def test_a_ticket_system_that_does_not_answer_leaves_the_dialog_usable(
+    qtbot: QtBot, make_dialog: Callable[..., SettingsDialog]
+) -> None:
+    dialog = make_dialog()
+    show_page(qtbot, dialog, dialog.tickets_page)
+    # Connections are queued by the kernel but never answered: the connector waits for its timeout.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        set_ticket_system(dialog, "rt")
+        dialog.ticket_url_edit.setText(f"http://127.0.0.1:{silent.getsockname()[1]}")
+        dialog.ticket_secret_edit.setText(TICKET_TOKEN)
+        qtbot.mouseClick(dialog.test_connection_button, Qt.MouseButton.LeftButton)
+        assert dialog.connection_test.running and not dialog.test_connection_button.isEnabled()
+        qtbot.wait(300)
+        # Still waiting, and the dialog takes input meanwhile.
+        assert dialog.connection_test.running and dialog.test_connection_button.text() == "Testing…"
+        qtbot.keyClicks(dialog.ticket_contact_edit, "jane@example.com")
+        assert dialog.ticket_contact_edit.text() == "jane@example.com"
+        # Choosing another system drops the pending answer: it would describe the old fields.
+        set_ticket_system(dialog, "webhook")
+        assert not dialog.connection_test.running and dialog.test_connection_button.isEnabled()
+        assert dialog.connection_status.text() == ""
+    dialog.close()

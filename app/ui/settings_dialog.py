@@ -16,6 +16,12 @@ the OS keyring (:data:`app.config.secrets`), never to a settings file.
 
 Connection fields that the chosen backend does not use are disabled, and edits left in them are
 neither checked nor saved: a half-typed Azure name must not block saving an OpenAI setup.
+
+The Tickets page points the app at the company's ticket system: it shows only the fields the chosen
+system uses (:data:`app.ui.tickets_page.TICKET_USED_BY`; the others are hidden, and neither checked
+nor saved), and the system's credential, which goes only to the OS keyring
+(:func:`app.ticket_systems.store_ticket_secret`). Test connection tries the fields as typed, in a
+worker thread (:class:`app.ui.tickets_page.ConnectionTest`).
 """
 
 from __future__ import annotations
@@ -51,22 +57,44 @@ from app.config import (
     ConfigError,
     LoadedSettings,
     SecretStoreError,
+    TicketSettings,
     Value,
     load_settings,
     save_user_setting,
     secrets,
+    typed_settings,
     validate_setting,
 )
 from app.realtime.endpoint import API_KEY_ENV
 from app.settings_rules import API_KEY_FIELD, cross_field_problems
+from app.ticket_systems import SECRET_ENV, load_ticket_secret, store_ticket_secret, system_name
+from app.tools.connectors import ConnectorError
 from app.ui.level_meter import FLOOR_DBFS, LevelMeter
+from app.ui.tickets_page import (
+    CREDENTIAL_LABELS,
+    NO_CREDENTIAL_LABEL,
+    TICKET_REQUIRED,
+    TICKET_SECRET_FIELD,
+    TICKET_USED_BY,
+    USER_LABELS,
+    ConnectionTest,
+)
 
-__all__ = ["API_KEY_FIELD", "LOCKED_NOTE", "SYSTEM_DEFAULT_LABEL", "FieldRow", "SettingsDialog"]
+__all__ = [
+    "API_KEY_FIELD",
+    "LOCKED_NOTE",
+    "SYSTEM_DEFAULT_LABEL",
+    "TEST_CONNECTION_LABEL",
+    "TICKET_SECRET_FIELD",
+    "FieldRow",
+    "SettingsDialog",
+]
 
 SYSTEM_DEFAULT_LABEL: Final = "(system default)"
 NOT_CONNECTED_SUFFIX: Final = " (not connected)"
 LOCKED_NOTE: Final = "Set by your IT administrator"
 LEVEL_REFRESH_MS: Final = 50  # 20 Hz: smooth to the eye, cheap for the GUI thread
+TEST_CONNECTION_LABEL: Final = "Test c&onnection"
 VOICES: Final = ("alloy", "ash", "ballad", "cedar", "coral", "echo", "marin", "sage", "shimmer", "verse")
 
 # The backends that use each connection field; a field not listed here is used by all of them.
@@ -181,10 +209,12 @@ class SettingsDialog(QDialog):
         self.connection_page = self._build_connection_page()
         self.conversation_page = self._build_conversation_page()
         self.privacy_page = self._build_privacy_page()
+        self.tickets_page = self._build_tickets_page()
         self.tabs.addTab(self.audio_page, "&Audio")
         self.tabs.addTab(self.connection_page, "Co&nnection")
         self.tabs.addTab(self.conversation_page, "Conve&rsation")
         self.tabs.addTab(self.privacy_page, "&Privacy")
+        self.tabs.addTab(self.tickets_page, "&Tickets")
 
         self.button_box = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel, self
@@ -209,11 +239,14 @@ class SettingsDialog(QDialog):
             self._show_origin(key, field)
         self._update_enabled()
         self._update_key_status()
+        self._update_ticket_secret_status()
         self.backend_combo.currentIndexChanged.connect(self._update_enabled)
+        self.ticket_system_combo.currentIndexChanged.connect(self._ticket_system_changed)
         self.turn_detection_combo.currentIndexChanged.connect(self._update_enabled)
         self.input_combo.currentIndexChanged.connect(self._refresh_probe)
         self.tabs.currentChanged.connect(self._refresh_probe)
         self.finished.connect(self.stop_audio)
+        self.finished.connect(self.connection_test.cancel)
 
         chain = [self.tabs, *self._focus_chain, self.save_button, cancel]
         for first, second in itertools.pairwise(chain):
@@ -290,7 +323,7 @@ class SettingsDialog(QDialog):
 
         self.output_combo = QComboBox(page)
         self._fill_devices(self.output_combo, "output", self._settings.value("audio.output_device"))
-        self.test_sound_button = QPushButton("Play &test sound", page)
+        self.test_sound_button = QPushButton("Play test so&und", page)
         self.test_sound_button.setAccessibleName("Play a test sound on the selected output device")
         self.test_sound_button.clicked.connect(self.play_test_sound)
         self.test_sound_status = QLabel(page)
@@ -424,7 +457,7 @@ class SettingsDialog(QDialog):
         self._add_field(
             form,
             "turn_detection",
-            "&Turn detection:",
+            "Turn &detection:",
             self.turn_detection_combo,
             lambda: _data(self.turn_detection_combo),
         )
@@ -470,6 +503,81 @@ class SettingsDialog(QDialog):
             extra=(days,),
         )
         return page
+
+    def _build_tickets_page(self) -> QWidget:
+        page = QWidget(self)
+        form = QFormLayout(page)
+        self._tickets_form = form
+        s = self._settings
+
+        self.ticket_system_combo = _combo("tickets.system", page)
+        _select(self.ticket_system_combo, s.value("tickets.system"))
+        self._add_field(
+            form,
+            "tickets.system",
+            "Ticket s&ystem:",
+            self.ticket_system_combo,
+            lambda: _data(self.ticket_system_combo),
+        )
+        self.ticket_url_edit = self._ticket_edit(
+            form, "tickets.url", "A&ddress:", "https://rt.example.com/rt"
+        )
+        self.ticket_queue_edit = self._ticket_edit(form, "tickets.queue", "&Queue:", "General")
+        self.ticket_user_edit = self._ticket_edit(form, "tickets.user", "API &user:", "helpdesk-voice")
+        self.ticket_group_edit = self._ticket_edit(
+            form, "tickets.assignment_group", "Assignment &group:", "Service Desk (optional)"
+        )
+        self.ticket_desk_edit = self._ticket_edit(form, "tickets.service_desk_id", "Service des&k ID:", "1")
+        self.ticket_request_type_edit = self._ticket_edit(
+            form, "tickets.request_type_id", "Request type &ID:", "10"
+        )
+
+        self.ticket_secret_edit = QLineEdit(page)
+        self.ticket_secret_edit.setEchoMode(QLineEdit.EchoMode.Password)
+        self.ticket_secret_edit.setPlaceholderText("Type or paste it; leave empty to keep the stored one")
+        self.ticket_secret_status = QLabel(page)
+        self.ticket_secret_status.setWordWrap(True)
+        self.ticket_secret_status.setAccessibleName("Credential status")
+        secret_field = self._add_field(
+            form,
+            TICKET_SECRET_FIELD,
+            NO_CREDENTIAL_LABEL,
+            self.ticket_secret_edit,
+            self.ticket_secret_edit.text,
+            extra=(self.ticket_secret_status,),
+        )
+        secret_field.description = "Kept in the system keyring, never in a settings file"
+        self.ticket_secret_edit.setAccessibleDescription(secret_field.description)
+
+        self.ticket_contact_edit = self._ticket_edit(
+            form, "tickets.contact", "Your e-&mail address:", "jane.doe@example.com"
+        )
+
+        self.test_connection_button = QPushButton(TEST_CONNECTION_LABEL, page)
+        self.test_connection_button.setAccessibleName("Test the connection to the ticket system")
+        self.test_connection_button.clicked.connect(self.test_connection)
+        self.connection_status = QLabel(page)
+        self.connection_status.setWordWrap(True)
+        self.connection_status.setAccessibleName("Connection test result")
+        test_row = QWidget(page)
+        row = QHBoxLayout(test_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.test_connection_button)
+        row.addWidget(self.connection_status, 1)
+        form.addRow(test_row)
+        self._focus_chain.append(self.test_connection_button)
+        self.connection_test = ConnectionTest(self)
+        self.connection_test.finished.connect(self._connection_tested)
+        return page
+
+    def _ticket_edit(self, form: QFormLayout, key: str, text: str, placeholder: str) -> QLineEdit:
+        page = form.parentWidget()
+        assert page is not None
+        edit = self._line_edit(page, self._settings.value(key), placeholder)
+        # A new user setting up a ticket system needs the hint on sight, not only from a screen reader.
+        edit.setToolTip(SETTINGS[key].help)
+        self._add_field(form, key, text, edit, self._text(edit))
+        return edit
 
     @staticmethod
     def _line_edit(parent: QWidget, value: Value, placeholder: str) -> QLineEdit:
@@ -643,9 +751,12 @@ class SettingsDialog(QDialog):
         return self._fields[key].read()
 
     def _applies(self, key: str) -> bool:
-        """Whether ``key`` matters with the backend and turn detection chosen now."""
+        """Whether ``key`` matters with the backend, turn detection and ticket system chosen now."""
         used_by = _USED_BY.get(key)
         if used_by is not None and self._current("backend") not in used_by:
+            return False
+        ticket_systems = TICKET_USED_BY.get(key)
+        if ticket_systems is not None and self._current("tickets.system") not in ticket_systems:
             return False
         return not (key == "eagerness" and self._current("turn_detection") != "semantic_vad")
 
@@ -658,6 +769,98 @@ class SettingsDialog(QDialog):
             enabled = self._editable(key)
             field.widget.setEnabled(enabled)
             field.label.setEnabled(enabled)
+        self._update_ticket_rows()
+
+    def _ticket_system(self) -> str:
+        return str(self._current("tickets.system"))
+
+    def _update_ticket_rows(self) -> None:
+        """Only the rows the chosen ticket system uses are shown, named as that system names them."""
+        system = self._ticket_system()
+        for key in TICKET_USED_BY:
+            self._tickets_form.setRowVisible(self._fields[key].label, self._applies(key))
+        self._rename(self._fields[TICKET_SECRET_FIELD], CREDENTIAL_LABELS.get(system, NO_CREDENTIAL_LABEL))
+        self._rename(self._fields["tickets.user"], USER_LABELS.get(system, "API &user:"))
+        self.test_connection_button.setEnabled(system != "none" and not self.connection_test.running)
+
+    @staticmethod
+    def _rename(field: FieldRow, text: str) -> None:
+        field.label.setText(text)
+        field.name = text.replace("&", "").rstrip(":")
+        field.widget.setAccessibleName(field.name)
+        field.error.setAccessibleName(f"{field.name} error")
+
+    @Slot()
+    def _ticket_system_changed(self) -> None:
+        # A result for the system shown before would now mislabel this one.
+        self.connection_test.cancel()
+        self.connection_status.clear()
+        self.test_connection_button.setText(TEST_CONNECTION_LABEL)
+        self._update_enabled()
+        self._update_ticket_secret_status()
+
+    def _update_ticket_secret_status(self) -> None:
+        """Says whether the chosen system has a credential, never the credential itself."""
+        system = self._ticket_system()
+        field = self._fields[TICKET_SECRET_FIELD]
+        if system == "none":
+            text = ""
+        elif self._environ.get(SECRET_ENV, "").strip():
+            text = f"{field.name}: set by {SECRET_ENV} for this run"
+        else:
+            try:
+                stored = load_ticket_secret(system)
+            except ConnectorError as exc:
+                text = f"{field.name}: unknown ({exc.message})"
+            else:
+                text = f"{field.name}: {'stored in the system keyring' if stored else 'none stored'}"
+        self.ticket_secret_status.setText(text)
+        self.ticket_secret_status.setToolTip(text)
+
+    def _typed_tickets(self) -> tuple[TicketSettings | None, dict[str, str]]:
+        """The ticket settings as the fields hold them now, or the problems that keep them from use."""
+        errors: dict[str, str] = {}
+        values: dict[str, Value] = dict(self._settings.values)
+        for key in self._fields:
+            if not key.startswith("tickets.") or key not in SETTINGS or not self._applies(key):
+                continue
+            field = self._fields[key]
+            try:
+                value = validate_setting(key, self._current(key))
+            except ConfigError as exc:
+                errors[key] = self._human(field, str(exc))
+                continue
+            if key in TICKET_REQUIRED and not str(value).strip():
+                errors[key] = f"{field.name}: {system_name(self._ticket_system())} needs it"
+            values[key] = value
+        if errors:
+            return None, errors
+        return typed_settings(values).tickets, {}
+
+    @Slot()
+    def test_connection(self) -> None:
+        """Tries the ticket system with the fields as typed (not yet saved), in a worker thread."""
+        if self.connection_test.running:
+            return
+        tickets, errors = self._typed_tickets()
+        for key in TICKET_USED_BY:
+            self._mark(self._fields[key], errors.get(key))
+        if tickets is None:
+            self.connection_status.setText("Not tested: please correct the fields marked.")
+            return
+        secret = self.ticket_secret_edit.text().strip() if self._editable(TICKET_SECRET_FIELD) else ""
+        self.test_connection_button.setEnabled(False)
+        self.test_connection_button.setText("Testing…")
+        self.connection_status.setText(f"Connecting to {system_name(tickets.system)}…")
+        self.connection_test.start(tickets, secret)
+
+    @Slot(bool, str)
+    def _connection_tested(self, ok: bool, message: str) -> None:
+        self.test_connection_button.setText(TEST_CONNECTION_LABEL)
+        self.test_connection_button.setEnabled(self._ticket_system() != "none")
+        self.connection_status.setText(message if ok else f"⚠ {message}")
+        self.connection_status.setToolTip(message)
+        self.connection_status.setAccessibleDescription(message)
 
     def _update_key_status(self) -> None:
         status = secrets.status(self._environ)
@@ -794,6 +997,18 @@ class SettingsDialog(QDialog):
                 return False
             self.api_key_edit.clear()
             self._update_key_status()
+        secret_field = self._fields[TICKET_SECRET_FIELD]
+        typed_secret = self.ticket_secret_edit.text().strip()
+        if typed_secret and self._editable(TICKET_SECRET_FIELD):
+            try:
+                store_ticket_secret(self._ticket_system(), typed_secret)
+            except Exception as exc:  # keyring's errors (no backend, locked, refused): its message says which
+                reason = str(exc) or type(exc).__name__
+                message = f"{secret_field.name}: the system keyring could not store it ({reason})"
+                self._show_errors({TICKET_SECRET_FIELD: message})
+                return False
+            self.ticket_secret_edit.clear()
+            self._update_ticket_secret_status()
         saved: list[str] = []
         for key, value in changes.items():
             field = self._fields[key]
@@ -810,7 +1025,7 @@ class SettingsDialog(QDialog):
                 return False
             field.initial = field.read()
             saved.append(key)
-        if changes or typed or self._key_removed:
+        if changes or typed or typed_secret or self._key_removed:
             self._key_removed = False
             self.settings_saved.emit()
         return True

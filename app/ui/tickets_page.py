@@ -1,0 +1,105 @@
+"""The Settings dialog's Tickets page, apart from its form rows: which ``tickets.*`` fields each ticket
+system uses, what its credential is called, and the connection test.
+
+The test runs in a worker thread, because a ticket system that does not answer takes the connector's
+whole timeout (up to 10 s): the dialog must stay usable meanwhile. It builds the connector from the
+fields as typed, not as saved, so a new user can try an address before keeping it; a credential typed
+in the dialog is used as it is, else the stored one (:func:`app.ticket_systems.load_ticket_secret`).
+The test only reads (:meth:`Connector.find` of a key no ticket has): it never files a ticket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Mapping
+from typing import Final
+
+from PySide6.QtCore import QObject, Signal, Slot
+
+from app.config import TicketSettings
+from app.ticket_systems import try_connection
+
+__all__ = [
+    "CREDENTIAL_LABELS",
+    "NO_CREDENTIAL_LABEL",
+    "TICKET_REQUIRED",
+    "TICKET_SECRET_FIELD",
+    "TICKET_USED_BY",
+    "USER_LABELS",
+    "ConnectionTest",
+]
+
+TICKET_SECRET_FIELD: Final = "tickets.secret"  # the credential's row: not a setting, never in a file
+
+_SYSTEMS: Final = frozenset({"rt", "servicenow", "jsm", "webhook"})
+# The ticket systems that use each field; tickets.system and tickets.contact apply to all of them.
+TICKET_USED_BY: Final[Mapping[str, frozenset[str]]] = {
+    "tickets.url": _SYSTEMS,
+    "tickets.queue": frozenset({"rt"}),
+    "tickets.user": frozenset({"servicenow", "jsm"}),
+    "tickets.assignment_group": frozenset({"servicenow"}),
+    "tickets.service_desk_id": frozenset({"jsm"}),
+    "tickets.request_type_id": frozenset({"jsm"}),
+    TICKET_SECRET_FIELD: _SYSTEMS,
+}
+# What make_connector refuses to go without (the assignment group is optional).
+TICKET_REQUIRED: Final = frozenset(TICKET_USED_BY) - {"tickets.assignment_group", TICKET_SECRET_FIELD}
+
+# The mnemonics differ per system because the letters do; none clashes with the page's other rows.
+CREDENTIAL_LABELS: Final[Mapping[str, str]] = {
+    "rt": "Aut&h token:",
+    "servicenow": "Pass&word:",
+    "jsm": "API tok&en:",
+    "webhook": "Signing s&ecret:",
+}
+NO_CREDENTIAL_LABEL: Final = "Credential:"
+USER_LABELS: Final[Mapping[str, str]] = {"servicenow": "API &user:", "jsm": "API &user's e-mail:"}
+
+
+class ConnectionTest(QObject):
+    """Runs :func:`try_connection` in a worker thread; ``finished(ok, message)`` arrives on the GUI thread.
+
+    Only the latest test reports: :meth:`cancel` (or a newer :meth:`start`) makes an older one's result
+    be dropped, since a slow answer for the old fields would mislabel the new ones.
+    """
+
+    finished = Signal(bool, str)
+    _done = Signal(int, bool, str)  # from the worker; queued to the GUI thread by Qt
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._generation = 0
+        self._running = False
+        self._done.connect(self._deliver)
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def start(self, settings: TicketSettings, secret: str = "") -> None:
+        self._generation += 1
+        self._running = True
+        threading.Thread(
+            target=self._run,
+            args=(self._generation, settings, secret),
+            name="helpdesk-ticket-test",
+            daemon=True,  # a hung server must not keep the app from quitting
+        ).start()
+
+    def cancel(self) -> None:
+        self._generation += 1
+        self._running = False
+
+    def _run(self, generation: int, settings: TicketSettings, secret: str) -> None:
+        ok, message = try_connection(settings, secret)
+        # RuntimeError: the dialog, and this object with it, is gone; nobody is waiting.
+        with contextlib.suppress(RuntimeError):
+            self._done.emit(generation, ok, message)
+
+    @Slot(int, bool, str)
+    def _deliver(self, generation: int, ok: bool, message: str) -> None:
+        if generation != self._generation:
+            return
+        self._running = False
+        self.finished.emit(ok, message)
