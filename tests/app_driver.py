@@ -63,7 +63,7 @@ class HeadlessApp:
             if self.process.poll() is not None and not any(predicate(x) for x in lines):
                 break
             time.sleep(0.05)
-        raise AssertionError(f"no matching line; stdout={self.lines} stderr={self.errors[-10:]}")
+        raise AssertionError(f"no matching line; stdout={self.lines} stderr={self.errors[-30:]}")
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -407,6 +407,20 @@ def test_ticket_with_the_problem_in_the_same_breath(brain: HelpdeskBrain) -> Non
     assert call.arguments["urgency"] == "high" and "invoices" in call.arguments["description"]
 
 
+def test_a_delivered_ticket_is_named_by_the_helpdesks_own_number(brain: HelpdeskBrain) -> None:
+    call = _assert_valid_ticket(
+        brain.reply("please open a ticket, my monitor flickers all the time").tool_call
+    )
+    delivered = {
+        "ticket_id": "HD-1042",
+        "status": "delivered",
+        "ticket_number": "RT #17",
+        "system": "Request Tracker",
+    }
+    done = brain.tool_result(call.call_id, delivered)
+    assert "ticket RT number 17 in Request Tracker" in done.text and "HD-1042" not in done.text
+
+
 def test_escalate_mid_walkthrough_files_what_is_known(brain: HelpdeskBrain) -> None:
     brain.reply("my laptop is really slow today")
     brain.reply("done")

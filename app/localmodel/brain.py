@@ -518,7 +518,18 @@ class HelpdeskBrain:
             return Reply("")
         self._pending_call = None
         ticket_id = output.get("ticket_id")
+        number, system = output.get("ticket_number"), output.get("system")
         case = self._case
+        if isinstance(number, str) and number.strip() and "error" not in output:
+            # The helpdesk's own number is the one a technician will ask for ("RT #123" said "RT number 123").
+            where = f" in {system}" if isinstance(system, str) and system.strip() else ""
+            self._reset("anything_else")
+            return self._say(
+                Reply(
+                    f"I've filed ticket {number.strip().replace(' #', ' number ')}{where}. Someone from IT "
+                    "will contact you. Is there anything else I can help with?"
+                )
+            )
         if isinstance(ticket_id, str) and ticket_id.strip() and "error" not in output:
             self._reset("anything_else")
             return self._say(

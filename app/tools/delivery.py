@@ -130,8 +130,10 @@ class DeliveryPlan:
         return min(waiting, default=None)
 
     def delivered(self, ticket_id: str, system: str, remote: RemoteTicket, now: float) -> Delivered:
+        failures = self.states[ticket_id].failures if ticket_id in self.states else 0
         self.states[ticket_id] = DeliveryState(
             ticket_id,
+            failures=failures,  # kept: how hard it was to deliver, for whoever reads the journal
             system=system,
             number=remote.number,
             ref=remote.ref or remote.number,
@@ -313,6 +315,8 @@ class DeliveryWorker:
     # -- the thread ----------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        with self._wake:
+            self._plan.restart()  # a new start: what stopped the last run may be fixed now
         install_id = self._journal.install_id()
         connector = self._connector()
         while True:

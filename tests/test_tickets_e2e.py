@@ -1,0 +1,125 @@
+"""Tickets by voice into the real Request Tracker, through the whole app.
+
+The headless app with its offline assistant hears a ticket request through the virtual microphone,
+files the ticket, and the delivery hands it to the Request Tracker of the ``rt`` fixture: the
+assistant says RT's own number, and RT holds the ticket with the user's words. What goes wrong on
+the way (RT down, a kill before delivery, a refused token, a lost reply) is in
+tests/faults/test_ticket_faults.py, with these helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.audio.devices import find_device
+from app.audio.resample import FloatArray
+from app.audio.virtual_rig import VirtualAudioRig
+from app.tools.connectors.rt import RequestTrackerConnector, key_marker, ticketsql_string
+from tests.app_driver import HeadlessApp, speak
+from tests.rt_server import RtInstance
+
+pytestmark = pytest.mark.devices
+
+CONTACT = "dana@contoso.example"
+REQUEST = "please open a ticket, my monitor flickers all the time"
+
+
+def app_env(tmp_path: Path, rt: RtInstance, url: str | None = None) -> dict[str, str | None]:
+    return {
+        "HELPDESK_VOICE_DATA_DIR": str(tmp_path / "data"),
+        "HELPDESK_VOICE_TICKETS_SYSTEM": "rt",
+        "HELPDESK_VOICE_TICKETS_URL": url or rt.base_url,
+        "HELPDESK_VOICE_TICKETS_QUEUE": rt.queue,
+        "HELPDESK_VOICE_TICKETS_SECRET": rt.token,
+        "HELPDESK_VOICE_TICKETS_CONTACT": CONTACT,
+    }
+
+
+def start_app(virtual_audio: VirtualAudioRig, env: dict[str, str | None]) -> HeadlessApp:
+    args = [
+        "--input-device",
+        virtual_audio.mic,
+        "--output-device",
+        virtual_audio.speaker,
+        "--duration",
+        "150",
+    ]
+    return HeadlessApp(args, env=env)
+
+
+def delivery_journal(tmp_path: Path) -> dict[str, dict[str, object]]:
+    tickets: dict[str, dict[str, object]] = json.loads(
+        (tmp_path / "data" / "outbox" / "delivery.json").read_text("utf-8")
+    )["tickets"]
+    return tickets
+
+
+def idempotency_key(tmp_path: Path, ticket_id: str) -> str:
+    install = (tmp_path / "data" / "outbox" / "delivery-install-id").read_text("ascii").strip()
+    return f"hv-{install}-{ticket_id}"
+
+
+def rt_tickets_with(rt: RtInstance, key: str) -> list[dict[str, object]]:
+    """Every RT ticket whose subject carries the key, asked of RT directly (not through the connector)."""
+    query = f"Subject LIKE {ticketsql_string(key_marker(key))}"
+    answer = httpx.get(
+        f"{rt.base_url}/REST/2.0/tickets",
+        params={"query": query, "fields": "Subject,Queue,Requestor"},
+        headers={"Authorization": f"token {rt.token}"},
+        timeout=10,
+    )
+    answer.raise_for_status()
+    items: list[dict[str, object]] = answer.json()["items"]
+    return items
+
+
+def ask_for_a_ticket(
+    app: HeadlessApp, virtual_audio: VirtualAudioRig, speech: Callable[[str, int], FloatArray], answer: str
+) -> str:
+    """Says :data:`REQUEST` once the app listens; the assistant's answer line, which holds ``answer``."""
+    feed_rate = int(find_device(virtual_audio.mic_feed, "output").default_samplerate)
+    app.wait_for(lambda line: line.startswith("listening on"), 120)
+    time.sleep(0.8)
+    speak(virtual_audio, speech(REQUEST, feed_rate))
+    return app.wait_for(lambda line: line.startswith("assistant:") and answer in line, 60)
+
+
+def local_id_in(said: str) -> str:
+    """The HD- id the assistant said ("I've created ticket HD-1001. ...")."""
+    return "HD-" + said.split("ticket HD-", 1)[1].split(".")[0].split()[0]
+
+
+def test_a_spoken_ticket_lands_in_request_tracker_and_its_number_is_said(
+    virtual_audio: VirtualAudioRig,
+    speech: Callable[[str, int], FloatArray],
+    tmp_path: Path,
+    rt: RtInstance,
+) -> None:
+    app = start_app(virtual_audio, app_env(tmp_path, rt))
+    try:
+        said = ask_for_a_ticket(app, virtual_audio, speech, "RT number")
+    finally:
+        app.stop()
+    (ticket_id, state), *others = delivery_journal(tmp_path).items()
+    assert others == [] and state["system"] == "Request Tracker", state
+    number = str(state["number"])
+    assert number.replace(" #", " number ") in said, (said, number)
+    ticket = RequestTrackerConnector(httpx.Client(timeout=10), rt.base_url, rt.queue, rt.token).get(
+        str(state["ref"])
+    )
+    assert "monitor" in ticket.title.lower() and ticket.status == "new"
+    assert [t["id"] for t in rt_tickets_with(rt, idempotency_key(tmp_path, ticket_id))] == [state["ref"]]
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then let go)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
