@@ -68,6 +68,7 @@ from app.realtime.endpoint import (
 __all__ = [
     "BACKEND_CHOICES",
     "CONFIG_DIR_ENV",
+    "DIAGNOSTIC_FIELDS",
     "EAGERNESS_CHOICES",
     "ENV_PREFIX",
     "KNOWN_TOOLS",
@@ -115,7 +116,15 @@ POLICY_ENV: Final = "HELPDESK_VOICE_POLICY"
 CONFIG_DIR_ENV: Final = "HELPDESK_VOICE_CONFIG_DIR"
 POLICY_FILE: Final = "policy.toml"
 USER_FILE: Final = "settings.toml"
-KNOWN_TOOLS: Final = ("search_knowledge_base", "create_ticket", "get_ticket_status")
+KNOWN_TOOLS: Final = (
+    "search_knowledge_base",
+    "create_ticket",
+    "get_ticket_status",
+    "request_human",
+    "attach_diagnostics",
+)
+# What the diagnostics a user agrees to send may hold (app/tools/diagnostics.py collects each).
+DIAGNOSTIC_FIELDS: Final = ("os", "uptime", "disk", "power", "network", "vpn", "dns", "reachability", "audio")
 # A key part named like this holds a secret, which belongs in the keyring, never in a file. Whole
 # names, so that a setting such as ``max_tokens`` or ``token_limit`` is not taken for one.
 _SECRET_KEY: Final = re.compile(
@@ -189,14 +198,26 @@ def _not_blank(value: Value) -> str | None:
     return "must not be empty" if not value.strip() else None
 
 
-def _tools(value: Value) -> str | None:
+def _names_from(known: tuple[str, ...], what: str) -> Callable[[Value], str | None]:
+    def check(value: Value) -> str | None:
+        assert isinstance(value, tuple)
+        unknown = [name for name in value if name not in known]
+        if unknown:
+            return f"names unknown {what}s ({', '.join(unknown)}); known {what}s: {', '.join(known)}"
+        if len(set(value)) != len(value):
+            return f"lists a {what} twice"
+        return None
+
+    return check
+
+
+_tools = _names_from(KNOWN_TOOLS, "tool")
+
+
+def _host_names(value: Value) -> str | None:
     assert isinstance(value, tuple)
-    unknown = [name for name in value if name not in KNOWN_TOOLS]
-    if unknown:
-        return f"names unknown tools ({', '.join(unknown)}); known tools: {', '.join(KNOWN_TOOLS)}"
-    if len(set(value)) != len(value):
-        return "lists a tool twice"
-    return None
+    bad = [name for name in value if not name or any(ch.isspace() or ch in "/@:" for ch in name)]
+    return f"must be host names (no scheme, port or path), not {', '.join(map(repr, bad))}" if bad else None
 
 
 # Each choice with the label people see (the Settings dialog, policy templates). The values are
@@ -329,6 +350,39 @@ _SETTINGS: Final = (
     Setting("tickets.assignment_group", str, "", help="ServiceNow: the group new incidents go to (optional)"),
     Setting(
         "tickets.contact", str, "", help="the user's e-mail address, so tickets and their status find them"
+    ),
+    Setting(
+        "handoff.phone", str, "", help="the helpdesk's phone number, told to a user who asks for a person"
+    ),
+    Setting("handoff.chat_url", str, "", _http_url, help="a chat with the helpdesk's people, https://..."),
+    Setting(
+        "handoff.callback",
+        str,
+        "",
+        help="when a person calls back, in words the assistant says (for example: within two working hours)",
+    ),
+    Setting(
+        "diagnostics.enabled", bool, True, help="the assistant may offer to attach this computer's facts"
+    ),
+    Setting(
+        "diagnostics.fields",
+        tuple,
+        DIAGNOSTIC_FIELDS,
+        _names_from(DIAGNOSTIC_FIELDS, "field"),
+        help="which facts diagnostics may hold",
+    ),
+    Setting(
+        "diagnostics.hosts",
+        tuple,
+        (),
+        _host_names,
+        help="hosts whose name and reachability diagnostics check",
+    ),
+    Setting(
+        "kb.folders",
+        tuple,
+        (),
+        help="folders of the company's own articles (Markdown, HTML or text), beside the shipped ones",
     ),
 )
 SETTINGS: Final[Mapping[str, Setting]] = {s.key: s for s in _SETTINGS}
@@ -722,6 +776,31 @@ class TicketSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HandoffSettings:
+    """``handoff.*``: how a person from the helpdesk reaches a user who asks for one."""
+
+    phone: str
+    chat_url: str
+    callback: str
+
+
+@dataclass(frozen=True, slots=True)
+class DiagnosticsSettings:
+    """``diagnostics.*``: whether the assistant may offer them, what they hold, which hosts they check."""
+
+    enabled: bool
+    fields: tuple[str, ...]
+    hosts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class KnowledgeSettings:
+    """``kb.*``: the company's own articles."""
+
+    folders: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The effective values with their real types, one attribute per dotted key.
 
@@ -742,6 +821,9 @@ class Settings:
     transcript: TranscriptSettings
     tools: ToolSettings
     tickets: TicketSettings
+    handoff: HandoffSettings
+    diagnostics: DiagnosticsSettings
+    kb: KnowledgeSettings
 
 
 _L = TypeVar("_L", bound=str)
@@ -829,6 +911,17 @@ def typed_settings(values: Mapping[str, Value]) -> Settings:
             assignment_group=_text_of(values, "tickets.assignment_group"),
             contact=_text_of(values, "tickets.contact"),
         ),
+        handoff=HandoffSettings(
+            phone=_text_of(values, "handoff.phone"),
+            chat_url=_text_of(values, "handoff.chat_url"),
+            callback=_text_of(values, "handoff.callback"),
+        ),
+        diagnostics=DiagnosticsSettings(
+            enabled=_bool_of(values, "diagnostics.enabled"),
+            fields=_names_of(values, "diagnostics.fields"),
+            hosts=_names_of(values, "diagnostics.hosts"),
+        ),
+        kb=KnowledgeSettings(folders=_names_of(values, "kb.folders")),
     )
 
 

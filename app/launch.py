@@ -26,7 +26,7 @@ from app import defaults
 from app.audio.bargein import DetectorSettings
 from app.audio.devices import AudioDevice, DeviceError, find_device
 from app.audio.pipeline import AudioSettings
-from app.config import Backend, LoadedSettings, Sensitivity, Settings, TicketSettings
+from app.config import Backend, HandoffSettings, LoadedSettings, Sensitivity, Settings, TicketSettings
 from app.core import protocol as p
 from app.core.actions import Notice
 from app.realtime.endpoint import (
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from app.engine import Engine, EngineListener
     from app.localmodel.launcher import ServerSupervisor
     from app.tools.delivery import Delivered, DeliveryProblem, DeliveryWorker
+    from app.tools.handoff import HandoffOptions
 
 __all__ = [
     "UNKNOWN_CAP_ROLLOVER_S",
@@ -146,6 +147,7 @@ class LaunchPlan:
     push_to_talk: bool = False
     tools_allowed: tuple[str, ...] = ("search_knowledge_base", "create_ticket", "get_ticket_status")
     tickets: TicketSettings | None = None  # where tickets go; None: they stay on this computer
+    handoff: HandoffSettings | None = None  # how a person from IT reaches a user who asks for one
     warnings: tuple[str, ...] = ()  # shown when the conversation starts (an API key held back)
     # When the engine opens a fresh session, before the server's cap (None: never; the embedded
     # server has no cap, which is also why it is the default of a plan without an endpoint).
@@ -279,6 +281,7 @@ def plan_from_settings(settings: LoadedSettings, environ: Mapping[str, str] = os
         push_to_talk=typed.push_to_talk,
         tools_allowed=typed.tools.allowed,
         tickets=typed.tickets,
+        handoff=typed.handoff,
         warnings=warnings,
         rollover_after_s=None
         if endpoint is None
@@ -344,7 +347,9 @@ class ConversationRunner:
                 raise LaunchError(str(exc)) from exc
         delivery = self._start_delivery()
         contact = self.plan.tickets.contact.strip() or None if self.plan.tickets is not None else None
-        tools = default_registry(delivery=delivery, contact=contact).only(self.plan.tools_allowed)
+        tools = default_registry(
+            delivery=delivery, contact=contact, handoff=self._handoff(), transcript=self._heard
+        ).only(self.plan.tools_allowed)
         engine = Engine(
             EngineConfig(
                 endpoint=endpoint,
@@ -386,6 +391,19 @@ class ConversationRunner:
         if delivery is not None:
             delivery.stop(timeout)  # a try in flight finishes in its thread; its key guards a retry
         self._stop_server()
+
+    def _heard(self) -> list[tuple[str, str]]:
+        """The conversation as the user heard it, for a handoff (on the engine's loop, where it runs)."""
+        engine = self.engine
+        return engine.conversation.heard_transcript() if engine is not None else []
+
+    def _handoff(self) -> HandoffOptions:
+        from app.tools.handoff import HandoffOptions
+
+        wanted = self.plan.handoff
+        if wanted is None:
+            return HandoffOptions()
+        return HandoffOptions(wanted.phone.strip(), wanted.chat_url.strip(), wanted.callback.strip())
 
     def _start_delivery(self) -> DeliveryWorker:
         """The thread that sends tickets to the company's system (when one is set up)."""

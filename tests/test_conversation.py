@@ -213,6 +213,8 @@ def test_barge_in_mid_item_truncates_at_what_was_heard(h: Harness) -> None:
     assert turn.metrics.halt_ms == pytest.approx(70.0)
     assert turn.metrics.played_ms == pytest.approx(1212.7)
     assert turn.assistant_text == cut.text
+    # A handoff puts the answer on the ticket as the user heard it, not as the model wrote it.
+    assert h.conv.heard_transcript()[-1] == ("assistant", cut.text)
     # Late audio of the cut item never plays.
     assert not of(h.feed(s.audio_delta("resp_1", "item_a1", s.pcm(100))), PlayAudio)
 

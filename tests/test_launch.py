@@ -45,7 +45,7 @@ def test_nothing_configured_means_the_embedded_server_with_its_shorter_pause(env
     assert result.session.turn_detection.silence_duration_ms == 400
     assert result.session.model is None
     assert result.input_device is None and result.output_device is None
-    assert result.tools_allowed == ("search_knowledge_base", "create_ticket", "get_ticket_status")
+    assert result.tools_allowed == config.KNOWN_TOOLS
     assert result.detector == DetectorSettings()
     assert result.audio.echo_cancellation  # laptop speakers are the common case
 

@@ -296,6 +296,7 @@ def test_default_registry_specs_validate_as_realtime_session_tools(tmp_path: Pat
     assert sorted(spec.name for spec in specs) == [
         "create_ticket",
         "get_ticket_status",
+        "request_human",
         "search_knowledge_base",
     ]
     assert all(isinstance(spec, p.ToolSpec) for spec in specs)
@@ -317,4 +318,4 @@ def test_only_keeps_the_allowed_tools_in_their_order(tmp_path: Path) -> None:
     assert registry.only(["create_ticket"]).names() == ["create_ticket"]
     assert registry.only(["nonexistent", "search_knowledge_base"]).names() == ["search_knowledge_base"]
     assert len(registry.only([])) == 0
-    assert len(registry) == 3  # the original is untouched
+    assert len(registry) == 4  # the original is untouched

@@ -930,6 +930,10 @@ class Conversation:
         if kind == "user":
             self._history.append(_HistoryEntry("user", key, text))
 
+    def heard_transcript(self) -> list[tuple[str, str]]:
+        """The conversation so far as (role, text), the assistant's answers as far as the user heard them."""
+        return [(e.kind, e.text) for e in self._history if e.kind in ("user", "assistant") and e.text]
+
     def _replay(self) -> list[Action]:
         """The conversation so far, as text items, for a fresh server session."""
         actions: list[Action] = []

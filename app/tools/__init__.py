@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from app.tools.delivery import DeliveryWorker
+from app.tools.diagnostics import DiagnosticsOptions, attach_diagnostics_tool
+from app.tools.handoff import HandoffOptions, request_human_tool
 from app.tools.kb import Article, KeywordIndex, default_kb_dir, load_articles, search_knowledge_base_tool
 from app.tools.registry import Tool, ToolError, ToolRegistry, ToolResult
 from app.tools.ticket_status import ticket_status_tool
@@ -13,6 +16,7 @@ from app.tools.tickets import Ticket, TicketListing, TicketOutbox, create_ticket
 
 __all__ = [
     "Article",
+    "DiagnosticsOptions",
     "KeywordIndex",
     "Ticket",
     "TicketListing",
@@ -36,11 +40,18 @@ def default_registry(
     *,
     delivery: DeliveryWorker | None = None,
     contact: str | None = None,
+    handoff: HandoffOptions | None = None,
+    transcript: Callable[[], list[tuple[str, str]]] | None = None,
+    diagnostics: DiagnosticsOptions | None = None,
 ) -> ToolRegistry:
     """A registry with ``search_knowledge_base``, ``create_ticket`` and ``get_ticket_status``.
 
     With ``delivery``, tickets go to the company's ticket system through it (and its outbox is the
     one used); ``contact`` is the user's e-mail address, stored on tickets and used to list theirs.
+    ``request_human`` puts ``transcript()`` (the conversation as heard) on the ticket and says what
+    ``handoff`` offers.
+    ``attach_diagnostics`` is offered only when ``diagnostics`` is given and enabled (a policy may
+    turn it off), with its fields and hosts.
 
     Bad article files are logged and left out rather than raised: one broken file must not cost the
     user the whole assistant. Nothing is written until a ticket is created.
@@ -56,4 +67,15 @@ def default_registry(
         registry.register(ticket_status_tool(outbox, delivery.state_of, delivery.connector, contact))
     else:
         registry.register(ticket_status_tool(outbox, lambda ticket_id: None, lambda: None, contact))
+    registry.register(
+        request_human_tool(
+            outbox,
+            transcript or (lambda: []),
+            handoff or HandoffOptions(),
+            delivery=delivery,
+            contact=contact,
+        )
+    )
+    if diagnostics is not None and diagnostics.enabled:
+        registry.register(attach_diagnostics_tool(outbox, diagnostics, delivery=delivery))
     return registry

@@ -265,6 +265,7 @@ class DeliveryWorker:
         self._reconfigure = False
         self._stopping = False
         self._delivered_event: dict[str, threading.Event] = {}
+        self._retry_notes_at: float | None = None  # a note the system could not take: when to retry
         self._thread: threading.Thread | None = None
 
     # -- control (any thread) ------------------------------------------------------------------------
@@ -339,6 +340,9 @@ class DeliveryWorker:
                     return
                 if not self._pending_wake:
                     due_at = self._plan.next_due_at() if connector is not None else None
+                    if connector is not None and self._retry_notes_at is not None:
+                        due_at = min(due_at or self._retry_notes_at, self._retry_notes_at)
+                        self._retry_notes_at = None
                     wait = None if due_at is None else max(0.05, due_at - self._clock())
                     self._wake.wait(wait)
 
@@ -359,6 +363,28 @@ class DeliveryWorker:
                 if self._stopping or self._reconfigure:
                     return
             self._deliver(connector, draft_of(tickets[ticket_id], install_id))
+        for ticket_id in tickets:
+            state = self.state_of(ticket_id)
+            if state is not None and state.delivered and state.ref is not None:
+                self._add_notes(connector, ticket_id, state.ref)
+
+    def _add_notes(self, connector: Connector, ticket_id: str, ref: str) -> None:
+        # At least once: a crash between the system's answer and the removal adds a note twice,
+        # which a technician reads past; a note lost would be worse.
+        for name, text in self.outbox.notes(ticket_id):
+            try:
+                connector.comment(ref, text)
+            except ConnectorError as exc:
+                log.info("note for ticket %s not added: %s", ticket_id, exc.message)
+                with self._wake:
+                    self._retry_notes_at = self._clock() + retry_delay(1, self._plan.rng, exc.retry_after)
+                return
+            self.outbox.remove_note(name)
+
+    def add_note(self, ticket_id: str, text: str) -> None:
+        """Keeps ``text`` (sealed) and adds it to the ticket in the system once it is there. Blocking."""
+        self.outbox.add_note(ticket_id, text)
+        self.deliver_soon()
 
     def _deliver(self, connector: Connector, draft: TicketDraft) -> None:
         try:

@@ -27,6 +27,7 @@ two tickets, and the ticket must survive a crash or power cut once its id has be
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -85,6 +86,8 @@ SCHEMA_VERSION: Final = 1
 _ID: Final = re.compile(r"HD-(\d{4,})")
 _TICKET_FILE: Final = re.compile(r"HD-(\d{4,})\.json")
 _RESERVED_DIR: Final = ".reserved"
+_NOTES_DIR: Final = ".notes"  # text to add to a delivered ticket (a handoff, diagnostics), sealed
+_NOTE_FILE: Final = re.compile(r"(HD-\d{4,})-(\d{6})\.txt")
 _FIELDS: Final = ("id", "created_at", "summary", "description", "category", "urgency", "contact", "status")
 _HAS_MODES: Final = sys.platform != "win32"
 
@@ -288,6 +291,54 @@ class TicketOutbox:
             log.warning("ticket %s is saved unencrypted: %s", ticket.id, unsealed_reason)
         return CreatedTicket(ticket, unsealed_reason)
 
+    # -- notes for a ticket ----------------------------------------------------------------------------
+
+    def add_note(self, ticket_id: str, text: str) -> str:
+        """Keeps ``text`` to be added to the ticket in the company's system (sealed like the ticket).
+
+        Returns the note's name. Raises ValueError for an unknown ticket id, OSError when it cannot
+        be written. With no usable keyring the note is written plain (0600), as a ticket is.
+        """
+        if not _ID.fullmatch(ticket_id) or not (self._directory / f"{ticket_id}.json").exists():
+            raise ValueError(f"there is no ticket {ticket_id} on this computer")
+        folder = self._directory / _NOTES_DIR
+        ensure_private_dir(folder)
+        taken = [
+            int(m.group(2))
+            for n in os.listdir(folder)
+            if (m := _NOTE_FILE.fullmatch(n)) and m.group(1) == ticket_id
+        ]
+        name = f"{ticket_id}-{max(taken, default=0) + 1:06d}.txt"
+        key, _problem = self._lookup_key(create=True)
+        if key is not None:
+            write_sealed(folder / name, text.encode("utf-8"), key)
+        else:
+            write_atomically(folder / name, text, private=True)
+        return name
+
+    def notes(self, ticket_id: str) -> list[tuple[str, str]]:
+        """The ticket's notes not yet added, oldest first, as (name, text); unreadable ones are skipped."""
+        folder = self._directory / _NOTES_DIR
+        try:
+            names = sorted(
+                n for n in os.listdir(folder) if (m := _NOTE_FILE.fullmatch(n)) and m.group(1) == ticket_id
+            )
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            try:
+                found.append((name, read_file(folder / name, self._keys).decode("utf-8")))
+            except (OSError, ValueError) as exc:
+                log.warning("ticket note %s cannot be read: %s", name, exc)
+        return found
+
+    def remove_note(self, name: str) -> None:
+        """A note the ticket system took: it is not added again."""
+        if _NOTE_FILE.fullmatch(name):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self._directory / _NOTES_DIR / name)
+
     # -- tidying at start ----------------------------------------------------------------------------
 
     def tidy(self) -> tuple[str, ...]:
@@ -474,6 +525,8 @@ class Delivery(Protocol):
     def deliver_soon(self) -> None: ...
 
     def wait_delivered(self, ticket_id: str, timeout: float) -> Any: ...
+
+    def add_note(self, ticket_id: str, text: str) -> None: ...
 
 
 def create_ticket_tool(
