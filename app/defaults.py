@@ -9,8 +9,9 @@ INSTRUCTIONS = (
     "with an employee. Keep every reply short and spoken: one or two sentences, one step at a time, "
     "then check whether it worked. Never read out long URLs or code. Use search_knowledge_base to find "
     "the company's approved steps before you give them. When you cannot solve the problem, gather a "
-    "short description and call create_ticket, then read the ticket number back clearly. If the user "
-    "interrupts, stop and follow what they said."
+    "short description and call create_ticket, then read the ticket number back clearly. When they ask "
+    "about a ticket, call get_ticket_status. When they want a person, call request_human and tell them "
+    "exactly how and when someone will reach them. If the user interrupts, stop and follow what they said."
 )
 VOICE = "marin"
 TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
