@@ -26,7 +26,15 @@ from app import defaults
 from app.audio.bargein import DetectorSettings
 from app.audio.devices import AudioDevice, DeviceError, find_device
 from app.audio.pipeline import AudioSettings
-from app.config import Backend, HandoffSettings, LoadedSettings, Sensitivity, Settings, TicketSettings
+from app.config import (
+    Backend,
+    DiagnosticsSettings,
+    HandoffSettings,
+    LoadedSettings,
+    Sensitivity,
+    Settings,
+    TicketSettings,
+)
 from app.core import protocol as p
 from app.core.actions import Notice
 from app.realtime.endpoint import (
@@ -45,6 +53,7 @@ if TYPE_CHECKING:
     from app.engine import Engine, EngineListener
     from app.localmodel.launcher import ServerSupervisor
     from app.tools.delivery import Delivered, DeliveryProblem, DeliveryWorker
+    from app.tools.diagnostics import DiagnosticsOptions
     from app.tools.handoff import HandoffOptions
 
 __all__ = [
@@ -148,6 +157,7 @@ class LaunchPlan:
     tools_allowed: tuple[str, ...] = ("search_knowledge_base", "create_ticket", "get_ticket_status")
     tickets: TicketSettings | None = None  # where tickets go; None: they stay on this computer
     handoff: HandoffSettings | None = None  # how a person from IT reaches a user who asks for one
+    diagnostics: DiagnosticsSettings | None = None  # what attach_diagnostics may send; None: not offered
     warnings: tuple[str, ...] = ()  # shown when the conversation starts (an API key held back)
     # When the engine opens a fresh session, before the server's cap (None: never; the embedded
     # server has no cap, which is also why it is the default of a plan without an endpoint).
@@ -282,6 +292,7 @@ def plan_from_settings(settings: LoadedSettings, environ: Mapping[str, str] = os
         tools_allowed=typed.tools.allowed,
         tickets=typed.tickets,
         handoff=typed.handoff,
+        diagnostics=typed.diagnostics,
         warnings=warnings,
         rollover_after_s=None
         if endpoint is None
@@ -348,7 +359,11 @@ class ConversationRunner:
         delivery = self._start_delivery()
         contact = self.plan.tickets.contact.strip() or None if self.plan.tickets is not None else None
         tools = default_registry(
-            delivery=delivery, contact=contact, handoff=self._handoff(), transcript=self._heard
+            delivery=delivery,
+            contact=contact,
+            handoff=self._handoff(),
+            transcript=self._heard,
+            diagnostics=self._diagnostics(),
         ).only(self.plan.tools_allowed)
         engine = Engine(
             EngineConfig(
@@ -404,6 +419,19 @@ class ConversationRunner:
         if wanted is None:
             return HandoffOptions()
         return HandoffOptions(wanted.phone.strip(), wanted.chat_url.strip(), wanted.callback.strip())
+
+    def _diagnostics(self) -> DiagnosticsOptions | None:
+        from app.tools.diagnostics import DiagnosticsOptions
+
+        wanted = self.plan.diagnostics
+        if wanted is None:
+            return None
+
+        def default_device(kind: str) -> str:
+            # Asked when the user agrees, not now: the system default may change during a conversation.
+            return find_device(None, "input" if kind == "input" else "output").name
+
+        return DiagnosticsOptions(wanted.enabled, wanted.fields, wanted.hosts, audio=default_device)
 
     def _start_delivery(self) -> DeliveryWorker:
         """The thread that sends tickets to the company's system (when one is set up)."""

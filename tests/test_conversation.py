@@ -461,6 +461,16 @@ def test_tool_call_runs_then_output_and_follow_up_response(h: Harness) -> None:
     assert turn.metrics.turn == 1 and turn.assistant_text == "Your ticket is HD-1042."
 
 
+def test_text_a_tool_sent_for_the_user_is_shown_in_full(h: Harness) -> None:
+    """attach_diagnostics: the user reads in the transcript exactly what went to the ticket."""
+    h.user_turn()
+    _tool_call(h, "resp_1", "call_1", name="attach_diagnostics")
+    report = "Diagnostics from the user's computer (sent with their consent):\nVPN: no VPN adapter is up"
+    output = json.dumps({"attached_to": "HD-1042", "shown": report, "message": "Attached to HD-1042:"})
+    (activity,) = of(h.run(h.conv.tool_finished("call_1", output, True, h.now)), ToolActivity)
+    assert activity.status == "done" and activity.message == f"Attached to HD-1042:\n{report}"
+
+
 def test_parallel_tool_calls_answer_once_when_all_are_done(h: Harness) -> None:
     h.user_turn()
     h.feed(

@@ -980,7 +980,9 @@ def _tool_message(call: _Call, output: str, ok: bool) -> str:
         data = None
     if isinstance(data, dict):
         if ok and isinstance(data.get("message"), str):
-            return str(data["message"])
+            # "shown": text the tool sent somewhere on the user's behalf, which they must be able to read.
+            shown = data.get("shown")
+            return f"{data['message']}\n{shown}" if isinstance(shown, str) and shown else str(data["message"])
         error = data.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
             return f"{call.name} failed: {error['message']}"
