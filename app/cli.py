@@ -124,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "selftest":
             return _selftest(args.input_device, args.output_device)
         if args.command == "serve":
+            from app.config import load_settings
             from app.localmodel.serve import serve_main
 
             return serve_main(
@@ -133,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 watch_stdin=args.watch_stdin,
                 tls_cert=args.tls_cert,
                 tls_key=args.tls_key,
+                kb_folders=load_settings().typed.kb.folders,  # HELPDESK_VOICE_SERVER_KB_FOLDERS wins when set
             )
         if args.command == "config":
             from app.config import config_main

@@ -158,6 +158,7 @@ class LaunchPlan:
     tickets: TicketSettings | None = None  # where tickets go; None: they stay on this computer
     handoff: HandoffSettings | None = None  # how a person from IT reaches a user who asks for one
     diagnostics: DiagnosticsSettings | None = None  # what attach_diagnostics may send; None: not offered
+    kb_folders: tuple[str, ...] = ()  # the company's own articles, beside the shipped ones
     warnings: tuple[str, ...] = ()  # shown when the conversation starts (an API key held back)
     # When the engine opens a fresh session, before the server's cap (None: never; the embedded
     # server has no cap, which is also why it is the default of a plan without an endpoint).
@@ -293,6 +294,7 @@ def plan_from_settings(settings: LoadedSettings, environ: Mapping[str, str] = os
         tickets=typed.tickets,
         handoff=typed.handoff,
         diagnostics=typed.diagnostics,
+        kb_folders=typed.kb.folders,
         warnings=warnings,
         rollover_after_s=None
         if endpoint is None
@@ -343,7 +345,8 @@ class ConversationRunner:
         if endpoint is None:
             # Supervised: if the offline server dies, it comes back on the same port and the engine's
             # connection reconnects to it with the conversation so far.
-            server = ServerSupervisor(EmbeddedServerProcess(progress=self._progress), self.listener.on_notice)
+            process = EmbeddedServerProcess(progress=self._progress, kb_folders=self.plan.kb_folders)
+            server = ServerSupervisor(process, self.listener.on_notice)
             with self._lock:
                 if self._stopping:
                     raise LaunchError("stopped before it started")
@@ -364,6 +367,7 @@ class ConversationRunner:
             handoff=self._handoff(),
             transcript=self._heard,
             diagnostics=self._diagnostics(),
+            kb_folders=self.plan.kb_folders,
         ).only(self.plan.tools_allowed)
         engine = Engine(
             EngineConfig(

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO
 from urllib.parse import urlsplit
 
@@ -30,6 +30,7 @@ from app.core.actions import Notice
 from app.localmodel.server import new_token
 from app.realtime import Endpoint
 from app.realtime.transport import BackoffPolicy
+from app.tools.kb_sources import KB_FOLDERS_ENV, folders_to_env
 
 TOKEN_ENV = "HELPDESK_VOICE_SERVER_TOKEN"
 server_log = logging.getLogger("app.localmodel.child")
@@ -42,8 +43,21 @@ class ServerStartError(RuntimeError):
 
 
 class EmbeddedServerProcess:
-    def __init__(self, progress: Callable[[str], None] | None = None, start_timeout: float = 180.0) -> None:
+    """The child process running ``helpdesk-voice serve``.
+
+    ``kb_folders``: the company's article folders (the ``kb.folders`` setting), handed to the child in
+    ``HELPDESK_VOICE_SERVER_KB_FOLDERS`` (a JSON list); None leaves that to the child, which then
+    reads the setting itself.
+    """
+
+    def __init__(
+        self,
+        progress: Callable[[str], None] | None = None,
+        start_timeout: float = 180.0,
+        kb_folders: Sequence[str] | None = None,
+    ) -> None:
         self._progress = progress or (lambda line: None)
+        self.kb_folders = None if kb_folders is None else tuple(kb_folders)
         self._timeout = start_timeout
         self._process: subprocess.Popen[str] | None = None
         self._stderr: deque[str] = deque(maxlen=20)
@@ -78,6 +92,10 @@ class EmbeddedServerProcess:
         """Starts the child and returns once it is ready; ``port`` 0 lets the system pick one."""
         self.stop()  # what is left of an earlier child (its pipes)
         env = {**os.environ, TOKEN_ENV: self.token, "PYTHONUNBUFFERED": "1"}
+        if self.kb_folders is not None:
+            # The app's own view of the setting (command-line overrides included) wins over the
+            # child reading the settings files again; the child reads the folders at each start.
+            env[KB_FOLDERS_ENV] = folders_to_env(self.kb_folders)
         # A local name from here on: stop() may run on another thread at any moment.
         process = self._process = subprocess.Popen(
             [sys.executable, "-m", "app", "serve", "--port", str(port), "--watch-stdin"],

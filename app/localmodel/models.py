@@ -7,7 +7,7 @@ so the app can show what is loading.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from app.localmodel.components import BrainReply, Components, Speech, ToolRequest
@@ -44,7 +44,10 @@ class _Recognizer:
         return self._utterance_class(self._recognizer)
 
 
-def load_models(progress: Callable[[str], None]) -> Components:
+def load_models(progress: Callable[[str], None], kb_folders: Sequence[str] | None = None) -> Components:
+    """The real models; ``kb_folders`` None means the company folders the app passed in
+    ``HELPDESK_VOICE_SERVER_KB_FOLDERS`` (see :mod:`app.tools.kb_sources`), if any."""
+
     def step(what: str, load: Callable[[], Any]) -> Any:
         started = time.monotonic()
         progress(f"loading {what}...")
@@ -57,6 +60,9 @@ def load_models(progress: Callable[[str], None]) -> Components:
     from app.localmodel.retrieval import load_retriever
     from app.localmodel.tts import CachedVoice, SpeechStream, load_voice
     from app.paths import default_cache_dir
+    from app.tools.kb_sources import folders_from_env
+
+    folders = tuple(kb_folders) if kb_folders is not None else folders_from_env() or ()
 
     def load_recognizer() -> SpeechRecognizer:
         recognizer = SpeechRecognizer()
@@ -65,8 +71,12 @@ def load_models(progress: Callable[[str], None]) -> Components:
 
     recognizer = step("speech recognition (Whisper tiny.en)", load_recognizer)
     retriever = step(
-        "knowledge base (MiniLM embeddings)", lambda: load_retriever(cache_dir=default_cache_dir())
+        "knowledge base (MiniLM embeddings)",
+        lambda: load_retriever(cache_dir=default_cache_dir(), folders=folders),
     )
+    if folders:
+        company = sum(1 for article in retriever.articles if article.source)
+        progress(f"knowledge base: {company} company articles from {len(folders)} folder(s)")
     voice = step("voice (Piper)", lambda: CachedVoice(load_voice()))
 
     def speak(text: str) -> Speech:

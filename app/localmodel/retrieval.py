@@ -29,7 +29,8 @@ import numpy as np
 import numpy.typing as npt
 
 from app.fileio import write_atomically
-from app.tools.kb import Article, KeywordIndex, load_articles
+from app.tools.kb import Article, KeywordIndex
+from app.tools.kb_sources import load_knowledge_base
 
 __all__ = [
     "EMBEDDING_THRESHOLDS",
@@ -55,6 +56,8 @@ Mode = Literal["embedding", "keyword"]
 # Weight of the 0..1 keyword score beside the 0..1 cosine similarity. Accuracy on the dev split is
 # flat from 0.4 to 0.7; the middle of that plateau. The blend is divided by 1 + weight to stay 0..1.
 KEYWORD_WEIGHT: Final = 0.5
+# Texts per encoder call at start-up, and how often the vector cache saves what is done so far.
+EMBED_BATCH: Final = 512
 _WORD: Final = re.compile(r"\w")
 
 
@@ -136,8 +139,12 @@ class Assessment:
 
 
 def article_texts(article: Article) -> list[str]:
-    """The texts an article is embedded as: title, summary, keywords, and each phrasing."""
-    return [article.title, article.summary, ", ".join(article.keywords), *article.phrasings]
+    """The texts an article is embedded as: title, summary, keywords, and each phrasing.
+
+    A company article may have no keywords or phrasings: an empty text would only add noise.
+    """
+    texts = [article.title, article.summary, ", ".join(article.keywords), *article.phrasings]
+    return [text for text in texts if text.strip()]
 
 
 class ArticleRetriever:
@@ -160,36 +167,91 @@ class ArticleRetriever:
         self._encoder: Encoder | None = None
         self._vectors: npt.NDArray[np.float32] = np.zeros((0, 0), dtype=np.float32)
         self._owner: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
+        self.embedded_texts = 0  # texts the encoder embedded at start-up (not found in the cache)
         if encoder is not None and self._articles:
             self._embed_articles(encoder, cache_dir)
 
     def _embed_articles(self, encoder: Encoder, cache_dir: Path | None) -> None:
         texts: list[str] = []
         owners: list[int] = []
+        by_source: dict[str, list[int]] = {}  # a source's rows in ``texts``
         for index, article in enumerate(self._articles):
             for text in article_texts(article):
+                by_source.setdefault(article.source, []).append(len(texts))
                 texts.append(text)
                 owners.append(index)
-        cache = VectorCache.for_texts(cache_dir, getattr(encoder, "identity", None), texts)
-        vectors = cache.load(len(texts)) if cache is not None else None
-        if vectors is None:
-            try:
-                vectors = np.asarray(encoder.encode(texts), dtype=np.float32)
-            except Exception:  # any encoder failure means keyword mode, never a dead assistant
-                _log.warning("embedding the knowledge base failed; using keyword search only", exc_info=True)
-                return
-            if not _usable(vectors, len(texts)):
-                _log.warning(
-                    "the encoder returned %s for %d texts; using keyword search only",
-                    vectors.shape,
-                    len(texts),
-                )
-                return
-            if cache is not None:
-                cache.save(vectors)
+        identity = getattr(encoder, "identity", None)
+        rows: list[npt.NDArray[np.float32] | None] = [None] * len(texts)
+        caches: dict[str, tuple[VectorCache, list[int]]] = {}
+        current: set[str] = set()  # sources whose cache file already holds exactly their texts
+        for source, members in by_source.items():
+            cache = VectorCache.for_texts(cache_dir, identity, [texts[i] for i in members], source)
+            if cache is None:
+                continue
+            known, whole = cache.known()
+            for row in members:
+                rows[row] = known.get(text_key(texts[row]))
+            caches[source] = (cache, members)
+            if whole and all(rows[row] is not None for row in members):
+                current.add(source)
+        missing = [row for row, vector in enumerate(rows) if vector is None]
+        if missing and not self._embed_rows(encoder, texts, rows, missing, owners, caches):
+            return
+        vectors = _assemble(rows)
+        if vectors is None:  # cached rows of another width: embed everything afresh, uncached
+            if cache_dir is not None:
+                self._embed_articles(encoder, None)
+            return
+        self.embedded_texts = len(missing)
+        if missing:
+            _log.info(
+                "embedded %d of %d article texts; the rest came from the cache", len(missing), len(texts)
+            )
+        for source, (cache, members) in caches.items():
+            if source not in current:
+                cache.save(vectors[members], [text_key(texts[row]) for row in members])
         self._encoder = encoder
         self._vectors = vectors
         self._owner = np.asarray(owners, dtype=np.intp)
+
+    def _embed_rows(
+        self,
+        encoder: Encoder,
+        texts: Sequence[str],
+        rows: list[npt.NDArray[np.float32] | None],
+        missing: Sequence[int],
+        owners: Sequence[int],
+        caches: dict[str, tuple[VectorCache, list[int]]],
+    ) -> bool:
+        """Embeds ``missing`` rows in batches; False (keyword mode) when the encoder fails.
+
+        A large company folder takes minutes to embed the first time, longer than the launcher waits
+        for a start: each batch is cached as it is done, so a restart carries on where this one was.
+        """
+        for start in range(0, len(missing), EMBED_BATCH):
+            batch = missing[start : start + EMBED_BATCH]
+            try:
+                fresh = np.asarray(encoder.encode([texts[i] for i in batch]), dtype=np.float32)
+            except Exception:  # any encoder failure means keyword mode, never a dead assistant
+                _log.warning("embedding the knowledge base failed; using keyword search only", exc_info=True)
+                return False
+            if not _usable(fresh, len(batch)):
+                _log.warning(
+                    "the encoder returned %s for %d texts; using keyword search only", fresh.shape, len(batch)
+                )
+                return False
+            for row, vector in zip(batch, fresh, strict=True):
+                rows[row] = vector
+            if start + EMBED_BATCH >= len(missing):
+                break  # the caller saves the finished sources
+            touched = {self._articles[owners[row]].source for row in batch}
+            for source in touched & caches.keys():
+                cache, members = caches[source]
+                done = [row for row in members if rows[row] is not None]
+                partial = _assemble([rows[row] for row in done])
+                if partial is not None:
+                    cache.save(partial, [text_key(texts[row]) for row in done])
+        return True
 
     @property
     def mode(self) -> Mode:
@@ -282,49 +344,120 @@ def _usable(vectors: npt.NDArray[np.float32], rows: int) -> bool:
     return vectors.ndim == 2 and vectors.shape[0] == rows and bool(np.isfinite(vectors).all())
 
 
+def text_key(text: str) -> str:
+    """What a cached vector is filed under: a hash of the text it embeds."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def _assemble(rows: Sequence[npt.NDArray[np.float32] | None]) -> npt.NDArray[np.float32] | None:
+    """The rows as one matrix; None when one is missing or they differ in width."""
+    if not rows or any(row is None for row in rows):
+        return None
+    widths = {row.shape for row in rows if row is not None}
+    if len(widths) != 1:
+        return None
+    return np.stack([row for row in rows if row is not None]).astype(np.float32, copy=False)
+
+
 class VectorCache:
-    """The article vectors on disk, named by a hash of the encoder's identity and every text.
+    """One source's article vectors on disk (the shipped articles, or one company folder).
 
     Embedding the knowledge base is most of the offline server's start-up; the same weights and the
-    same articles always give the same vectors, so they are computed once. Any problem with the file
-    (missing, corrupt, another shape) just means computing them again.
+    same texts always give the same vectors, so they are computed once. Each source has its own
+    files, ``kb-vectors-<source>-<texts>.npy`` (``<source>``: a hash of the encoder's identity and
+    the source's name; ``<texts>``: of every text) and beside it ``.keys``, a hash of each row's
+    text. When a source changes, the rows of texts that did not change are taken from its previous
+    file, so adding or editing one article embeds only that article's texts; other sources' files
+    are not touched. Any problem with a file (missing, corrupt, another shape) just means computing
+    its vectors again.
     """
 
     PREFIX: Final = "kb-vectors-"
+    _LEGACY: Final = re.compile(r"kb-vectors-[0-9a-f]{32}\.npy")  # one file for everything, before sources
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    @property
+    def keys_path(self) -> Path:
+        return self.path.with_suffix(".keys")
+
+    @property
+    def _source_prefix(self) -> str:
+        return self.path.name.rsplit("-", 1)[0] + "-"
+
     @classmethod
-    def for_texts(cls, cache_dir: Path | None, identity: object, texts: Sequence[str]) -> VectorCache | None:
+    def for_texts(
+        cls, cache_dir: Path | None, identity: object, texts: Sequence[str], source: str = ""
+    ) -> VectorCache | None:
         if cache_dir is None or not isinstance(identity, str) or not identity:
             return None
+        which = hashlib.sha256("\0".join([identity, source]).encode("utf-8")).hexdigest()[:12]
         digest = hashlib.sha256("\0".join([identity, *texts]).encode("utf-8")).hexdigest()[:32]
-        return cls(cache_dir / f"{cls.PREFIX}{digest}.npy")
+        return cls(cache_dir / f"{cls.PREFIX}{which}-{digest}.npy")
 
     def load(self, rows: int) -> npt.NDArray[np.float32] | None:
-        try:
-            vectors = np.load(self.path, allow_pickle=False)
-        except FileNotFoundError:
-            return None
-        except Exception as exc:  # a torn or foreign file: compute again
-            _log.info("ignoring the cached article vectors %s: %s", self.path, exc)
-            return None
-        if vectors.dtype != np.float32 or not _usable(vectors, rows):
-            _log.info("ignoring the cached article vectors %s: shape %s", self.path, vectors.shape)
-            return None
-        return np.asarray(vectors, dtype=np.float32)
+        return _load_vectors(self.path, rows)
 
-    def save(self, vectors: npt.NDArray[np.float32]) -> None:
+    def known(self) -> tuple[dict[str, npt.NDArray[np.float32]], bool]:
+        """Cached vectors by :func:`text_key`, and whether this exact set of texts was cached whole.
+
+        The exact file first; failing that, the source's earlier files, whose unchanged texts count.
+        """
+        candidates = [self.path]
+        try:
+            earlier = sorted(
+                self.path.parent.glob(f"{self._source_prefix}*.npy"),
+                key=lambda path: path.stat().st_mtime_ns,
+                reverse=True,
+            )
+            candidates += [path for path in earlier if path != self.path]
+        except OSError:
+            pass
+        known: dict[str, npt.NDArray[np.float32]] = {}
+        for number, path in enumerate(candidates):
+            try:
+                keys = path.with_suffix(".keys").read_text(encoding="ascii").split()
+            except (OSError, ValueError):
+                continue
+            vectors = _load_vectors(path, len(keys))
+            if vectors is None:
+                continue
+            if number == 0:
+                return dict(zip(keys, vectors, strict=True)), True
+            for key, vector in zip(keys, vectors, strict=True):
+                known.setdefault(key, vector)
+        return known, False
+
+    def save(self, vectors: npt.NDArray[np.float32], keys: Sequence[str] | None = None) -> None:
         buffer = io.BytesIO()
         np.save(buffer, vectors, allow_pickle=False)
         try:
+            # The keys first: vectors without their keys are ignored, keys without vectors too.
+            write_atomically(self.keys_path, ("\n".join(keys) + "\n").encode("ascii") if keys else b"")
             write_atomically(self.path, buffer.getvalue())
-            for old in self.path.parent.glob(f"{self.PREFIX}*.npy"):  # earlier articles or weights
-                if old != self.path:
+            for old in self.path.parent.iterdir():  # this source's earlier texts or weights
+                same_source = old.name.startswith(self._source_prefix) and old.suffix in (".npy", ".keys")
+                if old not in (self.path, self.keys_path) and (
+                    same_source or self._LEGACY.fullmatch(old.name)
+                ):
                     old.unlink(missing_ok=True)
         except OSError as exc:  # a read-only or full disk costs start-up time, nothing else
             _log.info("could not cache the article vectors in %s: %s", self.path.parent, exc)
+
+
+def _load_vectors(path: Path, rows: int) -> npt.NDArray[np.float32] | None:
+    try:
+        vectors = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # a torn or foreign file: compute again
+        _log.info("ignoring the cached article vectors %s: %s", path, exc)
+        return None
+    if vectors.dtype != np.float32 or not _usable(vectors, rows):
+        _log.info("ignoring the cached article vectors %s: shape %s", path, vectors.shape)
+        return None
+    return np.asarray(vectors, dtype=np.float32)
 
 
 def load_retriever(
@@ -333,12 +466,15 @@ def load_retriever(
     *,
     use_embeddings: bool = True,
     cache_dir: Path | None = None,
+    folders: Sequence[str | Path] = (),
 ) -> ArticleRetriever:
-    """A retriever over the articles in ``kb_dir``, with embeddings when the model loads.
+    """A retriever over the articles in ``kb_dir`` and the company's ``folders``, with embeddings when
+    the model loads.
 
     Problems with single articles are logged and those articles left out, as the keyword tool does.
+    The folders are read once: the server notices changes when it next starts.
     """
-    articles, problems = load_articles(kb_dir)
+    articles, problems = load_knowledge_base(folders, kb_dir)
     for problem in problems:
         _log.warning("knowledge base: %s", problem)
     encoder: Encoder | None = None

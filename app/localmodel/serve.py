@@ -8,6 +8,12 @@ line of stdin (``--token-stdin``), never from the command line, where every user
 can read it; without one a random token is made and printed. Beyond loopback the server needs a
 certificate and key (``--tls-cert``/``--tls-key``) and serves ``wss://``; plain ``ws://`` there is
 refused before any model loads.
+
+The company's article folders (``kb.folders``) come from ``HELPDESK_VOICE_SERVER_KB_FOLDERS`` (a
+JSON list of paths, or paths separated by os.pathsep; how the app's launcher passes them), else
+from the settings (policy, user file, ``HELPDESK_VOICE_KB_FOLDERS``), which the command line reads
+and hands to :func:`serve_main`. They are read at start-up: a server started after a
+folder changed embeds just the changed articles (the vector cache is kept per folder).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from app.localmodel.components import Components
 from app.localmodel.launcher import READY_LINE, TOKEN_ENV, URL_PREFIX, die_with_parent
@@ -33,6 +39,7 @@ from app.localmodel.server import (
     new_token,
 )
 from app.realtime.endpoint import is_loopback_host
+from app.tools.kb_sources import KB_FOLDERS_ENV, folders_to_env
 
 EXIT_USAGE = 2
 # Two arenas: the speech workers then share their freed memory instead of each keeping its own.
@@ -86,7 +93,11 @@ def serve_main(
     watch_stdin: bool = False,
     tls_cert: str | None = None,
     tls_key: str | None = None,
+    kb_folders: Sequence[str] | None = None,
 ) -> int:
+    if kb_folders is not None and KB_FOLDERS_ENV not in os.environ:
+        # One channel for the loader: the environment, as when the app starts us.
+        os.environ[KB_FOLDERS_ENV] = folders_to_env(kb_folders)
     limit_malloc_arenas(MALLOC_ARENAS)  # before the models start their threads
     token, origin = read_token(token_stdin)  # before the parent watch reads stdin to its end
     if not token:

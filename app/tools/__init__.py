@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from app.tools.delivery import DeliveryWorker
 from app.tools.diagnostics import DiagnosticsOptions, attach_diagnostics_tool
 from app.tools.handoff import HandoffOptions, request_human_tool
 from app.tools.kb import Article, KeywordIndex, default_kb_dir, load_articles, search_knowledge_base_tool
+from app.tools.kb_sources import KnowledgeBase
 from app.tools.registry import Tool, ToolError, ToolRegistry, ToolResult
 from app.tools.ticket_status import ticket_status_tool
 from app.tools.tickets import Ticket, TicketListing, TicketOutbox, create_ticket_tool, default_outbox_dir
@@ -42,6 +43,7 @@ def default_registry(
     contact: str | None = None,
     handoff: HandoffOptions | None = None,
     transcript: Callable[[], list[tuple[str, str]]] | None = None,
+    kb_folders: Sequence[str] = (),
     diagnostics: DiagnosticsOptions | None = None,
 ) -> ToolRegistry:
     """A registry with ``search_knowledge_base``, ``create_ticket`` and ``get_ticket_status``.
@@ -56,11 +58,9 @@ def default_registry(
     Bad article files are logged and left out rather than raised: one broken file must not cost the
     user the whole assistant. Nothing is written until a ticket is created.
     """
-    articles, problems = load_articles(kb_dir if kb_dir is not None else default_kb_dir())
-    for problem in problems:
-        _log.warning("knowledge base: %s", problem)
+    knowledge = KnowledgeBase(kb_folders, kb_dir)  # logs its own problems
     registry = ToolRegistry()
-    registry.register(search_knowledge_base_tool(KeywordIndex(articles)))
+    registry.register(search_knowledge_base_tool(knowledge.index))
     outbox = delivery.outbox if delivery is not None else TicketOutbox(outbox_dir)
     registry.register(create_ticket_tool(outbox, contact=contact, delivery=delivery))
     if delivery is not None:

@@ -2,7 +2,8 @@
 
 Articles live in ``app/assets/kb/<slug>.md``: TOML front matter between ``+++`` lines, then a Markdown
 body with a numbered ``## Steps`` list and an ``## Escalate when`` paragraph. The model speaks the
-steps, so the loader keeps them as plain sentences.
+steps, so the loader keeps them as plain sentences. The company's own articles, in looser formats,
+are loaded by :mod:`app.tools.kb_sources` into the same :class:`Article`.
 
 Retrieval is BM25F over the article fields with field weights (title, keywords and the spoken
 phrasings count most). Queries come from a voice model summarising what the user said, so the
@@ -14,11 +15,12 @@ score means the same across queries and a threshold can tell "no article" from "
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import tomllib
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -124,6 +126,11 @@ class Article:
     steps: tuple[str, ...]
     escalate: str
     path: Path
+    # Where a company article can be read (its file:// URL or the page it was published at); the
+    # shipped demo articles have none. ``source`` names the set it came from ("" the shipped one, else
+    # the folder), so their embeddings can be cached and refreshed set by set.
+    link: str = ""
+    source: str = ""
 
 
 def default_kb_dir() -> Path:
@@ -355,38 +362,48 @@ SEARCH_PARAMETERS: Final[dict[str, Any]] = {
 }
 
 
-def search_knowledge_base_tool(index: KeywordIndex, *, min_score: float = MIN_SCORE) -> Tool:
-    """The ``search_knowledge_base`` tool over ``index``."""
+def _result(article: Article, score: float) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "id": article.id,
+        "title": article.title,
+        "summary": article.summary,
+        "steps": list(article.steps),
+        "escalate": article.escalate,
+        "score": round(score, 2),
+    }
+    if article.link:
+        result["link"] = article.link
+    return result
+
+
+def search_knowledge_base_tool(
+    index: KeywordIndex | Callable[[], KeywordIndex], *, min_score: float = MIN_SCORE
+) -> Tool:
+    """The ``search_knowledge_base`` tool over ``index``, or over what ``index()`` returns at each call.
+
+    A callable is how the company's folders stay current: it may look at the folders and re-read
+    what changed, so it runs in a worker thread rather than on the event loop.
+    """
 
     async def handler(arguments: dict[str, Any]) -> dict[str, Any]:
         query = arguments["query"]
-        # Searching a few dozen articles takes well under a millisecond: no thread needed.
-        hits = [(a, s) for a, s in index.search(query, int(arguments.get("limit", 3))) if s >= min_score]
+        current = index if isinstance(index, KeywordIndex) else await asyncio.to_thread(index)
+        # Searching a few hundred articles takes about a millisecond: no thread needed for that.
+        hits = [(a, s) for a, s in current.search(query, int(arguments.get("limit", 3))) if s >= min_score]
         if not hits:
             return {
                 "results": [],
                 "message": f"No article matches {query!r}. Ask the user for more detail, or offer a ticket.",
             }
-        return {
-            "results": [
-                {
-                    "id": article.id,
-                    "title": article.title,
-                    "summary": article.summary,
-                    "steps": list(article.steps),
-                    "escalate": article.escalate,
-                    "score": round(score, 2),
-                }
-                for article, score in hits
-            ]
-        }
+        return {"results": [_result(article, score) for article, score in hits]}
 
     return Tool(
         name="search_knowledge_base",
         description=(
             "Search the company IT helpdesk knowledge base for step-by-step fixes. Call it before "
             "troubleshooting from memory. Walk the user through the steps one at a time, and follow the "
-            "article's escalation advice."
+            "article's escalation advice. When a result has a link, name the article's title so the "
+            "user can find it again."
         ),
         parameters=SEARCH_PARAMETERS,
         handler=handler,
