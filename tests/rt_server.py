@@ -35,10 +35,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-__all__ = ["RT_PACKAGES", "RtInstance", "RtUnavailable", "missing_rt", "running_rt"]
+__all__ = [
+    "RT_PACKAGES",
+    "RtInstance",
+    "RtUnavailable",
+    "attachment_texts",
+    "missing_rt",
+    "rest",
+    "running_rt",
+]
 
 RT_PACKAGES = ("request-tracker5", "rt5-db-sqlite", "rt5-standalone")
 RT_SERVER = Path("/usr/share/request-tracker5/libexec/rt-server")
@@ -344,3 +353,22 @@ def _tail(path: Path, lines: int = 30) -> str:
     except OSError:
         return f"({path} unreadable)"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def rest(rt: RtInstance, method: str, path: str, **kwargs: Any) -> Any:
+    """RT's REST 2 as its superuser: the test's own witness, beside the connector's account."""
+    response = httpx.request(
+        method,
+        f"{rt.base_url}/REST/2.0{path}",
+        auth=("root", rt.root_password),
+        timeout=20,
+        **kwargs,
+    )
+    response.raise_for_status()
+    return response.json()
+
+
+def attachment_texts(rt: RtInstance, ticket_id: str) -> dict[str, str]:
+    """Each transaction's text (by transaction id) of the ticket."""
+    body = rest(rt, "GET", f"/ticket/{ticket_id}/attachments", params={"fields": "Content,TransactionId"})
+    return {str(item["TransactionId"]): str(item.get("Content") or "") for item in body["items"]}

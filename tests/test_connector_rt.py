@@ -23,7 +23,7 @@ import pytest
 from app.tools.connectors.base import Connector, ConnectorError, TicketDraft
 from app.tools.connectors.rt import RequestTrackerConnector, key_marker, ticketsql_string
 from tests.connector_cases import refused
-from tests.rt_server import RtInstance
+from tests.rt_server import RtInstance, attachment_texts, rest
 
 
 @pytest.fixture
@@ -55,25 +55,6 @@ def draft(contact: str | None = None, **changes: Any) -> TicketDraft:
     }
     fields.update(changes)
     return TicketDraft(**fields)
-
-
-def rest(rt: RtInstance, method: str, path: str, **kwargs: Any) -> Any:
-    """RT's REST 2 as its superuser: the test's own witness, beside the connector's account."""
-    response = httpx.request(
-        method,
-        f"{rt.base_url}/REST/2.0{path}",
-        auth=("root", rt.root_password),
-        timeout=20,
-        **kwargs,
-    )
-    response.raise_for_status()
-    return response.json()
-
-
-def attachment_texts(rt: RtInstance, ticket_id: str) -> dict[str, str]:
-    """Each transaction's text (by transaction id) of the ticket."""
-    body = rest(rt, "GET", f"/ticket/{ticket_id}/attachments", params={"fields": "Content,TransactionId"})
-    return {str(item["TransactionId"]): str(item.get("Content") or "") for item in body["items"]}
 
 
 # -- against the real RT ---------------------------------------------------------------------------

@@ -19,9 +19,9 @@ from app.sealed_files import DataKeyring, is_sealed
 from app.tools import default_registry
 from app.tools.connectors import ConnectorError
 from app.tools.delivery import DeliveryWorker
-from app.tools.handoff import HandoffOptions, conversation_text
+from app.tools.handoff import HandoffOptions
 from app.tools.registry import ToolRegistry
-from app.tools.tickets import TicketOutbox
+from app.tools.tickets import TicketOutbox, conversation_text
 from tests.file_keyring import FileKeyring
 from tests.memory_ticket_system import MemorySystem
 
@@ -99,8 +99,10 @@ async def test_a_handoff_on_a_filed_ticket_adds_the_conversation_to_it(
     )
     answer = await _call(tools, "request_human", reason="still broken", ticket=filed["ticket_id"].lower())
     assert answer["ticket_id"] == filed["ticket_id"]
-    _wait(lambda: bool(system.comments.get(1)))
-    (comment,) = system.comments[1]
+    _wait(lambda: len(system.comments.get(1, [])) == 2)
+    filed_with, comment = system.comments[1]
+    # The ticket got the conversation as heard when it was filed; the handoff adds it again, later.
+    assert filed_with.startswith("The conversation when the ticket was filed, as the user heard it:")
     assert comment.startswith("The user asked to talk to a person: still broken")
     assert conversation_text(HEARD) in comment
     assert worker.outbox.notes(filed["ticket_id"]) == []  # taken by the system: not added twice

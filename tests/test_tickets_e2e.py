@@ -23,7 +23,7 @@ from app.audio.resample import FloatArray
 from app.audio.virtual_rig import VirtualAudioRig
 from app.tools.connectors.rt import RequestTrackerConnector, key_marker, ticketsql_string
 from tests.app_driver import HeadlessApp, speak
-from tests.rt_server import RtInstance
+from tests.rt_server import RtInstance, attachment_texts, rest
 
 pytestmark = pytest.mark.devices
 
@@ -105,8 +105,14 @@ def test_a_spoken_ticket_lands_in_request_tracker_and_its_number_is_said(
     app = start_app(virtual_audio, app_env(tmp_path, rt))
     try:
         said = ask_for_a_ticket(app, virtual_audio, speech, "RT number")
+        ref = str(next(iter(delivery_journal(tmp_path).values()))["ref"])
+        comments = wait_for_comments(rt, ref, 1)  # the conversation, added right after the ticket
     finally:
         app.stop()
+    # The technician reads what was said, as the user heard it, not only the model's summary.
+    (conversation,) = comments
+    assert conversation.startswith("The conversation when the ticket was filed, as the user heard it:")
+    assert "User: " in conversation and "monitor" in conversation.lower()
     (ticket_id, state), *others = delivery_journal(tmp_path).items()
     assert others == [] and state["system"] == "Request Tracker", state
     number = str(state["number"])
@@ -116,6 +122,18 @@ def test_a_spoken_ticket_lands_in_request_tracker_and_its_number_is_said(
     )
     assert "monitor" in ticket.title.lower() and ticket.status == "new"
     assert [t["id"] for t in rt_tickets_with(rt, idempotency_key(tmp_path, ticket_id))] == [state["ref"]]
+
+
+def wait_for_comments(rt: RtInstance, ref: str, count: int, timeout: float = 20.0) -> list[str]:
+    """The ticket's comments in RT (asked as RT's superuser), once there are ``count`` of them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        history = rest(rt, "GET", f"/ticket/{ref}/history", params={"fields": "Type"})["items"]
+        ids = [str(item["id"]) for item in history if item["Type"] == "Comment"]
+        if len(ids) >= count or time.monotonic() > deadline:
+            texts = attachment_texts(rt, ref)
+            return [texts[transaction].strip() for transaction in ids]
+        time.sleep(0.2)
 
 
 def closed_port() -> int:

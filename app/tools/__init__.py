@@ -62,7 +62,7 @@ def default_registry(
     registry = ToolRegistry()
     registry.register(search_knowledge_base_tool(knowledge.index))
     outbox = delivery.outbox if delivery is not None else TicketOutbox(outbox_dir)
-    registry.register(create_ticket_tool(outbox, contact=contact, delivery=delivery))
+    registry.register(create_ticket_tool(outbox, contact=contact, delivery=delivery, transcript=transcript))
     if delivery is not None:
         registry.register(ticket_status_tool(outbox, delivery.state_of, delivery.connector, contact))
     else:

@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from app.tools.registry import Tool, ToolError
-from app.tools.tickets import DESCRIPTION_MAX, Delivery, TicketOutbox
+from app.tools.tickets import DESCRIPTION_MAX, Delivery, TicketOutbox, conversation_text
 
 __all__ = ["HandoffOptions", "request_human_tool"]
 
 _LOCAL_ID: Final = re.compile(r"\s*HD[-\s]?(\d{4,})\s*", re.IGNORECASE)
-_SPEAKERS: Final = {"user": "User", "assistant": "Assistant"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +40,6 @@ class HandoffOptions:
         ]
         ways = [way for way in ways if way]
         return first + (f" If it cannot wait, you can {' or '.join(ways)}." if ways else "")
-
-
-def conversation_text(lines: list[tuple[str, str]]) -> str:
-    """The conversation as a technician reads it: one line per turn, as the user heard it."""
-    return "\n".join(f"{_SPEAKERS.get(role, role)}: {text}" for role, text in lines if text.strip())
 
 
 PARAMETERS: Final[dict[str, Any]] = {

@@ -529,10 +529,25 @@ class Delivery(Protocol):
     def add_note(self, ticket_id: str, text: str) -> None: ...
 
 
+_SPEAKERS: Final = {"user": "User", "assistant": "Assistant"}
+
+
+def conversation_text(lines: list[tuple[str, str]]) -> str:
+    """The conversation as a technician reads it: one line per turn, as the user heard it."""
+    return "\n".join(f"{_SPEAKERS.get(role, role)}: {text}" for role, text in lines if text.strip())
+
+
 def create_ticket_tool(
-    outbox: TicketOutbox, *, contact: str | None = None, delivery: Delivery | None = None
+    outbox: TicketOutbox,
+    *,
+    contact: str | None = None,
+    delivery: Delivery | None = None,
+    transcript: Callable[[], list[tuple[str, str]]] | None = None,
 ) -> Tool:
     """The ``create_ticket`` tool writing to ``outbox``; ``contact`` is stored on every ticket.
+
+    With ``transcript`` (the conversation as the user heard it), the ticket gets it as a note, so the
+    technician reads what was said and tried, not only the model's summary.
 
     With ``delivery`` (a ticket system is set up), the new ticket goes to the system at once and the
     answer carries the system's own number when it arrives within :data:`DELIVERY_WAIT_S`.
@@ -543,6 +558,8 @@ def create_ticket_tool(
     threading.Thread(target=outbox.tidy_and_log, name="helpdesk-outbox-tidy", daemon=True).start()
 
     async def handler(arguments: dict[str, Any]) -> dict[str, Any]:
+        # Read on the loop, before any thread: the conversation is not thread-safe.
+        heard = conversation_text(transcript()) if transcript is not None else ""
         try:
             # A thread, so an fsync on a slow disk or the keyring never stalls audio or the receive loop.
             created = await asyncio.to_thread(
@@ -560,6 +577,12 @@ def create_ticket_tool(
             raise ToolError("ticket_not_saved", message) from exc
         ticket = created.ticket
         answer = {"ticket_id": ticket.id, "status": ticket.status, "message": f"Ticket {ticket.id} created"}
+        if heard:
+            note = f"The conversation when the ticket was filed, as the user heard it:\n{heard}"
+            try:
+                await asyncio.to_thread(outbox.add_note, ticket.id, note)
+            except OSError as exc:  # the ticket itself is safe; only the note is missing
+                log.warning("the conversation could not be kept with ticket %s: %s", ticket.id, exc)
         if delivery is not None:
             delivery.deliver_soon()
             state = await asyncio.to_thread(delivery.wait_delivered, ticket.id, DELIVERY_WAIT_S)
