@@ -40,8 +40,8 @@ class FakeRecognizer:
 
 
 class FakeBrain:
-    def __init__(self, can_create_tickets: bool) -> None:
-        self.can_create_tickets = can_create_tickets
+    def __init__(self, tool_names: frozenset[str]) -> None:
+        self.can_create_tickets = "create_ticket" in tool_names
         self.heard: list[str] = []
         self.calls = 0
 

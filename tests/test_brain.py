@@ -15,11 +15,14 @@ from typing import Any
 
 import pytest
 
-from app.localmodel.brain import SPOKEN_TOPICS, HelpdeskBrain, Reply, ToolCall, spoken_topic
+from app.localmodel.brain import CONSENT_QUESTION, SPOKEN_TOPICS, HelpdeskBrain, Reply, ToolCall, spoken_topic
 from app.localmodel.embed import EncoderError, MiniLMEncoder
 from app.localmodel.retrieval import ArticleRetriever
+from app.tools.diagnostics import PARAMETERS as DIAGNOSTICS_PARAMETERS
+from app.tools.handoff import PARAMETERS as HANDOFF_PARAMETERS
 from app.tools.kb import KeywordIndex, default_kb_dir, load_articles
 from app.tools.registry import ToolRegistry, validate_arguments
+from app.tools.ticket_status import PARAMETERS as STATUS_PARAMETERS
 from app.tools.tickets import (
     CATEGORIES,
     CREATE_TICKET_PARAMETERS,
@@ -659,3 +662,293 @@ def test_preview_then_a_different_reply(brain: HelpdeskBrain) -> None:
     brain.reply("I forgot my password")
     assert brain.preview("My account").article_id == "password-reset"
     _assert_step(brain.reply("My account is locked out."), "account-lockout", 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The client's other tools: ticket status, a person, diagnostics
+# ---------------------------------------------------------------------------------------------------
+
+ALL_TOOLS = frozenset({"create_ticket", "get_ticket_status", "request_human", "attach_diagnostics"})
+SCHEMAS = {
+    "get_ticket_status": STATUS_PARAMETERS,
+    "request_human": HANDOFF_PARAMETERS,
+    "attach_diagnostics": DIAGNOSTICS_PARAMETERS,
+    "create_ticket": CREATE_TICKET_PARAMETERS,
+}
+ANYTHING_ELSE = "Is there anything else I can help with?"
+
+
+@pytest.fixture
+def helper(retriever: ArticleRetriever) -> HelpdeskBrain:
+    """A brain whose client offers every tool."""
+    return HelpdeskBrain(retriever, tools=ALL_TOOLS)
+
+
+def _call(reply: Reply, name: str) -> ToolCall:
+    call = reply.tool_call
+    assert call is not None and call.name == name, reply
+    assert validate_arguments(call.arguments, SCHEMAS[name]) == [], call.arguments
+    return call
+
+
+def _file(brain: HelpdeskBrain, output: dict[str, Any] | None = None) -> Reply:
+    """The VPN walkthrough, then a ticket filed as HD-1042."""
+    brain.reply("my vpn keeps dropping")
+    call = _call(brain.reply("please create a ticket"), "create_ticket")
+    return brain.tool_result(call.call_id, output or {"ticket_id": "HD-1042"})
+
+
+def _answer_consent(brain: HelpdeskBrain, answer: str) -> Reply:
+    filed = _file(brain)
+    assert filed.text.endswith(CONSENT_QUESTION) and brain.state == "consent", filed
+    return brain.reply(answer)
+
+
+@pytest.mark.parametrize(
+    "utterance",
+    [
+        "what's happening with my ticket?",
+        "Any news on my ticket?",
+        "status of my ticket",
+        "is my ticket open",
+    ],
+)
+def test_a_status_question_looks_up_the_ticket_filed_in_this_conversation(
+    helper: HelpdeskBrain, utterance: str
+) -> None:
+    _answer_consent(helper, "no")
+    call = _call(helper.reply(utterance), "get_ticket_status")
+    assert call.arguments == {"ticket": "HD-1042"} and helper.state == "tool_pending"
+    told = helper.tool_result(
+        call.call_id,
+        {"ticket_id": "HD-1042", "number": "RT #17", "system": "RT", "status": "open", "title": "VPN drops"},
+    )
+    assert told.text == f"Ticket RT number 17, VPN drops, is open. {ANYTHING_ELSE}"
+    assert told.tool_call is None and helper.state == "anything_else"
+
+
+def test_a_named_ticket_is_looked_up_and_a_queued_one_says_why(helper: HelpdeskBrain) -> None:
+    call = _call(helper.reply("Any news on HD-1042?"), "get_ticket_status")
+    assert call.arguments == {"ticket": "HD-1042"}
+    told = helper.tool_result(
+        call.call_id,
+        {
+            "ticket_id": "HD-1042",
+            "summary": "VPN drops",
+            "status": "queued on this computer, not yet with the IT helpdesk",
+            "why": "the helpdesk could not be reached",
+        },
+    )
+    assert told.text.startswith(
+        "HD-1042 is still waiting on this computer: the helpdesk could not be reached."
+    )
+    call = _call(helper.reply("what's the status of RT #17"), "get_ticket_status")
+    assert call.arguments == {"ticket": "RT #17"}
+
+
+def test_without_a_ticket_the_open_ones_are_listed_three_at_most(helper: HelpdeskBrain) -> None:
+    call = _call(helper.reply("what's happening with my tickets?"), "get_ticket_status")
+    assert call.arguments == {}
+    opened = [{"number": f"RT #{n}", "status": "open", "title": f"Problem {n}"} for n in range(1, 6)]
+    told = helper.tool_result(
+        call.call_id, {"open": opened, "queued_here": [{"ticket_id": "HD-1050", "summary": "Printer"}]}
+    )
+    assert told.text.startswith(
+        "You have 5 open tickets. Ticket RT number 1, Problem 1, is open. Ticket RT number 2, Problem 2, is "
+        "open. Ticket RT number 3, Problem 3, is open. And 2 more. One ticket is still waiting on this "
+        "computer to be sent to the IT helpdesk: HD-1050."
+    ), told.text
+    call = _call(helper.reply("any update on my tickets"), "get_ticket_status")
+    told = helper.tool_result(
+        call.call_id, {"queued_here": [], "note": "no ticket system is set up; tickets stay on this computer"}
+    )
+    assert told.text.startswith("I can't see any open tickets for you. I couldn't check the helpdesk itself:")
+
+
+@pytest.mark.parametrize(
+    ("output", "said"),
+    [
+        (
+            {"error": {"type": "not_found", "message": "There is no ticket HD-1042 from this computer."}},
+            "Sorry, I couldn't find ticket HD-1042 from this computer.",
+        ),
+        (
+            {"error": {"type": "status_unavailable", "message": "RT said 503"}},
+            "Sorry, I couldn't look up ticket HD-1042 right now.",
+        ),
+    ],
+)
+def test_a_status_lookup_that_fails_is_said_plainly(
+    helper: HelpdeskBrain, output: dict[str, Any], said: str
+) -> None:
+    call = _call(helper.reply("what's going on with ticket HD-1042"), "get_ticket_status")
+    told = helper.tool_result(call.call_id, output)
+    assert told.text.startswith(said) and told.text.endswith(ANYTHING_ELSE) and told.tool_call is None
+
+
+def test_a_status_question_in_the_middle_of_the_steps_returns_to_them(helper: HelpdeskBrain) -> None:
+    helper.reply("my printer won't print")
+    helper.reply("done")
+    call = _call(helper.reply("by the way, any news on HD-1042?"), "get_ticket_status")
+    told = helper.tool_result(call.call_id, {"ticket_id": "HD-1042", "number": "RT #9", "status": "resolved"})
+    assert told.text.startswith("Ticket RT number 9 is resolved. Back to our steps.")
+    _assert_step(told, "printer-not-printing", 2)
+    _assert_step(helper.reply("done"), "printer-not-printing", 3)
+
+
+@pytest.mark.parametrize(
+    "utterance",
+    [
+        "let me talk to someone",
+        "Can I speak to a person?",
+        "I want to talk to a human",
+        "let me talk to a technician",
+    ],
+)
+def test_asking_for_a_person_hands_off_with_the_case_and_reads_the_message(
+    helper: HelpdeskBrain, utterance: str
+) -> None:
+    helper.reply("my vpn keeps dropping")
+    call = _call(helper.reply(utterance), "request_human")
+    reason = call.arguments["reason"]
+    assert "VPN" in reason and "My vpn keeps dropping." in reason and "ticket" not in call.arguments
+    message = (
+        "A person from IT will contact you about ticket HD-1043. If it cannot wait, you can call 555-0100."
+    )
+    told = helper.tool_result(
+        call.call_id, {"ticket_id": "HD-1043", "handoff": "requested", "message": message}
+    )
+    assert told.text == f"{message} {ANYTHING_ELSE}" and helper.state == "anything_else"
+    # The handoff's ticket is this conversation's ticket now.
+    assert _call(helper.reply("any news on my ticket?"), "get_ticket_status").arguments == {
+        "ticket": "HD-1043"
+    }
+
+
+def test_a_handoff_after_a_ticket_names_it_and_what_it_is_about(helper: HelpdeskBrain) -> None:
+    _answer_consent(helper, "no thanks")
+    call = _call(helper.reply("I'd like to speak to a real person"), "request_human")
+    assert call.arguments == {
+        "reason": "VPN disconnects or will not connect: My vpn keeps dropping.",
+        "ticket": "HD-1042",
+    }
+
+
+def test_a_handoff_with_nothing_said_before_uses_the_users_words(helper: HelpdeskBrain) -> None:
+    call = _call(helper.reply("let me talk to someone, the kitchen tv is broken"), "request_human")
+    assert call.arguments == {"reason": "Let me talk to someone, the kitchen tv is broken."}
+    call_2 = _call(
+        HelpdeskBrain(helper._retriever, tools=ALL_TOOLS).reply("talk to a human"), "request_human"
+    )
+    assert call_2.arguments == {"reason": "The user asked to talk to a person."}
+
+
+def test_a_failed_handoff_says_so_and_goes_back_to_the_steps(helper: HelpdeskBrain) -> None:
+    helper.reply("my vpn keeps dropping")
+    call = _call(helper.reply("let me talk to someone"), "request_human")
+    told = helper.tool_result(call.call_id, {"error": {"type": "ticket_not_saved", "message": "disk full"}})
+    assert told.text.startswith("Sorry, I couldn't reach a person for you from here.")
+    _assert_step(told, "vpn-connection-drops", 1)
+
+
+def test_not_wanting_a_person_is_no_handoff(helper: HelpdeskBrain) -> None:
+    helper.reply("my vpn keeps dropping")
+    assert helper.reply("no, I don't want to talk to anyone, it still drops").tool_call is None
+    assert helper.state == "walkthrough"
+
+
+def test_a_yes_attaches_diagnostics_to_the_filed_ticket(helper: HelpdeskBrain) -> None:
+    filed = _file(helper, {"ticket_id": "HD-1042", "ticket_number": "RT #17", "system": "RT"})
+    assert filed.text == (
+        f"I've filed ticket RT number 17 in RT. Someone from IT will contact you. {CONSENT_QUESTION}"
+    )
+    call = _call(helper.reply("yes please"), "attach_diagnostics")
+    assert call.arguments == {"ticket": "HD-1042", "user_agreed": True}
+    told = helper.tool_result(call.call_id, {"attached_to": "HD-1042", "shown": "OS: ...", "message": "..."})
+    assert told.text == f"Done, I've attached them to ticket HD-1042. {ANYTHING_ELSE}"
+    assert helper.reply("no").text == "Alright. Have a good day!"
+
+
+def test_a_failed_attachment_says_the_ticket_stands(helper: HelpdeskBrain) -> None:
+    call = _call(_answer_consent(helper, "sure"), "attach_diagnostics")
+    told = helper.tool_result(call.call_id, {"error": {"type": "not_saved", "message": "disk full"}})
+    assert told.text == (
+        "Sorry, I couldn't attach the details, but your ticket HD-1042 is filed all the same. "
+        f"{ANYTHING_ELSE}"
+    )
+
+
+@pytest.mark.parametrize("answer", ["no", "no thanks", "nope, don't"])
+def test_a_no_attaches_nothing(helper: HelpdeskBrain, answer: str) -> None:
+    reply = _answer_consent(helper, answer)
+    assert reply.text == f"Okay, I won't attach anything. {ANYTHING_ELSE}" and reply.tool_call is None
+    assert helper.reply("yes").tool_call is None  # a later yes is not consent
+
+
+def test_anything_but_a_yes_moves_on_without_diagnostics(helper: HelpdeskBrain) -> None:
+    reply = _answer_consent(helper, "my printer won't print")
+    _assert_step(reply, "printer-not-printing", 1)
+    assert helper.reply("what was that").tool_call is None
+
+
+def test_no_consent_question_when_attach_diagnostics_is_not_offered(retriever: ArticleRetriever) -> None:
+    brain = HelpdeskBrain(retriever, tools={"create_ticket", "get_ticket_status", "request_human"})
+    assert (
+        _file(brain).text == f"I've created ticket HD-1042. Someone from IT will contact you. {ANYTHING_ELSE}"
+    )
+    assert brain.reply("yes").tool_call is None
+
+
+def test_one_call_at_a_time_and_a_result_for_another_call_is_ignored(helper: HelpdeskBrain) -> None:
+    asked = helper.reply("what's happening with my ticket?")
+    call = _call(asked, "get_ticket_status")
+    again = helper.reply("say that again")
+    assert again.text == asked.text and again.tool_call is None  # said again, not called again
+    waiting = helper.reply("let me talk to a person")
+    assert waiting.text == "One moment, please." and waiting.tool_call is None
+    assert helper.tool_result("call_unknown", {"open": []}) == Reply("")
+    assert helper.state == "tool_pending"
+    assert helper.tool_result(call.call_id, {"open": [], "queued_here": []}).text.startswith(
+        "I can't see any open tickets"
+    )
+    assert helper.tool_result(call.call_id, {"open": [], "queued_here": []}) == Reply("")  # answered already
+
+
+def test_previewing_a_tool_request_changes_nothing(helper: HelpdeskBrain) -> None:
+    _answer_consent(helper, "no")
+    for utterance in ("any news on my ticket?", "let me talk to someone", "yes"):
+        before = _dialog_state(helper)
+        previewed = helper.preview(utterance)
+        assert _dialog_state(helper) == before
+        assert helper.reply(utterance) == previewed
+        if previewed.tool_call is not None:
+            helper.tool_result(previewed.tool_call.call_id, {"error": {"type": "x", "message": "y"}})
+
+
+WITHOUT_TOOLS_SCRIPT = [
+    "what's happening with my ticket?",
+    "my vpn keeps dropping",
+    "let me talk to someone",
+    "yes",
+    "any news on HD-1042?",
+    "can I speak to a person?",
+]
+
+
+@pytest.mark.parametrize("tools", [set(), {"create_ticket"}, {"create_ticket", "lookup_kb", "end_call"}])
+def test_without_the_new_tools_the_dialog_is_as_before(retriever: ArticleRetriever, tools: set[str]) -> None:
+    """Only create_ticket, or other tools, offered: the same words and calls as the plain brain's."""
+    offered = HelpdeskBrain(retriever, tools=tools)
+    before = HelpdeskBrain(retriever, can_create_tickets="create_ticket" in tools)
+    for utterance in WITHOUT_TOOLS_SCRIPT:
+        mine, theirs = offered.reply(utterance), before.reply(utterance)
+        assert (mine.text, mine.article_id, mine.step) == (theirs.text, theirs.article_id, theirs.step)
+        assert (mine.tool_call is None) == (theirs.tool_call is None)
+        if mine.tool_call is not None and theirs.tool_call is not None:
+            assert mine.tool_call.name == "create_ticket"
+            assert mine.tool_call.arguments == theirs.tool_call.arguments
+            output = {"ticket_id": "HD-1042"}
+            mine = offered.tool_result(mine.tool_call.call_id, output)
+            assert mine == before.tool_result(theirs.tool_call.call_id, output)
+            assert mine.text.endswith(ANYTHING_ELSE) and CONSENT_QUESTION not in mine.text
+        assert offered.state == before.state

@@ -17,7 +17,11 @@ from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
 
 from app.audio.resample import FloatArray, float_to_pcm16
+from app.localmodel.brain import HelpdeskBrain
+from app.localmodel.models import _Brain
+from app.localmodel.retrieval import ArticleRetriever
 from app.localmodel.server import EmbeddedServer, new_token
+from app.tools.kb import KeywordIndex, default_kb_dir, load_articles
 from tests.fake_components import fake_components
 
 openai_types = pytest.importorskip("openai.types.realtime")
@@ -305,6 +309,52 @@ async def test_tool_call_round_trip(client: Client) -> None:
     await client.send({"type": "response.create"})
     done = (await client.next("response.done"))["response"]
     assert "HD-1042" in done["output"][0]["content"][0]["transcript"]
+
+
+async def test_the_real_brain_hands_off_through_request_human_and_speaks_its_message() -> None:
+    articles, _ = load_articles(default_kb_dir())
+    retriever = ArticleRetriever(articles, None, KeywordIndex(articles))  # keywords: no model to load
+    components = fake_components()
+    components.new_brain = lambda tools: _Brain(HelpdeskBrain(retriever, tools=tools))
+    running = EmbeddedServer(components, new_token())
+    await running.start()
+    try:
+        async with await _connect(running) as ws:
+            client = Client(ws)
+            await client.next("session.created")
+            tools = [
+                {"type": "function", "name": name, "parameters": {"type": "object"}}
+                for name in ("create_ticket", "request_human")
+            ]
+            await client.send({"type": "session.update", "session": {"type": "realtime", "tools": tools}})
+            await client.next("session.updated")
+            await client.ask("let me talk to someone, the kitchen tv is broken")
+            events = await client.until("response.done")
+            call = next(e for e in events if e["type"] == "response.function_call_arguments.done")
+            assert call["name"] == "request_human"
+            assert json.loads(call["arguments"]) == {
+                "reason": "Let me talk to someone, the kitchen tv is broken."
+            }
+            message = (
+                "A person from IT will contact you about ticket HD-1042. If it cannot wait, call 555-0100."
+            )
+            output = {"ticket_id": "HD-1042", "handoff": "requested", "message": message}
+            await client.send(
+                {
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "function_call_output",
+                        "call_id": call["call_id"],
+                        "output": json.dumps(output),
+                    },
+                }
+            )
+            await client.send({"type": "response.create"})
+            done = (await client.next("response.done"))["response"]
+            # The fake voice says clauses and leaves out their full stops and commas.
+            assert message.replace(".", "").replace(",", "") in done["output"][0]["content"][0]["transcript"]
+    finally:
+        await running.close()
 
 
 async def test_user_speech_interrupts_the_answer(client: Client) -> None:

@@ -124,6 +124,45 @@ def test_a_spoken_ticket_lands_in_request_tracker_and_its_number_is_said(
     assert [t["id"] for t in rt_tickets_with(rt, idempotency_key(tmp_path, ticket_id))] == [state["ref"]]
 
 
+def test_by_voice_diagnostics_with_consent_status_and_a_handoff_reach_the_ticket_in_rt(
+    virtual_audio: VirtualAudioRig,
+    speech: Callable[[str, int], FloatArray],
+    tmp_path: Path,
+    rt: RtInstance,
+) -> None:
+    """The rest of a ticket's life by voice, through the offline assistant and the real RT."""
+    feed_rate = int(find_device(virtual_audio.mic_feed, "output").default_samplerate)
+    env = app_env(tmp_path, rt) | {"HELPDESK_VOICE_HANDOFF_CALLBACK": "within two working hours"}
+    app = start_app(virtual_audio, env)
+
+    def say(words: str, answer: str) -> str:
+        seen = len(app.lines)
+        speak(virtual_audio, speech(words, feed_rate))
+        return app.wait_for(
+            lambda line: line.startswith("assistant:") and answer in line and line not in app.lines[:seen], 60
+        )
+
+    try:
+        filed = ask_for_a_ticket(app, virtual_audio, speech, "RT number")
+        assert "technical details" in filed and "Nothing personal" in filed, filed  # asked, not taken
+        ref = str(next(iter(delivery_journal(tmp_path).values()))["ref"])
+        time.sleep(1.0)
+        say("yes please", "I've attached them")
+        status = say("what is happening with my ticket", "is new")
+        assert "RT number" in status, status
+        handed = say("let me talk to someone", "A person from IT will contact you")
+        assert "within two working hours" in handed, handed
+        comments = wait_for_comments(rt, ref, 3)
+    finally:
+        app.stop()
+    conversation, diagnostics, handoff = comments
+    assert conversation.startswith("The conversation when the ticket was filed")
+    assert diagnostics.startswith("Diagnostics from the user's computer (sent with their consent):"), (
+        diagnostics
+    )
+    assert handoff.startswith("The user asked to talk to a person") and "User: " in handoff
+
+
 def wait_for_comments(rt: RtInstance, ref: str, count: int, timeout: float = 20.0) -> list[str]:
     """The ticket's comments in RT (asked as RT's superuser), once there are ``count`` of them."""
     deadline = time.monotonic() + timeout

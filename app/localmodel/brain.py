@@ -5,7 +5,9 @@ Without a cloud model, the embedded server still has to sound like a helpful per
 it finds the knowledge-base article, walks through its steps one at a time, understands "done",
 "that didn't work", "go back", "say that again" and "stop", asks which of two articles is meant when
 retrieval is unsure, and files a ticket through the client's ``create_ticket`` tool when the steps
-run out or the user asks for one.
+run out or the user asks for one. When the client also offers them, it looks up tickets
+(``get_ticket_status``), hands the user to a person (``request_human``), and after filing a ticket
+asks whether to attach diagnostics (``attach_diagnostics``), calling that only after a yes.
 
 People raise a new problem without closing the old one ("my account is locked out" halfway
 through the printer steps). In the middle of a dialog an utterance is a new problem, and starts that
@@ -31,6 +33,7 @@ from __future__ import annotations
 import re
 import secrets
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
@@ -194,6 +197,48 @@ _TICKET_WORDS: Final = frozenset(
         "engineer human person someone talk speak new a for me please can could you"
     )
 )
+# --- the client's other tools: ticket status, a person, diagnostics ----------------------------------
+# A question about a ticket that exists: it names one ("my ticket", "HD-1042") and asks how it is doing,
+# but does not ask for a new one ("open a ticket about the status page").
+_TICKET_REF: Final = _rx(r"\b(?:tickets?|case|hd ?\d+|rt (?:number )?\d+|(?:inc|ritm|req)\d+)\b")
+_STATUS_ASK: Final = _rx(
+    r"\b(?:status|news|update|updates|updated|progress|happening|happened|going on|heard|check|checking|"
+    r"look up|where is|wheres|where s|any word|picked up|looked at|open tickets|"
+    r"(?:is|are) (?:my |the |it |they )?(?:tickets? )?(?:still )?(?:open|closed|resolved|done))\b"
+)
+_NEW_TICKET: Final = _rx(
+    r"\b(?:create|make|raise|log|file|submit|open (?:a|an|another|new|one)|new tickets?|another ticket)\b"
+)
+_PLURAL_TICKETS: Final = _rx(r"\btickets\b")
+# The ticket the user names, in their own words before normalising: the id this computer gave
+# ("HD-1042", heard as "HD 1042") or the helpdesk's number ("RT #17", "INC0010042").
+_NAMED_TICKET: Final = re.compile(
+    r"\b(?:(hd)|rt)\s*[-#]?\s*(?:number\s*)?(\d{2,})\b|\b((?:inc|ritm|req)\d{4,})\b", re.IGNORECASE
+)
+_LOCAL_TICKET: Final = re.compile(r"HD-\d{4,}")  # what attach_diagnostics accepts
+_HUMAN: Final = _rx(
+    r"\b(?:talk|speak|chat) (?:to|with) (?:someone|somebody|anyone|a human being|a member of (?:staff|it)|"
+    r"someone (?:real|from it)|an? (?:real |actual |live )?(?:person|human|technician|tech|engineer|agent|"
+    r"operator))\b|"
+    r"\b(?:get|put|transfer|connect|pass|hand) me (?:over |through )?(?:to|with) (?:someone|somebody|"
+    r"an? (?:real |actual |live )?(?:person|human|technician|engineer|agent))\b|"
+    r"\b(?:want|need|like|have|get) (?:a |an )?(?:real |actual |live )?(?:person|human|human being)\b|"
+    r"\b(?:real|actual|live) (?:person|human)\b|\bhuman being\b"
+)
+_NOT_HUMAN: Final = _rx(r"\b(?:dont|do not|no need to|not)\b(?: \w+){0,2} (?:talk|speak|chat|want|need)\b")
+_HUMAN_WORDS: Final = frozenset(
+    tokenize(
+        "let me talk speak chat someone somebody anyone person human being real actual live technician tech "
+        "engineer agent operator want need like can could please get put transfer connect pass hand through "
+        "over member staff it would i id just now"
+    )
+)
+CONSENT_QUESTION: Final = (
+    "Shall I attach some technical details from this computer, like the system version, network and VPN "
+    "status? Nothing personal."
+)
+REASON_MAX: Final = 500  # the request_human schema's limit
+
 _URGENT: Final = _rx(
     r"\b(?:urgent|urgently|asap|a s a p|as soon as possible|emergency|immediately|right away|right now|"
     r"cant work|cannot work|unable to work|cant do (?:my|any) work|cant do anything|deadline|critical)\b"
@@ -367,12 +412,98 @@ def _sentence(text: str) -> str:
     return text if text[-1] in ".!?" else text + "."
 
 
+def _named_ticket(raw: str) -> str | None:
+    """The ticket ``raw`` names, spelled as get_ticket_status takes it ("HD-1042", "RT #17")."""
+    found = _NAMED_TICKET.search(raw)
+    if found is None:
+        return None
+    local, digits, other = found.groups()
+    if other:
+        return other.upper()
+    return f"HD-{digits}" if local else f"RT #{digits}"
+
+
+def _field(record: dict[str, Any], name: str) -> str:
+    value = record.get(name)
+    return " ".join(value.split()).rstrip(".") if isinstance(value, str) else ""
+
+
+def _told_ticket(ticket: dict[str, Any]) -> str:
+    """One get_ticket_status answer as a sentence: "Ticket RT number 17, VPN drops, is open." """
+    status, number, why = _field(ticket, "status"), _field(ticket, "number"), _field(ticket, "why")
+    if not number:
+        name = _field(ticket, "ticket_id") or "That ticket"
+        if status.startswith("queued"):
+            if why:
+                return f"{name} is still waiting on this computer: {why}."
+            return f"{name} is still waiting on this computer to be sent to the IT helpdesk."
+        return f"{name} is {status}." if status else f"I found {name}, but not its status."
+    # "RT #17" is said "RT number 17", as a technician would read it back.
+    name = "Ticket " + number.replace(" #", " number ").replace("#", "number ")
+    title = _field(ticket, "title") or _field(ticket, "summary")
+    if title:
+        name += f", {title},"
+    if status == "delivered" or not status:
+        return f"{name} is with the IT helpdesk."
+    if status.startswith("delivered"):
+        return f"{name} is with the IT helpdesk, but I couldn't read its current status."
+    return f"{name} is {status.lower()}."
+
+
+def _told_listing(answer: dict[str, Any]) -> str:
+    """The user's tickets, without a ticket named: up to three open ones, then the ones still here."""
+    opened = [ticket for ticket in answer.get("open") or [] if isinstance(ticket, dict)]
+    queued = [ticket for ticket in answer.get("queued_here") or [] if isinstance(ticket, dict)]
+    parts: list[str] = []
+    if opened:
+        parts.append(
+            "You have one open ticket." if len(opened) == 1 else f"You have {len(opened)} open tickets."
+        )
+        parts += [_told_ticket(ticket) for ticket in opened[:3]]
+        if len(opened) > 3:
+            parts.append(f"And {len(opened) - 3} more.")
+    if queued:
+        names = ", ".join(name for ticket in queued[:3] if (name := _field(ticket, "ticket_id")))
+        waiting = "One ticket is" if len(queued) == 1 else f"{len(queued)} tickets are"
+        parts.append(f"{waiting} still waiting on this computer to be sent to the IT helpdesk: {names}.")
+    if not opened and not queued:
+        parts.append("I can't see any open tickets for you.")
+    note = _field(answer, "note")
+    if note and not opened:
+        parts.append(f"I couldn't check the helpdesk itself: {note}.")
+    return " ".join(parts)
+
+
+def _told_status(asked: str | None, output: dict[str, Any]) -> str:
+    """What to say to a get_ticket_status output, an error included."""
+    if "error" in output:
+        error = output["error"]
+        which = f"ticket {asked}" if asked else "your tickets"
+        if isinstance(error, dict) and error.get("type") == "not_found":
+            return f"Sorry, I couldn't find {which} from this computer."
+        return (
+            f"Sorry, I couldn't look up {which} right now. "
+            "Please try again later, or ask the IT service desk."
+        )
+    if "open" in output or "queued_here" in output:
+        return _told_listing(output)
+    return _told_ticket(output)
+
+
 # ---------------------------------------------------------------------------------------------------
 # The dialog manager
 # ---------------------------------------------------------------------------------------------------
 
 _State = Literal[
-    "idle", "walkthrough", "clarify", "offer_ticket", "describe", "ticket_pending", "anything_else"
+    "idle",
+    "walkthrough",
+    "clarify",
+    "offer_ticket",
+    "describe",
+    "ticket_pending",
+    "tool_pending",
+    "consent",
+    "anything_else",
 ]
 _Prompt = Literal["done", "worked", "ticket"]
 
@@ -386,9 +517,12 @@ class _Snapshot:
     step: int
     prompt: _Prompt
     candidates: tuple[Article, ...]
-    pending_call: str | None
+    pending: ToolCall | None
     calls: int
     last: Reply
+    resume: _State
+    asked: Reply
+    filed: tuple[str, str] | None
 
 
 @dataclass
@@ -415,20 +549,30 @@ class _Case:
 class HelpdeskBrain:
     """A scripted helpdesk technician over ``retriever``'s articles.
 
-    ``can_create_tickets``: whether the client offered a ``create_ticket`` tool. Without it the brain
-    never emits a tool call and sends the user to the service desk instead.
+    ``tools``: the names of the tools the client offered; ``can_create_tickets`` adds ``create_ticket``.
+    Without ``create_ticket`` the brain sends the user to the service desk instead of filing tickets;
+    ``get_ticket_status``, ``request_human`` and ``attach_diagnostics`` are used only when offered too.
     """
 
-    def __init__(self, retriever: ArticleRetriever, *, can_create_tickets: bool) -> None:
+    def __init__(
+        self, retriever: ArticleRetriever, *, can_create_tickets: bool = False, tools: Collection[str] = ()
+    ) -> None:
         self._retriever = retriever
-        self._can_create_tickets = can_create_tickets
+        self._tools = frozenset(tools) | ({"create_ticket"} if can_create_tickets else frozenset())
+        self._can_create_tickets = "create_ticket" in self._tools
         self._state: _State = "idle"
         self._case = _Case()
         self._step = 0  # 0-based index of the step being worked on
         self._prompt: _Prompt = "done"
         self._candidates: list[Article] = []
-        self._pending_call: str | None = None
+        self._pending: ToolCall | None = None  # the one call whose result is awaited
         self._calls = 0
+        # Where the dialog was when the call went out, to pick up again once a lookup is answered.
+        self._resume: _State = "idle"
+        self._asked = Reply(GREETING)
+        # The ticket filed in this conversation (id, what it is about): what a status question or a
+        # handoff is about, outliving the case that _reset clears once the ticket is filed.
+        self._filed: tuple[str, str] | None = None
         # Call ids unique across sessions: a client replays the calls of a session that died into
         # the next one, and an id the new session gives out again would look already answered.
         self._call_prefix = f"call_{secrets.token_hex(6)}"
@@ -481,9 +625,12 @@ class HelpdeskBrain:
             step=self._step,
             prompt=self._prompt,
             candidates=tuple(self._candidates),
-            pending_call=self._pending_call,
+            pending=self._pending,
             calls=self._calls,
             last=self._last,
+            resume=self._resume,
+            asked=self._asked,
+            filed=self._filed,
         )
 
     def _restore(self, snapshot: _Snapshot) -> None:
@@ -492,9 +639,12 @@ class HelpdeskBrain:
         self._step = snapshot.step
         self._prompt = snapshot.prompt
         self._candidates = list(snapshot.candidates)
-        self._pending_call = snapshot.pending_call
+        self._pending = snapshot.pending
         self._calls = snapshot.calls
         self._last = snapshot.last
+        self._resume = snapshot.resume
+        self._asked = snapshot.asked
+        self._filed = snapshot.filed
 
     def _assess(self, query: str) -> Assessment:
         found = self._assessments.get(query)
@@ -514,38 +664,99 @@ class HelpdeskBrain:
         return self._say(self._dispatch(user_text, text))
 
     def _tool_result(self, call_id: str, output: dict[str, Any]) -> Reply:
-        if call_id != self._pending_call:
+        pending = self._pending
+        if pending is None or call_id != pending.call_id:
             return Reply("")
-        self._pending_call = None
+        self._pending = None
+        if pending.name == "get_ticket_status":
+            asked = pending.arguments.get("ticket")
+            return self._say(self._resumed(_told_status(asked if isinstance(asked, str) else None, output)))
+        if pending.name == "request_human":
+            return self._say(self._handed_off(output))
+        if pending.name == "attach_diagnostics":
+            return self._say(self._attached(output))
+        return self._say(self._ticket_filed(pending, output))
+
+    def _ticket_filed(self, call: ToolCall, output: dict[str, Any]) -> Reply:
         ticket_id = output.get("ticket_id")
         number, system = output.get("ticket_number"), output.get("system")
         case = self._case
+        follow_up = "Is there anything else I can help with?"
+        if isinstance(ticket_id, str) and ticket_id.strip() and "error" not in output:
+            self._filed = (ticket_id.strip(), str(call.arguments.get("summary") or ""))
+            if "attach_diagnostics" in self._tools and _LOCAL_TICKET.fullmatch(self._filed[0]):
+                follow_up = CONSENT_QUESTION
         if isinstance(number, str) and number.strip() and "error" not in output:
             # The helpdesk's own number is the one a technician will ask for ("RT #123" said "RT number 123").
             where = f" in {system}" if isinstance(system, str) and system.strip() else ""
-            self._reset("anything_else")
-            return self._say(
-                Reply(
-                    f"I've filed ticket {number.strip().replace(' #', ' number ')}{where}. Someone from IT "
-                    "will contact you. Is there anything else I can help with?"
-                )
+            self._reset("consent" if follow_up == CONSENT_QUESTION else "anything_else")
+            return Reply(
+                f"I've filed ticket {number.strip().replace(' #', ' number ')}{where}. Someone from IT "
+                f"will contact you. {follow_up}"
             )
         if isinstance(ticket_id, str) and ticket_id.strip() and "error" not in output:
-            self._reset("anything_else")
-            return self._say(
-                Reply(
-                    f"I've created ticket {ticket_id.strip()}. Someone from IT will contact you. "
-                    "Is there anything else I can help with?"
-                )
+            self._reset("consent" if follow_up == CONSENT_QUESTION else "anything_else")
+            return Reply(
+                f"I've created ticket {ticket_id.strip()}. Someone from IT will contact you. {follow_up}"
             )
         self._reset("anything_else")
         about = f" about {spoken_topic(case.article)}" if case.article else ""
-        return self._say(
-            Reply(
-                "Sorry, I couldn't create the ticket. Please contact the IT service desk directly and tell "
-                f"them about the problem{about}. Is there anything else I can help with?"
-            )
+        return Reply(
+            "Sorry, I couldn't create the ticket. Please contact the IT service desk directly and tell "
+            f"them about the problem{about}. Is there anything else I can help with?"
         )
+
+    def _handed_off(self, output: dict[str, Any]) -> Reply:
+        message, ticket_id = output.get("message"), output.get("ticket_id")
+        if "error" in output or not isinstance(message, str) or not message.strip():
+            return self._resumed(
+                "Sorry, I couldn't reach a person for you from here. "
+                "Please call the IT service desk directly."
+            )
+        if isinstance(ticket_id, str) and ticket_id.strip():
+            about = self._filed[1] if self._filed is not None else ""
+            self._filed = (ticket_id.strip(), about)
+        # The case is with a person now; the next thing the user raises is a new one.
+        self._reset("anything_else")
+        return Reply(f"{message.strip()} Is there anything else I can help with?")
+
+    def _attached(self, output: dict[str, Any]) -> Reply:
+        attached = output.get("attached_to")
+        self._state = "anything_else"
+        if "error" not in output and isinstance(attached, str) and attached.strip():
+            return Reply(
+                f"Done, I've attached them to ticket {attached.strip()}. "
+                "Is there anything else I can help with?"
+            )
+        filed = f" {self._filed[0]}" if self._filed is not None else ""
+        return Reply(
+            f"Sorry, I couldn't attach the details, but your ticket{filed} is filed all the same. "
+            "Is there anything else I can help with?"
+        )
+
+    def _resumed(self, said: str) -> Reply:
+        """``said``, then back to what the dialog was doing when the call went out."""
+        state = self._resume
+        if state == "walkthrough" and self._case.article is not None:
+            self._state = "walkthrough"
+            return self._step_reply(f"{said} Back to our steps. ")
+        if state == "consent":
+            self._state = state
+            return Reply(f"{said} {CONSENT_QUESTION}")
+        if state in ("clarify", "offer_ticket", "describe"):
+            self._state = state
+            return Reply(f"{said} {self._asked.text}")
+        self._state = "anything_else"
+        return Reply(f"{said} Is there anything else I can help with?")
+
+    def _call(self, name: str, arguments: dict[str, Any], text: str) -> Reply:
+        """Ask the client to run ``name``; the dialog waits for its result, one call at a time."""
+        self._calls += 1
+        call = ToolCall(call_id=f"{self._call_prefix}_{self._calls}", name=name, arguments=arguments)
+        self._pending = call
+        self._resume, self._asked = self._state, self._last
+        self._state = "ticket_pending" if name == "create_ticket" else "tool_pending"
+        return Reply(text, tool_call=call)
 
     # --- dispatch ----------------------------------------------------------------------------------
 
@@ -569,6 +780,17 @@ class HelpdeskBrain:
             if short and _REPEAT.search(core):
                 return self._last
             return Reply("I'm creating the ticket now, just a moment.")
+        if self._state == "tool_pending":
+            if short and _REPEAT.search(core):
+                return replace(self._last, tool_call=None)  # said again, not asked of the client again
+            return Reply("One moment, please.")
+        asked = self._other_tools(raw, text)
+        if asked is not None:
+            return asked
+        if self._state == "consent":
+            consent = self._on_consent(core)
+            if consent is not None:
+                return consent
         switched = self._switch(raw, text, core)
         if switched is not None:
             return switched
@@ -998,20 +1220,72 @@ class HelpdeskBrain:
         if case.urgent:
             lines.append("The user says this is urgent.")
         description = _clip(" ".join(lines) or "The user asked for a ticket.", DESCRIPTION_MAX)
-        self._calls += 1
-        call = ToolCall(
-            call_id=f"{self._call_prefix}_{self._calls}",
-            name="create_ticket",
-            arguments={
-                "summary": summary,
-                "description": description,
-                "category": article.category if article is not None else "other",
-                "urgency": "high" if case.urgent else "normal",
-            },
-        )
-        self._pending_call = call.call_id
-        self._state = "ticket_pending"
-        return Reply("Okay, I'm creating a ticket for you now.", tool_call=call)
+        arguments = {
+            "summary": summary,
+            "description": description,
+            "category": article.category if article is not None else "other",
+            "urgency": "high" if case.urgent else "normal",
+        }
+        return self._call("create_ticket", arguments, "Okay, I'm creating a ticket for you now.")
+
+    # --- status, a person, diagnostics ---------------------------------------------------------------
+
+    def _other_tools(self, raw: str, text: str) -> Reply | None:
+        """A status lookup or a handoff, when the user asks for one and the client offers the tool."""
+        if (
+            "get_ticket_status" in self._tools
+            and _TICKET_REF.search(text)
+            and _STATUS_ASK.search(text)
+            and not _NEW_TICKET.search(text)
+        ):
+            ticket = _named_ticket(raw)
+            if ticket is None and self._filed is not None and not _PLURAL_TICKETS.search(text):
+                ticket = self._filed[0]
+            if ticket is None:
+                return self._call("get_ticket_status", {}, "Let me check your tickets.")
+            return self._call("get_ticket_status", {"ticket": ticket}, f"Let me check on {ticket}.")
+        if (
+            "request_human" in self._tools
+            and _HUMAN.search(text)
+            and not _NOT_HUMAN.search(text)
+            and not (_NEW_TICKET.search(text) and "ticket" in text)  # "make a ticket for a technician"
+        ):
+            arguments = {"reason": self._handoff_reason(raw)}
+            if self._filed is not None:
+                arguments["ticket"] = self._filed[0]
+            return self._call("request_human", arguments, "Of course. I'm asking for a person from IT now.")
+        return None
+
+    def _handoff_reason(self, raw: str) -> str:
+        """Why the user wants a person: the article's topic and their words, or what was filed."""
+        case = self._case
+        own = [word for word in _content(raw) if word not in _HUMAN_WORDS]
+        words = case.requests[0] if case.requests else raw if len(own) >= 2 else ""
+        if case.article is not None:
+            reason = f"{case.article.title}: {_sentence(words)}" if words else case.article.title
+            if case.furthest_step:
+                reason += f" Tried the guide up to step {case.furthest_step} of {len(case.article.steps)}."
+        elif words:
+            reason = _sentence(words)
+        elif self._filed is not None and self._filed[1]:
+            reason = self._filed[1]
+        else:
+            reason = "The user asked to talk to a person."
+        return _clip(reason, REASON_MAX)
+
+    def _on_consent(self, core: str) -> Reply | None:
+        """The answer to "Shall I attach some technical details?"; None when it was something else."""
+        short = _short(core)
+        if short and _REPEAT.search(core):
+            return Reply(CONSENT_QUESTION)
+        if short and _YES.search(core) and not _NEGATIVE.search(core) and self._filed is not None:
+            arguments = {"ticket": self._filed[0], "user_agreed": True}
+            return self._call("attach_diagnostics", arguments, "Okay, I'm attaching them now.")
+        # Anything but a yes moves on without diagnostics: they go only with the user's agreement.
+        self._state = "anything_else"
+        if short and (_NO.search(core) or _NEGATIVE.search(core) or _STOP.search(core)):
+            return Reply("Okay, I won't attach anything. Is there anything else I can help with?")
+        return None
 
 
 def _content_beyond(text: str, pattern: re.Pattern[str]) -> list[str]:

@@ -69,6 +69,6 @@ class Speech(Protocol):
 @dataclass
 class Components:
     recognizer: Recognizer
-    new_brain: Callable[[bool], Brain]  # argument: can the client create tickets
+    new_brain: Callable[[frozenset[str]], Brain]  # argument: the names of the tools the client offers
     speak: Callable[[str], Speech]
     description: str = ""

@@ -65,7 +65,14 @@ def load_models(progress: Callable[[str], None], kb_folders: Sequence[str] | Non
     folders = tuple(kb_folders) if kb_folders is not None else folders_from_env() or ()
 
     def load_recognizer() -> SpeechRecognizer:
-        recognizer = SpeechRecognizer()
+        from app.localmodel.asr import vocabulary_prompt, whisper_token_counter
+        from app.tools.kb_sources import load_knowledge_base
+
+        # Biased toward the words the articles use (shipped and company), so a request an article
+        # answers is heard with that article's terms; reading the files twice is cheap next to
+        # embedding them.
+        articles, _problems = load_knowledge_base(folders)
+        recognizer = SpeechRecognizer(prompt=vocabulary_prompt(articles, whisper_token_counter()))
         recognizer.load()
         return recognizer
 
@@ -82,8 +89,8 @@ def load_models(progress: Callable[[str], None], kb_folders: Sequence[str] | Non
     def speak(text: str) -> Speech:
         return SpeechStream(voice, text)
 
-    def new_brain(can_create_tickets: bool) -> _Brain:
-        return _Brain(HelpdeskBrain(retriever, can_create_tickets=can_create_tickets))
+    def new_brain(tool_names: frozenset[str]) -> _Brain:
+        return _Brain(HelpdeskBrain(retriever, tools=tool_names))
 
     return Components(
         recognizer=_Recognizer(recognizer, UtteranceTranscriber),

@@ -117,7 +117,7 @@ class _Connection:
     ws: ServerConnection
     session: Session
     brain: Brain | None = None
-    can_create_tickets: bool = False
+    tool_names: frozenset[str] = frozenset()  # the tools offered when the brain was made
     utterances: dict[str, Utterance] = field(default_factory=dict)
     partial_tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     transcripts: dict[str, asyncio.Future[str]] = field(default_factory=dict)
@@ -394,11 +394,11 @@ class EmbeddedServer:
 
     # -- replies ---------------------------------------------------------------------------
     def _brain(self, connection: _Connection) -> Brain:
-        can_tickets = "create_ticket" in connection.session.config.tool_names
-        if connection.brain is None or can_tickets != connection.can_create_tickets:
+        tool_names = frozenset(connection.session.config.tool_names)
+        if connection.brain is None or tool_names != connection.tool_names:
             # The brain keeps the dialog; a change of the client's tools is rare and starts afresh.
-            connection.brain = self.components.new_brain(can_tickets)
-            connection.can_create_tickets = can_tickets
+            connection.brain = self.components.new_brain(tool_names)
+            connection.tool_names = tool_names
         return connection.brain
 
     async def _think(self, connection: _Connection, source: ResponseInput) -> BrainReply:
