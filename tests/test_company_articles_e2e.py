@@ -1,0 +1,67 @@
+"""The company's own article, dropped in by policy, walked through by voice through the whole app.
+
+The site policy names a folder with one free-form Markdown article (no ``## Steps`` list); the
+headless app with its offline assistant hears a request about it through the virtual microphone,
+answers with the article's first step, and on "done" goes on to the next one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from app.audio.devices import find_device
+from app.audio.resample import FloatArray
+from app.audio.virtual_rig import VirtualAudioRig
+from tests.app_driver import HeadlessApp, speak
+
+pytestmark = pytest.mark.devices
+
+ARTICLE = """\
+# The coffee machine in the kitchen shows an error
+
+When the coffee machine in the kitchen shows a red light, it usually needs one of three things.
+
+1. Empty the grounds drawer at the front of the coffee machine and push it back until it clicks.
+2. Fill the water tank at the back of the machine up to the line.
+3. Switch the coffee machine off at the side, wait ten seconds and switch it on again.
+
+If the red light stays on, tell facilities.
+"""
+
+
+def test_a_company_article_named_by_policy_is_walked_through_by_voice(
+    virtual_audio: VirtualAudioRig,
+    speech: Callable[[str, int], FloatArray],
+    tmp_path: Path,
+) -> None:
+    articles = tmp_path / "company-articles"
+    articles.mkdir()
+    (articles / "kitchen-coffee.md").write_text(ARTICLE, encoding="utf-8")
+    policy = tmp_path / "policy" / "policy.toml"
+    policy.parent.mkdir()
+    policy.write_text(f'[kb]\nfolders = ["{articles}"]\n', encoding="utf-8")
+    feed_rate = int(find_device(virtual_audio.mic_feed, "output").default_samplerate)
+    app = HeadlessApp(
+        ["--input-device", virtual_audio.mic, "--output-device", virtual_audio.speaker, "--duration", "150"],
+        env={
+            "HELPDESK_VOICE_DATA_DIR": str(tmp_path / "data"),
+            "HELPDESK_VOICE_POLICY": str(policy),
+            "HELPDESK_VOICE_CONFIG_DIR": str(tmp_path / "user"),
+        },
+    )
+    try:
+        app.wait_for(lambda line: line.startswith("listening on"), 180)
+        time.sleep(0.8)
+        speak(virtual_audio, speech("the coffee machine in the kitchen shows a red light", feed_rate))
+        first = app.wait_for(lambda line: line.startswith("assistant:") and "grounds drawer" in line, 60)
+        time.sleep(1.0)
+        speak(virtual_audio, speech("done", feed_rate))
+        second = app.wait_for(lambda line: line.startswith("assistant:") and "water tank" in line, 60)
+    finally:
+        app.stop()
+    assert "water tank" not in first  # one step at a time
+    assert "grounds drawer" not in second
