@@ -20,6 +20,7 @@ from app.localmodel.asr import (
     HELPDESK_PROMPT,
     PROMPT_BUDGET_TOKENS,
     PROMPT_OPENING,
+    PROMPT_TAIL,
     SpeechRecognizer,
     kb_vocabulary,
     vocabulary_prompt,
@@ -80,34 +81,36 @@ def test_the_most_used_terms_come_first(count: Callable[[str], int]) -> None:
 
 def test_prompt_is_one_spoken_sentence_within_the_budget(count: Callable[[str], int]) -> None:
     prompt = vocabulary_prompt(shipped(), count)
-    assert prompt.startswith(PROMPT_OPENING + " ") and prompt.endswith(".")
-    assert prompt.count(".") == 1 and " and " in prompt
+    assert prompt.startswith(PROMPT_OPENING + " ") and prompt.endswith(", " + PROMPT_TAIL)
+    assert prompt.count(".") == 1
     assert count(" " + prompt) <= PROMPT_BUDGET_TOKENS
-    # The words are all there: the core ones and the knowledge base's own.
-    listed = set(re.split(r", | and ", prompt.removeprefix(PROMPT_OPENING + " ").removesuffix(".")))
-    assert set(CORE_TERMS) <= listed
-    assert {"phishing", "authenticator", "Zoom"} <= listed
+    # The words are all there: the core ones and the knowledge base's own, then the
+    # everyday words (the authenticator among them) that keep general requests heard well.
+    listed = _names(prompt)
+    assert set(CORE_TERMS) <= listed and "phishing" in listed
+    assert "authenticator" not in {name.lower() for name in listed}  # the everyday part has it
     # Within a dozen tokens of the static prompt it replaces (each costs the decoder about 0.3 ms).
     assert count(" " + prompt) <= count(" " + HELPDESK_PROMPT) + 12
 
 
-@pytest.mark.parametrize("budget", [16, 24, 40, 64, 100])
+def _names(prompt: str) -> set[str]:
+    return set(prompt.removeprefix(PROMPT_OPENING + " ").removesuffix(", " + PROMPT_TAIL).split(", "))
+
+
+@pytest.mark.parametrize("budget", [32, 40, 64, 100])
 def test_every_budget_is_respected_and_a_larger_one_only_adds(
     count: Callable[[str], int], budget: int
 ) -> None:
     prompt = vocabulary_prompt(shipped(), count, budget, core=())
     assert count(" " + prompt) <= budget
     smaller = vocabulary_prompt(shipped(), count, budget - 8, core=())
-    head = smaller.removesuffix(".").replace(" and ", ", ").split(", ")[:-1]
-    assert prompt.replace(" and ", ", ").startswith(", ".join(head))
+    assert _names(smaller) <= _names(prompt) or smaller == f"{PROMPT_OPENING} {PROMPT_TAIL}"
 
 
-def test_no_terms_fit_gives_a_plain_sentence(count: Callable[[str], int]) -> None:
-    assert (
-        vocabulary_prompt(shipped(), count, budget_tokens=3, core=())
-        == f"{PROMPT_OPENING} a computer problem."
-    )
-    assert vocabulary_prompt((), count, core=()) == f"{PROMPT_OPENING} a computer problem."
+def test_no_terms_fit_gives_the_everyday_sentence(count: Callable[[str], int]) -> None:
+    plain = f"{PROMPT_OPENING} {PROMPT_TAIL}"
+    assert vocabulary_prompt(shipped(), count, budget_tokens=3, core=()) == plain
+    assert vocabulary_prompt((), count, core=()) == plain
 
 
 def test_vocabulary_and_prompt_do_not_depend_on_the_order_of_articles(count: Callable[[str], int]) -> None:

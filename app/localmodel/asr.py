@@ -65,22 +65,18 @@ FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
 # A short spoken-style sentence rather than a bare word list: with a list tiny.en tends to continue
 # it ("Outlook," and nothing else, or "MFA, MFA, MFA"). Every prompt token is paid for in the
 # decoder's first step, so it stays short.
-HELPDESK_PROMPT = (
-    "IT helpdesk call about VPN, MFA, Outlook, Teams, Zoom, Wi-Fi, BitLocker, OneDrive, SharePoint, "
-    "a password, being locked out, the authenticator, a printer or a docking station, and tickets."
-)
+CORE_TERMS = ("VPN", "MFA", "Outlook", "Teams", "Zoom", "Wi-Fi", "BitLocker", "OneDrive", "SharePoint")
+# The everyday part of the sentence: with it the general requests are heard better than with a bare
+# list of names (bench/asr.py: 16.2 % WER against 17.9 % for a prompt of names alone).
+PROMPT_TAIL = "a password, being locked out, the authenticator, a printer or a docking station, and tickets."
+PROMPT_OPENING = "IT helpdesk call about"
+HELPDESK_PROMPT = f"{PROMPT_OPENING} {', '.join(CORE_TERMS)}, {PROMPT_TAIL}"
 
 # The knowledge base's own names for things go into the prompt (:func:`vocabulary_prompt`) so that
-# "the VPN drops" is not heard as "let me be Android": the same sentence form, its length capped by
-# this budget. The static prompt above is 52 tokens; the decoder's first step pays 0.3-0.6 ms a
-# prompt token (bench/asr.py), so the dozen more cost 4-7 ms a decode.
+# "phishing" is not heard as "fish in": the same sentence, the names before its everyday part, its
+# length capped by this budget. The static prompt above is 52 tokens; the decoder's first step pays
+# 0.3-0.6 ms a prompt token (bench/asr.py), so the dozen more cost at most 4-7 ms a decode.
 PROMPT_BUDGET_TOKENS = 64
-# Said to every helpdesk whether or not an article covers them, and misheard without the prompt
-# ("BitLocker" as "a bit locker", "OneDrive" as "one drive"): a prompt from the shipped articles
-# alone, which never name BitLocker or OneDrive, took the general requests' WER from 14.9 to 20.3 %
-# (17.9 % with these first; bench/asr.py).
-CORE_TERMS = ("VPN", "MFA", "Outlook", "Teams", "Wi-Fi", "BitLocker", "OneDrive", "SharePoint")
-PROMPT_OPENING = "IT helpdesk call about"
 
 MIN_WINDOW_S = 10.0  # shorter encoder windows loop (see the module docstring)
 WINDOW_PAD_S = 1.0  # silence after the speech inside the window: the model expects an ending
@@ -405,11 +401,10 @@ def kb_vocabulary(articles: Iterable[Article], count_tokens: Callable[[str], int
 
 
 def prompt_sentence(terms: Sequence[str]) -> str:
-    """The spoken-sentence form the module docstring explains: "IT helpdesk call about A, B and C."."""
+    """The spoken-sentence form the module docstring explains: the names, then the everyday words."""
     if not terms:
-        return f"{PROMPT_OPENING} a computer problem."
-    listed = terms[0] if len(terms) == 1 else f"{', '.join(terms[:-1])} and {terms[-1]}"
-    return f"{PROMPT_OPENING} {listed}."
+        return f"{PROMPT_OPENING} {PROMPT_TAIL}"
+    return f"{PROMPT_OPENING} {', '.join(terms)}, {PROMPT_TAIL}"
 
 
 def vocabulary_prompt(
@@ -418,12 +413,17 @@ def vocabulary_prompt(
     budget_tokens: int = PROMPT_BUDGET_TOKENS,
     core: Sequence[str] = CORE_TERMS,
 ) -> str:
-    """The recogniser's prompt: the ``core`` terms, then the knowledge base's in
-    :func:`kb_vocabulary`'s order, each one that still fits within ``budget_tokens`` (counted as
-    the decoder sees the prompt, after a space); a term already there is not repeated."""
+    """The recogniser's prompt: the ``core`` terms, then the company articles' and the knowledge
+    base's in :func:`kb_vocabulary`'s order, each one that still fits within ``budget_tokens`` (counted as
+    the decoder sees the prompt, after a space); a term already there, or in the everyday words of
+    :data:`PROMPT_TAIL`, is not repeated."""
     chosen: list[str] = []
-    seen: set[str] = set()
-    candidates = [*core, *(term.text for term in kb_vocabulary(articles, count_tokens))]
+    seen: set[str] = {_key(word) for word in re.findall(r"[\w-]+", PROMPT_TAIL)}
+    articles = list(articles)
+    # The company's own names first: nobody else tells the recogniser about them, while the shipped
+    # articles' words are the same on every computer.
+    company = kb_vocabulary([article for article in articles if article.source], count_tokens)
+    candidates = [*core, *(term.text for term in (*company, *kb_vocabulary(articles, count_tokens)))]
     for text in candidates:
         if _key(text) in seen:
             continue
