@@ -10,12 +10,12 @@ The test only reads (:meth:`Connector.find` of a key no ticket has): it never fi
 
 from __future__ import annotations
 
-import contextlib
+import queue
 import threading
 from collections.abc import Mapping
 from typing import Final
 
-from PySide6.QtCore import QObject, Signal, Slot
+from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
 from app.config import TicketSettings
 from app.ticket_systems import try_connection
@@ -57,21 +57,37 @@ NO_CREDENTIAL_LABEL: Final = "Credential:"
 USER_LABELS: Final[Mapping[str, str]] = {"servicenow": "API &user:", "jsm": "API &user's e-mail:"}
 
 
+Result = tuple[int, bool, str]  # the test's generation, whether it connected, the sentence
+
+
+def _run_test(
+    results: queue.SimpleQueue[Result], generation: int, settings: TicketSettings, secret: str
+) -> None:
+    # Only the queue: the dialog, and every Qt object with it, may be gone by the time a slow server
+    # answers, and touching a deleted Qt object from this thread can crash the app.
+    ok, message = try_connection(settings, secret)
+    results.put((generation, ok, message))
+
+
 class ConnectionTest(QObject):
     """Runs :func:`try_connection` in a worker thread; ``finished(ok, message)`` arrives on the GUI thread.
 
-    Only the latest test reports: :meth:`cancel` (or a newer :meth:`start`) makes an older one's result
-    be dropped, since a slow answer for the old fields would mislabel the new ones.
+    The worker hands its result over a queue that a timer of this object reads, so no Qt object is
+    used outside the GUI thread. Only the latest test reports: :meth:`cancel` (or a newer
+    :meth:`start`) makes an older one's result be dropped, since a slow answer for the old fields
+    would mislabel the new ones.
     """
 
     finished = Signal(bool, str)
-    _done = Signal(int, bool, str)  # from the worker; queued to the GUI thread by Qt
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._generation = 0
         self._running = False
-        self._done.connect(self._deliver)
+        self._results: queue.SimpleQueue[Result] = queue.SimpleQueue()
+        self._poll = QTimer(self)
+        self._poll.setInterval(50)
+        self._poll.timeout.connect(self._collect)
 
     @property
     def running(self) -> bool:
@@ -81,25 +97,26 @@ class ConnectionTest(QObject):
         self._generation += 1
         self._running = True
         threading.Thread(
-            target=self._run,
-            args=(self._generation, settings, secret),
+            target=_run_test,
+            args=(self._results, self._generation, settings, secret),
             name="helpdesk-ticket-test",
             daemon=True,  # a hung server must not keep the app from quitting
         ).start()
+        self._poll.start()
 
     def cancel(self) -> None:
         self._generation += 1
         self._running = False
+        self._poll.stop()
 
-    def _run(self, generation: int, settings: TicketSettings, secret: str) -> None:
-        ok, message = try_connection(settings, secret)
-        # RuntimeError: the dialog, and this object with it, is gone; nobody is waiting.
-        with contextlib.suppress(RuntimeError):
-            self._done.emit(generation, ok, message)
-
-    @Slot(int, bool, str)
-    def _deliver(self, generation: int, ok: bool, message: str) -> None:
-        if generation != self._generation:
-            return
-        self._running = False
-        self.finished.emit(ok, message)
+    @Slot()
+    def _collect(self) -> None:
+        while True:
+            try:
+                generation, ok, message = self._results.get_nowait()
+            except queue.Empty:
+                return
+            if generation == self._generation:
+                self._running = False
+                self._poll.stop()
+                self.finished.emit(ok, message)
