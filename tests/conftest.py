@@ -22,7 +22,11 @@ from app.audio.probe import TimedRecorder, espeak_speech
 from app.audio.resample import FloatArray, StreamResampler
 from app.audio.streams import open_stream
 from app.audio.virtual_rig import RigUnavailable, VirtualAudioRig, reinitialise_portaudio
+from app.sealed_files import DataKeyring
+from app.tools.delivery import DeliveryWorker
+from app.tools.tickets import TicketOutbox
 from tests.file_keyring import FileKeyring
+from tests.memory_ticket_system import MemorySystem
 from tests.rt_server import RtInstance, RtUnavailable, running_rt
 
 
@@ -137,3 +141,18 @@ def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RtInstance]:
                 pytest.skip(str(exc))
             pytest.fail(f"Request Tracker is required here but could not start: {exc}")
         yield instance
+
+
+@pytest.fixture
+def system() -> MemorySystem:
+    """A ticket system in memory, for the ticket tools' tests."""
+    return MemorySystem()
+
+
+@pytest.fixture
+def worker(tmp_path: Path, file_keyring: FileKeyring, system: MemorySystem) -> Iterator[DeliveryWorker]:
+    """The delivery worker over a fresh outbox in ``tmp_path``, delivering to ``system``."""
+    running = DeliveryWorker(TicketOutbox(tmp_path / "outbox", keys=DataKeyring()), lambda: system)
+    running.start()
+    yield running
+    running.stop()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
+from typing import Any
 
 from app.tools.connectors import ConnectorError, RemoteTicket, TicketDraft
+from app.tools.registry import ToolRegistry
 
 
 class MemorySystem:
@@ -77,3 +80,11 @@ class MemorySystem:
 
     def filed(self, local_id: str) -> int:
         return sum(1 for draft in self.tickets.values() if draft.local_id == local_id)
+
+
+async def call_tool(tools: ToolRegistry, name: str, **arguments: Any) -> dict[str, Any]:
+    """The tool's output, which must be a success."""
+    result = await tools.run(name, json.dumps(arguments))
+    assert result.ok, result.output
+    output: dict[str, Any] = result.output
+    return output

@@ -508,19 +508,6 @@ def test_linux_power_supply_tree(tmp_path: Path) -> None:
 ONLY_QUICK = DiagnosticsOptions(fields=("os", "uptime", "disk", "vpn"))
 
 
-@pytest.fixture
-def system() -> MemorySystem:
-    return MemorySystem()
-
-
-@pytest.fixture
-def worker(tmp_path: Path, file_keyring: FileKeyring, system: MemorySystem) -> Iterator[DeliveryWorker]:
-    running = DeliveryWorker(TicketOutbox(tmp_path / "outbox", keys=DataKeyring()), lambda: system)
-    running.start()
-    yield running
-    running.stop()
-
-
 async def _run(tools: ToolRegistry, name: str, **arguments: Any) -> tuple[bool, dict[str, Any]]:
     result = await tools.run(name, json.dumps(arguments))
     return result.ok, result.output

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from app.tools.handoff import HandoffOptions
 from app.tools.registry import ToolRegistry
 from app.tools.tickets import TicketOutbox, conversation_text
 from tests.file_keyring import FileKeyring
-from tests.memory_ticket_system import MemorySystem
+from tests.memory_ticket_system import MemorySystem, call_tool
 
 HEARD = [
     ("user", "My VPN keeps dropping."),
@@ -36,30 +35,10 @@ OPTIONS = HandoffOptions(
 
 
 @pytest.fixture
-def system() -> MemorySystem:
-    return MemorySystem()
-
-
-@pytest.fixture
-def worker(tmp_path: Path, file_keyring: FileKeyring, system: MemorySystem) -> Iterator[DeliveryWorker]:
-    running = DeliveryWorker(TicketOutbox(tmp_path / "outbox", keys=DataKeyring()), lambda: system)
-    running.start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture
 def tools(worker: DeliveryWorker) -> ToolRegistry:
     return default_registry(
         delivery=worker, contact="dana@contoso.example", handoff=OPTIONS, transcript=lambda: HEARD
     )
-
-
-async def _call(tools: ToolRegistry, name: str, **arguments: Any) -> dict[str, Any]:
-    result = await tools.run(name, json.dumps(arguments))
-    assert result.ok, result.output
-    output: dict[str, Any] = result.output
-    return output
 
 
 def _wait(predicate: Any, timeout: float = 10.0) -> None:
@@ -80,7 +59,7 @@ def test_the_handoff_sentence_says_how_and_when() -> None:
 async def test_a_handoff_without_a_ticket_files_one_with_the_conversation_as_heard(
     tools: ToolRegistry, system: MemorySystem
 ) -> None:
-    answer = await _call(tools, "request_human", reason="VPN still drops after the steps")
+    answer = await call_tool(tools, "request_human", reason="VPN still drops after the steps")
     assert answer["handoff"] == "requested" and answer["phone"] == "+1 555 0100"
     assert answer["message"] == OPTIONS.sentence(answer["ticket_id"])
     _wait(lambda: system.filed(answer["ticket_id"]) == 1)
@@ -94,10 +73,10 @@ async def test_a_handoff_without_a_ticket_files_one_with_the_conversation_as_hea
 async def test_a_handoff_on_a_filed_ticket_adds_the_conversation_to_it(
     tools: ToolRegistry, system: MemorySystem, worker: DeliveryWorker
 ) -> None:
-    filed = await _call(
+    filed = await call_tool(
         tools, "create_ticket", summary="VPN drops", description="It drops.", category="network"
     )
-    answer = await _call(tools, "request_human", reason="still broken", ticket=filed["ticket_id"].lower())
+    answer = await call_tool(tools, "request_human", reason="still broken", ticket=filed["ticket_id"].lower())
     assert answer["ticket_id"] == filed["ticket_id"]
     _wait(lambda: len(system.comments.get(1, [])) == 2)
     filed_with, comment = system.comments[1]

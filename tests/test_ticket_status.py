@@ -7,35 +7,19 @@ the end-to-end tests run the same tools against the real Request Tracker.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from app.sealed_files import DataKeyring
 from app.tools import default_registry
 from app.tools.connectors import ConnectorError
 from app.tools.delivery import DeliveryWorker
 from app.tools.registry import ToolRegistry
-from app.tools.tickets import TicketOutbox
 from tests.file_keyring import FileKeyring
-from tests.memory_ticket_system import MemorySystem
+from tests.memory_ticket_system import MemorySystem, call_tool
 
 CONTACT = "dana@contoso.example"
-
-
-@pytest.fixture
-def system() -> MemorySystem:
-    return MemorySystem()
-
-
-@pytest.fixture
-def worker(tmp_path: Path, file_keyring: FileKeyring, system: MemorySystem) -> Iterator[DeliveryWorker]:
-    running = DeliveryWorker(TicketOutbox(tmp_path / "outbox", keys=DataKeyring()), lambda: system)
-    running.start()
-    yield running
-    running.stop()
 
 
 @pytest.fixture
@@ -43,15 +27,10 @@ def tools(worker: DeliveryWorker) -> ToolRegistry:
     return default_registry(delivery=worker, contact=CONTACT)
 
 
-async def _call(tools: ToolRegistry, name: str, **arguments: Any) -> dict[str, Any]:
-    result = await tools.run(name, json.dumps(arguments))
-    assert result.ok, result.output
-    output: dict[str, Any] = result.output
-    return output
-
-
 async def _file(tools: ToolRegistry, summary: str = "VPN drops every hour") -> dict[str, Any]:
-    return await _call(tools, "create_ticket", summary=summary, description="It drops.", category="network")
+    return await call_tool(
+        tools, "create_ticket", summary=summary, description="It drops.", category="network"
+    )
 
 
 async def test_a_new_ticket_is_answered_with_the_systems_own_number(
@@ -71,7 +50,7 @@ async def test_a_ticket_the_system_cannot_take_now_is_answered_with_the_local_id
     answer = await _file(tools)
     assert answer["status"] == "queued" and "ticket_number" not in answer
     assert answer["ticket_id"] in answer["message"] and "sent" in answer["message"]
-    status = await _call(tools, "get_ticket_status", ticket=answer["ticket_id"])
+    status = await call_tool(tools, "get_ticket_status", ticket=answer["ticket_id"])
     assert status["status"].startswith("queued") and status["why"] == "The helpdesk is not answering."
 
 
@@ -80,17 +59,17 @@ async def test_status_of_a_delivered_ticket_reads_the_system(
 ) -> None:
     ticket_id = (await _file(tools))["ticket_id"]
     system.statuses[1] = "open"  # a technician picked it up
-    status = await _call(tools, "get_ticket_status", ticket=ticket_id.lower().replace("-", " "))
+    status = await call_tool(tools, "get_ticket_status", ticket=ticket_id.lower().replace("-", " "))
     assert (status["ticket_id"], status["number"], status["status"]) == (ticket_id, "MD-1", "open")
     assert status["url"] == "https://desk.example/1" and status["title"] == "VPN drops every hour"
-    by_number = await _call(tools, "get_ticket_status", ticket="1")
+    by_number = await call_tool(tools, "get_ticket_status", ticket="1")
     assert by_number["status"] == "open"
 
 
 async def test_status_says_when_the_system_cannot_be_read(tools: ToolRegistry, system: MemorySystem) -> None:
     ticket_id = (await _file(tools))["ticket_id"]
     system.fail_next = [ConnectorError("unavailable", "The helpdesk is not answering.")]
-    status = await _call(tools, "get_ticket_status", ticket=ticket_id)
+    status = await call_tool(tools, "get_ticket_status", ticket=ticket_id)
     assert status["number"] == "MD-1" and "could not be read" in status["status"]
 
 
@@ -100,7 +79,7 @@ async def test_without_a_ticket_named_the_users_open_tickets_are_listed(
     await _file(tools, "VPN drops")
     await _file(tools, "Printer jams")
     system.statuses[1] = "resolved"
-    listing = await _call(tools, "get_ticket_status")
+    listing = await call_tool(tools, "get_ticket_status")
     assert [ticket["title"] for ticket in listing["open"]] == ["Printer jams"]
     assert listing["queued_here"] == []
 
@@ -116,6 +95,6 @@ async def test_without_a_system_tickets_are_listed_as_queued_here(
     tools = default_registry(outbox_dir=tmp_path / "outbox")
     filed = await _file(tools)
     assert filed["status"] == "queued"
-    listing = await _call(tools, "get_ticket_status")
+    listing = await call_tool(tools, "get_ticket_status")
     assert [ticket["ticket_id"] for ticket in listing["queued_here"]] == [filed["ticket_id"]]
     assert "no ticket system" in listing["note"]
