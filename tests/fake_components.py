@@ -15,8 +15,9 @@ from app.localmodel.components import BrainReply, Components, SpokenChunk, ToolR
 
 
 class FakeUtterance:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, context: str = "") -> None:
         self.text = text
+        self.context = context  # what the server said the user heard last
         self.audio = bytearray()
 
     def add(self, pcm24k: bytes) -> None:
@@ -34,8 +35,8 @@ class FakeRecognizer:
         self.text = text
         self.utterances: list[FakeUtterance] = []
 
-    def utterance(self) -> FakeUtterance:
-        self.utterances.append(FakeUtterance(self.text))
+    def utterance(self, context: str = "") -> FakeUtterance:
+        self.utterances.append(FakeUtterance(self.text, context))
         return self.utterances[-1]
 
 

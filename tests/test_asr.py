@@ -413,3 +413,33 @@ def test_empty_turns_and_late_audio(recognizer: SpeechRecognizer, say: Callable[
     assert turn.finish() == ""
     turn.add(pcm24k(say("hello", 24000)))  # after the end of the turn: ignored
     assert turn.partial() == "" and turn.finish() == "" and turn.audio_s < 0.01
+
+
+def test_a_short_answer_is_heard_with_what_the_assistant_just_said(recognizer: SpeechRecognizer) -> None:
+    # "Done", said by espeak-ng into the virtual microphone and recorded where the server hears it
+    # (16 kHz), after the assistant asked to be told; alone, tiny.en made it "D-" and was unsure.
+    import wave
+    from pathlib import Path
+
+    with wave.open(str(Path(__file__).parent / "data" / "done-through-virtual-devices.wav")) as file:
+        samples = np.frombuffer(file.readframes(file.getnframes()), "<i2")
+    asked = "Step 1 of 3: Empty the grounds drawer and push it back. Tell me when you've done that."
+    heard = recognizer.transcribe(samples, context=asked)
+    assert words(heard.text) == ["done"]
+    turn = UtteranceTranscriber(recognizer, RATE, context=asked)
+    turn.add(samples.astype("<i2").tobytes())
+    assert words(turn.finish()) == ["done"]
+
+
+def test_the_context_keeps_the_last_words_that_fit_the_budget(recognizer: SpeechRecognizer) -> None:
+    from app.localmodel.asr import CONTEXT_BUDGET_TOKENS
+
+    long = (
+        " ".join(f"sentence number {n} of a long answer." for n in range(40))
+        + " Tell me when you've done that."
+    )
+    tail = recognizer.context_tail(long)
+    assert tail.endswith("Tell me when you've done that.") and long.endswith(tail)
+    assert len(recognizer._tokenizer.encode(" " + tail)) <= CONTEXT_BUDGET_TOKENS
+    assert not tail.startswith(("umber", "entence"))  # whole words only
+    assert recognizer.context_tail("  ") == ""

@@ -22,7 +22,7 @@ from app.localmodel.models import _Brain
 from app.localmodel.retrieval import ArticleRetriever
 from app.localmodel.server import EmbeddedServer, new_token
 from app.tools.kb import KeywordIndex, default_kb_dir, load_articles
-from tests.fake_components import fake_components
+from tests.fake_components import FakeRecognizer, fake_components
 
 openai_types = pytest.importorskip("openai.types.realtime")
 from pydantic import TypeAdapter  # noqa: E402
@@ -1052,3 +1052,41 @@ async def test_a_late_cancel_is_refused_in_openais_words(client: Client) -> None
     assert error["message"].startswith("Cancellation failed")
     await client.ask("thanks")  # and the session goes on
     assert (await client.next("response.done"))["response"]["status"] == "completed"
+
+
+async def test_each_spoken_turn_is_recognised_with_the_assistants_last_words_as_heard() -> None:
+    components = fake_components()
+    running = EmbeddedServer(components, new_token())
+    await running.start()
+    try:
+        async with connect(
+            running.url, additional_headers={"Authorization": f"Bearer {running.token}"}
+        ) as ws:
+            client = Client(ws)
+            await client.next("session.created")
+            await client.append(silence(0.5))
+            await client.append(speechlike(1.0))
+            await client.append(silence(0.8))
+            answer = (await client.next("response.done", timeout=10))["response"]["output"][0]
+            # The user heard half of the answer's 1200 ms.
+            await client.send(
+                {
+                    "type": "conversation.item.truncate",
+                    "item_id": answer["id"],
+                    "content_index": 0,
+                    "audio_end_ms": 600,
+                }
+            )
+            await client.next("conversation.item.truncated")
+            await client.append(speechlike(1.0))
+            await client.append(silence(0.8))
+            await client.next("response.done", timeout=10)
+    finally:
+        await running.close()
+    recognizer = components.recognizer
+    assert isinstance(recognizer, FakeRecognizer)
+    first, second = recognizer.utterances[:2]
+    assert first.context == ""  # nothing was said before the first turn
+    full = answer["content"][0]["transcript"]
+    assert second.context and full.startswith(second.context.removesuffix("...").rstrip())
+    assert len(second.context) < len(full)  # only the words the user heard

@@ -24,6 +24,11 @@ The prompt (Whisper's "previous text") biases the decoder toward the words in it
 built from the knowledge base by :func:`vocabulary_prompt`: the acronyms, product names and rare
 words of the articles' titles, keywords and phrasings, shipped and company ones, within
 :data:`PROMPT_BUDGET_TOKENS`, so the terms an article can answer are the ones the model expects.
+Each turn's prompt also ends with the assistant's last words as the user heard them (the
+conversation's own previous text, :data:`CONTEXT_BUDGET_TOKENS` at most): a bare "done" or "yes"
+after "Tell me when you've done that." is too short for tiny.en to be sure of on its own (heard as
+"D-" at an average log probability of -1.6 to -1.8, then dropped as unsure, in 5 of 10 runs
+through the virtual devices) and is heard at -0.8 to -1.1 with it.
 faster-whisper's ``hotwords`` is not used on the long-audio path: in faster-whisper 1.2 it is the
 same mechanism (its tokens go after ``<|startofprev|>``, before the previous text), so passing the
 vocabulary as both would only pay for it twice.
@@ -36,6 +41,7 @@ was no speech, is unsure, or produced one of its well-known hallucinations.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -57,6 +63,8 @@ if TYPE_CHECKING:
 FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]
 
+_log = logging.getLogger(__name__)
+
 SAMPLE_RATE = 16000  # what Whisper and webrtcvad take
 INPUT_RATE = 24000  # what the realtime protocol carries
 FRAME_SAMPLES = 480  # 30 ms: webrtcvad's longest frame, the steadiest decision
@@ -77,6 +85,9 @@ HELPDESK_PROMPT = f"{PROMPT_OPENING} {', '.join(CORE_TERMS)}, {PROMPT_TAIL}"
 # length capped by this budget. The static prompt above is 52 tokens; the decoder's first step pays
 # 0.3-0.6 ms a prompt token (bench/asr.py), so the dozen more cost at most 4-7 ms a decode.
 PROMPT_BUDGET_TOKENS = 64
+# The assistant's last words in the prompt: about its last sentence or two. Every token costs the
+# decoder's first step 0.3-0.6 ms, as the vocabulary's do.
+CONTEXT_BUDGET_TOKENS = 32
 
 MIN_WINDOW_S = 10.0  # shorter encoder windows loop (see the module docstring)
 WINDOW_PAD_S = 1.0  # silence after the speech inside the window: the model expects an ending
@@ -133,6 +144,7 @@ class Transcript:
     reason: str = ""  # why the text is empty ("no speech", "silent", "unsure", "hallucination", "invalid")
     speech_s: float = 0.0  # voiced speech the gate found
     window_s: float = 0.0  # encoder window, 0 when nothing was decoded
+    dropped: str = ""  # the decoded words a rejection left out, for the log
 
 
 # -- the speech gate ---------------------------------------------------------------------------------
@@ -535,11 +547,10 @@ class SpeechRecognizer:
                 local_files_only=True,
             )
             tokenizer = Tokenizer(model.hf_tokenizer, False, task="transcribe", language="en")
-            prompt = [tokenizer.sot_prev, *tokenizer.encode(" " + self.prompt.strip())] if self.prompt else []
-            self._prompt_tokens = [*prompt, *tokenizer.sot_sequence, tokenizer.no_timestamps]
+            self._tokenizer = tokenizer
+            self._prompt_tokens = self._tokens_of(self.prompt)
             self._suppress = list(get_suppressed_tokens(tokenizer, [-1]))
             self._eot = int(tokenizer.eot)
-            self._tokenizer = tokenizer
             self._model = model
             self.load_s = time.perf_counter() - started
 
@@ -548,9 +559,23 @@ class SpeechRecognizer:
         """The faster-whisper model (None before :meth:`load`), for measurements."""
         return self._model
 
-    def transcribe(self, samples_16k: npt.ArrayLike, *, gated: bool = True) -> Transcript:
+    def context_tail(self, context: str) -> str:
+        """The end of ``context`` that fits in :data:`CONTEXT_BUDGET_TOKENS`, whole words only."""
+        if self._model is None:
+            self.load()
+        words = context.split()[-CONTEXT_BUDGET_TOKENS:]  # a word is at least one token
+        while words and len(self._tokenizer.encode(" " + " ".join(words))) > CONTEXT_BUDGET_TOKENS:
+            words = words[1:]
+        return " ".join(words)
+
+    def _prompt_for(self, context: str) -> str:
+        return " ".join(part for part in (self.prompt.strip(), self.context_tail(context)) if part)
+
+    def transcribe(self, samples_16k: npt.ArrayLike, *, gated: bool = True, context: str = "") -> Transcript:
         """The words in 16 kHz mono audio, or "" when there are none worth reporting.
 
+        ``context`` is what was said just before (the assistant's last words as the user heard
+        them); its end follows the vocabulary in the prompt.
         Bad audio (empty, NaN, not 1-D) gives "" with reason "invalid", never an exception.
         ``gated=False`` decodes whatever there is and keeps whatever comes out: for calibration only.
         """
@@ -573,17 +598,33 @@ class SpeechRecognizer:
             first = max(0, int(voiced[0]) * FRAME_SAMPLES - int(LEAD_KEEP_S * SAMPLE_RATE))
             last = (int(voiced[-1]) + 1) * FRAME_SAMPLES + int(TAIL_KEEP_S * SAMPLE_RATE)
             speech = samples[first:last]
+        prompt = self._prompt_for(context) if context.strip() else self.prompt
         if len(speech) / SAMPLE_RATE + WINDOW_PAD_S > MAX_WINDOW_S:
-            text, no_speech, logprob, window_s = self._decode_long(speech)
+            text, no_speech, logprob, window_s = self._decode_long(speech, prompt)
         else:
-            text, no_speech, logprob, window_s = self._decode(speech)
+            prompt_tokens = self._prompt_tokens if prompt == self.prompt else self._tokens_of(prompt)
+            text, no_speech, logprob, window_s = self._decode(speech, prompt_tokens)
         reason = self._rejection(text, no_speech, logprob, speech_s) if gated else ""
         elapsed = time.perf_counter() - started
         return Transcript(
-            "" if reason else text, no_speech, logprob, audio_s, elapsed, reason, speech_s, window_s
+            "" if reason else text,
+            no_speech,
+            logprob,
+            audio_s,
+            elapsed,
+            reason,
+            speech_s,
+            window_s,
+            text if reason else "",
         )
 
-    def _decode(self, speech: FloatArray) -> tuple[str, float, float, float]:
+    def _tokens_of(self, prompt: str) -> list[int]:
+        """The decoder's start: the prompt as previous text, then the transcription task."""
+        tokenizer = self._tokenizer
+        previous = [tokenizer.sot_prev, *tokenizer.encode(" " + prompt.strip())] if prompt.strip() else []
+        return [*previous, *tokenizer.sot_sequence, tokenizer.no_timestamps]
+
+    def _decode(self, speech: FloatArray, prompt_tokens: list[int]) -> tuple[str, float, float, float]:
         model = self._model
         features = model.feature_extractor(speech)
         content = features.shape[-1]
@@ -599,9 +640,9 @@ class SpeechRecognizer:
         budget = min(MAX_NEW_TOKENS, int(TOKENS_BASE + TOKENS_PER_S * duration))
         result = model.model.generate(
             encoded,
-            [self._prompt_tokens],
+            [prompt_tokens],
             beam_size=1,
-            max_length=len(self._prompt_tokens) + budget,
+            max_length=len(prompt_tokens) + budget,
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
@@ -613,7 +654,7 @@ class SpeechRecognizer:
         text = trim_repetitions(self._tokenizer.decode(tokens).strip())
         return text, float(result.no_speech_prob), logprob, window / frames_per_s
 
-    def _decode_long(self, speech: FloatArray) -> tuple[str, float, float, float]:
+    def _decode_long(self, speech: FloatArray, prompt: str) -> tuple[str, float, float, float]:
         """More than one window: faster-whisper's own loop over 30 s windows, slow but rare here."""
         segments, _info = self._model.transcribe(
             speech,
@@ -623,7 +664,7 @@ class SpeechRecognizer:
             temperature=0.0,
             without_timestamps=True,
             condition_on_previous_text=False,
-            initial_prompt=self.prompt or None,
+            initial_prompt=prompt or None,
             vad_filter=False,
         )
         texts: list[str] = []
@@ -683,9 +724,12 @@ class UtteranceTranscriber:
     every 0.6 s only).
     """
 
-    def __init__(self, recognizer: SpeechRecognizer, input_rate: int = INPUT_RATE) -> None:
+    def __init__(
+        self, recognizer: SpeechRecognizer, input_rate: int = INPUT_RATE, *, context: str = ""
+    ) -> None:
         self.recognizer = recognizer
         self.input_rate = input_rate
+        self.context = context  # the assistant's last words as heard (SpeechRecognizer.transcribe)
         self._resampler = (
             None
             if input_rate == SAMPLE_RATE
@@ -755,7 +799,7 @@ class UtteranceTranscriber:
                 or not self._sound_since(samples, self._last_samples)
             ):
                 return self._last.text
-            self._last = self.recognizer.transcribe(samples)
+            self._last = self.recognizer.transcribe(samples, context=self.context)
             self._last_samples = len(samples)
             self.decodes += self._last.window_s > 0
             return self._last.text
@@ -775,7 +819,18 @@ class UtteranceTranscriber:
                     self.final = replace(self._last, audio_s=len(samples) / SAMPLE_RATE)
                     self.reused_partial = True
                 else:
-                    self.final = self.recognizer.transcribe(samples)
+                    self.final = self.recognizer.transcribe(samples, context=self.context)
                     self.decodes += self.final.window_s > 0
                 self.finish_s = time.perf_counter() - started
+                if not self.final.text:
+                    # The turn ends without a word to the client; -v says why.
+                    _log.info(
+                        "turn dropped (%s): %.2f s of audio, %.2f s voiced, no speech %.2f, log prob %.2f%s",
+                        self.final.reason,
+                        self.final.audio_s,
+                        self.final.speech_s,
+                        self.final.no_speech_prob,
+                        self.final.avg_logprob,
+                        f", decoded {self.final.dropped!r}" if self.final.dropped else "",
+                    )
             return self.final.text

@@ -21,7 +21,9 @@ class Utterance(Protocol):
 
 
 class Recognizer(Protocol):
-    def utterance(self) -> Utterance: ...
+    def utterance(self, context: str = "") -> Utterance:
+        """A new turn; ``context`` is the assistant's last words as the user heard them."""
+        ...
 
 
 @dataclass(frozen=True)

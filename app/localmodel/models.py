@@ -40,8 +40,8 @@ class _Recognizer:
         self._recognizer = recognizer
         self._utterance_class = utterance_class
 
-    def utterance(self) -> Any:
-        return self._utterance_class(self._recognizer)
+    def utterance(self, context: str = "") -> Any:
+        return self._utterance_class(self._recognizer, context=context)
 
 
 def load_models(progress: Callable[[str], None], kb_folders: Sequence[str] | None = None) -> Components:

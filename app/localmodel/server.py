@@ -276,7 +276,8 @@ class EmbeddedServer:
 
     def _run(self, connection: _Connection, command: Command) -> None:
         if isinstance(command, BeginUtterance):
-            utterance = self.components.recognizer.utterance()
+            # What the user just heard is what they are most likely answering ("done", "yes").
+            utterance = self.components.recognizer.utterance(connection.session.last_assistant_words())
             connection.utterances[command.item_id] = utterance
             connection.transcripts[command.item_id] = asyncio.get_running_loop().create_future()
             connection.partial_tasks[command.item_id] = asyncio.create_task(

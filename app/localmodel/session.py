@@ -391,6 +391,19 @@ class Session:
         if self.active_response == response_id:
             self.active_response = None
 
+    def last_assistant_words(self) -> str:
+        """The assistant's latest message as the user heard it: cut where it was truncated, the
+        words begun so far while it streams; "" before the assistant said anything."""
+        for item in reversed(self._items.values()):
+            if item.role != "assistant":
+                continue
+            if item.said is not None:
+                return item.said
+            if item.wire is None:
+                return ""
+            return " ".join(part.transcript or part.text or "" for part in item.wire.content).strip()
+        return ""
+
     def transcript_of(self, item_id: str) -> str | None:
         item = self._items.get(item_id)
         return None if item is None else item.text

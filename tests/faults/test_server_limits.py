@@ -438,7 +438,7 @@ def _broken_recognizer() -> Components:
     components = fake_components(chunk_delay_s=0.0)
 
     class Broken:
-        def utterance(self) -> Any:
+        def utterance(self, context: str = "") -> Any:
             raise RuntimeError("the recognizer fell over")
 
     components.recognizer = Broken()
