@@ -249,7 +249,11 @@ def test_livekit_realtime_model(clients_python: Path, served: Served, speech_wav
     assert over["audio_deltas_after_speech_started"] == 0, over
     assert over["truncated_at_ms"] == over["heard_ms"] > 0, over
     assert over["next_response_status"] == "completed"
-    assert "vpn" in over["user_transcripts"][1].lower(), over
+    # The second request, not the first again. Its words are tiny.en's to get right or wrong: from
+    # espeak-ng's en-us voice it hears "my VPN keeps dropping" as "VPN, keep stopping" or "Might be
+    # the end to keep stopping", by where the turn's audio starts (bench/asr.py measures accuracy).
+    second = over["user_transcripts"][1].lower()
+    assert "keep" in second and "password" not in second, over
     # The agent's own cancel after the server's cancel for the user's speech is no error either.
     assert steps["ignored_errors"] == []
     # An answer interrupted before any of it played is deleted; so is an item left out of the chat context.
