@@ -75,6 +75,7 @@ __all__ = [
     "POLICY_ENV",
     "SENSITIVITY_CHOICES",
     "SETTINGS",
+    "TICKET_SYSTEMS_WITH_ARTICLES",
     "TICKET_SYSTEM_CHOICES",
     "TURN_DETECTION_CHOICES",
     "AudioDeviceSettings",
@@ -250,6 +251,9 @@ TICKET_SYSTEM_CHOICES: Final[tuple[tuple[TicketSystem, str], ...]] = (
     ("jsm", "Jira Service Management"),
     ("webhook", "Webhook"),
 )
+# The ticket systems whose own knowledge base the app can read (kb.ticket_system_articles): Jira
+# Service Management's lives in Confluence, behind another API and account, and a webhook has none.
+TICKET_SYSTEMS_WITH_ARTICLES: Final[tuple[TicketSystem, ...]] = ("rt", "servicenow")
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +387,15 @@ _SETTINGS: Final = (
         tuple,
         (),
         help="folders of the company's own articles (Markdown, HTML or text), beside the shipped ones",
+    ),
+    Setting(
+        "kb.ticket_system_articles",
+        bool,
+        False,
+        help=(
+            "also use the ticket system's own knowledge base (Request Tracker articles, ServiceNow "
+            "knowledge), copied to this computer and kept up to date every few minutes"
+        ),
     ),
 )
 SETTINGS: Final[Mapping[str, Setting]] = {s.key: s for s in _SETTINGS}
@@ -798,6 +811,7 @@ class KnowledgeSettings:
     """``kb.*``: the company's own articles."""
 
     folders: tuple[str, ...]
+    ticket_system_articles: bool  # the knowledge base of ``tickets.system`` too, where it has one
 
 
 @dataclass(frozen=True, slots=True)
@@ -921,7 +935,10 @@ def typed_settings(values: Mapping[str, Value]) -> Settings:
             fields=_names_of(values, "diagnostics.fields"),
             hosts=_names_of(values, "diagnostics.hosts"),
         ),
-        kb=KnowledgeSettings(folders=_names_of(values, "kb.folders")),
+        kb=KnowledgeSettings(
+            folders=_names_of(values, "kb.folders"),
+            ticket_system_articles=_bool_of(values, "kb.ticket_system_articles"),
+        ),
     )
 
 

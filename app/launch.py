@@ -11,15 +11,22 @@ cap on a session's length (:func:`session_cap_s`, :func:`rollover_after_s`).
 Starting can take seconds (the offline models load), so the GUI calls :meth:`ConversationRunner.start`
 on a worker thread; :meth:`ConversationRunner.stop` may come from any thread at any moment, also
 in the middle of starting, and returns within about a second.
+With ``kb.ticket_system_articles`` on (Request Tracker or ServiceNow), the runner also keeps the
+ticket system's knowledge base mirrored into a folder of the app's cache (:mod:`app.tools.article_sync`,
+on a thread of its own, at start and every few minutes); the plan lists that folder among the
+``kb_folders``, so the search tool and the offline server read it like the company's own folders,
+and only the app process ever holds the credential.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 
 from app import defaults
@@ -27,6 +34,7 @@ from app.audio.bargein import DetectorSettings
 from app.audio.devices import AudioDevice, DeviceError, find_device
 from app.audio.pipeline import AudioSettings
 from app.config import (
+    TICKET_SYSTEMS_WITH_ARTICLES,
     Backend,
     DiagnosticsSettings,
     HandoffSettings,
@@ -47,12 +55,14 @@ from app.realtime.endpoint import (
     lookup_api_key,
     openai_endpoint,
 )
-from app.settings_rules import API_KEY_FIELD, cross_field_problems
+from app.settings_rules import API_KEY_FIELD, cross_field_notes, cross_field_problems
+from app.tools.article_sync import articles_folder
 
 if TYPE_CHECKING:
     from app.engine import Engine, EngineListener
     from app.localmodel.launcher import ServerSupervisor
-    from app.tools.delivery import Delivered, DeliveryProblem, DeliveryWorker
+    from app.tools.article_sync import ArticleSync
+    from app.tools.delivery import DeliveryWorker
     from app.tools.diagnostics import DiagnosticsOptions
     from app.tools.handoff import HandoffOptions
 
@@ -68,6 +78,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("app.launch")
+
+# How long the offline server's start waits for the first sync of the ticket system's articles.
+FIRST_SYNC_WAIT_S: Final = 15.0
 
 
 class LaunchError(Exception):
@@ -159,6 +172,9 @@ class LaunchPlan:
     handoff: HandoffSettings | None = None  # how a person from IT reaches a user who asks for one
     diagnostics: DiagnosticsSettings | None = None  # what attach_diagnostics may send; None: not offered
     kb_folders: tuple[str, ...] = ()  # the company's own articles, beside the shipped ones
+    # Where the ticket system's own articles are mirrored (also the last of ``kb_folders``); None:
+    # they are not used.
+    articles_folder: str | None = None
     warnings: tuple[str, ...] = ()  # shown when the conversation starts (an API key held back)
     # When the engine opens a fresh session, before the server's cap (None: never; the embedded
     # server has no cap, which is also why it is the default of a plan without an endpoint).
@@ -265,6 +281,16 @@ def _endpoint(settings: Settings, backend: Backend, key: ApiKeyLookup) -> Endpoi
         raise LaunchError(f"cannot use the endpoint: {exc}{hint}", usage=True) from exc
 
 
+def _articles_folder(typed: Settings) -> str | None:
+    """The folder the ticket system's articles are mirrored to, when they are wanted and can be read."""
+    tickets = typed.tickets
+    if not typed.kb.ticket_system_articles or tickets.system not in TICKET_SYSTEMS_WITH_ARTICLES:
+        return None
+    if not tickets.url.strip():
+        return None  # the delivery already says the address is missing
+    return str(articles_folder(tickets.system, tickets.url))
+
+
 def plan_from_settings(settings: LoadedSettings, environ: Mapping[str, str] = os.environ) -> LaunchPlan:
     """The plan the effective settings describe; raises :class:`LaunchError` for what cannot work."""
     typed = settings.typed
@@ -277,6 +303,8 @@ def plan_from_settings(settings: LoadedSettings, environ: Mapping[str, str] = os
         warnings += (withheld,)
     if endpoint is not None and endpoint.kind in ("openai", "azure"):
         backend = endpoint.kind  # a pasted OpenAI or Azure URL gets its own protocol details
+    warnings += tuple(f"{note.key}: {note.message}" for note in cross_field_notes(settings.values))
+    articles = _articles_folder(typed)
     return LaunchPlan(
         backend=backend,
         endpoint=endpoint,
@@ -294,7 +322,8 @@ def plan_from_settings(settings: LoadedSettings, environ: Mapping[str, str] = os
         tickets=typed.tickets,
         handoff=typed.handoff,
         diagnostics=typed.diagnostics,
-        kb_folders=typed.kb.folders,
+        kb_folders=typed.kb.folders + ((articles,) if articles is not None else ()),
+        articles_folder=articles,
         warnings=warnings,
         rollover_after_s=None
         if endpoint is None
@@ -317,14 +346,19 @@ class ConversationRunner:
         plan: LaunchPlan,
         listener: EngineListener,
         progress: Callable[[str], None] | None = None,
+        delivery: DeliveryWorker | None = None,
     ) -> None:
+        """``delivery``: a worker that outlives the conversation (the tray app's), which the tools
+        file through and the runner neither starts nor stops; None, the runner runs its own."""
         self.plan = plan
         self.listener = listener
         self._progress = progress or (lambda line: None)
+        self._shared_delivery = delivery
         self._lock = threading.Lock()  # guards the hand-over between start() and stop()
         self._stopping = False
         self._server: ServerSupervisor | None = None
         self._delivery: DeliveryWorker | None = None
+        self._articles: ArticleSync | None = None
         self.engine: Engine | None = None
         self.description = ""
 
@@ -341,8 +375,10 @@ class ConversationRunner:
         input_device = _find(self.plan.input_device, "input")
         output_device = _find(self.plan.output_device, "output")
         self.description = f"listening on {input_device.name} -> {output_device.name}"
+        self._start_article_sync()
         endpoint = self.plan.endpoint
         if endpoint is None:
+            self._await_first_article_sync()
             # Supervised: if the offline server dies, it comes back on the same port and the engine's
             # connection reconnects to it with the conversation so far.
             process = EmbeddedServerProcess(progress=self._progress, kb_folders=self.plan.kb_folders)
@@ -356,10 +392,11 @@ class ConversationRunner:
                 endpoint = server.start()
             except ServerStartError as exc:
                 server.stop()
+                self._stop_article_sync()
                 if self._stopping:
                     raise LaunchError("stopped before it started") from exc
                 raise LaunchError(str(exc)) from exc
-        delivery = self._start_delivery()
+        delivery = self.delivery_worker()
         contact = self.plan.tickets.contact.strip() or None if self.plan.tickets is not None else None
         tools = default_registry(
             delivery=delivery,
@@ -409,6 +446,7 @@ class ConversationRunner:
             engine.stop(timeout)
         if delivery is not None:
             delivery.stop(timeout)  # a try in flight finishes in its thread; its key guards a retry
+        self._stop_article_sync()
         self._stop_server()
 
     def _heard(self) -> list[tuple[str, str]]:
@@ -437,30 +475,23 @@ class ConversationRunner:
 
         return DiagnosticsOptions(wanted.enabled, wanted.fields, wanted.hosts, audio=default_device)
 
+    def delivery_worker(self) -> DeliveryWorker:
+        """The worker the tools file through: the shared one given, else one of the runner's own."""
+        return self._shared_delivery or self._start_delivery()
+
     def _start_delivery(self) -> DeliveryWorker:
         """The thread that sends tickets to the company's system (when one is set up)."""
         from app.ticket_systems import make_connector, system_name
         from app.tools import TicketOutbox
-        from app.tools.delivery import DeliveryWorker
+        from app.tools.delivery import DeliveryWorker, delivered_notice, problem_notice
 
         tickets = self.plan.tickets
         notice = self.listener.on_notice
-
-        def delivered(done: Delivered) -> None:
-            notice(Notice("info", f"Ticket {done.local_id} reached {done.system} as {done.remote.number}."))
-
-        def problem(trouble: DeliveryProblem) -> None:
-            which = f"Ticket {trouble.local_id} is" if trouble.local_id else "Tickets are"
-            later = (
-                "it will be sent again later" if trouble.retrying else "it stays queued until this is fixed"
-            )
-            notice(Notice("warning", f"{which} kept on this computer: {trouble.message}; {later}."))
-
         worker = DeliveryWorker(
             TicketOutbox(),
             lambda: None if tickets is None else make_connector(tickets),
-            on_delivered=delivered,
-            on_problem=problem,
+            on_delivered=lambda done: notice(delivered_notice(done)),
+            on_problem=lambda trouble: notice(problem_notice(trouble)),
         )
         if tickets is not None and tickets.system != "none":
             log.info("tickets go to %s at %s", system_name(tickets.system), tickets.url)
@@ -468,6 +499,49 @@ class ConversationRunner:
             self._delivery = worker
         worker.start()
         return worker
+
+    def _start_article_sync(self) -> None:
+        """The thread that mirrors the ticket system's articles into the plan's folder (when wanted)."""
+        from app.ticket_systems import make_connector, system_name
+        from app.tools.article_sync import ArticleSync
+
+        folder, tickets = self.plan.articles_folder, self.plan.tickets
+        if folder is None or tickets is None:
+            return
+        # Made now, so that the knowledge base finds a folder (empty until the first sync) and does
+        # not report a missing one; failing here, the sync reports why.
+        with contextlib.suppress(OSError):
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        notice = self.listener.on_notice
+        sync = ArticleSync(
+            Path(folder),
+            lambda client: make_connector(tickets, client),
+            system=system_name(tickets.system),
+            on_problem=lambda problem: notice(Notice("warning", f"Knowledge base: {problem}.")),
+        )
+        with self._lock:
+            if self._stopping:
+                return
+            self._articles = sync
+        sync.start()
+
+    def _await_first_article_sync(self) -> None:
+        # The offline server reads its folders once, when it starts: without this wait, a first
+        # start would leave it without the system's articles until the next one. Bounded, because
+        # a slow system must not hold the assistant back; the search tool sees later syncs anyway.
+        with self._lock:
+            sync = self._articles
+        if sync is None or sync.wait_first(0.0):
+            return
+        self._progress("reading the ticket system's articles")
+        if not sync.wait_first(FIRST_SYNC_WAIT_S):
+            log.info("the first article sync is still running; the offline assistant starts without it")
+
+    def _stop_article_sync(self) -> None:
+        with self._lock:
+            sync, self._articles = self._articles, None
+        if sync is not None:
+            sync.stop(timeout=0.5)
 
     def _stop_server(self) -> None:
         with self._lock:

@@ -3,7 +3,9 @@
 Each setting is checked alone by :mod:`app.config`; these rules look at several at once (a custom
 backend needs a URL, Azure needs a resource and a deployment, OpenAI a model, the cloud backends an
 API key). They live here once, so the Settings dialog (which marks the field) and the launch plan
-(which refuses to start) say the same sentence for the same problem.
+(which refuses to start) say the same sentence for the same problem. :func:`cross_field_notes` are
+the milder kind: settings that work together, only not as asked (the ticket system's articles
+turned on for a system that has none); the launch plan shows them as warnings and starts anyway.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from app.config import SETTINGS, Value
+from app.config import SETTINGS, TICKET_SYSTEMS_WITH_ARTICLES, Value
 from app.realtime.endpoint import API_KEY_ENV
 
-__all__ = ["API_KEY_FIELD", "FieldProblem", "cross_field_problems"]
+__all__ = ["API_KEY_FIELD", "FieldProblem", "cross_field_notes", "cross_field_problems"]
 
 API_KEY_FIELD: Final = "api_key"  # not a setting (the key lives in the keyring): its problems' key
 
@@ -73,3 +75,20 @@ def cross_field_problems(values: Mapping[str, Value], api_key_present: bool) -> 
             )
         )
     return problems
+
+
+def cross_field_notes(values: Mapping[str, Value]) -> list[FieldProblem]:
+    """Settings that do not stop the assistant but will not do what they ask; pure, like the problems."""
+    notes: list[FieldProblem] = []
+    system = values.get("tickets.system", SETTINGS["tickets.system"].default)
+    if values.get("kb.ticket_system_articles") is True and system not in TICKET_SYSTEMS_WITH_ARTICLES:
+        if system == "none":
+            message = "no ticket system is chosen, so there is no knowledge base of one to read"
+        else:
+            name = SETTINGS["tickets.system"].label(str(system))
+            message = (
+                f"{name} has no knowledge base this app can read (only Request Tracker and ServiceNow "
+                "have one); its articles are not used"
+            )
+        notes.append(FieldProblem("kb.ticket_system_articles", message))
+    return notes

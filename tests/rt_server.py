@@ -40,6 +40,7 @@ from typing import Any
 import httpx
 
 __all__ = [
+    "ARTICLE_CLASS",
     "RT_PACKAGES",
     "RtInstance",
     "RtUnavailable",
@@ -56,6 +57,12 @@ AGENT = "hv-agent"
 AGENT_EMAIL = "hv-agent@example.test"
 # Exactly the queue rights app/tools/connectors/rt.py documents, so the tests prove they suffice.
 AGENT_RIGHTS = ("SeeQueue", "CreateTicket", "ShowTicket", "CommentOnTicket")
+# And the article rights it documents: on RT's default article class (RT's initial data makes it),
+# and on that class's "Content" custom field, which holds an article's text; so the knowledge base
+# sync is tested with no more than those.
+ARTICLE_CLASS = "General"
+AGENT_CLASS_RIGHTS = ("SeeClass", "ShowArticle")
+ARTICLE_CONTENT_FIELD = "Content"
 START_TIMEOUT_S = 90.0
 SETUP_TIMEOUT_S = 120.0
 
@@ -218,6 +225,7 @@ def _set_up_database(
     assert setup is not None  # missing_rt() said it is there
     token_file = directory / "token"
     rights = " ".join(AGENT_RIGHTS)
+    class_rights = " ".join(AGENT_CLASS_RIGHTS)
     data = f"""\
 # Written by tests/rt_server.py: the queue, the integration user and its token.
 @Queues = ({{ Name => {_perl_string(queue)}, Description => 'Helpdesk Voice tests' }});
@@ -228,8 +236,22 @@ def _set_up_database(
     RealName => 'Helpdesk Voice',
     Privileged => 1,
 }});
-@ACL = map {{ {{ UserId => {_perl_string(AGENT)}, Queue => {_perl_string(queue)}, Right => $_ }} }}
-    qw({rights});
+@ACL = (
+    (map {{ {{ UserId => {_perl_string(AGENT)}, Queue => {_perl_string(queue)}, Right => $_ }} }}
+        qw({rights})),
+    (map {{ {{
+        UserId => {_perl_string(AGENT)},
+        ObjectType => 'RT::Class',
+        ObjectId => {_perl_string(ARTICLE_CLASS)},
+        Right => $_,
+    }} }} qw({class_rights})),
+    {{
+        UserId => {_perl_string(AGENT)},
+        CF => {_perl_string(ARTICLE_CONTENT_FIELD)},
+        LookupType => 'RT::Class-RT::Article',
+        Right => 'SeeCustomField',
+    }},
+);
 @Final = (sub {{
     my $user = RT::User->new(RT->SystemUser);
     $user->Load({_perl_string(AGENT)});

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.tools.connectors.base import Connector, ConnectorError, TicketDraft
-from app.tools.connectors.rt import RequestTrackerConnector, key_marker, ticketsql_string
+from app.tools.connectors.base import ArticleSource, Connector, ConnectorError, TicketDraft
+from app.tools.connectors.rt import PAGE_SIZE, RequestTrackerConnector, key_marker, ticketsql_string
 from tests.connector_cases import refused
 from tests.rt_server import RtInstance, attachment_texts, rest
 
@@ -235,6 +235,37 @@ def test_rt_that_does_not_answer_is_unavailable(client: httpx.Client) -> None:
         assert "secret" not in failed.value.message
 
 
+def test_list_articles_reads_each_published_article_with_its_content(
+    rt: RtInstance, connector: RequestTrackerConnector
+) -> None:
+    name = unique("Badge printing ")
+    html = "<p>Tap your badge.</p><ol><li>Hold it flat.</li><li>Wait for the beep.</li></ol>"
+    made = rest(
+        rt,
+        "POST",
+        "/article",
+        json={"Class": "General", "Name": name, "Summary": "Badge", "CustomFields": {"Content": html}},
+    )
+    as_source: ArticleSource = connector  # mypy checks the class is an article source too
+    (article,) = [a for a in as_source.list_articles() if a.title == name]
+    assert article.ref == str(made["id"]) and article.body == html and article.body_is_html
+    assert article.summary == "Badge" and article.url.endswith(
+        f"/SelfService/Article/Display.html?id={made['id']}"
+    )
+    assert article.updated_at is not None and article.updated_at.endswith("Z")
+
+    plain = rest(
+        rt,
+        "POST",
+        "/article",
+        json={"Class": "General", "Name": unique("Plain "), "CustomFields": {"Content": "1. One.\n2. Two."}},
+    )
+    listed = {a.ref: a for a in connector.list_articles()}
+    assert not listed[str(plain["id"])].body_is_html
+    httpx.delete(f"{rt.base_url}/REST/2.0/article/{plain['id']}", auth=("root", rt.root_password), timeout=20)
+    assert str(plain["id"]) not in {a.ref for a in connector.list_articles()}
+
+
 # -- the error mapping, without RT -----------------------------------------------------------------
 
 TOKEN = "1-27-s3cr3tt0k3n"
@@ -367,3 +398,43 @@ def test_rt_server_config_stays_in_its_directory(tmp_path: Path) -> None:
     assert env["RT_SITE_CONFIG_DIR"] == str(tmp_path / "RT_SiteConfig.d")
     config = (tmp_path / "RT_SiteConfig.pm").read_text()
     assert "/etc/" not in config and "/var/" not in config
+
+
+def test_mocked_articles_are_paged_until_a_short_page() -> None:
+    pages: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        pages.append(request)
+        page = int(request.url.params["page"])
+        count = PAGE_SIZE if page == 1 else 1
+        items = [
+            {
+                "id": str((page - 1) * PAGE_SIZE + n + 1),
+                "Name": f"Article {n}",
+                "LastUpdated": "2026-12-04T10:00:00Z",
+                "CustomFields": [
+                    {"name": "Attachment", "values": [{"filename": "x.png"}]},
+                    {"name": "Content", "values": ["Restart it."]},
+                ],
+            }
+            for n in range(count)
+        ]
+        # What REST 2 answers an account that may not see everything: no total, no page count.
+        return httpx.Response(200, json={"items": items, "count": count, "total": None, "pages": None})
+
+    articles = mocked(handle).list_articles()
+    assert len(articles) == PAGE_SIZE + 1 and [r.url.params["page"] for r in pages] == ["1", "2"]
+    assert all(a.body == "Restart it." and not a.body_is_html for a in articles)
+    first = pages[0].url.params
+    assert json.loads(first["query"]) == [{"field": "id", "operator": ">", "value": "0"}]
+    assert first["fields"] == "Name,Summary,LastUpdated,Class,CustomFields" and first["per_page"] == str(
+        PAGE_SIZE
+    )
+    assert pages[0].headers["Authorization"] == f"token {TOKEN}"
+
+
+def test_mocked_article_list_failures_are_connector_errors() -> None:
+    assert refusal(answer(503, {"message": "down"}), lambda c: c.list_articles()).problem == "unavailable"
+    assert refusal(answer(200, "<html>login</html>"), lambda c: c.list_articles()).problem == "config"
+    error = refusal(answer(200, {"items": "nope"}), lambda c: c.list_articles())
+    assert error.problem == "unavailable"

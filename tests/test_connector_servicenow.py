@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 import pytest
 
-from app.tools.connectors.base import ConnectorError
+from app.tools.article_sync import ArticleSync
+from app.tools.connectors.base import ArticleSource, ConnectorError
 from app.tools.connectors.servicenow import ServiceNowConnector
+from app.tools.kb_sources import KnowledgeBase
 from tests.connector_cases import DRAFT, KEY, WALK_IN, ReplayHarness, checked, classified, raising, refused
 from tests.contracts import ContractMismatch, Replay
 
@@ -202,3 +205,93 @@ def test_get_and_comment_also_take_the_incident_number(sn: Harness) -> None:
 def test_get_of_an_unknown_number_is_not_found(sn: Harness) -> None:
     connector = sn.connect("get_by_number_none")
     assert failure(lambda: connector.get("INC0099999")).problem == "not_found"
+
+
+# -- the knowledge base (Knowledge Management REST API) -----------------------------------------------
+
+KB_VPN = "3c8a1f0e47a1b210c5d2e8f9a0b1c2d3"
+KB_PRINTER = "7e2b9c4d58f0a1e2b3c4d5e6f7a8b9c0"
+KB_VOICEMAIL = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
+EVERY_ARTICLE = (
+    "kb_list_page1",
+    "kb_list_page2",
+    "kb_article_vpn",
+    "kb_article_printer",
+    "kb_article_voicemail",
+)
+
+
+def test_list_articles_pages_through_the_list_and_reads_each_body(sn: Harness) -> None:
+    connector = sn.connect(*EVERY_ARTICLE, page_size=2)
+    as_source: ArticleSource = connector  # mypy checks the class is an article source too
+    articles = as_source.list_articles()
+    assert [(a.ref, a.number, a.title) for a in articles] == [
+        (KB_VPN, "KB0010001", "VPN drops every few minutes"),
+        (KB_PRINTER, "KB0010002", "Printer jam on the second floor"),
+        (KB_VOICEMAIL, "KB0010003", "Reset your voicemail PIN"),
+    ]
+    vpn = articles[0]
+    assert vpn.url == f"{BASE}/sp?id=kb_article_view&sys_kb_id={KB_VPN}"
+    assert vpn.updated_at == "2026-11-20 09:12:44"
+    assert vpn.body_is_html and vpn.body is not None and "<li>Sign in with your badge PIN.</li>" in vpn.body
+
+
+def test_list_articles_skips_the_bodies_the_caller_already_holds(sn: Harness) -> None:
+    connector = sn.connect("kb_list_page1", "kb_list_page2", "kb_article_printer", page_size=2)
+    known = {
+        KB_VPN: "2026-11-20 09:12:44",
+        KB_PRINTER: "2026-11-01 00:00:00",
+        KB_VOICEMAIL: "2026-11-22 08:00:00",
+    }
+    articles = {a.ref: a for a in connector.list_articles(known)}
+    assert articles[KB_VPN].body is None and articles[KB_VOICEMAIL].body is None
+    assert "Open tray 2." in (articles[KB_PRINTER].body or "")
+
+
+def test_an_article_gone_between_the_list_and_its_fetch_is_left_out(sn: Harness) -> None:
+    connector = sn.connect(
+        "kb_list_page1",
+        "kb_list_page2",
+        "kb_article_vpn",
+        "kb_article_printer",
+        "kb_article_voicemail_404",
+        page_size=2,
+    )
+    assert [a.ref for a in connector.list_articles()] == [KB_VPN, KB_PRINTER]
+
+
+def test_a_failing_article_fails_the_whole_list(sn: Harness) -> None:
+    connector = sn.connect(
+        "kb_list_page1", "kb_list_page2", "kb_article_vpn", "kb_article_printer_500", page_size=2
+    )
+    error = failure(connector.list_articles)
+    classified(error, "unavailable", "Transaction cancelled: maximum execution time exceeded")
+
+
+@pytest.mark.parametrize(
+    ("recording", "problem", "said"),
+    [
+        ("kb_list_401", "auth", "User Not Authenticated"),
+        ("kb_list_404_no_plugin", "config", "Knowledge API plugin"),
+        ("kb_list_200_login_page", "unavailable", "Knowledge Management API's JSON"),
+    ],
+)
+def test_article_list_failures_are_connector_errors(
+    sn: Harness, recording: str, problem: str, said: str
+) -> None:
+    error = failure(sn.connect(recording).list_articles)
+    classified(error, problem, said)
+
+
+def test_the_synced_articles_are_found_with_title_link_and_steps(sn: Harness, tmp_path: Path) -> None:
+    connector = sn.connect(*EVERY_ARTICLE, page_size=2)
+    folder = tmp_path / "servicenow-articles"
+    report = ArticleSync(folder, lambda client: connector, system="ServiceNow").sync()
+    assert report.ok and report.articles == 3 and report.problems == ()
+    index = KnowledgeBase([folder]).index()
+    ((article, _), *_) = index.search("my voicemail pin needs a reset")
+    assert article.title == "Reset your voicemail PIN"
+    assert article.link == f"{BASE}/sp?id=kb_article_view&sys_kb_id={KB_VOICEMAIL}"
+    assert article.steps == ("Dial 8000.", "Press star, then 4.", "Choose a new PIN.")
+    (vpn,) = [a for a in index.articles if a.title == "VPN drops every few minutes"]
+    assert vpn.steps[-1] == "Sign in with your badge PIN."

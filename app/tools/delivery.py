@@ -21,6 +21,10 @@ and is reported once, in words for the user. A ticket is never dropped: it stays
 
 :class:`DeliveryPlan` is the logic, pure (tickets, results and the time in; what to try out);
 :class:`DeliveryWorker` is the thread that runs it against a connector.
+
+A connector may own resources (:class:`app.ticket_systems.OwnedConnector` owns its HTTP client):
+whoever made one closes it with :func:`release` once done, or reads through :func:`connector_for`.
+The worker releases its own when new settings replace it and when it stops.
 """
 
 from __future__ import annotations
@@ -33,11 +37,12 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol, runtime_checkable
 
+from app.core.actions import Notice
 from app.fileio import ensure_private_dir, write_atomically
 from app.tools.connectors.base import Connector, ConnectorError, RemoteTicket, TicketDraft
 from app.tools.tickets import Ticket, TicketOutbox
@@ -49,6 +54,10 @@ __all__ = [
     "DeliveryState",
     "DeliveryWorker",
     "Journal",
+    "connector_for",
+    "delivered_notice",
+    "problem_notice",
+    "release",
     "retry_delay",
 ]
 
@@ -223,6 +232,30 @@ class Journal:
         write_atomically(self.path, json.dumps(body, indent=1) + "\n", private=True)
 
 
+@runtime_checkable
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+def release(connector: Connector | None) -> None:
+    """Frees what the connector holds (its HTTP connections); one that holds nothing is left be."""
+    if isinstance(connector, _Closable):
+        try:
+            connector.close()
+        except Exception:  # closing must not turn a finished read into a failure
+            log.warning("a ticket system connector did not close cleanly", exc_info=True)
+
+
+@contextlib.contextmanager
+def connector_for(make: Callable[[], Connector | None]) -> Iterator[Connector | None]:
+    """``make()``'s connector for one piece of work, released on leaving (also on an error)."""
+    connector = make()
+    try:
+        yield connector
+    finally:
+        release(connector)
+
+
 def draft_of(ticket: Ticket, install_id: str) -> TicketDraft:
     return TicketDraft(
         local_id=ticket.id,
@@ -240,8 +273,9 @@ class DeliveryWorker:
     """The thread that delivers the outbox's tickets through ``make_connector()``'s connector.
 
     ``make_connector`` is called in the thread, again after :meth:`reconfigure`; None means no ticket
-    system is set up, and tickets stay queued. ``on_delivered`` and ``on_problem`` are called from
-    the thread.
+    system is set up, and tickets stay queued. Each connector it gives is released (:func:`release`)
+    once its user is done, so one that owns a client must not be handed out twice. ``on_delivered``
+    and ``on_problem`` are called from the thread.
     """
 
     def __init__(
@@ -266,6 +300,7 @@ class DeliveryWorker:
         self._stopping = False
         self._delivered_event: dict[str, threading.Event] = {}
         self._retry_notes_at: float | None = None  # a note the system could not take: when to retry
+        self._current: Connector | None = None  # the thread's connector, used and released only there
         self._thread: threading.Thread | None = None
 
     # -- control (any thread) ------------------------------------------------------------------------
@@ -310,12 +345,23 @@ class DeliveryWorker:
         return self._journal.install_id()
 
     def connector(self) -> Connector | None:
-        """A connector of its own for the caller's thread (status reads), as the settings say now."""
+        """A connector of its own for the caller's thread (status reads), as the settings say now.
+
+        The caller releases it (:func:`release`, or reads through :func:`connector_for`).
+        """
         return self._make_connector()
 
     # -- the thread ----------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            # The worker's connector lives as long as the thread: its connections close with it.
+            release(self._current)
+            self._current = None
+
+    def _loop(self) -> None:
         with self._wake:
             self._plan.restart()  # a new start: what stopped the last run may be fixed now
         install_id = self._journal.install_id()
@@ -347,11 +393,14 @@ class DeliveryWorker:
                     self._wake.wait(wait)
 
     def _connector(self) -> Connector | None:
+        """A new connector for new settings; the one it replaces is released (thread only)."""
+        release(self._current)
+        self._current = None
         try:
-            return self._make_connector()
+            self._current = self._make_connector()
         except ConnectorError as exc:
             self._on_problem(DeliveryProblem("", exc.message, retrying=False))
-            return None
+        return self._current
 
     def _round(self, connector: Connector, install_id: str) -> None:
         listing = self.outbox.list()
@@ -410,3 +459,22 @@ class DeliveryWorker:
             self._journal.save(self._plan.states)
         except OSError as exc:  # the next save tries again; the keys make a lost journal harmless
             log.warning("cannot save the ticket delivery journal: %s", exc)
+
+
+def delivered_notice(done: Delivered) -> Notice:
+    """What the user reads when the system took a ticket: its own number ("RT #17")."""
+    return Notice("info", f"Ticket {done.local_id} reached {done.system} as {done.remote.number}.")
+
+
+def problem_notice(trouble: DeliveryProblem) -> Notice:
+    """Why a ticket (or, with no ticket named, every ticket) waits, and whether it is retried."""
+    if trouble.local_id:
+        which = f"Ticket {trouble.local_id} is"
+        later = "it will be sent again later" if trouble.retrying else "it stays queued until this is fixed"
+    else:
+        which = "Tickets are"
+        later = (
+            "they will be sent again later" if trouble.retrying else "they stay queued until this is fixed"
+        )
+    # The connectors' messages end with a full stop; the sentence goes on after a semicolon.
+    return Notice("warning", f"{which} kept on this computer: {trouble.message.rstrip('.')}; {later}.")

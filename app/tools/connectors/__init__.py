@@ -1,6 +1,22 @@
 """Connectors to the company's ticket system: Request Tracker, ServiceNow, Jira Service Management and
 a webhook."""
 
-from app.tools.connectors.base import Connector, ConnectorError, Problem, RemoteTicket, TicketDraft
+from app.tools.connectors.base import (
+    ArticleSource,
+    Connector,
+    ConnectorError,
+    Problem,
+    RemoteArticle,
+    RemoteTicket,
+    TicketDraft,
+)
 
-__all__ = ["Connector", "ConnectorError", "Problem", "RemoteTicket", "TicketDraft"]
+__all__ = [
+    "ArticleSource",
+    "Connector",
+    "ConnectorError",
+    "Problem",
+    "RemoteArticle",
+    "RemoteTicket",
+    "TicketDraft",
+]

@@ -15,10 +15,19 @@ a correlation id, a header the receiver deduplicates on) and says where in its m
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
-__all__ = ["Connector", "ConnectorError", "Problem", "RemoteTicket", "TicketDraft"]
+__all__ = [
+    "ArticleSource",
+    "Connector",
+    "ConnectorError",
+    "Problem",
+    "RemoteArticle",
+    "RemoteTicket",
+    "TicketDraft",
+]
 
 Problem = Literal[
     "auth",  # the credentials were refused: the user or admin must act; retrying will not help
@@ -96,4 +105,40 @@ class Connector(Protocol):
 
     def open_tickets(self, contact: str) -> list[RemoteTicket]:
         """The contact's tickets that are not resolved or closed, newest first."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteArticle:
+    """A published article of the ticket system's own knowledge base."""
+
+    ref: str  # the system's id for it (RT's article number, ServiceNow's sys_id)
+    title: str
+    url: str  # where a person reads it in a browser
+    updated_at: str | None  # the system's last-updated stamp as it gives it; None when it gives none
+    # The text as HTML or plain (Markdown-like) text; None when the caller already holds this
+    # version (see :meth:`ArticleSource.list_articles`) and it was not fetched again.
+    body: str | None
+    body_is_html: bool = False
+    summary: str = ""
+    number: str = ""  # as people name it, when the system has such a number (KB0010001)
+
+
+@runtime_checkable
+class ArticleSource(Protocol):
+    """A ticket system with a knowledge base (Request Tracker, ServiceNow; Jira and the webhook have none).
+
+    Raises :class:`ConnectorError` and nothing else, like every connector method.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    def list_articles(self, known: Mapping[str, str] | None = None) -> list[RemoteArticle]:
+        """Every published article the account may read.
+
+        ``known`` maps the ``ref`` of articles the caller already holds to their ``updated_at``: a
+        source that must fetch each body separately may skip those unchanged and return them with
+        ``body`` None. One that gets the bodies with the list anyway returns them all.
+        """
         ...

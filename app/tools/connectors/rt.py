@@ -29,6 +29,17 @@ What it sends:
 * open_tickets: TicketSQL ``Requestor.EmailAddress = '<e-mail>' AND Status = '__Active__'``, newest
   first (Created, then id), pages of :data:`PAGE_SIZE`, at most :data:`MAX_TICKETS`.
 * comment: ``POST /REST/2.0/ticket/<id>/comment`` (a private comment, not a reply to the requestor).
+* list_articles (the knowledge base, RT's own "Articles"): ``GET /REST/2.0/articles`` with a JSON
+  search for every id (REST 2 answers a search without conditions with no items at all), pages of
+  :data:`PAGE_SIZE` ordered by id, at most :data:`MAX_ARTICLES`, and ``fields=...,CustomFields`` so
+  each item carries its custom fields' values and one request per page is enough (``GET
+  /REST/2.0/article/<id>`` shows the same fields). An article's text is its "Content" custom field,
+  the one RT's default class "General" has; an article without one gets the text of its other
+  custom fields. Disabled ("deleted") articles are not listed: REST 2 leaves them out unless asked.
+  The link is RT's self-service page for the article, which privileged and unprivileged users with
+  ShowArticle can both open. The account needs, on each class to be read, SeeClass and ShowArticle,
+  and SeeCustomField on the Content custom field; without the last the articles come back without
+  text and are left out.
 
 TicketSQL values are single-quoted with ``\\`` and ``'`` escaped (RT::SQL unescapes ``\\x`` to ``x``),
 so a contact cannot add conditions. RT reads a quoted value that starts with ``CF.`` as a custom
@@ -37,6 +48,7 @@ field name whatever the quoting, so such a value is refused (``rejected``) rathe
 
 from __future__ import annotations
 
+import json as jsonlib
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -45,9 +57,10 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from app.tools.connectors._http import HttpApi, error_body, objects
-from app.tools.connectors.base import ConnectorError, RemoteTicket, TicketDraft
+from app.tools.connectors.base import ConnectorError, RemoteArticle, RemoteTicket, TicketDraft
 
 __all__ = [
+    "MAX_ARTICLES",
     "MAX_TICKETS",
     "PAGE_SIZE",
     "PRIORITIES",
@@ -59,6 +72,9 @@ __all__ = [
 API: Final = "/REST/2.0"
 PAGE_SIZE: Final = 100  # REST 2's own maximum per page
 MAX_TICKETS: Final = 200
+MAX_ARTICLES: Final = 1000
+ARTICLE_FIELDS: Final = "Name,Summary,LastUpdated,Class,CustomFields"
+CONTENT_FIELD: Final = "content"  # the custom field holding an article's text, compared lowercased
 SUBJECT_MAX: Final = 200  # Tickets.Subject is varchar(200)
 FIELDS: Final = "Subject,Status,LastUpdated"
 CHECK_URL: Final = (
@@ -72,6 +88,7 @@ _KEY = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 _TICKET_REF = re.compile(r"^\s*(?:RT\s*)?#?\s*(\d{1,10})\s*$", re.IGNORECASE)
 _MARKER_AT_END = re.compile(r"\s*\[HV:[A-Za-z0-9._:-]+\]\s*$")
 _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+_HTML_TAG = re.compile(r"<(?:p|div|br|ol|ul|li|h[1-6]|table|span|strong|em|b|i|a|pre|code)\b[^>]*>", re.I)
 
 
 def key_marker(idempotency_key: str) -> str:
@@ -220,7 +237,53 @@ class RequestTrackerConnector:
             page += 1
         return tickets[:MAX_TICKETS]
 
+    def list_articles(self, known: Mapping[str, str] | None = None) -> list[RemoteArticle]:
+        # Every page carries the bodies, so ``known`` saves nothing here and is not consulted.
+        del known
+        everything = jsonlib.dumps([{"field": "id", "operator": ">", "value": "0"}])
+        articles: list[RemoteArticle] = []
+        page = 1
+        while len(articles) < MAX_ARTICLES:
+            body = self._request(
+                "GET",
+                "/articles",
+                params=[
+                    ("query", everything),
+                    ("fields", ARTICLE_FIELDS),
+                    ("orderby", "id"),
+                    ("order", "ASC"),
+                    ("per_page", str(PAGE_SIZE)),
+                    ("page", str(page)),
+                ],
+                action="list the knowledge base's articles",
+            )
+            items = _items(body)
+            articles.extend(self._article(item) for item in items)
+            # For an account that may not see every article, REST 2 gives no total and no page count:
+            # only a short page says that was the last.
+            pages = body.get("pages") if isinstance(body, dict) else None
+            if len(items) < PAGE_SIZE or (isinstance(pages, int) and page >= pages):
+                break
+            page += 1
+        return articles[:MAX_ARTICLES]
+
     # -- plumbing --------------------------------------------------------------------------------
+
+    def _article(self, record: Mapping[str, Any]) -> RemoteArticle:
+        article_id = str(record.get("id", ""))
+        if not article_id.isdigit():
+            raise self._malformed()
+        updated = record.get("LastUpdated")
+        text = _article_text(record.get("CustomFields"))
+        return RemoteArticle(
+            ref=article_id,
+            title=" ".join(str(record.get("Name") or "").split()) or f"Article {article_id}",
+            url=f"{self._base}/SelfService/Article/Display.html?id={article_id}",
+            updated_at=updated if isinstance(updated, str) and _ISO.match(updated) else None,
+            body=text,
+            body_is_html=bool(_HTML_TAG.search(text)),
+            summary=" ".join(str(record.get("Summary") or "").split()),
+        )
 
     def _key(self, idempotency_key: str) -> str:
         if not _KEY.match(idempotency_key):
@@ -361,6 +424,24 @@ def _items(body: Any) -> list[Mapping[str, Any]]:
             "unavailable", "Request Tracker answered a search without REST 2's list of items."
         )
     return items
+
+
+def _article_text(custom_fields: Any) -> str:
+    """An article's text: its Content custom field, else its other custom fields' text, one per block."""
+    if not isinstance(custom_fields, list):
+        return ""
+    content: list[str] = []
+    others: list[str] = []
+    for field in custom_fields:
+        if not isinstance(field, dict) or not isinstance(field.get("values"), list):
+            continue
+        # Image and binary values come as objects (a download link): only text can be spoken.
+        values = [value.strip() for value in field["values"] if isinstance(value, str) and value.strip()]
+        if str(field.get("name") or "").strip().lower() == CONTENT_FIELD:
+            content.extend(values)
+        else:
+            others.extend(values)
+    return "\n\n".join(content or others)
 
 
 def _rt_message(response: httpx.Response) -> tuple[str, bool]:

@@ -26,6 +26,17 @@ What it sends:
   The offset is computed here rather than following the Link URL, so the credentials only ever go to
   the configured instance.
 
+The knowledge base (``list_articles``), from the reference's "Knowledge Management REST API"
+(the Knowledge API plugin, ``sn_km_api``, must be active): ``GET /api/sn_km_api/knowledge/articles``
+with ``filter=workflow_state=published``, ``fields=short_description,number,sys_updated_on``, pages
+of ``limit`` by ``offset`` while ``meta.end`` is short of ``meta.count`` (at most
+:data:`MAX_ARTICLES`), then ``GET /api/sn_km_api/knowledge/articles/{sys_id}`` for the HTML
+``content`` of each article that is new or whose ``sys_updated_on`` changed since the caller's copy.
+Neither ``search_id`` nor ``update_view`` is sent, so the sync does not count as people reading the
+articles. The link is the Service Portal's article page (``/sp?id=kb_article_view&sys_kb_id=...``),
+where the API's own relative ``link`` also points. An article that vanishes between the list and
+its fetch (404) is left out; any other failure fails the whole listing, so the caller keeps its copy.
+
 Encoded queries cannot quote a value: ``^`` separates conditions (``^OR``, ``^NQ`` would add
 conditions of the caller's choosing) and a value starting with ``javascript:`` is evaluated on the
 instance. No escape for either is documented, so such values are refused (``rejected``) rather than
@@ -42,14 +53,17 @@ from urllib.parse import urlsplit
 import httpx
 
 from app.tools.connectors._http import HttpApi, error_body, objects
-from app.tools.connectors.base import ConnectorError, RemoteTicket, TicketDraft
+from app.tools.connectors.base import ConnectorError, RemoteArticle, RemoteTicket, TicketDraft
 
-__all__ = ["MAX_TICKETS", "PAGE_SIZE", "STATES", "ServiceNowConnector"]
+__all__ = ["MAX_ARTICLES", "MAX_TICKETS", "PAGE_SIZE", "STATES", "ServiceNowConnector"]
 
 TABLE: Final = "incident"
 PAGE_SIZE: Final = 50
 MAX_TICKETS: Final = 200
 FIELDS: Final = "sys_id,number,state,short_description,sys_updated_on"
+KNOWLEDGE_API: Final = "/api/sn_km_api/knowledge/articles"
+ARTICLE_FIELDS: Final = "short_description,number,sys_updated_on"
+MAX_ARTICLES: Final = 1000
 
 STATES: Final[Mapping[str, str]] = {
     "1": "New",
@@ -210,7 +224,78 @@ class ServiceNowConnector:
             offset += len(page)
         return tickets[:MAX_TICKETS]
 
+    def list_articles(self, known: Mapping[str, str] | None = None) -> list[RemoteArticle]:
+        known = known or {}
+        listed: list[tuple[str, str, str, str | None]] = []  # sys_id, number, title, updated
+        offset = 0
+        while len(listed) < MAX_ARTICLES:
+            body = self._knowledge(
+                KNOWLEDGE_API,
+                params={
+                    "filter": "workflow_state=published",
+                    "fields": ARTICLE_FIELDS,
+                    "limit": str(self._page_size),
+                    "offset": str(offset),
+                },
+                action="list the knowledge base's articles",
+            )
+            result = body.get("result") if isinstance(body, dict) else None
+            page = objects(result, "articles")
+            meta = result.get("meta") if isinstance(result, dict) else None
+            if page is None or not isinstance(meta, dict):
+                raise self._not_knowledge_api()
+            listed.extend(_listed_article(item) for item in page)
+            offset += len(page)
+            count, end = meta.get("count"), meta.get("end")
+            if not page or not isinstance(count, int) or not isinstance(end, int) or end >= count:
+                break
+        articles: list[RemoteArticle] = []
+        for sys_id, number, title, updated in listed[:MAX_ARTICLES]:
+            url = f"{self._base}/sp?id=kb_article_view&sys_kb_id={sys_id}"
+            if updated is not None and known.get(sys_id) == updated:
+                articles.append(RemoteArticle(sys_id, title, url, updated, None, number=number))
+                continue
+            try:
+                record = self._knowledge(
+                    f"{KNOWLEDGE_API}/{sys_id}",
+                    params={},
+                    action=f"read knowledge article {number or sys_id}",
+                )
+            except ConnectorError as error:
+                if error.problem == "not_found":
+                    continue  # retired or deleted since the list was read
+                raise
+            result = record.get("result") if isinstance(record, dict) else None
+            if not isinstance(result, dict) or not isinstance(result.get("content"), str):
+                raise self._not_knowledge_api()
+            title = _clean(result.get("short_description")) or title
+            articles.append(
+                RemoteArticle(sys_id, title, url, updated, result["content"], True, number=number)
+            )
+        return articles
+
     # -- plumbing --------------------------------------------------------------------------------
+
+    def _knowledge(self, path: str, *, params: Mapping[str, str], action: str) -> Any:
+        """A Knowledge Management API call; a 404 for one article is that article gone."""
+        single = path != KNOWLEDGE_API
+
+        def refuse(response: httpx.Response) -> ConnectorError:
+            said = self._http.said(_servicenow_message(response))
+            if response.status_code == 404 and single and error_body(response) is not None:
+                return ConnectorError("not_found", f"ServiceNow has no such knowledge article: {said}")
+            return self._http.refusal(
+                response,
+                action,
+                said,
+                missing="no Knowledge Management API at /api/sn_km_api (is the Knowledge API plugin active?)",
+            )
+
+        response = self._http.send("GET", self._base + path, params=params, refuse=refuse)
+        return self._http.json(response, not_json=self._not_knowledge_api())
+
+    def _not_knowledge_api(self) -> ConnectorError:
+        return self._http.malformed("with something other than the Knowledge Management API's JSON")
 
     def _caller_sys_id(self, contact: str | None) -> str | None:
         if not contact or "@" not in contact:
@@ -379,6 +464,28 @@ def _servicenow_message(response: httpx.Response) -> str:
     return " - ".join(
         str(error[k]) for k in ("message", "detail") if isinstance(error.get(k), str) and error[k]
     )
+
+
+def _clean(value: Any) -> str:
+    # Titles come with the trailing tabs and line breaks the instance's editors leave in them.
+    return " ".join(value.split()) if isinstance(value, str) else ""
+
+
+def _listed_article(item: Mapping[str, Any]) -> tuple[str, str, str, str | None]:
+    """sys_id, number, title and last update of one item of the article list."""
+    raw_id = item.get("id")
+    # The list names each article "<table>:<sys_id>" (kb_knowledge:9e52...).
+    sys_id = raw_id.rpartition(":")[2] if isinstance(raw_id, str) else ""
+    if not _SYS_ID.match(sys_id):
+        raise ConnectorError(
+            "unavailable", "ServiceNow listed a knowledge article without the sys_id the API documents."
+        )
+    fields = item.get("fields")
+    updated_field = fields.get("sys_updated_on") if isinstance(fields, dict) else None
+    updated = updated_field.get("value") if isinstance(updated_field, dict) else None
+    number = _clean(item.get("number"))
+    title = _clean(item.get("title")) or number or sys_id
+    return sys_id, number, title, updated if isinstance(updated, str) and updated.strip() else None
 
 
 def _iso(value: Any) -> str | None:
