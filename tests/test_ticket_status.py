@@ -1,23 +1,31 @@
 """The ticket tools with a ticket system: create_ticket tells the real number, get_ticket_status reads it.
 
 The system is the in-memory stand-in (tests/memory_ticket_system.py); tests/test_connector_rt.py and
-the end-to-end tests run the same tools against the real Request Tracker.
+the end-to-end tests run the same tools against the real Request Tracker, as does the last test here,
+which checks that the HTTP clients the reads open are closed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from app.tools import default_registry
+from app import ticket_systems
+from app.config import TicketSettings
+from app.sealed_files import DataKeyring
+from app.tools import TicketOutbox, default_registry
 from app.tools.connectors import ConnectorError
 from app.tools.delivery import DeliveryWorker
 from app.tools.registry import ToolRegistry
 from tests.file_keyring import FileKeyring
 from tests.memory_ticket_system import MemorySystem, call_tool
+from tests.rt_server import RtInstance
 
 CONTACT = "dana@contoso.example"
 
@@ -98,3 +106,49 @@ async def test_without_a_system_tickets_are_listed_as_queued_here(
     listing = await call_tool(tools, "get_ticket_status")
     assert [ticket["ticket_id"] for ticket in listing["queued_here"]] == [filed["ticket_id"]]
     assert "no ticket system" in listing["note"]
+
+
+async def test_status_reads_close_the_http_client_they_open_and_the_worker_closes_its_own(
+    tmp_path: Path, file_keyring: FileKeyring, rt: RtInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against the real Request Tracker: every client ``make_connector`` opens is closed by its user."""
+    made: list[httpx.Client] = []
+    new_client = ticket_systems._new_client
+
+    def recorded() -> httpx.Client:
+        client = new_client()
+        made.append(client)
+        return client
+
+    monkeypatch.setattr(ticket_systems, "_new_client", recorded)
+    ticket_systems.store_ticket_secret("rt", rt.token)
+    settings = TicketSettings("rt", rt.base_url, rt.queue, "", "", "", "", CONTACT)
+    outbox = TicketOutbox(tmp_path / "outbox", keys=DataKeyring())
+    worker = DeliveryWorker(outbox, lambda: ticket_systems.make_connector(settings))
+    worker.start()
+    try:
+        tools = default_registry(delivery=worker, contact=CONTACT)
+        filed = await _file(tools)
+        assert filed["status"] == "delivered" and filed["ticket_number"].startswith("RT #"), filed
+        (delivering,) = made
+        assert not delivering.is_closed  # the worker's, kept for its next tickets
+
+        status = await call_tool(tools, "get_ticket_status", ticket=filed["ticket_id"])
+        assert status["number"] == filed["ticket_number"] and status["status"] == "new"
+        await call_tool(tools, "get_ticket_status")  # the user's open tickets
+        refused = await tools.run("get_ticket_status", json.dumps({"ticket": "RT #999999"}))
+        assert not refused.ok  # a failed read closes its client too
+        reads = made[1:]
+        assert len(reads) == 3 and all(client.is_closed for client in reads)
+        assert not delivering.is_closed
+
+        # New settings: the worker's next connector replaces the old, whose client it closes.
+        worker.reconfigure()
+        deadline = time.monotonic() + 30
+        # The old one is closed just before the new one is made: wait for both.
+        while not (delivering.is_closed and len(made) == 5) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert delivering.is_closed and len(made) == 5 and not made[-1].is_closed
+    finally:
+        worker.stop()
+    assert all(client.is_closed for client in made)  # stopping closes the last one

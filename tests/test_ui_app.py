@@ -7,6 +7,7 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PySide6.QtCore import Qt, QUrl
@@ -30,15 +32,19 @@ from app.audio.virtual_rig import VirtualAudioRig
 from app.config import load_settings
 from app.core.actions import State, StateChanged, Transcript
 from app.engine import Engine, EngineListener
-from app.launch import LaunchError, LaunchPlan, plan_from_settings
+from app.launch import ConversationRunner, LaunchError, LaunchPlan, plan_from_settings
+from app.tools import default_registry
 from app.tools.tickets import TicketOutbox
 from app.ui import app as ui_app
 from app.ui.app import QUIT_DEADLINE_S, HelpdeskApp, Phase, Runner
 from app.ui.icons import icon_for
 from app.ui.main_window import NO_TRAY_REASON, ConversationPanel
+from app.ui.settings_dialog import TICKET_SECRET_FIELD
+from app.ui.ticket_delivery import AppDelivery
 from app.ui.transcript_store import read_transcript
 from tests.app_driver import speak
 from tests.file_keyring import FileKeyring
+from tests.memory_ticket_system import MemorySystem, call_tool
 
 QUIT_BOUND_S = 1.5
 ROOT = Path(__file__).resolve().parents[1]
@@ -575,3 +581,83 @@ def test_a_ticket_link_shows_the_ticket_from_the_outbox(
     helpdesk.show_ticket("HD-4243")
     assert "HD-4243 could not be read" in box.text()
     box.hide()
+
+
+# ----------------------------------------------------------------------------------------------
+# The app's own ticket delivery
+# ----------------------------------------------------------------------------------------------
+async def _file_ticket(helpdesk: HelpdeskApp) -> dict[str, Any]:
+    worker = helpdesk.delivery.worker
+    assert worker is not None
+    return await call_tool(
+        default_registry(delivery=worker),
+        "create_ticket",
+        summary="Printer jams",
+        description="It jams.",
+        category="hardware",
+    )
+
+
+def test_the_apps_delivery_takes_new_ticket_settings_without_restarting_the_conversation(
+    make_app: Callable[..., HelpdeskApp], qtbot: QtBot, data_dir: Path
+) -> None:
+    system = MemorySystem()
+    configured = threading.Event()  # stands for "a ticket system is saved in Settings"
+    delivery = AppDelivery(lambda: system if configured.is_set() else None)
+    factory = Factory()
+    factory.release.set()
+    helpdesk = make_app(
+        embedded_plan,
+        tray_available=True,
+        runner_factory=factory,
+        delivery=delivery,
+        retention_days=lambda: 30,
+    )
+    assert helpdesk.tray is not None
+    helpdesk.start()
+    qtbot.waitUntil(lambda: helpdesk.phase == "running", timeout=2000)
+    filed = asyncio.run(_file_ticket(helpdesk))
+    assert filed["status"] == "queued"  # no system yet: kept here
+
+    helpdesk.actions.settings.trigger()
+    dialog = helpdesk._settings_dialog
+    assert dialog is not None
+    configured.set()
+    dialog.last_saved = frozenset({"tickets.system", "tickets.url", "tickets.queue", TICKET_SECRET_FIELD})
+    dialog.settings_saved.emit()
+    reached = f"Ticket {filed['ticket_id']} reached Memory desk as MD-1."
+
+    def notices() -> list[str]:
+        return [e.text for e in helpdesk.transcript.model.entries if e.kind == "notice"]
+
+    qtbot.waitUntil(lambda: reached in notices(), timeout=10_000)
+    assert system.filed(filed["ticket_id"]) == 1
+    assert [shown.message for shown in helpdesk.tray.shown] == [reached]
+    assert len(factory.runners) == 1 and helpdesk.phase == "running"  # the conversation went on
+
+    # The e-mail address is the conversation's too (its tools use it): that save restarts it.
+    dialog.last_saved = frozenset({"tickets.contact"})
+    dialog.settings_saved.emit()
+    qtbot.waitUntil(lambda: len(factory.runners) == 2 and helpdesk.phase == "running", timeout=3000)
+    dialog.reject()
+
+    worker = helpdesk.delivery.worker
+    assert worker is not None
+    with qtbot.waitSignal(helpdesk.finished, timeout=3000):
+        helpdesk.quit()
+    assert helpdesk.delivery.worker is None  # stopped with the app, not waited for
+    assert worker._thread is not None
+    worker._thread.join(5)
+    assert not worker._thread.is_alive()
+
+
+def test_a_conversation_files_through_the_apps_delivery_and_leaves_it_running(
+    make_app: Callable[..., HelpdeskApp], data_dir: Path
+) -> None:
+    helpdesk = make_app(embedded_plan, tray_available=True, retention_days=lambda: 30)
+    worker = helpdesk.delivery.worker
+    assert worker is not None
+    runner = ConversationRunner(embedded_plan(), helpdesk.bridge, None, helpdesk.delivery.worker)
+    assert runner.delivery_worker() is worker
+    runner.stop()
+    assert helpdesk.delivery.worker is worker and worker._thread is not None and worker._thread.is_alive()

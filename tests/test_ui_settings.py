@@ -17,11 +17,12 @@ from pathlib import Path
 
 import keyring
 import keyring.backends.fail
+import keyring.errors
 import numpy as np
 import pytest
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QColor, QPalette
-from PySide6.QtWidgets import QAbstractButton, QDialog, QLabel, QPushButton, QWidget
+from PySide6.QtWidgets import QAbstractButton, QDialog, QLabel, QMessageBox, QPushButton, QWidget
 from pytestqt.qtbot import QtBot
 
 from app import config
@@ -1092,3 +1093,97 @@ def test_a_ticket_system_that_does_not_answer_leaves_the_dialog_usable(
         assert not dialog.connection_test.running and dialog.test_connection_button.isEnabled()
         assert dialog.connection_status.text() == ""
     dialog.close()
+
+
+def test_remove_credential_asks_first_and_deletes_only_the_chosen_systems(
+    qtbot: QtBot, make_dialog: Callable[..., SettingsDialog], file_keyring: FileKeyring
+) -> None:
+    file_keyring.set_password("helpdesk-voice", "tickets.rt", TICKET_TOKEN)
+    file_keyring.set_password("helpdesk-voice", "tickets.webhook", "whsec-other")
+    dialog = make_dialog()
+    show_page(qtbot, dialog, dialog.tickets_page)
+    assert not dialog.remove_credential_button.isVisible()  # no system chosen: no credential row
+    set_ticket_system(dialog, "servicenow")
+    assert not dialog.remove_credential_button.isEnabled()  # none stored for ServiceNow
+    set_ticket_system(dialog, "rt")
+    assert dialog.remove_credential_button.isVisible() and dialog.remove_credential_button.isEnabled()
+    assert dialog.remove_credential_button.accessibleName()
+
+    # Cancel (also the default button, so Enter cannot delete it) keeps the credential.
+    qtbot.mouseClick(dialog.remove_credential_button, Qt.MouseButton.LeftButton)
+    box = dialog.remove_credential_box
+    assert box is not None and box.isVisible()
+    assert "Request Tracker" in box.text() and "auth token" in box.text()
+    assert box.defaultButton() is box.button(QMessageBox.StandardButton.Cancel)
+    qtbot.mouseClick(box.button(QMessageBox.StandardButton.Cancel), Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: dialog.remove_credential_box is None, timeout=2000)
+    assert file_keyring.get_password("helpdesk-voice", "tickets.rt") == TICKET_TOKEN
+
+    # Remove: gone from the keyring at once, and the app hears of it as a save of the credential.
+    qtbot.mouseClick(dialog.remove_credential_button, Qt.MouseButton.LeftButton)
+    box = dialog.remove_credential_box
+    assert box is not None
+    with qtbot.waitSignal(dialog.settings_saved, timeout=2000):
+        qtbot.mouseClick(box.button(QMessageBox.StandardButton.Yes), Qt.MouseButton.LeftButton)
+    assert dialog.last_saved == {TICKET_SECRET_FIELD}
+    assert file_keyring.get_password("helpdesk-voice", "tickets.rt") is None
+    assert file_keyring.get_password("helpdesk-voice", "tickets.webhook") == "whsec-other"
+    assert dialog.ticket_secret_status.text() == "Auth token: none stored"
+    assert not dialog.remove_credential_button.isEnabled()
+
+    # A later save says what it saved.
+    dialog.ticket_url_edit.setText("https://rt.example.com")
+    dialog.ticket_queue_edit.setText("Helpdesk")
+    with qtbot.waitSignal(dialog.settings_saved, timeout=2000):
+        assert dialog.save()
+    assert dialog.last_saved == {"tickets.system", "tickets.url", "tickets.queue"}
+
+
+def test_remove_credential_is_off_for_the_environments_credential_and_under_a_policy(
+    qtbot: QtBot,
+    make_dialog: Callable[..., SettingsDialog],
+    env: dict[str, str],
+    file_keyring: FileKeyring,
+) -> None:
+    # Only in the environment: nothing in the keyring to remove.
+    dialog = make_dialog({**env, "HELPDESK_VOICE_TICKETS_SECRET": TICKET_TOKEN})
+    set_ticket_system(dialog, "rt")
+    assert "set by HELPDESK_VOICE_TICKETS_SECRET" in dialog.ticket_secret_status.text()
+    assert not dialog.remove_credential_button.isEnabled()
+
+    # The administrator set the ticket system up: the user's stored credential stays.
+    file_keyring.set_password("helpdesk-voice", "tickets.rt", TICKET_TOKEN)
+    write_policy(env, '[locked.tickets]\nsystem = "rt"\nurl = "https://rt.corp.example/rt"\n')
+    locked = make_dialog()
+    show_page(qtbot, locked, locked.tickets_page)
+    assert "Auth token: stored in the system keyring" in locked.ticket_secret_status.text()
+    assert locked.remove_credential_button.isVisible() and not locked.remove_credential_button.isEnabled()
+    locked.ask_remove_ticket_secret()  # poked from code: still asks nothing and removes nothing
+    assert locked.remove_credential_box is None
+    assert file_keyring.get_password("helpdesk-voice", "tickets.rt") == TICKET_TOKEN
+
+
+class _UndeletableKeyring(FileKeyring):
+    def delete_password(self, service: str, username: str) -> None:
+        raise keyring.errors.KeyringLocked("the keyring is locked")
+
+
+def test_a_credential_the_keyring_will_not_delete_is_said_and_kept(
+    qtbot: QtBot, make_dialog: Callable[..., SettingsDialog], tmp_path: Path
+) -> None:
+    backend = _UndeletableKeyring(tmp_path / "locked-keyring.json")
+    backend.set_password("helpdesk-voice", "tickets.jsm", TICKET_TOKEN)
+    keyring.set_keyring(backend)  # the file_keyring fixture restores the original
+    dialog = make_dialog()
+    set_ticket_system(dialog, "jsm")
+    saved: list[bool] = []
+    dialog.settings_saved.connect(lambda: saved.append(True))
+    qtbot.mouseClick(dialog.remove_credential_button, Qt.MouseButton.LeftButton)
+    box = dialog.remove_credential_box
+    assert box is not None
+    qtbot.mouseClick(box.button(QMessageBox.StandardButton.Yes), Qt.MouseButton.LeftButton)
+    assert dialog.errors() == {
+        TICKET_SECRET_FIELD: "API token: the system keyring could not remove it (the keyring is locked)"
+    }
+    assert backend.get_password("helpdesk-voice", "tickets.jsm") == TICKET_TOKEN
+    assert saved == [] and dialog.remove_credential_button.isEnabled()

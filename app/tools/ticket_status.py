@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from app.tools.connectors import Connector, ConnectorError, RemoteTicket
-from app.tools.delivery import DeliveryState
+from app.tools.delivery import DeliveryState, connector_for
 from app.tools.registry import Tool, ToolError
 from app.tools.tickets import TicketOutbox
 
@@ -55,7 +55,11 @@ def ticket_status_tool(
     connector: Callable[[], Connector | None],
     contact: str | None,
 ) -> Tool:
-    """``state_of`` reads the delivery journal; ``connector()`` makes a connector (None: no system)."""
+    """``state_of`` reads the delivery journal; ``connector()`` makes a connector (None: no system).
+
+    Each read makes its own connector and releases it when done (:func:`connector_for`): a tool
+    call must not leave the HTTP client it opened behind.
+    """
 
     def local(ticket_id: str) -> dict[str, Any]:
         ticket = outbox.find(ticket_id)
@@ -71,25 +75,30 @@ def ticket_status_tool(
                 answer["why"] = state.problem
             return answer
         answer |= {"number": state.number, "system": state.system}
-        system = connector()
-        if system is None or state.ref is None:
+        if state.ref is None:
             return answer | {"status": "delivered"}
-        try:
-            return answer | _remote(system.get(state.ref))
-        except ConnectorError as exc:
-            return answer | {"status": "delivered; its current status could not be read", "why": exc.message}
+        with connector_for(connector) as system:
+            if system is None:
+                return answer | {"status": "delivered"}
+            try:
+                return answer | _remote(system.get(state.ref))
+            except ConnectorError as exc:
+                return answer | {
+                    "status": "delivered; its current status could not be read",
+                    "why": exc.message,
+                }
 
     def remote(number: str) -> dict[str, Any]:
-        system = connector()
-        if system is None:
-            raise ToolError("no_ticket_system", f"{number} is not a ticket id from this computer.")
-        ref = re.sub(r"^\s*RT\s*#?\s*", "", number.strip(), flags=re.IGNORECASE)
-        try:
-            return _remote(system.get(ref))
-        except ConnectorError as exc:
-            raise ToolError(
-                "status_unavailable", f"The status of {number} could not be read: {exc.message}"
-            ) from exc
+        with connector_for(connector) as system:
+            if system is None:
+                raise ToolError("no_ticket_system", f"{number} is not a ticket id from this computer.")
+            ref = re.sub(r"^\s*RT\s*#?\s*", "", number.strip(), flags=re.IGNORECASE)
+            try:
+                return _remote(system.get(ref))
+            except ConnectorError as exc:
+                raise ToolError(
+                    "status_unavailable", f"The status of {number} could not be read: {exc.message}"
+                ) from exc
 
     def listing() -> dict[str, Any]:
         queued = [
@@ -98,17 +107,17 @@ def ticket_status_tool(
             if not ((state := state_of(ticket.id)) is not None and state.delivered)
         ][:_MAX_LISTED]
         answer: dict[str, Any] = {"queued_here": queued}
-        system = connector()
-        if system is None:
-            return answer | {"note": "no ticket system is set up; tickets stay on this computer"}
-        if not contact:
-            return answer | {
-                "note": "the user's e-mail address is not set, so their tickets cannot be listed"
-            }
-        try:
-            open_tickets = system.open_tickets(contact)
-        except ConnectorError as exc:
-            return answer | {"note": f"the helpdesk's tickets could not be read: {exc.message}"}
+        with connector_for(connector) as system:
+            if system is None:
+                return answer | {"note": "no ticket system is set up; tickets stay on this computer"}
+            if not contact:
+                return answer | {
+                    "note": "the user's e-mail address is not set, so their tickets cannot be listed"
+                }
+            try:
+                open_tickets = system.open_tickets(contact)
+            except ConnectorError as exc:
+                return answer | {"note": f"the helpdesk's tickets could not be read: {exc.message}"}
         return answer | {"open": [_remote(ticket) for ticket in open_tickets[:_MAX_LISTED]]}
 
     def status(arguments: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,10 @@ queued signals. Everything that can block (reading the key from the keyring, ope
 starting the offline server, stopping) runs on worker threads, whose results come back as queued
 signals too, so the GUI thread never waits for the engine. Each start gets a generation number:
 results from a start that was stopped or superseded in the meantime are dropped.
+
+Tickets are sent by the app's own delivery worker (:mod:`app.ui.ticket_delivery`), which runs from
+start to quit whether or not a conversation does: saving ticket settings reconfigures it, so
+tickets queued meanwhile go out and their real numbers show in the transcript at once.
 """
 
 from __future__ import annotations
@@ -27,12 +31,14 @@ from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
 
 import app as app_package
 from app.core.actions import Notice, State, StateChanged
-from app.launch import ConversationRunner, LaunchError, LaunchPlan
+from app.launch import LaunchError, LaunchPlan
 from app.tools.tickets import Ticket, TicketOutbox
 from app.ui.bridge import EngineBridge
 from app.ui.icons import app_icon
 from app.ui.main_window import ConversationPanel, MainWindow, TranscriptWindow
 from app.ui.state_display import StateDisplay
+from app.ui.ticket_delivery import AppDelivery
+from app.ui.tickets_page import DELIVERY_ONLY_KEYS
 from app.ui.transcript import TranscriptView
 from app.ui.transcript_model import TranscriptModel
 from app.ui.transcript_store import TranscriptStore
@@ -52,6 +58,7 @@ STOP_TIMEOUT_S = 1.0
 QUIT_DEADLINE_S = 1.2
 LEVEL_POLL_MS = 50
 SIGNAL_TICK_MS = 200
+DELIVERY_POLL_MS = 100  # how often the delivery worker's reports are taken to the transcript
 SILENCE_DBFS = -120.0
 TRANSCRIPT_SAVE_MS = 2000
 LICENCE = "Apache License 2.0"
@@ -72,8 +79,12 @@ class Runner(Protocol):
 RunnerFactory = Callable[[LaunchPlan, "EngineListener", Callable[[str], None]], Runner]
 
 
-def _real_runner(plan: LaunchPlan, listener: EngineListener, progress: Callable[[str], None]) -> Runner:
-    return ConversationRunner(plan, listener, progress)
+def _shared_delivery_runner(
+    delivery: AppDelivery, plan: LaunchPlan, listener: EngineListener, progress: Callable[[str], None]
+) -> Runner:
+    from app.launch import ConversationRunner
+
+    return ConversationRunner(plan, listener, progress, delivery.worker)
 
 
 def settings_retention_days() -> int:
@@ -209,11 +220,14 @@ class HelpdeskApp(QObject):
         plan_factory: Callable[[], LaunchPlan] = default_plan,
         *,
         tray_available: bool | None = None,
-        runner_factory: RunnerFactory = _real_runner,
+        runner_factory: RunnerFactory | None = None,
         model: TranscriptModel | None = None,
         retention_days: Callable[[], int] = settings_retention_days,
+        delivery: AppDelivery | None = None,
         parent: QObject | None = None,
     ) -> None:
+        """``runner_factory`` None: the real conversation, filing through the app's ``delivery``
+        (made from the saved settings and the user's outbox when None)."""
         super().__init__(parent)
         self.phase: Phase = "stopped"
         self.plan: LaunchPlan | None = None
@@ -237,6 +251,10 @@ class HelpdeskApp(QObject):
         self._signals.started.connect(self._on_started)
         self._signals.failed.connect(self._on_failed)
         self._signals.stopped.connect(self._on_stopped)
+        self.delivery = delivery if delivery is not None else AppDelivery()
+        if runner_factory is None:
+            # Bound to the delivery, not to the app: the lifecycle's threads hold no Qt object.
+            runner_factory = partial(_shared_delivery_runner, self.delivery)
         self._lifecycle = _Lifecycle(self._signals, plan_factory, runner_factory, self.bridge)
 
         self.actions = AppActions(self)
@@ -296,6 +314,13 @@ class HelpdeskApp(QObject):
         self._save_timer.setSingleShot(True)
         self._save_timer.setInterval(TRANSCRIPT_SAVE_MS)
         self._save_timer.timeout.connect(self.save_transcript)
+
+        # The worker reports on its own thread into a queue; this timer brings them to the pane.
+        self._delivery_timer = QTimer(self)
+        self._delivery_timer.setInterval(DELIVERY_POLL_MS)
+        self._delivery_timer.timeout.connect(self._take_delivery_notices)
+        self._delivery_timer.start()
+        self.delivery.start()
 
     # ------------------------------------------------------------------------------------------
     # Surfaces
@@ -360,6 +385,16 @@ class HelpdeskApp(QObject):
     def _on_notice(self, notice: Notice) -> None:
         for display in self._displays:
             display.on_notice(notice)
+
+    @Slot()
+    def _take_delivery_notices(self) -> None:
+        for notice in self.delivery.take_notices():
+            # Through the bridge, as the engine's notices go: to the transcript and the displays.
+            self.bridge.on_notice(notice)
+            if notice.level == "info" and self.tray is not None:
+                # The real number often arrives with nobody talking to the assistant (after a
+                # settings change, a network back): a notification says it where the user looks.
+                self.tray.notify(notice.message, icon=QSystemTrayIcon.MessageIcon.Information)
 
     # ------------------------------------------------------------------------------------------
     # Starting and stopping
@@ -535,6 +570,12 @@ class HelpdeskApp(QObject):
         self._ptt_choice = None  # the saved settings say what the user wants now
         self.transcript_store.set_retention(self._retention_days())
         self.save_transcript()  # kept from now on if retention went from 0 to some days
+        # Tickets go out with the new settings now, conversation or not.
+        self.delivery.reconfigure()
+        dialog = self._settings_dialog
+        saved = dialog.last_saved if dialog is not None else frozenset()
+        if saved and all(key in DELIVERY_ONLY_KEYS for key in saved):
+            return  # only where tickets go changed: the delivery has it, the conversation goes on
         if self.phase != "stopped" or self.state.state is State.ERROR:
             self.restart()
 
@@ -632,6 +673,8 @@ class HelpdeskApp(QObject):
             self.main_window.allow_close()
             self.main_window.hide()
         self._quit_timer.start(int(QUIT_DEADLINE_S * 1000))
+        self._delivery_timer.stop()
+        self.delivery.stop()  # not waited for: a try in flight ends in its thread, its key guards a retry
         # Handed to the writer thread now, so it is written while the conversation stops.
         self.save_transcript()
         self.transcript_store.close()
@@ -708,6 +751,7 @@ def run_gui(plan_factory: Callable[[], LaunchPlan] | None = None, argv: Sequence
     if not helpdesk.quitting:  # the loop ended some other way (session logout): still stop cleanly
         helpdesk.save_transcript()
         helpdesk.transcript_store.close()
+        helpdesk.delivery.stop()
         runner = helpdesk.runner
         if runner is not None:
             runner.stop(STOP_TIMEOUT_S)

@@ -21,7 +21,9 @@ The Tickets page points the app at the company's ticket system: it shows only th
 system uses (:data:`app.ui.tickets_page.TICKET_USED_BY`; the others are hidden, and neither checked
 nor saved), and the system's credential, which goes only to the OS keyring
 (:func:`app.ticket_systems.store_ticket_secret`). Test connection tries the fields as typed, in a
-worker thread (:class:`app.ui.tickets_page.ConnectionTest`).
+worker thread (:class:`app.ui.tickets_page.ConnectionTest`). Remove credential deletes the chosen
+system's stored credential after the user confirms; it is off while none is stored or while the site
+policy locks the ticket settings (the administrator set the system up).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from PySide6.QtCore import QTimer, Signal, Slot
+from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QCloseEvent, QHideEvent, QShowEvent
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -43,6 +45,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QPlainTextEdit,
     QPushButton,
     QTabWidget,
@@ -67,11 +70,18 @@ from app.config import (
 )
 from app.realtime.endpoint import API_KEY_ENV
 from app.settings_rules import API_KEY_FIELD, cross_field_problems
-from app.ticket_systems import SECRET_ENV, load_ticket_secret, store_ticket_secret, system_name
+from app.ticket_systems import (
+    SECRET_ENV,
+    delete_ticket_secret,
+    store_ticket_secret,
+    stored_ticket_secret,
+    system_name,
+)
 from app.tools.connectors import ConnectorError
 from app.ui.level_meter import FLOOR_DBFS, LevelMeter
 from app.ui.tickets_page import (
     CREDENTIAL_LABELS,
+    DELIVERY_ONLY_KEYS,
     NO_CREDENTIAL_LABEL,
     TICKET_REQUIRED,
     TICKET_SECRET_FIELD,
@@ -157,7 +167,8 @@ def _repolish(widget: QWidget) -> None:
 
 
 class SettingsDialog(QDialog):
-    """Edit the user's settings. ``settings_saved`` fires after a save that changed something.
+    """Edit the user's settings. ``settings_saved`` fires after a save that changed something, and
+    after a ticket credential is removed; :attr:`last_saved` then names what changed.
 
     ``environ`` decides where the files are and whether an API key comes from the environment; a
     ``settings`` given must have been loaded with the same one.
@@ -178,6 +189,9 @@ class SettingsDialog(QDialog):
         self._focus_chain: list[QWidget] = []
         self._probe: InputLevelProbe | None = None
         self._key_removed = False
+        # The keys (settings, API_KEY_FIELD, TICKET_SECRET_FIELD) the last settings_saved was for.
+        self.last_saved: frozenset[str] = frozenset()
+        self.remove_credential_box: QMessageBox | None = None
         self._devices, self._device_problem = self._list_devices()
         self._level_timer = QTimer(self)
         self._level_timer.setInterval(LEVEL_REFRESH_MS)
@@ -410,17 +424,10 @@ class SettingsDialog(QDialog):
         self.api_key_edit = QLineEdit(page)
         self.api_key_edit.setEchoMode(QLineEdit.EchoMode.Password)
         self.api_key_edit.setPlaceholderText("Type or paste a new key; leave empty to keep the stored one")
-        self.key_status_label = QLabel(page)
-        self.key_status_label.setWordWrap(True)
-        self.key_status_label.setAccessibleName("API key status")
-        self.remove_key_button = QPushButton("Remo&ve key", page)
-        self.remove_key_button.setAccessibleName("Remove the stored API key from the keyring")
+        self.key_status_label, self.remove_key_button, key_row = _status_and_remove_button(
+            page, "API key status", "Remo&ve key", "Remove the stored API key from the keyring"
+        )
         self.remove_key_button.clicked.connect(self.remove_api_key)
-        key_row = QWidget(page)
-        row = QHBoxLayout(key_row)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.key_status_label, 1)
-        row.addWidget(self.remove_key_button)
         key_field = self._add_field(
             form, API_KEY_FIELD, "API &key:", self.api_key_edit, self.api_key_edit.text, extra=(key_row,)
         )
@@ -535,19 +542,24 @@ class SettingsDialog(QDialog):
         self.ticket_secret_edit = QLineEdit(page)
         self.ticket_secret_edit.setEchoMode(QLineEdit.EchoMode.Password)
         self.ticket_secret_edit.setPlaceholderText("Type or paste it; leave empty to keep the stored one")
-        self.ticket_secret_status = QLabel(page)
-        self.ticket_secret_status.setWordWrap(True)
-        self.ticket_secret_status.setAccessibleName("Credential status")
+        self.ticket_secret_status, self.remove_credential_button, secret_row = _status_and_remove_button(
+            page,
+            "Credential status",
+            "Remo&ve credential",
+            "Remove the ticket system's stored credential from the keyring",
+        )
+        self.remove_credential_button.clicked.connect(self.ask_remove_ticket_secret)
         secret_field = self._add_field(
             form,
             TICKET_SECRET_FIELD,
             NO_CREDENTIAL_LABEL,
             self.ticket_secret_edit,
             self.ticket_secret_edit.text,
-            extra=(self.ticket_secret_status,),
+            extra=(secret_row,),
         )
         secret_field.description = "Kept in the system keyring, never in a settings file"
         self.ticket_secret_edit.setAccessibleDescription(secret_field.description)
+        self._focus_chain.append(self.remove_credential_button)
 
         self.ticket_contact_edit = self._ticket_edit(
             form, "tickets.contact", "Your e-&mail address:", "jane.doe@example.com"
@@ -803,19 +815,79 @@ class SettingsDialog(QDialog):
         """Says whether the chosen system has a credential, never the credential itself."""
         system = self._ticket_system()
         field = self._fields[TICKET_SECRET_FIELD]
+        in_keyring = False
+        problem = ""
+        if system != "none":
+            try:
+                in_keyring = stored_ticket_secret(system)
+            except ConnectorError as exc:
+                problem = exc.message
         if system == "none":
             text = ""
         elif self._environ.get(SECRET_ENV, "").strip():
             text = f"{field.name}: set by {SECRET_ENV} for this run"
+        elif problem:
+            text = f"{field.name}: unknown ({problem})"
         else:
-            try:
-                stored = load_ticket_secret(system)
-            except ConnectorError as exc:
-                text = f"{field.name}: unknown ({exc.message})"
-            else:
-                text = f"{field.name}: {'stored in the system keyring' if stored else 'none stored'}"
+            text = f"{field.name}: {'stored in the system keyring' if in_keyring else 'none stored'}"
         self.ticket_secret_status.setText(text)
         self.ticket_secret_status.setToolTip(text)
+        # Only a keyring entry can be removed here: the environment's is the caller's to unset.
+        self.remove_credential_button.setEnabled(in_keyring and not self._tickets_locked())
+
+    def _tickets_locked(self) -> bool:
+        """Whether the site policy sets where tickets go (the system or a field it uses)."""
+        return any(
+            key in SETTINGS and self._settings.locked(key) and (key == "tickets.system" or self._applies(key))
+            for key in DELIVERY_ONLY_KEYS
+        )
+
+    @Slot()
+    def ask_remove_ticket_secret(self) -> None:
+        """Asks before deleting the chosen system's credential (a box that does not block the app)."""
+        system = self._ticket_system()
+        if system == "none" or self._tickets_locked():
+            return
+        name = self._fields[TICKET_SECRET_FIELD].name
+        box = QMessageBox(
+            QMessageBox.Icon.Question,
+            "Remove credential",
+            f"Remove the {name.lower()} for {system_name(system)} from the system keyring?\n\n"
+            "Tickets then stay on this computer until a new one is saved.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+            self,
+        )
+        box.button(QMessageBox.StandardButton.Yes).setText("&Remove")  # says what Yes does
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)  # Enter must not delete it
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        remove = box.button(QMessageBox.StandardButton.Yes)
+        # The system asked about, not the one shown when the answer comes.
+        box.buttonClicked.connect(
+            lambda button: self.remove_ticket_secret(system) if button is remove else None
+        )
+        box.destroyed.connect(self._remove_box_closed)
+        self.remove_credential_box = box
+        box.open()  # not exec(): a nested loop would hold up quitting from the tray
+
+    @Slot()
+    def _remove_box_closed(self) -> None:
+        self.remove_credential_box = None
+
+    def remove_ticket_secret(self, system: str) -> None:
+        """Deletes ``system``'s credential from the keyring at once (Cancel does not bring it back);
+        the app hears of it as a save, so its delivery stops using the credential now."""
+        field = self._fields[TICKET_SECRET_FIELD]
+        try:
+            removed = delete_ticket_secret(system)
+        except Exception as exc:  # keyring's errors (no backend, locked, refused): its message says which
+            reason = str(exc) or type(exc).__name__
+            self._mark(field, f"{field.name}: the system keyring could not remove it ({reason})")
+            return
+        self._mark(field, None)
+        self._update_ticket_secret_status()
+        if removed:
+            self.last_saved = frozenset({TICKET_SECRET_FIELD})
+            self.settings_saved.emit()
 
     def _typed_tickets(self) -> tuple[TicketSettings | None, dict[str, str]]:
         """The ticket settings as the fields hold them now, or the problems that keep them from use."""
@@ -1026,6 +1098,12 @@ class SettingsDialog(QDialog):
             field.initial = field.read()
             saved.append(key)
         if changes or typed or typed_secret or self._key_removed:
+            saved_keys = set(changes)
+            if typed or self._key_removed:
+                saved_keys.add(API_KEY_FIELD)
+            if typed_secret:
+                saved_keys.add(TICKET_SECRET_FIELD)
+            self.last_saved = frozenset(saved_keys)
             self._key_removed = False
             self.settings_saved.emit()
         return True
@@ -1033,3 +1111,20 @@ class SettingsDialog(QDialog):
     def accept(self) -> None:
         if self.save():
             super().accept()
+
+
+def _status_and_remove_button(
+    parent: QWidget, status_name: str, button_text: str, button_name: str
+) -> tuple[QLabel, QPushButton, QWidget]:
+    """A stored secret's status beside the button that removes it, as one row for a form field."""
+    status = QLabel(parent)
+    status.setWordWrap(True)
+    status.setAccessibleName(status_name)
+    button = QPushButton(button_text, parent)
+    button.setAccessibleName(button_name)
+    row_widget = QWidget(parent)
+    row = QHBoxLayout(row_widget)
+    row.setContentsMargins(0, 0, 0, 0)
+    row.addWidget(status, 1)
+    row.addWidget(button)
+    return status, button, row_widget

@@ -22,6 +22,7 @@ from app.ticket_systems import try_connection
 
 __all__ = [
     "CREDENTIAL_LABELS",
+    "DELIVERY_ONLY_KEYS",
     "NO_CREDENTIAL_LABEL",
     "TICKET_REQUIRED",
     "TICKET_SECRET_FIELD",
@@ -43,6 +44,9 @@ TICKET_USED_BY: Final[Mapping[str, frozenset[str]]] = {
     "tickets.request_type_id": frozenset({"jsm"}),
     TICKET_SECRET_FIELD: _SYSTEMS,
 }
+# What only the delivery uses: a save that changes nothing else reconfigures the app's delivery and
+# leaves a running conversation alone (tickets.contact is not here: the conversation's tools use it).
+DELIVERY_ONLY_KEYS: Final = frozenset(TICKET_USED_BY) | {"tickets.system"}
 # What make_connector refuses to go without (the assignment group is optional).
 TICKET_REQUIRED: Final = frozenset(TICKET_USED_BY) - {"tickets.assignment_group", TICKET_SECRET_FIELD}
 

@@ -177,15 +177,23 @@ class TrayController(StateDisplay, QObject):
     def alert(self, message: str) -> None:
         self.notify(message)
 
-    def notify(self, message: str, title: str = APP_TITLE) -> bool:
-        """A desktop notification, at most one per ``NOTIFY_REPEAT_S`` for the same text."""
+    def notify(
+        self,
+        message: str,
+        title: str = APP_TITLE,
+        icon: QSystemTrayIcon.MessageIcon = QSystemTrayIcon.MessageIcon.Critical,
+    ) -> bool:
+        """A desktop notification, at most one per ``NOTIFY_REPEAT_S`` for the same text.
+
+        Critical by default (alerts); good news, such as a ticket's real number, says Information.
+        """
         now = self._clock()
         last = self._last_shown.get(message)
         if last is not None and now - last < NOTIFY_REPEAT_S:
             return False
         self._last_shown[message] = now
         self.shown.append(ShownNotification(title, message, now))
-        self.tray.showMessage(title, message, QSystemTrayIcon.MessageIcon.Critical, NOTIFY_SHOW_MS)
+        self.tray.showMessage(title, message, icon, NOTIFY_SHOW_MS)
         return True
 
     @Slot(QSystemTrayIcon.ActivationReason)
