@@ -526,9 +526,9 @@ class ConversationRunner:
         sync.start()
 
     def _await_first_article_sync(self) -> None:
-        # The offline server reads its folders once, when it starts: without this wait, a first
-        # start would leave it without the system's articles until the next one. Bounded, because
-        # a slow system must not hold the assistant back; the search tool sees later syncs anyway.
+        # The offline server reads its folders when it starts and then follows their changes every
+        # few seconds: without this wait, its first answers would miss the system's articles.
+        # Bounded, because a slow system must not hold the assistant back.
         with self._lock:
             sync = self._articles
         if sync is None or sync.wait_first(0.0):

@@ -37,7 +37,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
-from app.localmodel.retrieval import ArticleRetriever, Assessment
+from app.localmodel.retrieval import Assessment, Retrieval
 from app.tools.kb import Article, tokenize
 
 __all__ = ["GREETING", "SPOKEN_TOPICS", "HelpdeskBrain", "Reply", "ToolCall", "spoken_topic"]
@@ -555,7 +555,7 @@ class HelpdeskBrain:
     """
 
     def __init__(
-        self, retriever: ArticleRetriever, *, can_create_tickets: bool = False, tools: Collection[str] = ()
+        self, retriever: Retrieval, *, can_create_tickets: bool = False, tools: Collection[str] = ()
     ) -> None:
         self._retriever = retriever
         self._tools = frozenset(tools) | ({"create_ticket"} if can_create_tickets else frozenset())
@@ -578,7 +578,7 @@ class HelpdeskBrain:
         self._call_prefix = f"call_{secrets.token_hex(6)}"
         self._last = Reply(GREETING)
         # Not dialog state: retrieval results by query (the retriever is deterministic), and the lock.
-        self._assessments: dict[str, Assessment] = {}
+        self._assessments: dict[tuple[int, str], Assessment] = {}
         self._lock = threading.Lock()
 
     @property
@@ -647,12 +647,13 @@ class HelpdeskBrain:
         self._filed = snapshot.filed
 
     def _assess(self, query: str) -> Assessment:
-        found = self._assessments.get(query)
+        key = (self._retriever.generation, query)  # the articles may have changed since
+        found = self._assessments.get(key)
         if found is None:
             found = self._retriever.assess(query)
             if len(self._assessments) >= _MEMO:
                 del self._assessments[next(iter(self._assessments))]
-            self._assessments[query] = found
+            self._assessments[key] = found
         return found
 
     # --- entry points, unlocked ------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def load_models(progress: Callable[[str], None], kb_folders: Sequence[str] | Non
 
     from app.localmodel.asr import SpeechRecognizer, UtteranceTranscriber
     from app.localmodel.brain import HelpdeskBrain
-    from app.localmodel.retrieval import load_retriever
+    from app.localmodel.retrieval import load_watched_retriever
     from app.localmodel.tts import CachedVoice, SpeechStream, load_voice
     from app.paths import default_cache_dir
     from app.tools.kb_sources import folders_from_env
@@ -79,7 +79,7 @@ def load_models(progress: Callable[[str], None], kb_folders: Sequence[str] | Non
     recognizer = step("speech recognition (Whisper tiny.en)", load_recognizer)
     retriever = step(
         "knowledge base (MiniLM embeddings)",
-        lambda: load_retriever(cache_dir=default_cache_dir(), folders=folders),
+        lambda: load_watched_retriever(cache_dir=default_cache_dir(), folders=folders),
     )
     if folders:
         company = sum(1 for article in retriever.articles if article.source)

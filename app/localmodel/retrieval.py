@@ -20,7 +20,8 @@ import hashlib
 import io
 import logging
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, Protocol
@@ -30,7 +31,7 @@ import numpy.typing as npt
 
 from app.fileio import write_atomically
 from app.tools.kb import Article, KeywordIndex
-from app.tools.kb_sources import load_knowledge_base
+from app.tools.kb_sources import folders_signature, load_knowledge_base
 
 __all__ = [
     "EMBEDDING_THRESHOLDS",
@@ -42,10 +43,13 @@ __all__ = [
     "DecisionKind",
     "Encoder",
     "Match",
+    "Retrieval",
     "Thresholds",
+    "WatchedRetriever",
     "article_texts",
     "judge",
     "load_retriever",
+    "load_watched_retriever",
 ]
 
 _log = logging.getLogger(__name__)
@@ -145,6 +149,16 @@ def article_texts(article: Article) -> list[str]:
     """
     texts = [article.title, article.summary, ", ".join(article.keywords), *article.phrasings]
     return [text for text in texts if text.strip()]
+
+
+class Retrieval(Protocol):
+    """What the brain asks of a retriever: an assessment of a request, and which articles answer
+    (``generation`` changes when they do, so results kept for a request are not reused)."""
+
+    @property
+    def generation(self) -> int: ...
+
+    def assess(self, query: str) -> Assessment: ...
 
 
 class ArticleRetriever:
@@ -256,6 +270,10 @@ class ArticleRetriever:
     @property
     def mode(self) -> Mode:
         return "embedding" if self._encoder is not None else "keyword"
+
+    @property
+    def generation(self) -> int:
+        return 0  # its articles never change
 
     @property
     def thresholds(self) -> Thresholds:
@@ -460,6 +478,27 @@ def _load_vectors(path: Path, rows: int) -> npt.NDArray[np.float32] | None:
     return np.asarray(vectors, dtype=np.float32)
 
 
+def _encoder(use_embeddings: bool, model_dir: Path | None) -> Encoder | None:
+    if not use_embeddings:
+        return None
+    try:
+        from app.localmodel.embed import MiniLMEncoder
+
+        return MiniLMEncoder(model_dir)
+    except Exception:
+        _log.warning("the sentence encoder is unavailable; using keyword search only", exc_info=True)
+        return None
+
+
+def _build(
+    kb_dir: Path | None, folders: Sequence[str | Path], encoder: Encoder | None, cache_dir: Path | None
+) -> ArticleRetriever:
+    articles, problems = load_knowledge_base(folders, kb_dir)
+    for problem in problems:
+        _log.warning("knowledge base: %s", problem)
+    return ArticleRetriever(articles, encoder, KeywordIndex(articles), cache_dir)
+
+
 def load_retriever(
     kb_dir: Path | None = None,
     model_dir: Path | None = None,
@@ -472,17 +511,100 @@ def load_retriever(
     the model loads.
 
     Problems with single articles are logged and those articles left out, as the keyword tool does.
-    The folders are read once: the server notices changes when it next starts.
+    The folders are read once (:func:`load_watched_retriever` follows their changes).
     """
-    articles, problems = load_knowledge_base(folders, kb_dir)
-    for problem in problems:
-        _log.warning("knowledge base: %s", problem)
-    encoder: Encoder | None = None
-    if use_embeddings:
-        try:
-            from app.localmodel.embed import MiniLMEncoder
+    return _build(kb_dir, folders, _encoder(use_embeddings, model_dir), cache_dir)
 
-            encoder = MiniLMEncoder(model_dir)
+
+def load_watched_retriever(
+    kb_dir: Path | None = None,
+    model_dir: Path | None = None,
+    *,
+    use_embeddings: bool = True,
+    cache_dir: Path | None = None,
+    folders: Sequence[str | Path] = (),
+    recheck_after: float | None = 5.0,
+) -> WatchedRetriever:
+    """:func:`load_retriever`'s retriever, kept current with the ``folders`` as they change."""
+    encoder = _encoder(use_embeddings, model_dir)
+    return WatchedRetriever(
+        lambda: _build(kb_dir, folders, encoder, cache_dir), folders, recheck_after=recheck_after
+    )
+
+
+class WatchedRetriever:
+    """An :class:`ArticleRetriever` kept current with the company's article folders.
+
+    The offline server runs for hours while admins edit their articles. Every ``recheck_after``
+    seconds a thread of its own looks at the folders' file names, sizes and times (stats only, a few
+    milliseconds for a thousand files); when they changed, it builds a new retriever (only new or
+    changed texts are embedded, the rest come from the vector cache) that takes over for the next
+    request. Requests never wait for a look or a rebuild.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[], ArticleRetriever],
+        folders: Sequence[str | Path],
+        *,
+        recheck_after: float | None = 5.0,
+    ) -> None:
+        """``recheck_after`` None: no thread; the owner calls :meth:`refresh`."""
+        self._build = build
+        self._folders = tuple(folders)
+        self._lock = threading.Lock()
+        # Taken before the build: a file changed during it is then seen as a change at the next look.
+        self._signature = folders_signature(self._folders)
+        self._current = build()
+        self._generation = 0
+        self._closed = threading.Event()
+        if recheck_after is not None and self._folders:
+            threading.Thread(target=self._watch, args=(recheck_after,), name="kb-watch", daemon=True).start()
+
+    @property
+    def generation(self) -> int:
+        """How many times the articles were rebuilt after a change."""
+        with self._lock:
+            return self._generation
+
+    @property
+    def current(self) -> ArticleRetriever:
+        return self._current
+
+    @property
+    def mode(self) -> Mode:
+        return self._current.mode
+
+    @property
+    def articles(self) -> list[Article]:
+        return self._current.articles
+
+    def assess(self, query: str) -> Assessment:
+        return self._current.assess(query)
+
+    def close(self) -> None:
+        """Stops the looking thread (it ends at its next wake-up)."""
+        self._closed.set()
+
+    def _watch(self, every: float) -> None:
+        while not self._closed.wait(every):
+            self.refresh()
+
+    def refresh(self) -> bool:
+        """Looks at the folders now and rebuilds on a change; True when the articles changed.
+
+        Never raises: a failed rebuild keeps the articles in place, and the next look tries again.
+        """
+        try:
+            signature = folders_signature(self._folders)
+            if signature == self._signature:
+                return False
+            fresh = self._build()
+            with self._lock:
+                self._current, self._signature = fresh, signature
+                self._generation += 1
+            _log.info("knowledge base: the company's articles changed; %d articles now", len(fresh.articles))
+            return True
         except Exception:
-            _log.warning("the sentence encoder is unavailable; using keyword search only", exc_info=True)
-    return ArticleRetriever(articles, encoder, KeywordIndex(articles), cache_dir)
+            _log.warning("re-reading the company's articles failed; keeping the ones loaded", exc_info=True)
+            return False

@@ -47,6 +47,7 @@ __all__ = [
     "SUFFIXES",
     "KnowledgeBase",
     "folders_from_env",
+    "folders_signature",
     "folders_to_env",
     "html_to_markdown",
     "load_folder",
@@ -540,6 +541,16 @@ def _load_files(folder: Path, paths: Sequence[Path]) -> tuple[list[Article], lis
         except (OSError, ValueError) as exc:
             problems.append(f"{path}: {exc}")
     return articles, problems
+
+
+def folders_signature(folders: Sequence[str | Path]) -> tuple[Signature | None, ...]:
+    """What changes when any article file in ``folders`` is added, removed or changed (names, sizes,
+    modification times); None for a folder that is not there. Stats only, no file is read."""
+    signatures: list[Signature | None] = []
+    for folder in folders:
+        root = Path(folder).expanduser()
+        signatures.append(_scan(root)[1] if root.is_dir() else None)
+    return tuple(signatures)
 
 
 def load_folder(folder: str | Path) -> tuple[list[Article], list[str]]:
