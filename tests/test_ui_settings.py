@@ -985,6 +985,100 @@ def test_a_locked_ticket_url_is_read_only_and_never_saved(
     assert "attacker" not in text and "url" not in text and 'queue = "Helpdesk"' in text
 
 
+ARTICLES = "kb.ticket_system_articles"
+
+
+def test_the_articles_box_is_on_only_for_a_ticket_system_with_a_knowledge_base(
+    qtbot: QtBot, make_dialog: Callable[..., SettingsDialog], env: dict[str, str]
+) -> None:
+    dialog = make_dialog()
+    show_page(qtbot, dialog, dialog.tickets_page)
+    box, field = dialog.ticket_articles_check, dialog.field(ARTICLES)
+    assert box.accessibleName() == "Knowledge articles" and field.label.buddy() is box
+    assert "knowledge base" in box.toolTip()
+    expected = {
+        "none": "Choose Request Tracker or ServiceNow as the ticket system",
+        "rt": "",
+        "servicenow": "",
+        "jsm": "Jira Service Management has no knowledge base this app can read",
+        "webhook": "Webhook has no knowledge base this app can read",
+    }
+    for system, hint in expected.items():
+        set_ticket_system(dialog, system)
+        assert box.isVisible(), system  # never hidden, so its absence is explained
+        assert box.isEnabled() == (not hint) and field.label.isEnabled() == (not hint), system
+        assert shown(dialog.ticket_articles_hint, dialog) == bool(hint), system
+        assert dialog.ticket_articles_hint.text().startswith(hint), system
+        # A screen reader cannot focus a disabled box: the reason is in its description too.
+        assert box.accessibleDescription().startswith(config.SETTINGS[ARTICLES].help), system
+        assert box.accessibleDescription().endswith(dialog.ticket_articles_hint.text()), system
+        assert not field.note.text(), system  # the note is for locks and overrides
+
+    # Ticked while Request Tracker was chosen, then left behind for Jira: neither checked nor saved,
+    # like another system's fields, and checking the fields keeps the reason in the description.
+    set_ticket_system(dialog, "rt")
+    box.setChecked(True)
+    set_ticket_system(dialog, "jsm")
+    assert dialog.changed_values() == {"tickets.system": "jsm"}
+    assert dialog.save()
+    assert box.accessibleDescription().endswith("only Request Tracker and ServiceNow have one.")
+    assert "ticket_system_articles" not in user_file(env).read_text("utf-8")
+    assert load_settings(environ=env).value(ARTICLES) is False
+
+
+def test_the_ticket_systems_articles_go_to_the_settings_file(
+    qtbot: QtBot, make_dialog: Callable[..., SettingsDialog], env: dict[str, str]
+) -> None:
+    user_file(env).write_text('[tickets]\nsystem = "servicenow"\n', "utf-8")
+    dialog = make_dialog()
+    assert dialog.ticket_articles_check.isEnabled() and not dialog.ticket_articles_check.isChecked()
+    dialog.ticket_articles_check.setChecked(True)
+    with qtbot.waitSignal(dialog.settings_saved, timeout=1000):
+        assert dialog.save()
+    # Not a delivery-only change: the app restarts the conversation, whose plan syncs the articles.
+    assert dialog.last_saved == {ARTICLES}
+    assert "ticket_system_articles = true" in user_file(env).read_text("utf-8")
+    assert load_settings(environ=env).typed.kb.ticket_system_articles is True
+
+    second = make_dialog()
+    assert second.ticket_articles_check.isChecked()
+    second.ticket_articles_check.setChecked(False)
+    assert second.save()
+    assert load_settings(environ=env).typed.kb.ticket_system_articles is False
+
+
+def test_locked_ticket_system_articles_are_read_only_and_never_saved(
+    qtbot: QtBot, make_dialog: Callable[..., SettingsDialog], env: dict[str, str]
+) -> None:
+    user_file(env).write_text('[tickets]\nsystem = "rt"\n', "utf-8")
+    write_policy(env, "[locked.kb]\nticket_system_articles = true\n")
+    dialog = make_dialog()
+    show_page(qtbot, dialog, dialog.tickets_page)
+    box, field = dialog.ticket_articles_check, dialog.field(ARTICLES)
+    assert box.isChecked()  # the policy's value, not the built-in one
+    assert not box.isEnabled() and not field.label.isEnabled()
+    assert field.note.isVisible() and field.note.text() == LOCKED_NOTE
+    assert "policy" in field.note.toolTip() and "policy" in box.toolTip()
+    assert box.accessibleDescription().startswith(LOCKED_NOTE)
+    assert not shown(dialog.ticket_articles_hint, dialog)  # RT has articles: the lock is the reason
+    assert dialog.ticket_system_combo.isEnabled()  # only the articles are locked
+
+    set_ticket_system(dialog, "webhook")  # a system without them adds its reason to the lock's
+    assert shown(dialog.ticket_articles_hint, dialog) and field.note.text() == LOCKED_NOTE
+    assert box.accessibleDescription().startswith(LOCKED_NOTE)
+    assert box.accessibleDescription().endswith(dialog.ticket_articles_hint.text())
+    set_ticket_system(dialog, "rt")
+    assert not box.isEnabled()
+
+    box.setChecked(False)  # poked from code
+    dialog.ticket_queue_edit.setText("Helpdesk")
+    assert dialog.changed_values() == {"tickets.queue": "Helpdesk"}
+    assert dialog.save()
+    text = user_file(env).read_text("utf-8")
+    assert "ticket_system_articles" not in text and 'queue = "Helpdesk"' in text
+    assert load_settings(environ=env).value(ARTICLES) is True
+
+
 def wait_for_test(qtbot: QtBot, dialog: SettingsDialog) -> list[int]:
     """Clicks Test connection and waits for its result while counting event-loop timer ticks."""
     ticks: list[int] = []

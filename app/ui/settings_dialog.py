@@ -23,7 +23,9 @@ nor saved), and the system's credential, which goes only to the OS keyring
 (:func:`app.ticket_systems.store_ticket_secret`). Test connection tries the fields as typed, in a
 worker thread (:class:`app.ui.tickets_page.ConnectionTest`). Remove credential deletes the chosen
 system's stored credential after the user confirms; it is off while none is stored or while the site
-policy locks the ticket settings (the administrator set the system up).
+policy locks the ticket settings (the administrator set the system up). The page also turns on the
+ticket system's own knowledge articles (``kb.ticket_system_articles``), a box that is off, with the
+reason beside it, while the chosen system has none (:func:`app.ui.tickets_page.articles_hint`).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from app.audio.devices import AudioDevice, DeviceError, Direction, list_devices,
 from app.audio.level_probe import InputLevelProbe, play_test_sound
 from app.config import (
     SETTINGS,
+    TICKET_SYSTEMS_WITH_ARTICLES,
     ConfigError,
     LoadedSettings,
     SecretStoreError,
@@ -80,6 +83,7 @@ from app.ticket_systems import (
 from app.tools.connectors import ConnectorError
 from app.ui.level_meter import FLOOR_DBFS, LevelMeter
 from app.ui.tickets_page import (
+    ARTICLES_KEY,
     CREDENTIAL_LABELS,
     DELIVERY_ONLY_KEYS,
     NO_CREDENTIAL_LABEL,
@@ -88,6 +92,7 @@ from app.ui.tickets_page import (
     TICKET_USED_BY,
     USER_LABELS,
     ConnectionTest,
+    articles_hint,
 )
 
 __all__ = [
@@ -251,6 +256,8 @@ class SettingsDialog(QDialog):
         for key, field in self._fields.items():
             field.initial = field.read()
             self._show_origin(key, field)
+        # Taken after the lock note joined it: the hint for the chosen system goes after both.
+        self._articles_description = self._fields[ARTICLES_KEY].description
         self._update_enabled()
         self._update_key_status()
         self._update_ticket_secret_status()
@@ -580,6 +587,25 @@ class SettingsDialog(QDialog):
         self._focus_chain.append(self.test_connection_button)
         self.connection_test = ConnectionTest(self)
         self.connection_test.finished.connect(self._connection_tested)
+
+        self.ticket_articles_check = QCheckBox("Use the ticket system's know&ledge articles", page)
+        self.ticket_articles_check.setToolTip(
+            "The assistant also searches the ticket system's own knowledge base (Request Tracker "
+            "articles, ServiceNow knowledge) and can walk you through its articles. They are copied "
+            "to this computer and kept up to date every few minutes."
+        )
+        self.ticket_articles_check.setChecked(bool(s.value(ARTICLES_KEY)))
+        self.ticket_articles_hint = QLabel(page)
+        self.ticket_articles_hint.setWordWrap(True)
+        self.ticket_articles_hint.setAccessibleName("Why knowledge articles are unavailable")
+        self._add_field(
+            form,
+            ARTICLES_KEY,
+            "Knowledge articles:",
+            self.ticket_articles_check,
+            self.ticket_articles_check.isChecked,
+            extra=(self.ticket_articles_hint,),
+        )
         return page
 
     def _ticket_edit(self, form: QFormLayout, key: str, text: str, placeholder: str) -> QLineEdit:
@@ -770,6 +796,8 @@ class SettingsDialog(QDialog):
         ticket_systems = TICKET_USED_BY.get(key)
         if ticket_systems is not None and self._current("tickets.system") not in ticket_systems:
             return False
+        if key == ARTICLES_KEY and self._current("tickets.system") not in TICKET_SYSTEMS_WITH_ARTICLES:
+            return False
         return not (key == "eagerness" and self._current("turn_detection") != "semantic_vad")
 
     def _editable(self, key: str) -> bool:
@@ -794,6 +822,17 @@ class SettingsDialog(QDialog):
         self._rename(self._fields[TICKET_SECRET_FIELD], CREDENTIAL_LABELS.get(system, NO_CREDENTIAL_LABEL))
         self._rename(self._fields["tickets.user"], USER_LABELS.get(system, "API &user:"))
         self.test_connection_button.setEnabled(system != "none" and not self.connection_test.running)
+        self._update_articles_hint(system)
+
+    def _update_articles_hint(self, system: str) -> None:
+        """Says why the articles box is off, on screen and to a screen reader, which cannot focus it."""
+        field = self._fields[ARTICLES_KEY]
+        hint = articles_hint(system)
+        self.ticket_articles_hint.setText(hint)
+        self.ticket_articles_hint.setVisible(bool(hint))
+        # In the description _mark restores, so a later check of the fields does not drop the hint.
+        field.description = ". ".join(part for part in (self._articles_description, hint) if part)
+        field.widget.setAccessibleDescription(field.description)
 
     @staticmethod
     def _rename(field: FieldRow, text: str) -> None:

@@ -1,5 +1,6 @@
 """The Settings dialog's Tickets page, apart from its form rows: which ``tickets.*`` fields each ticket
-system uses, what its credential is called, and the connection test.
+system uses, what its credential is called, why its knowledge articles may be out of reach, and the
+connection test.
 
 The test runs in a worker thread, because a ticket system that does not answer takes the connector's
 whole timeout (up to 10 s): the dialog must stay usable meanwhile. It builds the connector from the
@@ -17,10 +18,11 @@ from typing import Final
 
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
-from app.config import TicketSettings
-from app.ticket_systems import try_connection
+from app.config import TICKET_SYSTEMS_WITH_ARTICLES, TicketSettings
+from app.ticket_systems import system_name, try_connection
 
 __all__ = [
+    "ARTICLES_KEY",
     "CREDENTIAL_LABELS",
     "DELIVERY_ONLY_KEYS",
     "NO_CREDENTIAL_LABEL",
@@ -29,6 +31,7 @@ __all__ = [
     "TICKET_USED_BY",
     "USER_LABELS",
     "ConnectionTest",
+    "articles_hint",
 ]
 
 TICKET_SECRET_FIELD: Final = "tickets.secret"  # the credential's row: not a setting, never in a file
@@ -59,6 +62,21 @@ CREDENTIAL_LABELS: Final[Mapping[str, str]] = {
 }
 NO_CREDENTIAL_LABEL: Final = "Credential:"
 USER_LABELS: Final[Mapping[str, str]] = {"servicenow": "API &user:", "jsm": "API &user's e-mail:"}
+
+# Not in TICKET_USED_BY: that would hide the row for the other systems, and someone on Jira Service
+# Management would never learn why the option is missing. The row stays, off, with articles_hint.
+ARTICLES_KEY: Final = "kb.ticket_system_articles"
+
+
+def articles_hint(system: str) -> str:
+    """Why ``system``'s knowledge articles cannot be used, for beside the box; empty when they can."""
+    if system in TICKET_SYSTEMS_WITH_ARTICLES:
+        return ""
+    names = [system_name(name) for name in TICKET_SYSTEMS_WITH_ARTICLES]
+    if system == "none":
+        return f"Choose {' or '.join(names)} as the ticket system to use its knowledge articles."
+    only = " and ".join(names)
+    return f"{system_name(system)} has no knowledge base this app can read; only {only} have one."
 
 
 Result = tuple[int, bool, str]  # the test's generation, whether it connected, the sentence
