@@ -443,3 +443,17 @@ def test_the_context_keeps_the_last_words_that_fit_the_budget(recognizer: Speech
     assert len(recognizer._tokenizer.encode(" " + tail)) <= CONTEXT_BUDGET_TOKENS
     assert not tail.startswith(("umber", "entence"))  # whole words only
     assert recognizer.context_tail("  ") == ""
+
+
+def test_a_new_prompt_takes_over_from_the_next_decode(say: Callable[..., FloatArray]) -> None:
+    recognizer = SpeechRecognizer()
+    recognizer.load()
+    before = list(recognizer._prompt_tokens)
+    recognizer.set_prompt("IT helpdesk call about GlobalProtect and Jabra headsets.")
+    assert recognizer.prompt.startswith("IT helpdesk call about GlobalProtect")
+    assert recognizer._prompt_tokens != before
+    decoded = recognizer._tokenizer.decode(
+        recognizer._prompt_tokens[1 : recognizer._prompt_tokens.index(recognizer._tokenizer.sot)]
+    )
+    assert decoded.strip() == recognizer.prompt
+    assert words(recognizer.transcribe(say("my printer is jammed")).text) == ["my", "printer", "is", "jammed"]

@@ -140,3 +140,13 @@ def _article_of(text: str, tmp_path: Path) -> Article:
     path.parent.mkdir(exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return parse_document(text, path)
+
+
+def test_whoever_asked_hears_of_each_change(folder: Path) -> None:
+    changes: list[ArticleRetriever] = []
+    watched = load_watched_retriever(folders=[folder], use_embeddings=False, recheck_after=None)
+    watched.on_change = changes.append
+    assert watched.refresh() is False and changes == []
+    _write(folder / "coffee.md", EDITED)
+    assert watched.refresh() is True
+    assert changes == [watched.current]

@@ -554,6 +554,15 @@ class SpeechRecognizer:
             self._model = model
             self.load_s = time.perf_counter() - started
 
+    def set_prompt(self, prompt: str) -> None:
+        """A new vocabulary prompt (the knowledge base changed); decodes under way keep the old one."""
+        if self._model is None:
+            self.prompt = prompt
+            return
+        tokens = self._tokens_of(prompt)
+        # Swapped as a pair of plain assignments: a decode reads one or the other, both valid.
+        self._prompt_tokens, self.prompt = tokens, prompt
+
     @property
     def model(self) -> Any:
         """The faster-whisper model (None before :meth:`load`), for measurements."""

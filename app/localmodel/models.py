@@ -57,7 +57,7 @@ def load_models(progress: Callable[[str], None], kb_folders: Sequence[str] | Non
 
     from app.localmodel.asr import SpeechRecognizer, UtteranceTranscriber
     from app.localmodel.brain import HelpdeskBrain
-    from app.localmodel.retrieval import load_watched_retriever
+    from app.localmodel.retrieval import ArticleRetriever, load_watched_retriever
     from app.localmodel.tts import CachedVoice, SpeechStream, load_voice
     from app.paths import default_cache_dir
     from app.tools.kb_sources import folders_from_env
@@ -65,14 +65,7 @@ def load_models(progress: Callable[[str], None], kb_folders: Sequence[str] | Non
     folders = tuple(kb_folders) if kb_folders is not None else folders_from_env() or ()
 
     def load_recognizer() -> SpeechRecognizer:
-        from app.localmodel.asr import vocabulary_prompt, whisper_token_counter
-        from app.tools.kb_sources import load_knowledge_base
-
-        # Biased toward the words the articles use (shipped and company), so a request an article
-        # answers is heard with that article's terms; reading the files twice is cheap next to
-        # embedding them.
-        articles, _problems = load_knowledge_base(folders)
-        recognizer = SpeechRecognizer(prompt=vocabulary_prompt(articles, whisper_token_counter()))
+        recognizer = SpeechRecognizer()
         recognizer.load()
         return recognizer
 
@@ -81,6 +74,17 @@ def load_models(progress: Callable[[str], None], kb_folders: Sequence[str] | Non
         "knowledge base (MiniLM embeddings)",
         lambda: load_watched_retriever(cache_dir=default_cache_dir(), folders=folders),
     )
+    from app.localmodel.asr import vocabulary_prompt, whisper_token_counter
+
+    count_tokens = whisper_token_counter()
+
+    def hear_the_articles_words(articles: ArticleRetriever) -> None:
+        # Biased toward the words the articles use (shipped and company), so a request an article
+        # answers is heard with that article's terms, and kept so as the company's articles change.
+        recognizer.set_prompt(vocabulary_prompt(articles.articles, count_tokens))
+
+    hear_the_articles_words(retriever.current)
+    retriever.on_change = hear_the_articles_words
     if folders:
         company = sum(1 for article in retriever.articles if article.source)
         progress(f"knowledge base: {company} company articles from {len(folders)} folder(s)")

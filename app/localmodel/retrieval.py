@@ -548,9 +548,12 @@ class WatchedRetriever:
         folders: Sequence[str | Path],
         *,
         recheck_after: float | None = 5.0,
+        on_change: Callable[[ArticleRetriever], None] | None = None,
     ) -> None:
-        """``recheck_after`` None: no thread; the owner calls :meth:`refresh`."""
+        """``recheck_after`` None: no thread; the owner calls :meth:`refresh`. ``on_change`` gets each
+        new retriever once it has taken over (in the looking thread)."""
         self._build = build
+        self.on_change = on_change
         self._folders = tuple(folders)
         self._lock = threading.Lock()
         # Taken before the build: a file changed during it is then seen as a change at the next look.
@@ -604,6 +607,8 @@ class WatchedRetriever:
                 self._current, self._signature = fresh, signature
                 self._generation += 1
             _log.info("knowledge base: the company's articles changed; %d articles now", len(fresh.articles))
+            if self.on_change is not None:
+                self.on_change(fresh)
             return True
         except Exception:
             _log.warning("re-reading the company's articles failed; keeping the ones loaded", exc_info=True)
