@@ -952,3 +952,30 @@ def test_without_the_new_tools_the_dialog_is_as_before(retriever: ArticleRetriev
             assert mine == before.tool_result(theirs.tool_call.call_id, output)
             assert mine.text.endswith(ANYTHING_ELSE) and CONSENT_QUESTION not in mine.text
         assert offered.state == before.state
+
+
+@pytest.mark.parametrize(
+    "utterance", ["any news?", "What's happening?", "any update on my request", "is my issue resolved"]
+)
+def test_a_short_status_question_is_about_the_ticket_filed_in_this_conversation(
+    helper: HelpdeskBrain, utterance: str
+) -> None:
+    _answer_consent(helper, "no")
+    assert _call(helper.reply(utterance), "get_ticket_status").arguments == {"ticket": "HD-1042"}
+
+
+def test_without_a_filed_ticket_a_bare_any_news_is_not_a_status_lookup(helper: HelpdeskBrain) -> None:
+    assert helper.reply("any news?").tool_call is None
+
+
+@pytest.mark.parametrize(
+    ("utterance", "ticket"),
+    [("Any news on IT-17?", "IT-17"), ("what's the status of HELP-204", "HELP-204")],
+)
+def test_a_jira_issue_key_is_looked_up_as_said(helper: HelpdeskBrain, utterance: str, ticket: str) -> None:
+    assert _call(helper.reply(utterance), "get_ticket_status").arguments == {"ticket": ticket}
+
+
+def test_a_hyphenated_word_is_not_taken_for_an_issue_key(helper: HelpdeskBrain) -> None:
+    reply = helper.reply("any news on the Windows-11 update for my laptop")
+    assert reply.tool_call is None or reply.tool_call.name != "get_ticket_status"

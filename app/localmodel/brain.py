@@ -200,11 +200,18 @@ _TICKET_WORDS: Final = frozenset(
 # --- the client's other tools: ticket status, a person, diagnostics ----------------------------------
 # A question about a ticket that exists: it names one ("my ticket", "HD-1042") and asks how it is doing,
 # but does not ask for a new one ("open a ticket about the status page").
-_TICKET_REF: Final = _rx(r"\b(?:tickets?|case|hd ?\d+|rt (?:number )?\d+|(?:inc|ritm|req)\d+)\b")
+_TICKET_REF: Final = _rx(
+    r"\b(?:tickets?|case|my (?:it )?(?:request|issue|problem)|hd ?\d+|rt (?:number )?\d+|"
+    r"(?:inc|ritm|req)\d+)\b"
+)
+# Once this conversation filed a ticket, a short question with no ticket in it ("any news?", "what's
+# happening?") is about that one: at most this many words.
+_SHORT_STATUS_WORDS: Final = 6
 _STATUS_ASK: Final = _rx(
     r"\b(?:status|news|update|updates|updated|progress|happening|happened|going on|heard|check|checking|"
     r"look up|where is|wheres|where s|any word|picked up|looked at|open tickets|"
-    r"(?:is|are) (?:my |the |it |they )?(?:tickets? )?(?:still )?(?:open|closed|resolved|done))\b"
+    r"(?:is|are) (?:my |the |it |they )?(?:(?:tickets?|request|issue|case) )?(?:still )?"
+    r"(?:open|closed|resolved|done))\b"
 )
 _NEW_TICKET: Final = _rx(
     r"\b(?:create|make|raise|log|file|submit|open (?:a|an|another|new|one)|new tickets?|another ticket)\b"
@@ -215,6 +222,9 @@ _PLURAL_TICKETS: Final = _rx(r"\btickets\b")
 _NAMED_TICKET: Final = re.compile(
     r"\b(?:(hd)|rt)\s*[-#]?\s*(?:number\s*)?(\d{2,})\b|\b((?:inc|ritm|req)\d{4,})\b", re.IGNORECASE
 )
+# A Jira issue key as the recogniser writes one it knows for a key ("IT-17", "HELP-204"): capitals,
+# a hyphen, digits. Case matters here, so "covid-19" or "Windows-11" are not taken for one.
+_ISSUE_KEY: Final = re.compile(r"\b([A-Z][A-Z0-9]{1,9}-\d{1,7})\b")
 _LOCAL_TICKET: Final = re.compile(r"HD-\d{4,}")  # what attach_diagnostics accepts
 _HUMAN: Final = _rx(
     r"\b(?:talk|speak|chat) (?:to|with) (?:someone|somebody|anyone|a human being|a member of (?:staff|it)|"
@@ -416,7 +426,8 @@ def _named_ticket(raw: str) -> str | None:
     """The ticket ``raw`` names, spelled as get_ticket_status takes it ("HD-1042", "RT #17")."""
     found = _NAMED_TICKET.search(raw)
     if found is None:
-        return None
+        key = _ISSUE_KEY.search(raw)
+        return key.group(1) if key is not None else None
     local, digits, other = found.groups()
     if other:
         return other.upper()
@@ -1233,9 +1244,10 @@ class HelpdeskBrain:
 
     def _other_tools(self, raw: str, text: str) -> Reply | None:
         """A status lookup or a handoff, when the user asks for one and the client offers the tool."""
+        about_ours = self._filed is not None and len(text.split()) <= _SHORT_STATUS_WORDS
         if (
             "get_ticket_status" in self._tools
-            and _TICKET_REF.search(text)
+            and (_TICKET_REF.search(text) or _ISSUE_KEY.search(raw) or about_ours)
             and _STATUS_ASK.search(text)
             and not _NEW_TICKET.search(text)
         ):
