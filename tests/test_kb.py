@@ -313,6 +313,8 @@ async def test_search_tool_returns_speakable_results(tmp_path: Path) -> None:
     assert first["steps"] == list(BY_ID["vpn-connection-drops"].steps)
     assert 0.0 < first["score"] <= 1.0
     assert all(r["score"] >= MIN_SCORE for r in results)
+    # The transcript's tool line names what was found (shipped articles have no link).
+    assert result.output["message"] == "Found: " + "; ".join(r["title"] for r in results)
     json.loads(result.output_json())
 
 

@@ -477,3 +477,14 @@ def test_serve_alone_reads_the_setting(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv(KB_FOLDERS_ENV, folders_to_env(["/from/the/app"]))
     assert cli.main(["serve"]) != 0
     assert folders_from_env() == ("/from/the/app",)  # the app's word wins over the settings
+
+
+def test_the_tools_line_in_the_transcript_cites_title_and_link(folder: Path) -> None:
+    tool = search_knowledge_base_tool(KnowledgeBase([folder]).index)
+
+    async def run() -> dict[str, Any]:
+        return await tool.handler({"query": "I need access to the finance shared drive", "limit": 1})
+
+    assert asyncio.run(run())["message"] == (
+        "Found: Request access to the Finance share (https://intranet.example.com/kb/finance-share)"
+    )

@@ -376,6 +376,13 @@ def _result(article: Article, score: float) -> dict[str, Any]:
     return result
 
 
+def _found(hits: Sequence[tuple[Article, float]]) -> str:
+    """The articles found, by title and link: the transcript's tool line, so the user can find them
+    again after the call."""
+    cited = [f"{article.title} ({article.link})" if article.link else article.title for article, _ in hits]
+    return "Found: " + "; ".join(cited)
+
+
 def search_knowledge_base_tool(
     index: KeywordIndex | Callable[[], KeywordIndex], *, min_score: float = MIN_SCORE
 ) -> Tool:
@@ -395,7 +402,7 @@ def search_knowledge_base_tool(
                 "results": [],
                 "message": f"No article matches {query!r}. Ask the user for more detail, or offer a ticket.",
             }
-        return {"results": [_result(article, score) for article, score in hits]}
+        return {"results": [_result(article, score) for article, score in hits], "message": _found(hits)}
 
     return Tool(
         name="search_knowledge_base",
