@@ -59,15 +59,18 @@ from app.settings_rules import API_KEY_FIELD, cross_field_notes, cross_field_pro
 from app.tools.article_sync import articles_folder
 
 if TYPE_CHECKING:
+    from app.core.actions import StateChanged, ToolActivity, Transcript, TurnCompleted
     from app.engine import Engine, EngineListener
     from app.localmodel.launcher import ServerSupervisor
     from app.tools.article_sync import ArticleSync
     from app.tools.delivery import DeliveryWorker
     from app.tools.diagnostics import DiagnosticsOptions
     from app.tools.handoff import HandoffOptions
+    from app.tools.kb_sources import KnowledgeBase
 
 __all__ = [
     "UNKNOWN_CAP_ROLLOVER_S",
+    "CitingListener",
     "ConversationRunner",
     "LaunchError",
     "LaunchPlan",
@@ -338,6 +341,38 @@ def _find(query: str | None, direction: Literal["input", "output"]) -> AudioDevi
         raise LaunchError(str(exc), usage=query is not None) from exc
 
 
+class CitingListener:
+    """Passes the engine's reports on, and after an answer that names a company article by its title
+    (as the offline assistant does when it walks one through), a notice with that article's link: the
+    transcript then says where to find it again. Each article once per conversation."""
+
+    def __init__(self, listener: EngineListener, knowledge: KnowledgeBase) -> None:
+        self._listener = listener
+        self._knowledge = knowledge
+        self._cited: set[str] = set()
+
+    def on_state(self, event: StateChanged) -> None:
+        self._listener.on_state(event)
+
+    def on_transcript(self, event: Transcript) -> None:
+        self._listener.on_transcript(event)
+
+    def on_tool(self, event: ToolActivity) -> None:
+        self._listener.on_tool(event)
+
+    def on_notice(self, event: Notice) -> None:
+        self._listener.on_notice(event)
+
+    def on_turn(self, event: TurnCompleted) -> None:
+        self._listener.on_turn(event)
+        if not event.assistant_text:
+            return
+        for article in self._knowledge.cited_in(event.assistant_text):
+            if article.link and article.link not in self._cited:
+                self._cited.add(article.link)
+                self._listener.on_notice(Notice("info", f"Article: {article.title} - {article.link}"))
+
+
 class ConversationRunner:
     """Carries out one :class:`LaunchPlan`: devices, the offline server if needed, the engine."""
 
@@ -371,6 +406,7 @@ class ConversationRunner:
         from app.engine import Engine, EngineConfig
         from app.localmodel.launcher import EmbeddedServerProcess, ServerStartError, ServerSupervisor
         from app.tools import default_registry
+        from app.tools.kb_sources import KnowledgeBase
 
         input_device = _find(self.plan.input_device, "input")
         output_device = _find(self.plan.output_device, "output")
@@ -398,6 +434,7 @@ class ConversationRunner:
                 raise LaunchError(str(exc)) from exc
         delivery = self.delivery_worker()
         contact = self.plan.tickets.contact.strip() or None if self.plan.tickets is not None else None
+        knowledge = KnowledgeBase(self.plan.kb_folders)
         tools = default_registry(
             delivery=delivery,
             contact=contact,
@@ -405,6 +442,7 @@ class ConversationRunner:
             transcript=self._heard,
             diagnostics=self._diagnostics(),
             kb_folders=self.plan.kb_folders,
+            knowledge=knowledge,
         ).only(self.plan.tools_allowed)
         engine = Engine(
             EngineConfig(
@@ -419,7 +457,7 @@ class ConversationRunner:
                 backend=endpoint.kind,
                 rollover_after_s=self.plan.rollover_after_s,
             ),
-            self.listener,
+            CitingListener(self.listener, knowledge) if self.plan.kb_folders else self.listener,
         )
         with self._lock:
             if self._stopping:

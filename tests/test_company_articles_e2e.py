@@ -2,7 +2,8 @@
 
 The site policy names a folder with one free-form Markdown article (no ``## Steps`` list); the
 headless app with its offline assistant hears a request about it through the virtual microphone,
-answers with the article's first step of three, and on a spoken "done" goes on to the next one.
+answers with the article's first step of three (the transcript citing it with its link), and on a
+spoken "done" goes on to the next one.
 "Done" alone is a hard word for the recogniser: it is heard with the step the user was just asked to
 finish as its context (:mod:`app.localmodel.asr`). An article added to the folder while the app runs
 is answered by voice without a restart.
@@ -70,13 +71,17 @@ def test_a_company_article_named_by_policy_is_walked_through_by_voice(
     speech: Callable[[str, int], FloatArray],
     tmp_path: Path,
 ) -> None:
-    app, _articles = _app_with_articles(virtual_audio, tmp_path)
+    app, articles = _app_with_articles(virtual_audio, tmp_path)
     feed_rate = int(find_device(virtual_audio.mic_feed, "output").default_samplerate)
     try:
         app.wait_for(lambda line: line.startswith("listening on"), 180)
         time.sleep(0.8)
         speak(virtual_audio, speech("the coffee machine in the kitchen shows a red light", feed_rate))
         first = app.wait_for(lambda line: line.startswith("assistant:") and "grounds drawer" in line, 60)
+        # The transcript cites the article by title with its link, after the answer that named it.
+        cited = app.wait_for(
+            lambda line: "Article: The coffee machine in the kitchen" in line, 30, stderr=True
+        )
         time.sleep(1.0)
         speak(virtual_audio, speech("done", feed_rate))
         second = app.wait_for(lambda line: line.startswith("assistant:") and "water tank" in line, 60)
@@ -84,6 +89,7 @@ def test_a_company_article_named_by_policy_is_walked_through_by_voice(
         app.stop()
     assert "Step 1 of 3" in first and "water tank" not in first  # one step at a time
     assert "Step 2 of 3" in second and "grounds drawer" not in second
+    assert cited.endswith((articles / "kitchen-coffee.md").resolve().as_uri())
 
 
 PROJECTOR = """\

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from app.core.actions import Notice
 from app.localmodel.brain import HelpdeskBrain
 from app.localmodel.embed import EncoderError, MiniLMEncoder
 from app.localmodel.retrieval import ArticleRetriever, article_texts, load_retriever
@@ -488,3 +490,49 @@ def test_the_tools_line_in_the_transcript_cites_title_and_link(folder: Path) -> 
     assert asyncio.run(run())["message"] == (
         "Found: Request access to the Finance share (https://intranet.example.com/kb/finance-share)"
     )
+
+
+def test_an_answer_naming_a_company_article_cites_it_and_only_it(folder: Path) -> None:
+    knowledge = KnowledgeBase([folder])
+    said = "Okay, let's look at voicemail PIN reset. Step 1 of 3: Open the phone's settings."
+    (cited,) = knowledge.cited_in(said)
+    assert cited.title == "Voicemail PIN reset" and cited.link
+    # A shipped article has no link to give, and a title must be named whole.
+    assert knowledge.cited_in("Let's look at VPN disconnects, then the voicemail PIN.") == []
+
+
+def test_the_runner_adds_each_cited_articles_link_to_the_transcript_once(folder: Path) -> None:
+    from app.core.actions import StateChanged, ToolActivity, Transcript, TurnCompleted
+    from app.core.metrics import TurnMetrics
+    from app.launch import CitingListener
+
+    class Heard:
+        def __init__(self) -> None:
+            self.events: list[object] = []
+
+        def on_state(self, event: StateChanged) -> None:
+            self.events.append(event)
+
+        def on_transcript(self, event: Transcript) -> None:
+            self.events.append(event)
+
+        def on_tool(self, event: ToolActivity) -> None:
+            self.events.append(event)
+
+        def on_turn(self, event: TurnCompleted) -> None:
+            self.events.append(event)
+
+        def on_notice(self, event: Notice) -> None:
+            self.events.append(event)
+
+    heard = Heard()
+    listener = CitingListener(heard, KnowledgeBase([folder]))
+    walked = TurnCompleted(
+        TurnMetrics(1, "test"), "my voicemail pin", "Okay, let's look at voicemail PIN reset."
+    )
+    listener.on_turn(walked)
+    listener.on_turn(replace(walked, assistant_text="Back to voicemail PIN reset: step 2 of 3."))
+    listener.on_turn(replace(walked, assistant_text="Glad to hear it's working."))
+    notices = [event for event in heard.events if isinstance(event, Notice)]
+    assert len(notices) == 1 and notices[0].message.startswith("Article: Voicemail PIN reset - ")
+    assert heard.events[0] is walked and heard.events[1] is notices[0]  # right after the answer

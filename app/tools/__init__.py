@@ -45,6 +45,7 @@ def default_registry(
     transcript: Callable[[], list[tuple[str, str]]] | None = None,
     kb_folders: Sequence[str] = (),
     diagnostics: DiagnosticsOptions | None = None,
+    knowledge: KnowledgeBase | None = None,
 ) -> ToolRegistry:
     """A registry with ``search_knowledge_base``, ``create_ticket`` and ``get_ticket_status``.
 
@@ -58,7 +59,8 @@ def default_registry(
     Bad article files are logged and left out rather than raised: one broken file must not cost the
     user the whole assistant. Nothing is written until a ticket is created.
     """
-    knowledge = KnowledgeBase(kb_folders, kb_dir)  # logs its own problems
+    if knowledge is None:  # else the caller's, over the same folders, shared with its other uses
+        knowledge = KnowledgeBase(kb_folders, kb_dir)  # logs its own problems
     registry = ToolRegistry()
     registry.register(search_knowledge_base_tool(knowledge.index))
     outbox = delivery.outbox if delivery is not None else TicketOutbox(outbox_dir)

@@ -74,8 +74,14 @@ PACK_CHARS: Final = 120
 MAX_STEPS: Final = 40
 _SUMMARY_CHARS: Final = 240
 DEFAULT_ESCALATE: Final = "If these steps do not fix it, the helpdesk can take it from here with a ticket."
+# A title shorter than this ("VPN", "Printers") is too likely to be said about something else.
+_MIN_CITED_TITLE: Final = 12
 _IGNORED_HEADINGS: Final = frozenset({"steps", "escalate when", "when to escalate", "escalation", "contents"})
 _ESCALATE_HEADINGS: Final = frozenset({"escalate when", "when to escalate", "escalation"})
+
+
+def _spaced(title: str) -> str:
+    return " ".join(title.lower().split())
 
 
 def folders_to_env(folders: Iterable[str | Path]) -> str:
@@ -632,6 +638,19 @@ class KnowledgeBase:
     @property
     def articles(self) -> list[Article]:
         return self.index().articles
+
+    def cited_in(self, text: str) -> list[Article]:
+        """The articles with a link whose title ``text`` names (any case), in the order of the index.
+
+        The offline assistant names the article it walks through by its title, and a cloud model is
+        told to: this is how the transcript can show the link beside the words.
+        """
+        said = " ".join(text.lower().split())
+        return [
+            article
+            for article in self.index().articles
+            if article.link and len(article.title) >= _MIN_CITED_TITLE and _spaced(article.title) in said
+        ]
 
     def index(self) -> KeywordIndex:
         """The keyword index over the current articles (re-reading changed folders when due)."""
