@@ -71,6 +71,12 @@ class HeadlessApp:
             self.process.wait(5)
 
 
+def start_on_rig(rig: VirtualAudioRig, env: dict[str, str | None], *args: str) -> HeadlessApp:
+    """The headless app on the rig's virtual microphone and speaker, for at most 150 s."""
+    devices = ["--input-device", rig.mic, "--output-device", rig.speaker, "--duration", "150"]
+    return HeadlessApp([*devices, *args], env=env)
+
+
 def speak(rig: VirtualAudioRig, signal: FloatArray) -> None:
     feed = find_device(rig.mic_feed, "output")
     player = SignalPlayer(signal, feed.default_samplerate)

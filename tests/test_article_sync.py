@@ -389,6 +389,15 @@ def test_the_runner_syncs_rt_articles_into_the_plans_folder_with_the_stored_cred
         "[kb]\nticket_system_articles = true\n",
     )
     assert plan.articles_folder is not None and plan.kb_folders == (plan.articles_folder,)
+    listener = first_sync(plan)
+    folder = Path(plan.articles_folder)
+    assert (folder / f"article-{made}.md").is_file() and listener.notices == []
+    (found,) = results_titled(KnowledgeBase(plan.kb_folders), "the conference room display is black", title)
+    assert found["steps"] == ["Press the Input button.", "Choose HDMI 1."]
+
+
+def first_sync(plan: launch.LaunchPlan) -> Notices:
+    """Runs the runner's article sync once, as a conversation's start does, and what it said."""
     listener = Notices()
     runner = launch.ConversationRunner(plan, listener)
     runner._start_article_sync()
@@ -396,10 +405,7 @@ def test_the_runner_syncs_rt_articles_into_the_plans_folder_with_the_stored_cred
         runner._await_first_article_sync()
     finally:
         runner.stop()
-    folder = Path(plan.articles_folder)
-    assert (folder / f"article-{made}.md").is_file() and listener.notices == []
-    (found,) = results_titled(KnowledgeBase(plan.kb_folders), "the conference room display is black", title)
-    assert found["steps"] == ["Press the Input button.", "Choose HDMI 1."]
+    return listener
 
 
 def test_the_runner_says_once_when_the_articles_cannot_be_read(
@@ -412,13 +418,7 @@ def test_the_runner_says_once_when_the_articles_cannot_be_read(
         '[tickets]\nsystem = "servicenow"\nurl = "https://acme.service-now.com"\nuser = "hv"\n'
         "[kb]\nticket_system_articles = true\n",
     )
-    listener = Notices()
-    runner = launch.ConversationRunner(plan, listener)
-    runner._start_article_sync()
-    try:
-        runner._await_first_article_sync()
-    finally:
-        runner.stop()
+    listener = first_sync(plan)
     (notice,) = listener.notices
     assert notice.level == "warning"
     assert notice.message.startswith("Knowledge base: ServiceNow's articles could not be read: no credential")

@@ -20,7 +20,7 @@ import pytest
 from app.audio.devices import find_device
 from app.audio.resample import FloatArray
 from app.audio.virtual_rig import VirtualAudioRig
-from tests.app_driver import HeadlessApp, speak
+from tests.app_driver import HeadlessApp, speak, start_on_rig
 
 pytestmark = pytest.mark.devices
 
@@ -47,23 +47,12 @@ def _app_with_articles(
     policy = tmp_path / "policy" / "policy.toml"
     policy.parent.mkdir()
     policy.write_text(f'[kb]\nfolders = ["{articles}"]\n', encoding="utf-8")
-    app = HeadlessApp(
-        [
-            "--input-device",
-            virtual_audio.mic,
-            "--output-device",
-            virtual_audio.speaker,
-            "--duration",
-            "150",
-            *args,
-        ],
-        env={
-            "HELPDESK_VOICE_DATA_DIR": str(tmp_path / "data"),
-            "HELPDESK_VOICE_POLICY": str(policy),
-            "HELPDESK_VOICE_CONFIG_DIR": str(tmp_path / "user"),
-        },
-    )
-    return app, articles
+    env: dict[str, str | None] = {
+        "HELPDESK_VOICE_DATA_DIR": str(tmp_path / "data"),
+        "HELPDESK_VOICE_POLICY": str(policy),
+        "HELPDESK_VOICE_CONFIG_DIR": str(tmp_path / "user"),
+    }
+    return start_on_rig(virtual_audio, env, *args), articles
 
 
 def test_a_company_article_named_by_policy_is_walked_through_by_voice(

@@ -22,7 +22,7 @@ from app.audio.devices import find_device
 from app.audio.resample import FloatArray
 from app.audio.virtual_rig import VirtualAudioRig
 from app.tools.connectors.rt import RequestTrackerConnector, key_marker, ticketsql_string
-from tests.app_driver import HeadlessApp, speak
+from tests.app_driver import HeadlessApp, speak, start_on_rig
 from tests.rt_server import RtInstance, attachment_texts, rest
 
 pytestmark = pytest.mark.devices
@@ -40,18 +40,6 @@ def app_env(tmp_path: Path, rt: RtInstance, url: str | None = None) -> dict[str,
         "HELPDESK_VOICE_TICKETS_SECRET": rt.token,
         "HELPDESK_VOICE_TICKETS_CONTACT": CONTACT,
     }
-
-
-def start_app(virtual_audio: VirtualAudioRig, env: dict[str, str | None]) -> HeadlessApp:
-    args = [
-        "--input-device",
-        virtual_audio.mic,
-        "--output-device",
-        virtual_audio.speaker,
-        "--duration",
-        "150",
-    ]
-    return HeadlessApp(args, env=env)
 
 
 def delivery_journal(tmp_path: Path) -> dict[str, dict[str, object]]:
@@ -102,7 +90,7 @@ def test_a_spoken_ticket_lands_in_request_tracker_and_its_number_is_said(
     tmp_path: Path,
     rt: RtInstance,
 ) -> None:
-    app = start_app(virtual_audio, app_env(tmp_path, rt))
+    app = start_on_rig(virtual_audio, app_env(tmp_path, rt))
     try:
         said = ask_for_a_ticket(app, virtual_audio, speech, "RT number")
         ref = str(next(iter(delivery_journal(tmp_path).values()))["ref"])
@@ -133,7 +121,7 @@ def test_by_voice_diagnostics_with_consent_status_and_a_handoff_reach_the_ticket
     """The rest of a ticket's life by voice, through the offline assistant and the real RT."""
     feed_rate = int(find_device(virtual_audio.mic_feed, "output").default_samplerate)
     env = app_env(tmp_path, rt) | {"HELPDESK_VOICE_HANDOFF_CALLBACK": "within two working hours"}
-    app = start_app(virtual_audio, env)
+    app = start_on_rig(virtual_audio, env)
 
     def say(words: str, answer: str) -> str:
         seen = len(app.lines)
