@@ -22,6 +22,7 @@ from app.tools.connectors import ConnectorError, RemoteTicket, TicketDraft
 from app.tools.connectors.rt import RequestTrackerConnector
 from app.tools.delivery import DeliveryWorker
 from app.tools.tickets import TicketOutbox
+from tests.app_driver import start_on_rig
 from tests.file_keyring import FileKeyring
 from tests.rt_server import RtInstance
 from tests.test_tickets_e2e import (
@@ -32,7 +33,6 @@ from tests.test_tickets_e2e import (
     idempotency_key,
     local_id_in,
     rt_tickets_with,
-    start_app,
 )
 
 
@@ -45,7 +45,7 @@ def test_a_ticket_queued_before_a_kill_is_delivered_once_after_the_restart(
     rt: RtInstance,
 ) -> None:
     unreachable = f"http://127.0.0.1:{closed_port()}"
-    app = start_app(virtual_audio, app_env(tmp_path, rt, url=unreachable))
+    app = start_on_rig(virtual_audio, app_env(tmp_path, rt, url=unreachable))
     try:
         said = ask_for_a_ticket(app, virtual_audio, speech, "ticket HD-")
         app.wait_for(lambda line: "kept on this computer" in line, 30, stderr=True)
@@ -56,7 +56,7 @@ def test_a_ticket_queued_before_a_kill_is_delivered_once_after_the_restart(
     ticket_id = local_id_in(said)
     assert rt_tickets_with(rt, idempotency_key(tmp_path, ticket_id)) == []  # nothing reached RT yet
 
-    again = start_app(virtual_audio, app_env(tmp_path, rt))
+    again = start_on_rig(virtual_audio, app_env(tmp_path, rt))
     try:
         delivered = again.wait_for(lambda line: f"Ticket {ticket_id} reached" in line, 60, stderr=True)
     finally:
@@ -75,7 +75,7 @@ def test_a_refused_token_keeps_the_ticket_queued_and_says_so_until_a_good_one(
     rt: RtInstance,
 ) -> None:
     wrong = app_env(tmp_path, rt) | {"HELPDESK_VOICE_TICKETS_SECRET": "1-2-0123456789abcdef"}
-    app = start_app(virtual_audio, wrong)
+    app = start_on_rig(virtual_audio, wrong)
     try:
         said = ask_for_a_ticket(app, virtual_audio, speech, "ticket HD-")
         refused = app.wait_for(lambda line: "kept on this computer" in line, 30, stderr=True)
@@ -86,7 +86,7 @@ def test_a_refused_token_keeps_the_ticket_queued_and_says_so_until_a_good_one(
     assert [line for line in app.errors if "kept on this computer" in line] == [refused]  # said once
     assert rt_tickets_with(rt, idempotency_key(tmp_path, ticket_id)) == []
 
-    again = start_app(virtual_audio, app_env(tmp_path, rt))  # the admin fixed the token
+    again = start_on_rig(virtual_audio, app_env(tmp_path, rt))  # the admin fixed the token
     try:
         again.wait_for(lambda line: f"Ticket {ticket_id} reached" in line, 60, stderr=True)
     finally:
