@@ -657,7 +657,7 @@ def test_a_conversation_files_through_the_apps_delivery_and_leaves_it_running(
     helpdesk = make_app(embedded_plan, tray_available=True, retention_days=lambda: 30)
     worker = helpdesk.delivery.worker
     assert worker is not None
-    runner = ConversationRunner(embedded_plan(), helpdesk.bridge, None, helpdesk.delivery.worker)
+    runner = ConversationRunner(embedded_plan(), helpdesk.bridge.listener, None, helpdesk.delivery.worker)
     assert runner.delivery_worker() is worker
     runner.stop()
     assert helpdesk.delivery.worker is worker and worker._thread is not None and worker._thread.is_alive()

@@ -119,7 +119,7 @@ def test_a_new_user_sets_up_request_tracker_in_settings_and_sees_the_real_number
     worker = helpdesk.delivery.worker
     assert worker is not None
     # The conversation's tools file through the app's own worker: the path this test takes.
-    runner = ConversationRunner(embedded_plan(), helpdesk.bridge, None, helpdesk.delivery.worker)
+    runner = ConversationRunner(embedded_plan(), helpdesk.bridge.listener, None, helpdesk.delivery.worker)
     assert runner.delivery_worker() is worker
     tools = default_registry(delivery=worker)
 

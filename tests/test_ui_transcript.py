@@ -259,8 +259,8 @@ def test_bridge_delivers_engine_thread_calls_on_gui_thread(view: TranscriptView,
 
     def engine() -> None:
         engine_threads.append(threading.get_ident())
-        bridge.on_transcript(Transcript("assistant", "a1", "from the engine", final=True))
-        bridge.on_tool(ToolActivity("c1", "create_ticket", "done", "Ticket HD-2001 created"))
+        bridge.listener.on_transcript(Transcript("assistant", "a1", "from the engine", final=True))
+        bridge.listener.on_tool(ToolActivity("c1", "create_ticket", "done", "Ticket HD-2001 created"))
 
     with qtbot.waitSignals([bridge.transcript_received, bridge.tool_activity], timeout=2000):
         worker = threading.Thread(target=engine)

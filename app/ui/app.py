@@ -1,10 +1,13 @@
 """The tray app: the conversation behind a tray icon (or a window where there is no tray).
 
-``HelpdeskApp`` wires the pieces. Engine reports reach the GUI only through ``EngineBridge``'s
-queued signals. Everything that can block (reading the key from the keyring, opening devices,
-starting the offline server, stopping) runs on worker threads, whose results come back as queued
-signals too, so the GUI thread never waits for the engine. Each start gets a generation number:
-results from a start that was stopped or superseded in the meantime are dropped.
+``HelpdeskApp`` wires the pieces. Everything that can block (reading the key from the keyring,
+opening devices, starting the offline server, stopping) runs on worker threads, so the GUI thread
+never waits for the engine. Those threads, the engine and the transcript store's writer touch no Qt
+object: they put their results and reports on queues (``EngineBridge.listener`` for the engine's),
+which a timer of the app empties on the GUI thread. A thread that outlives the app then only fills a
+queue nobody reads; a signal emitted there could reach a QObject in the middle of being deleted. Each
+start gets a generation number: results from a start that was stopped or superseded in the meantime
+are dropped.
 
 Tickets are sent by the app's own delivery worker (:mod:`app.ui.ticket_delivery`), which runs from
 start to quit whether or not a conversation does: saving ticket settings reconfigures it, so
@@ -13,15 +16,15 @@ tickets queued meanwhile go out and their real numbers show in the transcript at
 
 from __future__ import annotations
 
-import contextlib
 import html
 import logging
+import queue
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -33,7 +36,7 @@ import app as app_package
 from app.core.actions import Notice, State, StateChanged
 from app.launch import LaunchError, LaunchPlan
 from app.tools.tickets import Ticket, TicketOutbox
-from app.ui.bridge import EngineBridge
+from app.ui.bridge import REPORT_POLL_MS, EngineBridge
 from app.ui.icons import app_icon
 from app.ui.main_window import ConversationPanel, MainWindow, TranscriptWindow
 from app.ui.state_display import StateDisplay
@@ -120,31 +123,54 @@ def default_plan() -> LaunchPlan:
     return plan_from_settings(load_settings())
 
 
-class _WorkerSignals(QObject):
-    """Results of the worker threads; emitted there, delivered queued on the GUI thread."""
+@dataclass(frozen=True)
+class _Progress:
+    generation: int
+    line: str
 
-    progress = Signal(int, str)  # generation, line
-    started = Signal(int, object, str)  # generation, LaunchPlan, description
-    failed = Signal(int, str)  # generation, reason
-    stopped = Signal(int)  # generation
-    store_failed = Signal(str)  # why the transcript could not be kept
+
+@dataclass(frozen=True)
+class _Started:
+    generation: int
+    plan: LaunchPlan
+    description: str
+
+
+@dataclass(frozen=True)
+class _Failed:
+    generation: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Stopped:
+    generation: int
+
+
+@dataclass(frozen=True)
+class _StoreFailed:
+    message: str  # why the transcript could not be kept
+
+
+_Result = _Progress | _Started | _Failed | _Stopped | _StoreFailed
 
 
 class _Lifecycle:
-    """The thread side of starting and stopping, holding no reference to the app or its widgets.
+    """The thread side of starting and stopping, holding no Qt object at all.
 
-    A worker thread can outlive the app (quitting does not wait for a stuck stop); if it held the
-    last reference to the app, the app's Qt objects would be destroyed on that thread.
+    A worker thread can outlive the app (quitting does not wait for a stuck stop). It reports only
+    by putting a result on :attr:`results`, which the app reads with a timer on the GUI thread: a
+    signal emitted here could reach a QObject that the GUI thread is deleting at that moment, and
+    if the thread held the last reference to the app, the app's Qt objects would be destroyed on it.
     """
 
     def __init__(
         self,
-        signals: _WorkerSignals,
         plan_factory: Callable[[], LaunchPlan],
         runner_factory: RunnerFactory,
         listener: EngineListener,
     ) -> None:
-        self.signals = signals
+        self.results: queue.SimpleQueue[_Result] = queue.SimpleQueue()
         self.plan_factory = plan_factory
         self.runner_factory = runner_factory
         self.listener = listener
@@ -152,10 +178,9 @@ class _Lifecycle:
         self.generation = 0
         self.runner: Runner | None = None
 
-    def emit(self, name: str, *args: object) -> None:
-        # RuntimeError: the app is gone (its QObjects deleted), so nobody is listening.
-        with contextlib.suppress(RuntimeError):
-            getattr(self.signals, name).emit(*args)
+    def store_failed(self, message: str) -> None:
+        """The transcript store's ``on_error``, called on its writer thread."""
+        self.results.put(_StoreFailed(message))
 
     def start(self, ptt_choice: bool | None, muted: bool) -> int:
         with self.lock:
@@ -172,7 +197,7 @@ class _Lifecycle:
             if ptt_choice is not None:
                 plan = replace(plan, push_to_talk=ptt_choice)
             runner = self.runner_factory(
-                plan, self.listener, lambda line: self.emit("progress", generation, line)
+                plan, self.listener, lambda line: self.results.put(_Progress(generation, line))
             )
             with self.lock:
                 if generation != self.generation:
@@ -183,12 +208,12 @@ class _Lifecycle:
             if engine is not None and muted:
                 engine.set_muted(True)  # before the user can be heard
         except LaunchError as exc:
-            self.emit("failed", generation, str(exc))
+            self.results.put(_Failed(generation, str(exc)))
         except Exception as exc:  # a bug must not leave the app stuck "connecting"
             log.exception("starting the conversation failed")
-            self.emit("failed", generation, f"the conversation could not start: {exc}")
+            self.results.put(_Failed(generation, f"the conversation could not start: {exc}"))
         else:
-            self.emit("started", generation, plan, runner.description)
+            self.results.put(_Started(generation, plan, runner.description))
 
     def stop(self) -> int:
         with self.lock:
@@ -207,7 +232,7 @@ class _Lifecycle:
         except Exception:
             log.exception("stopping the conversation failed")
         finally:
-            self.emit("stopped", generation)
+            self.results.put(_Stopped(generation))
 
 
 class HelpdeskApp(QObject):
@@ -245,17 +270,14 @@ class HelpdeskApp(QObject):
         self._ticket_box: QMessageBox | None = None
         self._retention_days = retention_days
 
-        self.bridge = EngineBridge(self)
-        self._signals = _WorkerSignals(self)
-        self._signals.progress.connect(self._on_progress)
-        self._signals.started.connect(self._on_started)
-        self._signals.failed.connect(self._on_failed)
-        self._signals.stopped.connect(self._on_stopped)
+        # Not polling by itself: _take_results empties it first, so that what the engine said before a
+        # worker's result (its state while starting, its last words) is shown before that result.
+        self.bridge = EngineBridge(self, poll=False)
         self.delivery = delivery if delivery is not None else AppDelivery()
         if runner_factory is None:
             # Bound to the delivery, not to the app: the lifecycle's threads hold no Qt object.
             runner_factory = partial(_shared_delivery_runner, self.delivery)
-        self._lifecycle = _Lifecycle(self._signals, plan_factory, runner_factory, self.bridge)
+        self._lifecycle = _Lifecycle(plan_factory, runner_factory, self.bridge.listener)
 
         self.actions = AppActions(self)
         self.transcript = TranscriptView(model)
@@ -291,7 +313,6 @@ class HelpdeskApp(QObject):
             (self.transcript.text_submitted, self.send_text),
             (self.transcript.ticket_activated, self.show_ticket),
             (self.transcript.changed, self._transcript_changed),
-            (self._signals.store_failed, self._on_store_failed),
         ]
         for source, slot in wiring:
             source.connect(slot)
@@ -305,15 +326,18 @@ class HelpdeskApp(QObject):
         self._quit_timer.setSingleShot(True)
         self._quit_timer.timeout.connect(self._finish_quit)
 
-        # The store reports from its writer thread; through the worker signals, that lands queued
-        # on the GUI thread without the thread holding a reference to the app.
-        self.transcript_store = TranscriptStore(
-            retention_days(), on_error=partial(self._lifecycle.emit, "store_failed")
-        )
+        # The store reports from its writer thread into the workers' queue, which holds no Qt object.
+        self.transcript_store = TranscriptStore(retention_days(), on_error=self._lifecycle.store_failed)
         self._save_timer = QTimer(self)
         self._save_timer.setSingleShot(True)
         self._save_timer.setInterval(TRANSCRIPT_SAVE_MS)
         self._save_timer.timeout.connect(self.save_transcript)
+
+        # The workers' results and the engine's reports, from their threads, to the GUI thread.
+        self._results_timer = QTimer(self)
+        self._results_timer.setInterval(REPORT_POLL_MS)
+        self._results_timer.timeout.connect(self._take_results)
+        self._results_timer.start()
 
         # The worker reports on its own thread into a queue; this timer brings them to the pane.
         self._delivery_timer = QTimer(self)
@@ -387,6 +411,27 @@ class HelpdeskApp(QObject):
             display.on_notice(notice)
 
     @Slot()
+    def _take_results(self) -> None:
+        self.bridge.deliver()
+        # A result can end quitting (_finish_quit stops the timer): nothing after it is wanted.
+        while self._results_timer.isActive():
+            try:
+                result = self._lifecycle.results.get_nowait()
+            except queue.Empty:
+                return
+            match result:
+                case _Progress(generation, line):
+                    self._on_progress(generation, line)
+                case _Started(generation, plan, description):
+                    self._on_started(generation, plan, description)
+                case _Failed(generation, reason):
+                    self._on_failed(generation, reason)
+                case _Stopped(generation):
+                    self._on_stopped(generation)
+                case _StoreFailed(message):
+                    self._on_store_failed(message)
+
+    @Slot()
     def _take_delivery_notices(self) -> None:
         for notice in self.delivery.take_notices():
             # Through the bridge, as the engine's notices go: to the transcript and the displays.
@@ -417,12 +462,10 @@ class HelpdeskApp(QObject):
         for display in self._displays:
             display.set_progress(line)
 
-    @Slot(int, str)
     def _on_progress(self, generation: int, line: str) -> None:
         if generation == self._generation and self.phase == "starting":
             self._set_progress(line)
 
-    @Slot(int, object, str)
     def _on_started(self, generation: int, plan: LaunchPlan, description: str) -> None:
         if generation != self._generation or self.phase != "starting":
             return
@@ -443,7 +486,6 @@ class HelpdeskApp(QObject):
             self._on_notice(Notice("warning", warning[:1].upper() + warning[1:] + "."))
         log.info("%s (%s)", description, plan.describe())
 
-    @Slot(int, str)
     def _on_failed(self, generation: int, reason: str) -> None:
         if generation != self._generation or self.phase != "starting":
             return
@@ -474,7 +516,6 @@ class HelpdeskApp(QObject):
     def _stop_runner(self) -> None:
         self._lifecycle.stop()
 
-    @Slot(int)
     def _on_stopped(self, generation: int) -> None:
         if generation != self._generation or self.phase != "stopping":
             return
@@ -595,7 +636,6 @@ class HelpdeskApp(QObject):
         if len(self.transcript.model) and self.transcript_store.enabled:
             self.transcript_store.save(self.transcript.model.to_json())
 
-    @Slot(str)
     def _on_store_failed(self, message: str) -> None:
         self.transcript.on_notice(Notice("warning", message))
 
@@ -695,7 +735,7 @@ class HelpdeskApp(QObject):
             log.warning("quitting before the conversation finished stopping")
         log.info("quit in %.2f s", self.quit_seconds)
         # Whatever a straggling worker or engine still reports has nobody left to show it to.
-        self._signals.blockSignals(True)
+        self._results_timer.stop()
         self.bridge.blockSignals(True)
         if self.tray is not None:
             self.tray.dispose()

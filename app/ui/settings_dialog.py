@@ -704,6 +704,8 @@ class SettingsDialog(QDialog):
 
     @Slot()
     def _show_level(self) -> None:
+        # Polled, not signalled: the probe's audio callback only stores a float on the probe, so the
+        # PortAudio thread never reaches this dialog, which may be deleted while the stream runs.
         if self._probe is not None:
             self.level_meter.set_level(self._probe.level_dbfs)
 
@@ -727,6 +729,7 @@ class SettingsDialog(QDialog):
             self.test_sound_status.setText(text)
             return
         try:
+            # Returns at once; its closer thread holds only the stream, so it reports nothing here.
             play_test_sound(device)
         except DeviceError as exc:
             self.test_sound_status.setText(f"Cannot play: {exc}")
