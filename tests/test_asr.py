@@ -457,3 +457,13 @@ def test_a_new_prompt_takes_over_from_the_next_decode(say: Callable[..., FloatAr
     )
     assert decoded.strip() == recognizer.prompt
     assert words(recognizer.transcribe(say("my printer is jammed")).text) == ["my", "printer", "is", "jammed"]
+
+
+def test_a_request_long_enough_to_stand_alone_is_heard_without_the_context(
+    recognizer: SpeechRecognizer, say: Callable[..., FloatArray]
+) -> None:
+    request = say("my laptop is asking for a BitLocker recovery key")
+    alone = recognizer.transcribe(request)
+    after = recognizer.transcribe(request, context="Is there anything else I can help with? Tell me now.")
+    assert alone.speech_s > 1.2 and after.text == alone.text
+    assert after.avg_logprob == pytest.approx(alone.avg_logprob)  # the same decode, not a lucky one

@@ -24,7 +24,7 @@ The prompt (Whisper's "previous text") biases the decoder toward the words in it
 built from the knowledge base by :func:`vocabulary_prompt`: the acronyms, product names and rare
 words of the articles' titles, keywords and phrasings, shipped and company ones, within
 :data:`PROMPT_BUDGET_TOKENS`, so the terms an article can answer are the ones the model expects.
-Each turn's prompt also ends with the assistant's last words as the user heard them (the
+A short turn's prompt also ends with the assistant's last words as the user heard them (the
 conversation's own previous text, :data:`CONTEXT_BUDGET_TOKENS` at most): a bare "done" or "yes"
 after "Tell me when you've done that." is too short for tiny.en to be sure of on its own (heard as
 "D-" at an average log probability of -1.6 to -1.8, then dropped as unsure, in 5 of 10 runs
@@ -88,6 +88,11 @@ PROMPT_BUDGET_TOKENS = 64
 # The assistant's last words in the prompt: about its last sentence or two. Every token costs the
 # decoder's first step 0.3-0.6 ms, as the vocabulary's do.
 CONTEXT_BUDGET_TOKENS = 32
+# Only turns with at most this much voiced speech are heard with the context: short answers are
+# where it helps (bench/asr.py --context: WER 15.9 -> 9.1 % on 24), while requests, long enough to
+# be heard on their own, came out slightly worse with it (15.6 -> 16.4 % on 48; with this limit
+# 15.6 -> 15.6 %, while the short answers keep their gain).
+CONTEXT_MAX_SPEECH_S = 1.2
 
 MIN_WINDOW_S = 10.0  # shorter encoder windows loop (see the module docstring)
 WINDOW_PAD_S = 1.0  # silence after the speech inside the window: the model expects an ending
@@ -584,7 +589,8 @@ class SpeechRecognizer:
         """The words in 16 kHz mono audio, or "" when there are none worth reporting.
 
         ``context`` is what was said just before (the assistant's last words as the user heard
-        them); its end follows the vocabulary in the prompt.
+        them); its end follows the vocabulary in the prompt of a short turn
+        (:data:`CONTEXT_MAX_SPEECH_S`).
         Bad audio (empty, NaN, not 1-D) gives "" with reason "invalid", never an exception.
         ``gated=False`` decodes whatever there is and keeps whatever comes out: for calibration only.
         """
@@ -607,7 +613,8 @@ class SpeechRecognizer:
             first = max(0, int(voiced[0]) * FRAME_SAMPLES - int(LEAD_KEEP_S * SAMPLE_RATE))
             last = (int(voiced[-1]) + 1) * FRAME_SAMPLES + int(TAIL_KEEP_S * SAMPLE_RATE)
             speech = samples[first:last]
-        prompt = self._prompt_for(context) if context.strip() else self.prompt
+        short = speech_s <= CONTEXT_MAX_SPEECH_S
+        prompt = self._prompt_for(context) if context.strip() and short else self.prompt
         if len(speech) / SAMPLE_RATE + WINDOW_PAD_S > MAX_WINDOW_S:
             text, no_speech, logprob, window_s = self._decode_long(speech, prompt)
         else:
