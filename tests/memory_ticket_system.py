@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
 from app.tools.connectors import ConnectorError, RemoteTicket, TicketDraft
+from app.tools.delivery import DeliveryWorker
 from app.tools.registry import ToolRegistry
+from app.tools.tickets import TicketOutbox
 
 
 class MemorySystem:
@@ -88,3 +91,18 @@ async def call_tool(tools: ToolRegistry, name: str, **arguments: Any) -> dict[st
     assert result.ok, result.output
     output: dict[str, Any] = result.output
     return output
+
+
+def run_until_notes_are_sent(
+    worker: DeliveryWorker, outbox: TicketOutbox, ticket_id: str | None, timeout: float = 10.0
+) -> None:
+    """Runs ``worker`` until ``ticket_id`` is delivered (when given) and no note waits, then stops it."""
+    worker.start()
+    try:
+        if ticket_id is not None:
+            assert worker.wait_delivered(ticket_id, timeout=timeout) is not None
+        deadline = time.monotonic() + timeout
+        while outbox.note_names() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        worker.stop()

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from app.tools.connectors.base import ConnectorError
+from app.tools.connectors.base import ConnectorError, KeyedComments
 from app.tools.connectors.jsm import REFERENCE_PREFIX, JiraServiceManagementConnector, jql_string
 from tests.connector_cases import DRAFT, KEY, WALK_IN, ReplayHarness, checked, classified, raising, refused
 
@@ -124,6 +124,27 @@ def test_comment_is_public(jsm: Harness) -> None:
 def test_comment_on_a_missing_request_is_not_found(jsm: Harness) -> None:
     connector = jsm.connect("comment_404")
     assert failure(lambda: connector.comment("IT-999", "hello")).problem == "not_found"
+
+
+NOTE_KEY = f"{KEY}-note-000001-9f3a61c2"
+
+
+def test_a_keyed_comment_ends_with_the_notes_key(jsm: Harness) -> None:
+    keyed: KeyedComments = jsm.connect("comment_keyed_201")  # mypy: the class implements the protocol
+    keyed.comment_with_key("IT-17", "Handed over to a technician.", NOTE_KEY)
+
+
+def test_has_comment_reads_the_comments_page_by_page_until_it_finds_the_key(jsm: Harness) -> None:
+    assert jsm.connect("comments_page1", "comments_page2", page_size=2).has_comment("IT-17", NOTE_KEY)
+
+
+def test_has_comment_is_false_when_no_comment_carries_the_key(jsm: Harness) -> None:
+    assert not jsm.connect("comments_miss", page_size=2).has_comment("IT-17", NOTE_KEY)
+
+
+def test_has_comment_of_a_missing_request_is_not_found(jsm: Harness) -> None:
+    connector = jsm.connect("comments_404")
+    assert failure(lambda: connector.has_comment("IT-999", NOTE_KEY)).problem == "not_found"
 
 
 def test_open_tickets_of_another_customer_page_through_jql_by_token(jsm: Harness) -> None:

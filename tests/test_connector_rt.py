@@ -8,7 +8,9 @@ HTTP failure becomes a :class:`ConnectorError`.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,16 +22,49 @@ from typing import Any
 import httpx
 import pytest
 
-from app.tools.connectors.base import ArticleSource, Connector, ConnectorError, TicketDraft
+from app.tools.connectors.base import (
+    ArticleSource,
+    Connector,
+    ConnectorError,
+    KeyedComments,
+    TicketDraft,
+    note_marker,
+)
 from app.tools.connectors.rt import PAGE_SIZE, RequestTrackerConnector, key_marker, ticketsql_string
+from tests import rt_server
 from tests.connector_cases import refused
-from tests.rt_server import RtInstance, attachment_texts, rest
+from tests.rt_server import RtInstance, RtUnavailable, attachment_texts, rest, running_rt
 
 
 @pytest.fixture
 def client() -> Iterator[httpx.Client]:
     with httpx.Client() as http:
         yield http
+
+
+@contextlib.contextmanager
+def rt_showing_comments(directory: Path) -> Iterator[RtInstance]:
+    """An RT of its own whose account also has ShowTicketComments, the right ``has_comment`` needs.
+
+    The session's ``rt`` grants exactly the rights the connector needs to file and comment, and
+    keeps them so; this one adds the one right notes exactly once need, and nothing else.
+    """
+    with contextlib.ExitStack() as stack:
+        with pytest.MonkeyPatch.context() as patch:  # the rights are read while RT is set up
+            patch.setattr(rt_server, "AGENT_RIGHTS", (*rt_server.AGENT_RIGHTS, "ShowTicketComments"))
+            try:
+                instance = stack.enter_context(running_rt(directory))
+            except RtUnavailable as exc:
+                if exc.missing and os.environ.get("HELPDESK_VOICE_REQUIRE_DEVICES") != "1":
+                    pytest.skip(str(exc))
+                pytest.fail(f"Request Tracker is required here but could not start: {exc}")
+        yield instance
+
+
+@pytest.fixture(scope="module")
+def rt_comments(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RtInstance]:
+    with rt_showing_comments(tmp_path_factory.mktemp("rt-comments")) as instance:
+        yield instance
 
 
 @pytest.fixture
@@ -150,6 +185,40 @@ def test_comment_is_added_to_the_ticket(rt: RtInstance, connector: RequestTracke
     with pytest.raises(ConnectorError) as missing:
         connector.comment("999999", "nobody reads this")
     assert missing.value.problem == "not_found"
+
+
+def test_a_keyed_comment_is_found_by_its_key_and_only_by_it(
+    rt_comments: RtInstance, client: httpx.Client
+) -> None:
+    connector = RequestTrackerConnector(client, rt_comments.base_url, rt_comments.queue, rt_comments.token)
+    keyed: KeyedComments = connector  # mypy checks that the class implements the protocol
+    ticket = connector.create(draft(f"{unique('frank-')}@example.com"))
+    key = f"{unique('hv-')}-HD-1001-note-000001-9f3a61c2"
+    assert not keyed.has_comment(ticket.ref, key)
+    text = f"Handoff {unique()}: the caller restarted the router twice."
+    keyed.comment_with_key(ticket.ref, text + "\n", key)
+
+    assert keyed.has_comment(ticket.ref, key)
+    assert keyed.has_comment(ticket.number, key)  # "RT #17" as well as "17"
+    assert not keyed.has_comment(ticket.ref, key[:-1])  # a key that is a prefix of it is another key
+    history = rest(rt_comments, "GET", f"/ticket/{ticket.ref}/history", params={"fields": "Type"})["items"]
+    (comment,) = [str(item["id"]) for item in history if item["Type"] == "Comment"]
+    assert attachment_texts(rt_comments, ticket.ref)[comment].strip() == f"{text}\n\n{note_marker(key)}"
+
+    with pytest.raises(ConnectorError) as missing:
+        keyed.has_comment("999999", key)
+    assert missing.value.problem == "not_found"
+
+
+def test_without_show_ticket_comments_rt_hides_the_comments_and_their_keys(
+    rt: RtInstance, connector: RequestTrackerConnector
+) -> None:
+    """The documented limit: the session's RT grants no ShowTicketComments, so the key is never seen."""
+    ticket = connector.create(draft())
+    key = f"{unique('hv-')}-HD-1001-note-000001-9f3a61c2"
+    connector.comment_with_key(ticket.ref, "Handed over to a technician.", key)
+    assert note_marker(key) in "".join(attachment_texts(rt, ticket.ref).values())  # RT has it
+    assert not connector.has_comment(ticket.ref, key)  # the account cannot see it
 
 
 def test_open_tickets_are_the_contacts_active_ones_newest_first(
@@ -431,6 +500,33 @@ def test_mocked_articles_are_paged_until_a_short_page() -> None:
         PAGE_SIZE
     )
     assert pages[0].headers["Authorization"] == f"token {TOKEN}"
+
+
+def test_mocked_has_comment_pages_through_the_attachments_until_a_short_page() -> None:
+    key = "hv-0123456789abcdef-HD-1001-note-000002-0b1c2d3e"
+    pages: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        pages.append(request)
+        page = int(request.url.params["page"])
+        if page == 1:
+            items = [
+                {"id": str(n), "TransactionId": str(n), "Content": "Other text."} for n in range(PAGE_SIZE)
+            ]
+        else:
+            items = [{"id": "999", "TransactionId": "999", "Content": f"Note.\n\n{note_marker(key)}\n"}]
+        return httpx.Response(200, json={"items": items, "count": len(items), "total": None, "pages": None})
+
+    assert mocked(handle).has_comment("17", key)
+    assert [r.url.path for r in pages] == ["/rt/REST/2.0/ticket/17/attachments"] * 2
+    assert [r.url.params["page"] for r in pages] == ["1", "2"]
+    assert pages[0].url.params["fields"] == "Content,TransactionId"
+    assert (
+        refusal(answer(503, {"message": "down"}), lambda c: c.has_comment("17", key)).problem == "unavailable"
+    )
+    assert refusal(
+        answer(404, {"message": "Resource does not exist"}), lambda c: c.has_comment("17", key)
+    ).problem == ("not_found")
 
 
 def test_mocked_article_list_failures_are_connector_errors() -> None:

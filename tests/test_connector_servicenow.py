@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from app.tools.article_sync import ArticleSync
-from app.tools.connectors.base import ArticleSource, ConnectorError
+from app.tools.connectors.base import ArticleSource, ConnectorError, KeyedComments
 from app.tools.connectors.servicenow import ServiceNowConnector
 from app.tools.kb_sources import KnowledgeBase
 from tests.connector_cases import DRAFT, KEY, WALK_IN, ReplayHarness, checked, classified, raising, refused
@@ -116,6 +116,34 @@ def test_comment_patches_the_comments_journal_field(sn: Harness) -> None:
 def test_comment_on_a_missing_incident_is_not_found(sn: Harness) -> None:
     connector = sn.connect("comment_404")
     assert failure(lambda: connector.comment(MISSING, "hello")).problem == "not_found"
+
+
+NOTE_KEY = f"{KEY}-note-000001-9f3a61c2"
+
+
+def test_a_keyed_comment_ends_with_the_notes_key_and_the_journal_finds_it(sn: Harness) -> None:
+    connector = sn.connect("journal_miss", "comment_keyed_200", "journal_hit")
+    keyed: KeyedComments = connector  # mypy checks that the class implements the protocol
+    assert not keyed.has_comment(SYS, NOTE_KEY)
+    keyed.comment_with_key(
+        SYS, "Caller handed over to a technician: VPN client 5.2, reconnects every 4 minutes.\n", NOTE_KEY
+    )
+    assert keyed.has_comment(SYS, NOTE_KEY)
+
+
+def test_a_journal_the_account_may_not_read_is_an_auth_problem(sn: Harness) -> None:
+    connector = sn.connect("journal_403")
+    error = failure(lambda: connector.has_comment(SYS, NOTE_KEY))
+    assert error.problem == "auth" and not error.retryable
+
+
+def test_has_comment_refuses_a_ref_or_key_that_would_change_the_query_without_a_request(
+    sn: Harness,
+) -> None:
+    connector = sn.connect()
+    assert failure(lambda: connector.has_comment("x^ORactive=true", NOTE_KEY)).problem == "not_found"
+    assert failure(lambda: connector.has_comment(SYS, "k^NQactive=true")).problem == "rejected"
+    assert sn.replay is not None and sn.replay.requests == []
 
 
 def test_open_tickets_follow_the_link_header_across_pages_newest_first(sn: Harness) -> None:

@@ -12,11 +12,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
 
-from app.tools.connectors.base import ConnectorError
+from app.sealed_files import DataKeyring
+from app.tools.connectors.base import ConnectorError, KeyedComments
 from app.tools.connectors.webhook import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -24,7 +26,11 @@ from app.tools.connectors.webhook import (
     sign,
     verify_signature,
 )
+from app.tools.delivery import DeliveryWorker, note_key
+from app.tools.tickets import TicketOutbox
 from tests.connector_cases import DRAFT, KEY, ReplayHarness, checked, classified, raising, refused
+from tests.file_keyring import FileKeyring
+from tests.memory_ticket_system import run_until_notes_are_sent
 
 SECRET = "whsec-4f9a1c7e2b"
 URL = "https://hooks.example.com/hooks/helpdesk?token=flow-token-123"
@@ -80,6 +86,16 @@ def test_get_and_open_tickets_say_the_webhook_gives_no_status(hook: Harness) -> 
 
 def test_comment_is_a_signed_comment_event_to_the_same_url(hook: Harness) -> None:
     hook.connect("comment_202").comment("SUP-5531", "Handed over to a technician.")
+
+
+NOTE_KEY = f"{KEY}-note-000001-9f3a61c2"
+
+
+def test_a_keyed_comment_sends_the_notes_key_for_the_receiver_to_deduplicate(hook: Harness) -> None:
+    keyed: KeyedComments = hook.connect("comment_keyed_202")  # mypy: the class implements the protocol
+    keyed.comment_with_key("SUP-5531", "Handed over to a technician.", NOTE_KEY)
+    # It cannot ask the receiver: sending again with the same key is the check, so it asks nothing.
+    assert keyed.has_comment("SUP-5531", NOTE_KEY) is False
 
 
 @pytest.mark.parametrize(
@@ -139,6 +155,8 @@ class Receiver(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), ReceiverHandler)
         self.tickets: dict[str, dict[str, object]] = {}
         self.comments: list[dict[str, object]] = []
+        self.comment_keys: set[str] = set()
+        self.comment_posts = 0
         self.refused = 0
         self.lock = threading.Lock()
 
@@ -164,7 +182,10 @@ class ReceiverHandler(BaseHTTPRequestHandler):
         key = self.headers["Idempotency-Key"]
         with self.server.lock:
             if event["type"] == "comment":
-                self.server.comments.append(event)
+                self.server.comment_posts += 1
+                if key not in self.server.comment_keys:
+                    self.server.comment_keys.add(key)
+                    self.server.comments.append(event)
                 self._answer(202, None)
                 return
             ticket = self.server.tickets.get(key)
@@ -207,6 +228,36 @@ def test_round_trip_to_a_receiver_that_verifies_and_deduplicates(receiver: Recei
         connector.comment(first.ref, "Handed over to a technician.")
     assert first.number == again.number == "SUP-5531"
     assert len(receiver.tickets) == 1 and receiver.refused == 0
+    assert receiver.comments[0]["ticket"] == "SUP-5531"
+
+
+class LosesTheFirstCommentReply(WebhookConnector):
+    """The webhook connector whose first note's answer never arrives, after the receiver took it."""
+
+    lost = False
+
+    def comment_with_key(self, ref: str, text: str, key: str) -> None:
+        super().comment_with_key(ref, text, key)
+        if not self.lost:
+            self.lost = True
+            raise ConnectorError("unavailable", "The connection dropped before the receiver answered.")
+
+
+def test_a_note_whose_reply_was_lost_is_sent_again_and_counted_once_by_the_receiver(
+    receiver: Receiver, tmp_path: Path, file_keyring: FileKeyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """has_comment answers False, so the retry sends again: the note's key makes the receiver see one."""
+    monkeypatch.setattr("app.tools.delivery.FIRST_RETRY_S", 0.05)
+    outbox = TicketOutbox(tmp_path / "outbox", keys=DataKeyring())
+    ticket_id = outbox.create("VPN drops", "The VPN drops every ten minutes.", "network").id
+    name = outbox.add_note(ticket_id, "Handed over to a technician.")
+    with httpx.Client(trust_env=False) as client:
+        connector = LosesTheFirstCommentReply(client, receiver.url, SECRET)
+        worker = DeliveryWorker(outbox, lambda: connector)
+        run_until_notes_are_sent(worker, outbox, ticket_id)
+    assert connector.lost and outbox.note_names() == {}
+    assert receiver.comment_posts == 2 and len(receiver.comments) == 1
+    assert receiver.comments[0]["idempotency_key"] == note_key(worker.install_id(), ticket_id, name)
     assert receiver.comments[0]["ticket"] == "SUP-5531"
 
 

@@ -13,6 +13,20 @@ next try finds the ticket and records it. A lost or corrupt journal is set aside
 same way; only its install id matters, and it is kept in a second small file so a corrupt journal
 does not change every key.
 
+**Notes exactly once**: a note (the conversation, a handoff, diagnostics) waits in the outbox until
+its ticket is delivered, then goes to the system as a comment. When the connector is a
+:class:`~app.tools.connectors.KeyedComments`, each note has a key of its own,
+``<ticket's key>-note-<note id>`` (:func:`note_key`), which the comment carries. The journal marks a
+note *in doubt* before it is sent (a kill mid-request leaves it so) and keeps it so after a failure
+that may have come after the system stored it (``unavailable``: a timeout, a dropped connection, a
+5xx); the next try of a note in doubt first asks the system whether a comment with its key is there.
+The note's file is removed before the doubt is cleared, so no crash can leave a sent note that is
+neither in doubt nor gone. Connectors without keyed comments get the notes at least once, as before.
+
+**Rounds read only what has work**: the outbox's tickets are listed by file name, and only those the
+journal does not know as delivered (new ones, retries that are due) are read and unsealed; notes are
+found by file name too, and only those of delivered tickets whose retry is due are read.
+
 **Retries**: a system that cannot be reached, fails or rate-limits is tried again with backoff
 (:func:`retry_delay`: 5 s doubling to 30 min, or what ``Retry-After`` says), across restarts and
 offline periods. A refusal that trying again cannot fix (wrong credentials, a wrong URL or queue,
@@ -37,14 +51,14 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, cast, runtime_checkable
 
 from app.core.actions import Notice
 from app.fileio import ensure_private_dir, write_atomically
-from app.tools.connectors.base import Connector, ConnectorError, RemoteTicket, TicketDraft
+from app.tools.connectors.base import Connector, ConnectorError, KeyedComments, RemoteTicket, TicketDraft
 from app.tools.tickets import Ticket, TicketOutbox
 
 __all__ = [
@@ -54,8 +68,10 @@ __all__ = [
     "DeliveryState",
     "DeliveryWorker",
     "Journal",
+    "NoteTry",
     "connector_for",
     "delivered_notice",
+    "note_key",
     "problem_notice",
     "release",
     "retry_delay",
@@ -65,7 +81,8 @@ log = logging.getLogger(__name__)
 
 JOURNAL_NAME: Final = "delivery.json"
 INSTALL_NAME: Final = "delivery-install-id"
-SCHEMA_VERSION: Final = 1
+# 2 added the notes' fields of DeliveryState; a version 1 journal reads as one without notes pending.
+SCHEMA_VERSION: Final = 2
 FIRST_RETRY_S: Final = 5.0
 MAX_RETRY_S: Final = 30 * 60.0
 
@@ -90,10 +107,31 @@ class DeliveryState:
     ref: str | None = None
     url: str | None = None
     delivered_at: float | None = None
+    # Notes, once delivered: failed tries in a row, when the next is due, whether a failure retrying
+    # cannot fix stopped them, and the notes whose last try may have reached the system.
+    note_failures: int = 0
+    notes_next_try_at: float = 0.0
+    notes_stopped: bool = False
+    notes_in_doubt: tuple[str, ...] = ()
 
     @property
     def delivered(self) -> bool:
         return self.number is not None
+
+    @property
+    def notes_waiting(self) -> bool:
+        """A note failed and its retry is pending (the next round that falls due tries it)."""
+        return self.delivered and self.note_failures > 0 and not self.notes_stopped
+
+
+@dataclass(frozen=True, slots=True)
+class NoteTry:
+    """One note to add now to a delivered ticket."""
+
+    ticket_id: str
+    ref: str  # the ticket in the system
+    name: str  # the note in the outbox
+    check_first: bool  # an earlier try may have reached the system: ask for its key before adding
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,23 +158,40 @@ class DeliveryPlan:
 
     states: dict[str, DeliveryState] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
+    # Tickets whose file cannot be read now (corrupt, sealed with a key the keyring lost): not tried
+    # again until the next start or new settings, so a round does not spin on them. Not saved.
+    skipped: set[str] = field(default_factory=set)
 
     def due(self, ticket_ids: Iterable[str], now: float) -> list[str]:
         """The tickets to try now, oldest first (``HD-`` numbers grow with time)."""
         due = []
-        for ticket_id in ticket_ids:
+        listed = set(ticket_ids)
+        for ticket_id in listed:
+            if ticket_id in self.skipped:
+                continue
             state = self.states.get(ticket_id)
             if state is None:
                 self.states[ticket_id] = DeliveryState(ticket_id)
                 due.append(ticket_id)
             elif not state.delivered and not state.stopped and state.next_try_at <= now:
                 due.append(ticket_id)
+        # A ticket the journal waits for but the outbox no longer holds would keep the worker waking.
+        self.skipped.update(t for t, s in self.states.items() if not s.delivered and t not in listed)
         return sorted(due, key=lambda ticket_id: int(ticket_id.split("-")[1]))
 
     def next_due_at(self) -> float | None:
-        """When the next retry falls due; None when nothing waits."""
-        waiting = [s.next_try_at for s in self.states.values() if not s.delivered and not s.stopped]
+        """When the next retry (of a ticket or of its notes) falls due; None when nothing waits."""
+        waiting = [
+            s.next_try_at
+            for s in self.states.values()
+            if not s.delivered and not s.stopped and s.local_id not in self.skipped
+        ]
+        waiting.extend(s.notes_next_try_at for s in self.states.values() if s.notes_waiting)
         return min(waiting, default=None)
+
+    def skip(self, ticket_id: str) -> None:
+        """The ticket's file cannot be read: left alone until :meth:`restart`."""
+        self.skipped.add(ticket_id)
 
     def delivered(self, ticket_id: str, system: str, remote: RemoteTicket, now: float) -> Delivered:
         failures = self.states[ticket_id].failures if ticket_id in self.states else 0
@@ -166,10 +221,77 @@ class DeliveryPlan:
         return DeliveryProblem(ticket_id, error.message, retrying=not stopped)
 
     def restart(self) -> None:
-        """New settings or a new start: stopped tickets are tried again, and retries are due now."""
+        """New settings or a new start: stopped tickets and notes are tried again, retries due now."""
+        self.skipped.clear()
         for ticket_id, state in self.states.items():
             if not state.delivered:
                 self.states[ticket_id] = replace(state, stopped=False, next_try_at=0.0)
+            elif state.notes_stopped or state.notes_next_try_at:
+                self.states[ticket_id] = replace(state, notes_stopped=False, notes_next_try_at=0.0)
+
+    # -- notes ---------------------------------------------------------------------------------------
+
+    def notes_due(self, pending: Mapping[str, Sequence[str]], now: float) -> list[NoteTry]:
+        """The notes to add now, ticket by ticket (oldest first) and each ticket's in order.
+
+        ``pending`` holds each ticket's notes still in the outbox, oldest first. Notes wait until
+        their ticket is delivered; what a gone note left in the journal (doubt, failures) is dropped.
+        """
+        for ticket_id, state in self.states.items():
+            names = pending.get(ticket_id, ())
+            in_doubt = tuple(name for name in state.notes_in_doubt if name in names)
+            if in_doubt != state.notes_in_doubt or (not names and state.note_failures):
+                self.states[ticket_id] = replace(
+                    state,
+                    notes_in_doubt=in_doubt,
+                    note_failures=state.note_failures if names else 0,
+                    notes_next_try_at=state.notes_next_try_at if names else 0.0,
+                )
+        tries: list[NoteTry] = []
+        for ticket_id in sorted(pending, key=lambda ticket_id: int(ticket_id.split("-")[1])):
+            known = self.states.get(ticket_id)
+            if known is None or not known.delivered or not known.ref or known.notes_stopped:
+                continue
+            if known.notes_next_try_at > now:
+                continue
+            tries.extend(
+                NoteTry(ticket_id, known.ref, name, name in known.notes_in_doubt)
+                for name in pending[ticket_id]
+            )
+        return tries
+
+    def note_sending(self, ticket_id: str, name: str) -> None:
+        """The note is about to be sent: until its outcome is known, its next try asks first."""
+        state = self.states[ticket_id]
+        if name not in state.notes_in_doubt:
+            self.states[ticket_id] = replace(state, notes_in_doubt=(*state.notes_in_doubt, name))
+
+    def note_added(self, ticket_id: str, name: str) -> None:
+        """The system has the note (just added, or found by its key); its file is gone already."""
+        state = self.states[ticket_id]
+        self.states[ticket_id] = replace(
+            state,
+            notes_in_doubt=tuple(n for n in state.notes_in_doubt if n != name),
+            note_failures=0,
+            notes_next_try_at=0.0,
+        )
+
+    def note_failed(
+        self, ticket_id: str, name: str, error: ConnectorError, now: float, *, unsure: bool
+    ) -> None:
+        """A try of the note failed; ``unsure``: the system may have stored it all the same."""
+        state = self.states[ticket_id]
+        failures = state.note_failures + 1
+        stopped = not error.retryable
+        delay = 0.0 if stopped else retry_delay(failures, self.rng, error.retry_after)
+        others = tuple(n for n in state.notes_in_doubt if n != name)
+        self.states[ticket_id] = replace(
+            state,
+            note_failures=failures,
+            notes_next_try_at=now + delay,
+            notes_stopped=stopped,
+            notes_in_doubt=(*others, name) if unsure else others,
+        )
 
 
 class Journal:
@@ -209,7 +331,7 @@ class Journal:
         try:
             data = json.loads(self.path.read_text("utf-8"))
             return {
-                ticket_id: DeliveryState(**entry)
+                ticket_id: _state(entry)
                 for ticket_id, entry in data["tickets"].items()
                 if isinstance(entry, dict) and entry.get("local_id") == ticket_id
             }
@@ -230,6 +352,20 @@ class Journal:
             "tickets": {ticket_id: asdict(state) for ticket_id, state in sorted(states.items())},
         }
         write_atomically(self.path, json.dumps(body, indent=1) + "\n", private=True)
+
+
+_STATE_FIELDS: Final = frozenset(f.name for f in fields(DeliveryState))
+
+
+def _state(entry: Mapping[str, Any]) -> DeliveryState:
+    """A journal entry as a state: missing fields (an older journal) take their defaults, and fields
+    this version does not know (a newer one's) are left out rather than costing the journal."""
+    known = {name: value for name, value in entry.items() if name in _STATE_FIELDS}
+    doubt = known.get("notes_in_doubt", ())
+    if not isinstance(doubt, list | tuple) or not all(isinstance(name, str) for name in doubt):
+        raise ValueError(f"notes_in_doubt of {entry.get('local_id')!r} is not a list of names")
+    known["notes_in_doubt"] = tuple(doubt)
+    return DeliveryState(**known)
 
 
 @runtime_checkable
@@ -256,10 +392,31 @@ def connector_for(make: Callable[[], Connector | None]) -> Iterator[Connector | 
         release(connector)
 
 
+def _keyed(connector: Connector) -> KeyedComments | None:
+    """The connector as one with keyed comments, or None when it has only ``comment``."""
+    # Looked up with getattr, not isinstance: since Python 3.12 isinstance against a runtime protocol
+    # reads attributes statically and misses what a wrapper (app.ticket_systems.OwnedConnector)
+    # forwards through __getattr__, which would quietly make every note at least once again.
+    if callable(getattr(connector, "comment_with_key", None)) and callable(
+        getattr(connector, "has_comment", None)
+    ):
+        return cast(KeyedComments, connector)
+    return None
+
+
+def ticket_key(install_id: str, ticket_id: str) -> str:
+    return f"hv-{install_id}-{ticket_id}"
+
+
+def note_key(install_id: str, ticket_id: str, note_name: str) -> str:
+    """The note's own idempotency key: its ticket's, and what tells the note from the ticket's others."""
+    return f"{ticket_key(install_id, ticket_id)}-note-{TicketOutbox.note_id(note_name)}"
+
+
 def draft_of(ticket: Ticket, install_id: str) -> TicketDraft:
     return TicketDraft(
         local_id=ticket.id,
-        idempotency_key=f"hv-{install_id}-{ticket.id}",
+        idempotency_key=ticket_key(install_id, ticket.id),
         summary=ticket.summary,
         description=ticket.description,
         category=ticket.category,
@@ -299,7 +456,6 @@ class DeliveryWorker:
         self._reconfigure = False
         self._stopping = False
         self._delivered_event: dict[str, threading.Event] = {}
-        self._retry_notes_at: float | None = None  # a note the system could not take: when to retry
         self._current: Connector | None = None  # the thread's connector, used and released only there
         self._thread: threading.Thread | None = None
 
@@ -386,9 +542,6 @@ class DeliveryWorker:
                     return
                 if not self._pending_wake:
                     due_at = self._plan.next_due_at() if connector is not None else None
-                    if connector is not None and self._retry_notes_at is not None:
-                        due_at = min(due_at or self._retry_notes_at, self._retry_notes_at)
-                        self._retry_notes_at = None
                     wait = None if due_at is None else max(0.05, due_at - self._clock())
                     self._wake.wait(wait)
 
@@ -403,32 +556,90 @@ class DeliveryWorker:
         return self._current
 
     def _round(self, connector: Connector, install_id: str) -> None:
-        listing = self.outbox.list()
-        tickets = {ticket.id: ticket for ticket in listing}
+        # Names only: a ticket is read (and unsealed) below only when the journal says it has work.
+        try:
+            ticket_ids = self.outbox.ticket_ids()
+        except OSError as exc:  # tried again at the next wake
+            log.warning("the ticket outbox cannot be listed: %s", exc)
+            return
         with self._wake:
-            due = self._plan.due(tickets, self._clock())
+            due = self._plan.due(ticket_ids, self._clock())
         for ticket_id in due:
             with self._wake:
                 if self._stopping or self._reconfigure:
                     return
-            self._deliver(connector, draft_of(tickets[ticket_id], install_id))
-        for ticket_id in tickets:
-            state = self.state_of(ticket_id)
-            if state is not None and state.delivered and state.ref is not None:
-                self._add_notes(connector, ticket_id, state.ref)
-
-    def _add_notes(self, connector: Connector, ticket_id: str, ref: str) -> None:
-        # At least once: a crash between the system's answer and the removal adds a note twice,
-        # which a technician reads past; a note lost would be worse.
-        for name, text in self.outbox.notes(ticket_id):
             try:
-                connector.comment(ref, text)
-            except ConnectorError as exc:
-                log.info("note for ticket %s not added: %s", ticket_id, exc.message)
+                ticket = self.outbox.find(ticket_id)
+            except (OSError, ValueError, RecursionError) as exc:
+                ticket = None
+                log.warning("ticket %s cannot be read and is not sent: %s", ticket_id, exc)
+            if ticket is None:  # unreadable, or gone since the listing
                 with self._wake:
-                    self._retry_notes_at = self._clock() + retry_delay(1, self._plan.rng, exc.retry_after)
-                return
-            self.outbox.remove_note(name)
+                    self._plan.skip(ticket_id)
+                continue
+            self._deliver(connector, draft_of(ticket, install_id))
+        try:
+            pending = self.outbox.note_names()
+        except OSError as exc:
+            log.warning("the ticket notes cannot be listed: %s", exc)
+            return
+        with self._wake:  # also with none pending: what gone notes left in the journal is dropped
+            tries = self._plan.notes_due(pending, self._clock())
+        failed: set[str] = set()
+        for note in tries:
+            with self._wake:
+                if self._stopping or self._reconfigure:
+                    return
+            if note.ticket_id in failed:
+                continue  # a ticket's notes go in order: the later ones wait for the one that failed
+            if not self._add_note(connector, note, install_id):
+                failed.add(note.ticket_id)
+
+    def _add_note(self, connector: Connector, note: NoteTry, install_id: str) -> bool:
+        """Adds one note to its ticket in the system; False when it failed (and is retried later)."""
+        try:
+            text = self.outbox.read_note(note.name)
+        except FileNotFoundError:
+            return True  # another copy of the app added it meanwhile
+        except (OSError, ValueError) as exc:
+            log.warning("ticket note %s cannot be read and is not sent: %s", note.name, exc)
+            return True  # the ticket's other notes still go; this one stays for a later start
+        keyed = _keyed(connector)
+        key = note_key(install_id, note.ticket_id, note.name)
+        sending = False
+        try:
+            if keyed is not None and note.check_first and keyed.has_comment(note.ref, key):
+                log.info("note %s was already on ticket %s: not added again", note.name, note.ticket_id)
+            else:
+                if keyed is not None:
+                    with self._wake:
+                        self._plan.note_sending(note.ticket_id, note.name)
+                        self._save()  # before sending: a kill mid-request leaves the note in doubt
+                sending = True
+                if keyed is not None:
+                    keyed.comment_with_key(note.ref, text, key)
+                else:
+                    # At least once: without keys a reply lost after the system took the note adds it
+                    # twice, which a technician reads past; a note lost would be worse.
+                    connector.comment(note.ref, text)
+        except ConnectorError as exc:
+            # Only a comment that may have reached the system leaves the note in doubt: a refusal or
+            # a 429 stored nothing. A failed check changes nothing: the doubt stays as it was.
+            unsure = (note.check_first and not sending) or (
+                keyed is not None and sending and exc.problem == "unavailable"
+            )
+            with self._wake:
+                self._plan.note_failed(note.ticket_id, note.name, exc, self._clock(), unsure=unsure)
+                self._save()
+            log.info("note for ticket %s not added: %s", note.ticket_id, exc.message)
+            return False
+        # The file goes first: a crash before the journal's save then leaves a doubt about a note that
+        # is no longer pending (dropped), never a sent note that is pending and not in doubt.
+        self.outbox.remove_note(note.name)
+        with self._wake:
+            self._plan.note_added(note.ticket_id, note.name)
+            self._save()
+        return True
 
     def add_note(self, ticket_id: str, text: str) -> None:
         """Keeps ``text`` (sealed) and adds it to the ticket in the system once it is there. Blocking."""

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -87,7 +88,11 @@ _ID: Final = re.compile(r"HD-(\d{4,})")
 _TICKET_FILE: Final = re.compile(r"HD-(\d{4,})\.json")
 _RESERVED_DIR: Final = ".reserved"
 _NOTES_DIR: Final = ".notes"  # text to add to a delivered ticket (a handoff, diagnostics), sealed
-_NOTE_FILE: Final = re.compile(r"(HD-\d{4,})-(\d{6})\.txt")
+# HD-1042-000001-9f3a61c2.txt: the ticket, the note's place in its order and a random part, which
+# keeps the name (and the key the delivery derives from it) unique even when the counter restarts
+# after delivered notes were removed, or two processes add a note at once. Notes of earlier versions
+# have no random part and are read the same.
+_NOTE_FILE: Final = re.compile(r"(HD-\d{4,})-(\d{6})(?:-([0-9a-f]{8}))?\.txt")
 _FIELDS: Final = ("id", "created_at", "summary", "description", "category", "urgency", "contact", "status")
 _HAS_MODES: Final = sys.platform != "win32"
 
@@ -308,7 +313,7 @@ class TicketOutbox:
             for n in os.listdir(folder)
             if (m := _NOTE_FILE.fullmatch(n)) and m.group(1) == ticket_id
         ]
-        name = f"{ticket_id}-{max(taken, default=0) + 1:06d}.txt"
+        name = f"{ticket_id}-{max(taken, default=0) + 1:06d}-{secrets.token_hex(4)}.txt"
         key, _problem = self._lookup_key(create=True)
         if key is not None:
             write_sealed(folder / name, text.encode("utf-8"), key)
@@ -318,26 +323,50 @@ class TicketOutbox:
 
     def notes(self, ticket_id: str) -> list[tuple[str, str]]:
         """The ticket's notes not yet added, oldest first, as (name, text); unreadable ones are skipped."""
-        folder = self._directory / _NOTES_DIR
-        try:
-            names = sorted(
-                n for n in os.listdir(folder) if (m := _NOTE_FILE.fullmatch(n)) and m.group(1) == ticket_id
-            )
-        except FileNotFoundError:
-            return []
         found = []
-        for name in names:
+        for name in self.note_names().get(ticket_id, []):
             try:
-                found.append((name, read_file(folder / name, self._keys).decode("utf-8")))
+                found.append((name, self.read_note(name)))
             except (OSError, ValueError) as exc:
                 log.warning("ticket note %s cannot be read: %s", name, exc)
         return found
+
+    def note_names(self) -> dict[str, list[str]]:
+        """Every ticket's notes not yet added, by ticket id, oldest first; names only, nothing unsealed.
+
+        Raises OSError when the notes' folder exists but cannot be listed.
+        """
+        try:
+            names = os.listdir(self._directory / _NOTES_DIR)
+        except FileNotFoundError:
+            return {}
+        found: dict[str, list[tuple[int, str]]] = {}
+        for name in names:
+            match = _NOTE_FILE.fullmatch(name)
+            if match:
+                found.setdefault(match.group(1), []).append((int(match.group(2)), name))
+        return {ticket_id: [name for _, name in sorted(notes)] for ticket_id, notes in found.items()}
+
+    def read_note(self, name: str) -> str:
+        """A note's text. Raises ValueError for a name that is no note or a note that cannot be
+        unsealed or decoded, OSError when it cannot be read."""
+        if not _NOTE_FILE.fullmatch(name):
+            raise ValueError(f"{name!r} is not a ticket note")
+        return read_file(self._directory / _NOTES_DIR / name, self._keys).decode("utf-8")
 
     def remove_note(self, name: str) -> None:
         """A note the ticket system took: it is not added again."""
         if _NOTE_FILE.fullmatch(name):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self._directory / _NOTES_DIR / name)
+
+    @staticmethod
+    def note_id(name: str) -> str:
+        """The part of a note's name that tells it from the ticket's other notes, ever: "000001-9f3a61c2"."""
+        match = _NOTE_FILE.fullmatch(name)
+        if match is None:
+            raise ValueError(f"{name!r} is not a ticket note")
+        return "-".join(part for part in match.group(2, 3) if part)
 
     # -- tidying at start ----------------------------------------------------------------------------
 
@@ -430,6 +459,20 @@ class TicketOutbox:
         if ticket.id != ticket_id:
             raise ValueError(f"{ticket_id}.json holds ticket {ticket.id}")
         return ticket
+
+    def ticket_ids(self) -> list[str]:
+        """The ids of the tickets in the outbox, from their file names: nothing is read or unsealed.
+
+        Raises OSError when the folder exists but cannot be listed.
+        """
+        try:
+            names = os.listdir(self._directory)
+        except FileNotFoundError:
+            return []
+        return sorted(
+            (m.group(0)[: -len(".json")] for n in names if (m := _TICKET_FILE.fullmatch(n))),
+            key=lambda ticket_id: int(ticket_id[3:]),
+        )
 
     def list(self) -> TicketListing:
         """All readable tickets, newest (highest id) first; unreadable files go to ``problems``.

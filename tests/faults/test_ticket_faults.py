@@ -1,14 +1,16 @@
-"""Tickets on their way to the company's ticket system (rows T1-T4), against the real Request Tracker.
+"""Tickets on their way to the company's ticket system (rows T1-T5), against the real Request Tracker.
 
 The whole headless app with its offline assistant files a ticket by voice through the virtual
 microphone, while the ``rt`` fixture's Request Tracker is out of reach or refuses the token; the app is
 killed with SIGKILL before it could deliver and started again. T4 (a reply lost after RT filed the
 ticket) drives the delivery worker against the real RT with the reply thrown away, since nothing
-between the app and a local RT can lose one on cue.
+between the app and a local RT can lose one on cue; T5 does the same with a note's comment, against
+an RT of its own whose account may also read comments (ShowTicketComments, which the check needs).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,13 +20,14 @@ import pytest
 from app.audio.resample import FloatArray
 from app.audio.virtual_rig import VirtualAudioRig
 from app.sealed_files import DataKeyring
-from app.tools.connectors import ConnectorError, RemoteTicket, TicketDraft
+from app.tools.connectors import ConnectorError, RemoteTicket, TicketDraft, note_marker
 from app.tools.connectors.rt import RequestTrackerConnector
-from app.tools.delivery import DeliveryWorker
+from app.tools.delivery import DeliveryWorker, note_key
 from app.tools.tickets import TicketOutbox
 from tests.app_driver import start_on_rig
 from tests.file_keyring import FileKeyring
-from tests.rt_server import RtInstance
+from tests.rt_server import RtInstance, attachment_texts, rest
+from tests.test_connector_rt import rt_showing_comments
 from tests.test_tickets_e2e import (
     app_env,
     ask_for_a_ticket,
@@ -125,3 +128,57 @@ def test_a_reply_lost_after_rt_filed_the_ticket_files_nothing_twice(
     found = rt_tickets_with(rt, idempotency_key(tmp_path, ticket_id))
     assert [ticket["id"] for ticket in found] == [state.ref]
     assert delivery_journal(tmp_path)[ticket_id]["failures"] == 1
+
+
+class LosesTheFirstCommentReply(RequestTrackerConnector):
+    """The real RT connector whose first note's answer never arrives, after RT stored the comment."""
+
+    lost = False
+    checked: list[bool]
+
+    def comment_with_key(self, ref: str, text: str, key: str) -> None:
+        super().comment_with_key(ref, text, key)
+        if not self.lost:
+            self.lost = True
+            raise ConnectorError("unavailable", "The connection dropped before the helpdesk answered.")
+
+    def has_comment(self, ref: str, key: str) -> bool:
+        found = super().has_comment(ref, key)
+        self.checked.append(found)
+        return found
+
+
+@pytest.mark.fault("T5")
+def test_a_reply_lost_after_rt_stored_a_note_adds_nothing_twice(
+    tmp_path: Path, file_keyring: FileKeyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("app.tools.delivery.FIRST_RETRY_S", 0.1)
+    outbox = TicketOutbox(tmp_path / "data" / "outbox", keys=DataKeyring())
+    ticket_id = outbox.create("VPN drops", "The VPN drops every ten minutes.", "network").id
+    note = outbox.add_note(ticket_id, "The caller restarted the router twice.")
+    later = outbox.add_note(ticket_id, "Diagnostics: VPN client 5.2.")
+    with rt_showing_comments(tmp_path / "rt") as rt:
+        connector = LosesTheFirstCommentReply(httpx.Client(timeout=10), rt.base_url, rt.queue, rt.token)
+        connector.checked = []
+        worker = DeliveryWorker(outbox, lambda: connector)
+        worker.start()
+        try:
+            state = worker.wait_delivered(ticket_id, timeout=30)
+            deadline = time.monotonic() + 30
+            while outbox.note_names() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            worker.stop()
+        assert connector.lost and state is not None and state.ref is not None
+        assert connector.checked == [True]  # the retry asked RT, which had the note: not sent again
+        assert outbox.note_names() == {}
+        history = rest(rt, "GET", f"/ticket/{state.ref}/history", params={"fields": "Type"})["items"]
+        comments = [str(item["id"]) for item in history if item["Type"] == "Comment"]
+        texts = attachment_texts(rt, state.ref)
+        install = worker.install_id()
+        assert [texts[c].strip() for c in comments] == [
+            f"The caller restarted the router twice.\n\n{note_marker(note_key(install, ticket_id, note))}",
+            f"Diagnostics: VPN client 5.2.\n\n{note_marker(note_key(install, ticket_id, later))}",
+        ]
+    saved = delivery_journal(tmp_path)[ticket_id]
+    assert saved["notes_in_doubt"] == [] and saved["note_failures"] == 0

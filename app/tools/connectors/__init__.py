@@ -5,18 +5,22 @@ from app.tools.connectors.base import (
     ArticleSource,
     Connector,
     ConnectorError,
+    KeyedComments,
     Problem,
     RemoteArticle,
     RemoteTicket,
     TicketDraft,
+    note_marker,
 )
 
 __all__ = [
     "ArticleSource",
     "Connector",
     "ConnectorError",
+    "KeyedComments",
     "Problem",
     "RemoteArticle",
     "RemoteTicket",
     "TicketDraft",
+    "note_marker",
 ]

@@ -11,6 +11,13 @@ restarts. Before creating, the delivery asks the connector to :meth:`Connector.f
 that key, so a retry after a lost reply finds the ticket the first try made instead of filing a
 second one. Each connector stores the key where its system lets one search for it (a custom field,
 a correlation id, a header the receiver deduplicates on) and says where in its module docstring.
+
+Notes (comments added to a delivered ticket) are exactly once the same way, for connectors that are
+also :class:`KeyedComments`: each note carries a key of its own, which the connector writes into the
+comment (:func:`note_marker`, its last line) or sends as a header the receiver deduplicates on, and
+after a try whose outcome is unknown the delivery asks :meth:`KeyedComments.has_comment` before adding
+the note again. It is a protocol of its own, not part of :class:`Connector`, so that a wrapper or a
+stand-in offering only ``comment`` still type-checks and gets the old at-least-once notes.
 """
 
 from __future__ import annotations
@@ -23,10 +30,12 @@ __all__ = [
     "ArticleSource",
     "Connector",
     "ConnectorError",
+    "KeyedComments",
     "Problem",
     "RemoteArticle",
     "RemoteTicket",
     "TicketDraft",
+    "note_marker",
 ]
 
 Problem = Literal[
@@ -105,6 +114,27 @@ class Connector(Protocol):
 
     def open_tickets(self, contact: str) -> list[RemoteTicket]:
         """The contact's tickets that are not resolved or closed, newest first."""
+        ...
+
+
+def note_marker(key: str) -> str:
+    """The line a comment ends with so that :meth:`KeyedComments.has_comment` can find it by key."""
+    return f"[hv-note: {key}]"
+
+
+@runtime_checkable
+class KeyedComments(Protocol):
+    """A connector whose comments carry a key it can look for later: notes exactly once.
+
+    Both methods raise :class:`ConnectorError` and nothing else.
+    """
+
+    def comment_with_key(self, ref: str, text: str, key: str) -> None:
+        """Adds ``text`` as a comment to the ticket, with ``key`` where :meth:`has_comment` looks."""
+        ...
+
+    def has_comment(self, ref: str, key: str) -> bool:
+        """Whether the ticket already has the comment :meth:`comment_with_key` added with ``key``."""
         ...
 
 

@@ -14,6 +14,11 @@ service desk's project for that phrase with JQL ``text ~ "\\"<key>\\""``. Jira's
 eventually consistent, so a find in the first seconds after a create may miss; the delivery only calls
 find when retrying, long after that.
 
+Notes: :meth:`JiraServiceManagementConnector.comment_with_key` ends the comment's body with the line
+``[hv-note: <key>]``, and :meth:`JiraServiceManagementConnector.has_comment` reads the request's
+comments, ``GET /rest/servicedeskapi/request/{issueIdOrKey}/comment`` (public and internal, pages of
+``start``/``limit`` until ``isLastPage``, at most :data:`MAX_COMMENTS`), looking for that line.
+
 Who the request is for: ``raiseOnBehalfOf`` takes an Atlassian account id, not an e-mail address, so
 an e-mail contact is looked up first (``/rest/api/3/user/search``); only an account whose visible
 address is exactly the contact's is used. Otherwise the request is raised by the integration account,
@@ -39,13 +44,21 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from app.tools.connectors._http import HttpApi, error_body, objects
-from app.tools.connectors.base import ConnectorError, RemoteTicket, TicketDraft
+from app.tools.connectors.base import ConnectorError, RemoteTicket, TicketDraft, note_marker
 
-__all__ = ["MAX_TICKETS", "PAGE_SIZE", "REFERENCE_PREFIX", "JiraServiceManagementConnector", "jql_string"]
+__all__ = [
+    "MAX_COMMENTS",
+    "MAX_TICKETS",
+    "PAGE_SIZE",
+    "REFERENCE_PREFIX",
+    "JiraServiceManagementConnector",
+    "jql_string",
+]
 
 REFERENCE_PREFIX: Final = "Helpdesk Voice reference:"
 PAGE_SIZE: Final = 50
 MAX_TICKETS: Final = 200
+MAX_COMMENTS: Final = 1000  # a request with more is not looked through further
 SEARCH_FIELDS: Final = ("summary", "status", "updated")
 _ISSUE_KEY = re.compile(r"^(?:[A-Z][A-Z0-9_]*-\d+|\d+)$")
 
@@ -139,6 +152,35 @@ class JiraServiceManagementConnector:
             action=f"comment on request {ref}",
             record=ref,
         )
+
+    def comment_with_key(self, ref: str, text: str, key: str) -> None:
+        self.comment(ref, f"{text.rstrip()}\n\n{note_marker(key)}")
+
+    def has_comment(self, ref: str, key: str) -> bool:
+        marker = note_marker(key)
+        start = 0
+        while start < MAX_COMMENTS:
+            page = self._call(
+                "GET",
+                f"/rest/servicedeskapi/request/{_key(ref)}/comment",
+                params={
+                    "public": "true",
+                    "internal": "true",
+                    "start": str(start),
+                    "limit": str(self._page_size),
+                },
+                action=f"read the comments of request {ref}",
+                record=ref,
+            )
+            values = objects(page, "values")
+            if values is None:
+                raise self._malformed()
+            if any(marker in str(value.get("body") or "") for value in values):
+                return True
+            if page.get("isLastPage", True) is not False or not values:
+                return False
+            start += len(values)
+        return False
 
     def open_tickets(self, contact: str) -> list[RemoteTicket]:
         contact = contact.strip()

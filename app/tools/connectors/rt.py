@@ -4,7 +4,8 @@ Built against RT 5.0.3 (Debian's ``request-tracker5``) and tested against a real
 (tests/test_connector_rt.py starts it, with an account that has only the rights named here). REST 2
 and auth tokens are part of RT 5 itself: the account needs an auth token (in RT's web interface,
 Logged in as > Settings > Auth Tokens, which takes the ManageAuthTokens right) and, on the queue,
-SeeQueue, CreateTicket, ShowTicket and CommentOnTicket. Nothing else has to be set up in RT.
+SeeQueue, CreateTicket, ShowTicket and CommentOnTicket, and ShowTicketComments for notes to be added
+exactly once (see comment below). Nothing else has to be set up in RT.
 
 Where the idempotency key lives: at the end of the subject, as ``[HV:<key>]``. It has to be
 somewhere every RT can search without an administrator preparing it: a custom field would have to
@@ -29,6 +30,13 @@ What it sends:
 * open_tickets: TicketSQL ``Requestor.EmailAddress = '<e-mail>' AND Status = '__Active__'``, newest
   first (Created, then id), pages of :data:`PAGE_SIZE`, at most :data:`MAX_TICKETS`.
 * comment: ``POST /REST/2.0/ticket/<id>/comment`` (a private comment, not a reply to the requestor).
+  With a note's key (:meth:`RequestTrackerConnector.comment_with_key`) the text ends with the line
+  ``[hv-note: <key>]``; :meth:`RequestTrackerConnector.has_comment` reads the ticket's attachments,
+  ``GET /REST/2.0/ticket/<id>/attachments`` with ``fields=Content,TransactionId`` (REST 2 gives a
+  listed attachment's text as it is, where ``GET /attachment/<id>`` gives it base64-encoded), pages of
+  :data:`PAGE_SIZE`, and looks for that line. RT shows a comment's attachments only to those with
+  ShowTicketComments: without that right the comments are hidden, the key is never seen, and a note
+  whose first reply was lost is added again (at least once, as without keys).
 * list_articles (the knowledge base, RT's own "Articles"): ``GET /REST/2.0/articles`` with a JSON
   search for every id (REST 2 answers a search without conditions with no items at all), pages of
   :data:`PAGE_SIZE` ordered by id, at most :data:`MAX_ARTICLES`, and ``fields=...,CustomFields`` so
@@ -57,7 +65,13 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from app.tools.connectors._http import HttpApi, error_body, objects
-from app.tools.connectors.base import ConnectorError, RemoteArticle, RemoteTicket, TicketDraft
+from app.tools.connectors.base import (
+    ConnectorError,
+    RemoteArticle,
+    RemoteTicket,
+    TicketDraft,
+    note_marker,
+)
 
 __all__ = [
     "MAX_ARTICLES",
@@ -73,6 +87,7 @@ API: Final = "/REST/2.0"
 PAGE_SIZE: Final = 100  # REST 2's own maximum per page
 MAX_TICKETS: Final = 200
 MAX_ARTICLES: Final = 1000
+MAX_ATTACHMENT_PAGES: Final = 20  # 2000 attachments: a ticket with more is not looked through further
 ARTICLE_FIELDS: Final = "Name,Summary,LastUpdated,Class,CustomFields"
 CONTENT_FIELD: Final = "content"  # the custom field holding an article's text, compared lowercased
 SUBJECT_MAX: Final = 200  # Tickets.Subject is varchar(200)
@@ -205,6 +220,41 @@ class RequestTrackerConnector:
             if exc.problem in ("auth", "rejected"):
                 self.get(ticket_id)
             raise
+
+    def comment_with_key(self, ref: str, text: str, key: str) -> None:
+        self.comment(ref, f"{text.rstrip()}\n\n{note_marker(self._key(key))}")
+
+    def has_comment(self, ref: str, key: str) -> bool:
+        ticket_id = self._ticket_id(ref)
+        marker = note_marker(self._key(key))
+        page = 1
+        while page <= MAX_ATTACHMENT_PAGES:
+            body = self._request(
+                "GET",
+                f"/ticket/{ticket_id}/attachments",
+                params=[
+                    ("fields", "Content,TransactionId"),
+                    ("orderby", "id"),
+                    ("order", "ASC"),
+                    ("per_page", str(PAGE_SIZE)),
+                    ("page", str(page)),
+                ],
+                action=f"read the comments of ticket RT #{ticket_id}",
+                ticket=ticket_id,
+            )
+            items = _items(body)
+            if not items and page == 1:
+                # REST 2 lists a missing ticket's attachments as none at all, where every ticket has
+                # at least its creation's: reading the ticket says not_found, as for the other calls.
+                self.get(ticket_id)
+            # The marker is the comment's last line; RT may keep a trailing newline after it.
+            if any(marker in str(item.get("Content") or "") for item in items):
+                return True
+            pages = body.get("pages") if isinstance(body, dict) else None
+            if len(items) < PAGE_SIZE or (isinstance(pages, int) and page >= pages):
+                return False
+            page += 1
+        return False
 
     def open_tickets(self, contact: str) -> list[RemoteTicket]:
         email = contact.strip()

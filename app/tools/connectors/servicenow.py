@@ -15,6 +15,12 @@ What it sends:
   impact would inflate the priority), category (mapped to the out-of-the-box incident choices),
   correlation_id, correlation_display, assignment_group when configured, and caller_id when the
   contact is an e-mail address that matches exactly one ``sys_user`` (looked up first).
+* comment with a note's key (:meth:`ServiceNowConnector.comment_with_key`): the text ends with the
+  line ``[hv-note: <key>]``. :meth:`ServiceNowConnector.has_comment` asks the journal table, where
+  every entry of a journal field is a record: ``GET /api/now/table/sys_journal_field`` with
+  ``name=incident^element=comments^element_id=<sys_id>^valueLIKE[hv-note: <key>]`` and
+  ``sysparm_limit=1``. Out of the box only admins may read ``sys_journal_field``; the integration
+  user needs a read ACL on it (or a role that has one) for notes to be exactly once.
 * get and comment take the ``sys_id`` (the ``ref``) or the incident number (``INC0010042``), which is
   looked up with ``number=<number>`` first.
 * find, get, open_tickets: raw values (``sysparm_display_value=false``), because display values are
@@ -53,11 +59,18 @@ from urllib.parse import urlsplit
 import httpx
 
 from app.tools.connectors._http import HttpApi, error_body, objects
-from app.tools.connectors.base import ConnectorError, RemoteArticle, RemoteTicket, TicketDraft
+from app.tools.connectors.base import (
+    ConnectorError,
+    RemoteArticle,
+    RemoteTicket,
+    TicketDraft,
+    note_marker,
+)
 
 __all__ = ["MAX_ARTICLES", "MAX_TICKETS", "PAGE_SIZE", "STATES", "ServiceNowConnector"]
 
 TABLE: Final = "incident"
+JOURNAL_TABLE: Final = "sys_journal_field"
 PAGE_SIZE: Final = 50
 MAX_TICKETS: Final = 200
 FIELDS: Final = "sys_id,number,state,short_description,sys_updated_on"
@@ -192,6 +205,26 @@ class ServiceNowConnector:
             action=f"comment on ticket {ref}",
             record=ref,
         )
+
+    def comment_with_key(self, ref: str, text: str, key: str) -> None:
+        marker = note_marker(_query_value(key, "the note's key"))
+        self.comment(ref, f"{text.rstrip()}\n\n{marker}")
+
+    def has_comment(self, ref: str, key: str) -> bool:
+        marker = note_marker(_query_value(key, "the note's key"))
+        sys_id = self._by_number(ref).ref if _NUMBER.match(ref) else ref
+        self._record_path(sys_id)  # refuses what is not a sys_id before it reaches the query
+        body = self._request(
+            "GET",
+            f"/api/now/table/{JOURNAL_TABLE}",
+            params={
+                "sysparm_query": f"name={TABLE}^element=comments^element_id={sys_id}^valueLIKE{marker}",
+                "sysparm_fields": "sys_id",
+                "sysparm_limit": "1",
+            },
+            action=f"read the comments of ticket {ref}",
+        )
+        return bool(_result_list(body))
 
     def open_tickets(self, contact: str) -> list[RemoteTicket]:
         if "@" not in contact:

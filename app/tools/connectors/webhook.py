@@ -21,8 +21,13 @@ Request: ``POST <url>`` with ``Content-Type: application/json`` and a UTF-8 JSON
 
 A comment on a ticket already sent (a handoff, diagnostics) is ``"type": "comment"`` with
 ``schema_version``, ``idempotency_key`` (its own), ``ticket`` (the ``number`` the receiver gave, or the
-``local_id``), ``text`` and ``created_at``. Receivers should ignore fields they do not know; a new
-``schema_version`` means a field changed meaning.
+``local_id``), ``text`` and ``created_at``. A note the app keeps for a ticket (the conversation, a
+handoff) has a key of its own, stable across retries and restarts, sent as ``idempotency_key`` and
+in the ``Idempotency-Key`` header: **the receiver deduplicates comments on it as on tickets**.
+:meth:`WebhookConnector.has_comment` cannot ask the receiver and always answers False, so after a
+lost reply the note is simply sent again and the receiver's deduplication makes it count once.
+Receivers should ignore fields they do not know; a new ``schema_version`` means a field changed
+meaning.
 
 Headers:
 
@@ -183,6 +188,9 @@ class WebhookConnector:
     def comment(self, ref: str, text: str) -> None:
         # Its own key, derived from what it says, so a retried comment is deduplicated like a ticket.
         key = "comment-" + hashlib.sha256(f"{ref}\0{text}".encode()).hexdigest()[:32]
+        self.comment_with_key(ref, text, key)
+
+    def comment_with_key(self, ref: str, text: str, key: str) -> None:
         payload = {
             "schema_version": SCHEMA_VERSION,
             "type": "comment",
@@ -192,6 +200,9 @@ class WebhookConnector:
             "created_at": datetime.fromtimestamp(self._clock(), UTC).isoformat(timespec="seconds"),
         }
         self._post(payload, key, action="deliver the comment")
+
+    def has_comment(self, ref: str, key: str) -> bool:
+        return False  # the receiver deduplicates on Idempotency-Key, so sending again is the lookup
 
     def open_tickets(self, contact: str) -> list[RemoteTicket]:
         raise ConnectorError(
