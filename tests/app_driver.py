@@ -28,8 +28,14 @@ class HeadlessApp:
     """
 
     def __init__(
-        self, args: list[str], env: dict[str, str | None] | None = None, *, headless: bool = True
+        self,
+        args: list[str],
+        env: dict[str, str | None] | None = None,
+        *,
+        headless: bool = True,
+        command: list[str] | None = None,
     ) -> None:
+        """``command``: how to run the app (an installed executable); the checkout's by default."""
         environ = dict(os.environ)
         for name, value in (env or {}).items():  # None: not set for the app
             if value is None:
@@ -37,7 +43,7 @@ class HeadlessApp:
             else:
                 environ[name] = value
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app", *(["--headless"] if headless else []), *args],
+            [*(command or [sys.executable, "-m", "app"]), *(["--headless"] if headless else []), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

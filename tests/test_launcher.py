@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -93,3 +94,12 @@ def test_serve_command_prints_its_url_and_token() -> None:
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_the_server_is_started_the_way_this_app_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.localmodel.launcher import self_command
+
+    assert self_command() == [sys.executable, "-m", "app"]
+    # A frozen bundle (the installers') is its own command line: it has no "-m".
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    assert self_command() == [sys.executable]

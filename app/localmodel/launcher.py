@@ -42,6 +42,14 @@ class ServerStartError(RuntimeError):
     """The embedded server could not start; the message says why."""
 
 
+def self_command() -> list[str]:
+    """How to run this app's own command line again: ``python -m app`` from a Python installation,
+    the executable itself from a frozen bundle (an installer's), which has no ``-m``."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable]
+    return [sys.executable, "-m", "app"]
+
+
 class EmbeddedServerProcess:
     """The child process running ``helpdesk-voice serve``.
 
@@ -98,7 +106,7 @@ class EmbeddedServerProcess:
             env[KB_FOLDERS_ENV] = folders_to_env(self.kb_folders)
         # A local name from here on: stop() may run on another thread at any moment.
         process = self._process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--port", str(port), "--watch-stdin"],
+            [*self_command(), "serve", "--port", str(port), "--watch-stdin"],
             stdin=subprocess.PIPE,  # kept open and never written: its closing tells the child we are gone
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -1,0 +1,99 @@
+"""The installed package, not the checkout: its command, its selftest and one spoken turn.
+
+Runs when ``HELPDESK_VOICE_INSTALLED`` names an installed ``helpdesk-voice`` (``.ci/run`` builds the
+.deb, installs it and sets it to ``/usr/bin/helpdesk-voice``); otherwise it skips, unless
+``HELPDESK_VOICE_REQUIRE_INSTALLED=1`` asks for it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from app.audio.devices import find_device
+from app.audio.resample import FloatArray
+from app.audio.virtual_rig import VirtualAudioRig
+from tests.app_driver import HeadlessApp, speak
+
+
+@pytest.fixture(scope="module")
+def installed() -> Path:
+    named = os.environ.get("HELPDESK_VOICE_INSTALLED", "")
+    found = shutil.which(named) if named else None
+    if found is None:
+        if os.environ.get("HELPDESK_VOICE_REQUIRE_INSTALLED") == "1":
+            pytest.fail(f"the installed package is required here, but {named or 'nothing'} is installed")
+        pytest.skip("no installed package to test (HELPDESK_VOICE_INSTALLED is not set)")
+    executable = Path(found).resolve()
+    # The installed copy, not this checkout's Python: a frozen bundle beside its own libraries.
+    assert not executable.is_relative_to(Path(__file__).resolve().parent.parent), executable
+    return executable
+
+
+def _isolated(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "HELPDESK_VOICE_DATA_DIR": str(tmp_path / "data"),
+        "HELPDESK_VOICE_CONFIG_DIR": str(tmp_path / "config"),
+        "HELPDESK_VOICE_CACHE_DIR": str(tmp_path / "cache"),
+    }
+
+
+def test_the_installed_command_says_its_version(installed: Path) -> None:
+    from importlib.metadata import version
+
+    done = subprocess.run([str(installed), "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == f"helpdesk-voice {version('helpdesk-voice')}"
+
+
+@pytest.mark.devices
+def test_the_installed_selftest_passes_on_the_virtual_devices(
+    installed: Path, virtual_audio: VirtualAudioRig, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [
+            str(installed),
+            "selftest",
+            "--input-device",
+            virtual_audio.mic,
+            "--output-device",
+            virtual_audio.speaker,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_isolated(tmp_path),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "the offline assistant starts and answers" in done.stdout + done.stderr
+
+
+@pytest.mark.devices
+def test_the_installed_app_answers_a_spoken_request(
+    installed: Path,
+    virtual_audio: VirtualAudioRig,
+    speech: Callable[[str, int], FloatArray],
+    tmp_path: Path,
+) -> None:
+    feed_rate = int(find_device(virtual_audio.mic_feed, "output").default_samplerate)
+    env: dict[str, str | None] = dict(_isolated(tmp_path))
+    app = HeadlessApp(
+        ["--input-device", virtual_audio.mic, "--output-device", virtual_audio.speaker, "--duration", "150"],
+        env=env,
+        command=[str(installed)],
+    )
+    try:
+        app.wait_for(lambda line: line.startswith("listening on"), 180)
+        time.sleep(0.8)
+        speak(virtual_audio, speech("I forgot my password", feed_rate))
+        heard = app.wait_for(lambda line: line.startswith("you:"), 60)
+        answer = app.wait_for(lambda line: line.startswith("assistant:"), 60)
+    finally:
+        app.stop()
+    assert "password" in heard.lower() and "password" in answer.lower()
