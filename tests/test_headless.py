@@ -144,3 +144,24 @@ def test_without_a_display_the_app_says_so_and_runs_headless(virtual_audio: Virt
         assert any("no graphical display" in text and "running headless" in text for text in app.errors)
     finally:
         app.stop()
+
+
+def test_a_second_launch_shows_the_running_app_and_ends(
+    virtual_audio: VirtualAudioRig, tmp_path: Path
+) -> None:
+    env = {
+        **_device_env(virtual_audio),
+        "QT_QPA_PLATFORM": "offscreen",
+        "HELPDESK_VOICE_CONFIG_DIR": str(tmp_path / "config"),
+        "HELPDESK_VOICE_DATA_DIR": str(tmp_path / "data"),
+    }
+    first = HeadlessApp(["-v"], env, headless=False)
+    try:
+        first.wait_for(lambda text: "listening on" in text, 120, stderr=True)
+        second = HeadlessApp([], env, headless=False)
+        code = second.process.wait(30)
+        assert code == 0 and any("already running" in text for text in second.errors), second.errors
+        first.wait_for(lambda text: "another launch asked for this app" in text, 10, stderr=True)
+        assert first.process.poll() is None  # the first one runs on
+    finally:
+        first.stop()

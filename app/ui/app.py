@@ -774,7 +774,20 @@ def run_gui(plan_factory: Callable[[], LaunchPlan] | None = None, argv: Sequence
     # The tray keeps the app alive with no window open; the app quits itself after stopping.
     qt_app.setQuitOnLastWindowClosed(False)
 
+    from app.config import config_paths
+    from app.ui.single_instance import SingleInstance, instance_name
+
+    instance = SingleInstance(instance_name(config_paths().user.parent))
+    if instance.ask_running_app_to_show():
+        print("Helpdesk Voice is already running; its transcript is shown.", file=sys.stderr)
+        return 0
     helpdesk = HelpdeskApp(plan_factory or default_plan)
+
+    def show_for_another_launch() -> None:
+        log.info("another launch asked for this app: showing its transcript")
+        helpdesk.show_transcript()
+
+    instance.claim(show_for_another_launch)
     helpdesk.finished.connect(qt_app.quit)
     restore = _install_signal_handlers(helpdesk)
     # Python only runs signal handlers when the interpreter gets control; Qt's loop is C++.
@@ -788,6 +801,7 @@ def run_gui(plan_factory: Callable[[], LaunchPlan] | None = None, argv: Sequence
     finally:
         ticker.stop()
         restore()
+        instance.release()
     if not helpdesk.quitting:  # the loop ended some other way (session logout): still stop cleanly
         helpdesk.save_transcript()
         helpdesk.transcript_store.close()
