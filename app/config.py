@@ -7,6 +7,9 @@
   table (``[locked]`` then ``endpoint.url = "wss://..."``, setting and locking at once). A locked key
   ignores every later layer, and :func:`save_user_setting` refuses it. ``HELPDESK_VOICE_POLICY``
   names one more policy on top, for tests: it can add values and locks but never undo the system's.
+- **OS-managed policy** (:mod:`app.os_policy`: the Windows registry's Group Policy key, macOS managed
+  preferences) sits under the policy file the same way: every value it sets is locked, and the file
+  can add values and locks but never undo one of its locks.
 - **User settings**: ``settings.toml`` in the user config folder (``HELPDESK_VOICE_CONFIG_DIR``
   overrides the folder), written atomically by :func:`save_user_setting`.
 - **Environment**: ``HELPDESK_VOICE_<KEY>`` with dots as underscores (``HELPDESK_VOICE_ENDPOINT_URL``;
@@ -52,7 +55,7 @@ from typing import Final, Literal, TypeAlias, TypeVar
 
 import platformdirs
 
-from app import defaults
+from app import defaults, os_policy
 from app.fileio import write_atomically
 from app.paths import APP_NAME
 from app.realtime.endpoint import (
@@ -85,6 +88,7 @@ __all__ = [
     "ConfigPaths",
     "Eagerness",
     "EndpointSettings",
+    "IntRange",
     "LoadedSettings",
     "Origin",
     "SecretStoreError",
@@ -143,14 +147,22 @@ class ConfigError(ValueError):
 # ---------------------------------------------------------------------------------------------------
 
 
-def _int_range(low: int, high: int) -> Callable[[Value], str | None]:
-    def check(value: Value) -> str | None:
-        assert isinstance(value, int)
-        if low <= value <= high:
-            return None
-        return f"must be a whole number from {low} to {high}, not {value}"
+@dataclass(frozen=True, slots=True)
+class IntRange:
+    """The check of a whole number from ``low`` to ``high``; an object, so the policy templates can
+    give Group Policy the same bounds."""
 
-    return check
+    low: int
+    high: int
+
+    def __call__(self, value: Value) -> str | None:
+        assert isinstance(value, int)
+        if self.low <= value <= self.high:
+            return None
+        return f"must be a whole number from {self.low} to {self.high}, not {value}"
+
+
+_int_range = IntRange
 
 
 def _minutes_or_unknown(low: float, high: float) -> Callable[[Value], str | None]:
@@ -311,6 +323,13 @@ _SETTINGS: Final = (
     Setting("endpoint.model", str, "gpt-realtime", _no_spaces),
     Setting("endpoint.azure_resource", str, "", _no_spaces),
     Setting("endpoint.azure_deployment", str, "", _no_spaces),
+    Setting(
+        "endpoint.token_url",
+        str,
+        "",
+        _http_url,
+        help="the company's token service, https://...; laptops then hold no API key (short-lived secrets)",
+    ),
     Setting(
         "endpoint.session_minutes",
         float,
@@ -561,6 +580,7 @@ class _Layer:
     invalid: set[str] = field(default_factory=set)  # known keys whose value was refused
     problems: list[str] = field(default_factory=list)
     unreadable: bool = False  # it exists but cannot be read: never set aside nor overwritten
+    sources: dict[str, Path] = field(default_factory=dict)  # policy key -> the policy its value is from
 
 
 class _Unreadable(Exception):
@@ -657,11 +677,7 @@ def _read_policy(path: Path) -> _Layer:
     _take_values(flat, label, layer)
     unknown_locks = sorted(key for key in locked_list if key not in SETTINGS)
     layer.locked = {key: path for key in locked_list if key in SETTINGS}
-    for key in sorted(layer.locked.keys() & layer.invalid):
-        # The admin meant to pin this key but wrote a value that cannot be used: fail closed.
-        safest = _safest(SETTINGS[key])
-        layer.values[key] = safest
-        layer.problems.append(f"{label}: {key} stays locked, to its safest value {_display(key, safest)}")
+    _lock_invalid_to_safest(layer, label)
     if bad_locks:
         return _fail_closed(layer, path, f"{label}: 'locked' must be a list of setting names or a table")
     if unknown_locks:
@@ -670,22 +686,64 @@ def _read_policy(path: Path) -> _Layer:
     return layer
 
 
+def _lock_invalid_to_safest(layer: _Layer, label: str) -> None:
+    for key in sorted(layer.locked.keys() & layer.invalid):
+        # The admin meant to pin this key but wrote a value that cannot be used: fail closed.
+        safest = _safest(SETTINGS[key])
+        layer.values[key] = safest
+        layer.problems.append(f"{label}: {key} stays locked, to its safest value {_display(key, safest)}")
+
+
+def _policy_name(source: Path) -> str:
+    mechanism = os_policy.describe_source(source)
+    return f"the system policy {source}" if mechanism == str(source) else f"the {mechanism} policy {source}"
+
+
+def _read_os_policy() -> _Layer:
+    """The OS-managed policy (app/os_policy.py), where every value is locked; fails closed like a file."""
+    found = os_policy.read_os_policy({setting.key: setting.kind for setting in _SETTINGS})
+    layer = _Layer()
+    if found.source is None:
+        return layer
+    if found.error is not None:
+        layer = _fail_closed(layer, found.source, found.error)
+    else:
+        label = _policy_name(found.source)
+        flat = _flatten(found.values)
+        _take_values(flat, label, layer)
+        layer.locked = {key: found.source for key in flat if key in SETTINGS}
+        _lock_invalid_to_safest(layer, label)
+        # Every value here is a lock, so a misspelt name is a misspelt lock: fail closed, as the file does.
+        unknown = sorted(key for key in flat if key not in SETTINGS and not _is_secret_key(key))
+        if unknown:
+            layer = _fail_closed(
+                layer, found.source, f"{label}: cannot lock unknown settings: {', '.join(unknown)}"
+            )
+    layer.sources = dict.fromkeys(layer.values, found.source)
+    return layer
+
+
 def _read_policies(paths: ConfigPaths) -> _Layer:
-    """The system's policy, with the extra one on top where the system's locks allow."""
-    merged = _read_policy(paths.policy)
+    """The OS-managed policy, then the system's policy file and the extra one, each on top where the
+    locks under it allow (app/os_policy.py says why the OS's comes first)."""
+    merged = _read_os_policy()
+    files = [paths.policy]
     if paths.extra_policy is not None and paths.extra_policy != paths.policy:
-        extra = _read_policy(paths.extra_policy)
-        merged.problems += extra.problems
-        for key, value in extra.values.items():
+        files.append(paths.extra_policy)
+    for path in files:
+        upper = _read_policy(path)
+        merged.problems += upper.problems
+        for key, value in upper.values.items():
             if key in merged.locked:
                 if merged.values.get(key, SETTINGS[key].default) != value:
                     merged.problems.append(
-                        f"site policy {paths.extra_policy}: {key} is locked by the system policy "
-                        f"{merged.locked[key]}; its value here is ignored"
+                        f"site policy {path}: {key} is locked by {_policy_name(merged.locked[key])}; "
+                        "its value here is ignored"
                     )
                 continue
             merged.values[key] = value
-        for key, source in extra.locked.items():
+            merged.sources[key] = path
+        for key, source in upper.locked.items():
             merged.locked.setdefault(key, source)
     backend = merged.values.get("backend", SETTINGS["backend"].default)
     if "backend" in merged.locked and backend != "custom":
@@ -741,6 +799,7 @@ class EndpointSettings:
     azure_resource: str
     azure_deployment: str
     session_minutes: float  # how long the custom server lets a session last; 0: not known
+    token_url: str = ""  # the token service handing out short-lived secrets; "": the API key is used
 
 
 @dataclass(frozen=True, slots=True)
@@ -899,6 +958,7 @@ def typed_settings(values: Mapping[str, Value]) -> Settings:
             azure_resource=_text_of(values, "endpoint.azure_resource"),
             azure_deployment=_text_of(values, "endpoint.azure_deployment"),
             session_minutes=_number_of(values, "endpoint.session_minutes"),
+            token_url=_text_of(values, "endpoint.token_url"),
         ),
         voice=_text_of(values, "voice"),
         instructions=_text_of(values, "instructions"),
@@ -957,6 +1017,8 @@ class LoadedSettings:
     problems: list[str]
     paths: ConfigPaths
     typed: Settings
+    # policy key -> the policy its value is from: a file, or an OS source of app/os_policy.py
+    policy_sources: Mapping[str, Path] = field(default_factory=dict)
 
     @property
     def locks(self) -> frozenset[str]:
@@ -1043,7 +1105,9 @@ def load_settings(
         and origins["endpoint.url"] in ("policy", "env", "cli")
     ):
         values["backend"], origins["backend"] = "custom", origins["endpoint.url"]
-    return LoadedSettings(values, origins, dict(policy.locked), problems, paths, typed_settings(values))
+    return LoadedSettings(
+        values, origins, dict(policy.locked), problems, paths, typed_settings(values), dict(policy.sources)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1279,7 +1343,11 @@ def format_settings(settings: LoadedSettings, key_status: ApiKeyStatus) -> str:
     lines = []
     for key in SETTINGS:
         mark = " [locked]" if settings.locked(key) else ""
-        lines.append(f"{key:<{width}}  {_display(key, settings.value(key))}  ({settings.origin(key)}){mark}")
+        origin: str = settings.origin(key)
+        source = settings.policy_sources.get(key) if origin == "policy" else None
+        if source is not None:  # which policy: an admin with several has to know where to look
+            origin = f"policy ({os_policy.describe_source(source)})"
+        lines.append(f"{key:<{width}}  {_display(key, settings.value(key))}  ({origin}){mark}")
     lines.append(f"{'api_key':<{width}}  {key_status.describe()}")
     return "\n".join(lines)
 

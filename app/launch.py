@@ -45,6 +45,7 @@ from app.config import (
 )
 from app.core import protocol as p
 from app.core.actions import Notice
+from app.realtime.client_secret import TOKEN_CREDENTIAL_ENV, ClientSecretSource, lookup_token_credential
 from app.realtime.endpoint import (
     API_KEY_ENV,
     ApiKeyLookup,
@@ -265,9 +266,52 @@ def _check_rules(settings: LoadedSettings, key: ApiKeyLookup) -> None:
     raise LaunchError(message, usage=first.key in _USAGE_PROBLEMS)
 
 
-def _endpoint(settings: Settings, backend: Backend, key: ApiKeyLookup) -> Endpoint | None:
+# With a token service, the endpoint builders still decide the URL and which header form a host
+# takes; they insist on a key, so they get this stand-in, whose header is dropped at once for the
+# secret fetched per connection. It never reaches a socket.
+_FETCHED_KEY: Final = "fetched-per-connection"
+
+
+def _token_source(settings: LoadedSettings, token_url: str, environ: Mapping[str, str]) -> ClientSecretSource:
+    """The source of short-lived secrets from ``endpoint.token_url``, with this device's credential."""
+    found = lookup_token_credential(environ)
+    if found.credential is None:
+        raise LaunchError(f"endpoint.token_url is set, but there is {found.reason}")
+    origin = settings.origin("endpoint.token_url")
+    # As with the API key: the keyring's credential was stored for the service the settings or the
+    # policy name, so a service named by any script (environment, command line) does not get it.
+    if found.source == "keyring" and origin in ("env", "cli"):
+        where = "environment" if origin == "env" else "command line"
+        raise LaunchError(
+            "the device credential in the system keyring is only sent to the token service chosen in "
+            f"Settings or by policy, not to one from the {where} (endpoint.token_url); "
+            f"set {TOKEN_CREDENTIAL_ENV} to use it there"
+        )
+    try:
+        return ClientSecretSource(token_url, found.credential)
+    except ValueError as exc:
+        raise LaunchError(f"cannot use the token service: {exc}", usage=True) from exc
+
+
+def _with_fetched_secrets(endpoint: Endpoint, source: ClientSecretSource) -> Endpoint:
+    if not endpoint.headers:
+        # A ws:// server elsewhere: a secret would cross the network in clear, so none is asked for.
+        note = (
+            f"endpoint.token_url is not used: a secret sent to {endpoint.host} over ws:// could be read "
+            "by anyone on the network; use a wss:// address"
+        )
+        return replace(endpoint, notes=(note,))
+    return replace(endpoint, headers={}, credentials=source)
+
+
+def _endpoint(
+    settings: Settings, backend: Backend, key: ApiKeyLookup, source: ClientSecretSource | None = None
+) -> Endpoint | None:
     if backend == "embedded":
         return None
+    if source is not None:
+        built = _endpoint(settings, backend, ApiKeyLookup(_FETCHED_KEY, "environment"))
+        return None if built is None else _with_fetched_secrets(built, source)
     endpoint = settings.endpoint
     try:
         if backend == "custom":
@@ -298,9 +342,18 @@ def plan_from_settings(settings: LoadedSettings, environ: Mapping[str, str] = os
     """The plan the effective settings describe; raises :class:`LaunchError` for what cannot work."""
     typed = settings.typed
     backend = typed.backend
-    key, withheld = _api_key(settings, backend, environ)
-    _check_rules(settings, key)
-    endpoint = _endpoint(typed, backend, key)
+    token_url = typed.endpoint.token_url.strip()
+    source: ClientSecretSource | None = None
+    if token_url and backend != "embedded":
+        # The point of a token service is that no API key is on this computer: one that is stored
+        # anyway is not used, and the rules do not ask for one.
+        key, withheld = ApiKeyLookup(None, None), None
+        _check_rules(settings, key)
+        source = _token_source(settings, token_url, environ)
+    else:
+        key, withheld = _api_key(settings, backend, environ)
+        _check_rules(settings, key)
+    endpoint = _endpoint(typed, backend, key, source)
     warnings = () if endpoint is None else endpoint.notes
     if withheld is not None and endpoint is not None:
         warnings += (withheld,)

@@ -66,7 +66,8 @@ def cross_field_problems(values: Mapping[str, Value], api_key_present: bool) -> 
         for key, what in _REQUIRED.get(backend, ())
         if _blank(values.get(key))
     ]
-    if backend in _NEEDS_KEY and not api_key_present:
+    # A token service hands out short-lived secrets instead (endpoint.token_url): no key is needed.
+    if backend in _NEEDS_KEY and not api_key_present and _blank(values.get("endpoint.token_url")):
         problems.append(
             FieldProblem(
                 API_KEY_FIELD,

@@ -52,7 +52,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 if [ "$with_tests" = 1 ]; then
-  .venv/bin/python -m pip install -q -e ".[test]"
+  .venv/bin/python -m pip install -q -e ".[test,token-service]"
   # The third-party realtime clients the tests run against the embedded server, in a virtualenv of
   # their own: livekit-agents would downgrade the app's websockets (tests/third_party/).
   if [ ! -x .venv-clients/bin/python ]; then

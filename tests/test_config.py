@@ -639,7 +639,7 @@ def test_config_show_masks_the_key_and_shows_origins(env: dict[str, str]) -> Non
     assert KEY not in result.stdout + result.stderr
     lines = show_lines(result.stdout)
     assert set(lines) == {*config.SETTINGS, "api_key"}
-    assert lines["endpoint.url"].endswith("(policy) [locked]")
+    assert lines["endpoint.url"].endswith(f"(policy ({policy_file(env)})) [locked]")
     assert "token=%2A%2A%2A" in lines["endpoint.url"] or "token=***" in lines["endpoint.url"]
     assert "abc" not in lines["endpoint.url"]
     assert lines["voice"].split()[1:] == ["cedar", "(user)"]

@@ -19,7 +19,7 @@ import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal, TypeAlias
+from typing import Final, Literal, Protocol, TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "KEYRING_SERVICE",
     "KEYRING_USERNAME",
     "ApiKeyLookup",
+    "CredentialSource",
     "Endpoint",
     "EndpointKind",
     "KeyStoreError",
@@ -61,18 +62,34 @@ _HEADER_SAFE: Final = frozenset(string.ascii_letters + string.digits + string.pu
 _MASK: Final = "***"
 
 
+class CredentialSource(Protocol):
+    """Headers that are good for one connection only (a short-lived secret), asked for before each.
+
+    Raises :class:`app.realtime.errors.CredentialUnavailable` when none can be had; the transport
+    then reports the problem and retries as it would a refused connection.
+    """
+
+    async def headers(self) -> dict[str, str]: ...
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class Endpoint:
-    """A realtime WebSocket URL and the headers of its opening handshake (credentials included)."""
+    """A realtime WebSocket URL and the headers of its opening handshake (credentials included).
+
+    ``credentials``, when set, adds headers fetched anew for every connection (a token service's
+    short-lived secret), so no long-lived key has to be on this computer.
+    """
 
     url: str
     headers: dict[str, str] = field(default_factory=dict)
     kind: EndpointKind = "custom"
     notes: tuple[str, ...] = ()  # what the user should know before connecting (a key held back)
+    credentials: CredentialSource | None = None
 
     def __repr__(self) -> str:
         shown = {name: _MASK for name in self.headers}
-        return f"Endpoint(kind={self.kind!r}, url={redact_url(self.url)!r}, headers={shown!r})"
+        fetched = "" if self.credentials is None else ", credentials=fetched per connection"
+        return f"Endpoint(kind={self.kind!r}, url={redact_url(self.url)!r}, headers={shown!r}{fetched})"
 
     __str__ = __repr__
 

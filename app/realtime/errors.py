@@ -38,6 +38,7 @@ from app.core.safe_text import one_line, printable
 __all__ = [
     "KEEPALIVE_TIMEOUT_REASON",
     "ConnectionProblem",
+    "CredentialUnavailable",
     "ProblemKind",
     "classify",
     "classify_error_event",
@@ -100,6 +101,18 @@ class ConnectionProblem:
 
     def __str__(self) -> str:
         return self.message
+
+
+class CredentialUnavailable(Exception):
+    """Connecting could not even start: the credential for it could not be had (a token service).
+
+    Whoever fetches the credential knows best what went wrong, so it says so in ``problem``;
+    :func:`classify` passes that on unchanged, and the transport retries or gives up by it.
+    """
+
+    def __init__(self, problem: ConnectionProblem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
 
 
 def format_bytes(size: int) -> str:
@@ -368,6 +381,8 @@ def _classify(
     max_message_bytes: int | None = None,
     open_timeout: float | None = None,
 ) -> ConnectionProblem:
+    if isinstance(exc, CredentialUnavailable):
+        return exc.problem
     if isinstance(exc, InvalidStatus):
         return _from_status(exc)
     if isinstance(exc, ConnectionClosed):

@@ -14,6 +14,7 @@ busy handler would then look like a silent server.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import logging
 import math
@@ -178,11 +179,11 @@ class RealtimeTransport:
         self._backoff = backoff if backoff is not None else BackoffPolicy()
         self._max_attempts = max_attempts
         self._rng = rng if rng is not None else random.Random()
-        # What a server might echo back: each header value, and the bare key of a Bearer header.
-        values = endpoint.headers.values()
-        forms = {form for value in values for form in (value, value.removeprefix("Bearer "))}
-        # The whole header value before the key inside it, so neither is left half replaced.
-        self._secrets = tuple(sorted(forms - {""}, key=len, reverse=True))
+        self._fixed_headers = tuple(endpoint.headers.values())
+        # Secrets fetched per connection: the last few, since a server may quote an older one back.
+        self._fetched_headers: collections.deque[str] = collections.deque(maxlen=8)
+        self._secrets: tuple[str, ...] = ()
+        self._update_secrets()
         self._unknown_types = UnknownTypeLog()
 
         self._ws: ClientConnection | None = None
@@ -388,10 +389,19 @@ class RealtimeTransport:
             return None, None
         return ws, None
 
-    def _open(self) -> Awaitable[ClientConnection]:
-        return _RedirectRefusingConnect(
+    async def _open(self) -> ClientConnection:
+        headers = self._endpoint.headers
+        source = self._endpoint.credentials
+        if source is not None:
+            # Asked anew for every attempt (first, reconnect, rollover): a short-lived secret is good
+            # for one connection. The fetch runs inside the attempt, so close() interrupts it too.
+            fetched = await source.headers()
+            self._fetched_headers.extend(fetched.values())
+            self._update_secrets()
+            headers = {**headers, **fetched}
+        return await _RedirectRefusingConnect(
             self._endpoint.url,
-            additional_headers=self._endpoint.headers,
+            additional_headers=headers,
             user_agent_header=USER_AGENT,
             open_timeout=self._open_timeout,
             ping_interval=self._ping_interval,
@@ -499,6 +509,13 @@ class RealtimeTransport:
     def _scrubbed(self, problem: ConnectionProblem) -> ConnectionProblem:
         detail = None if problem.detail is None else self._scrub(problem.detail)
         return replace(problem, message=self._scrub(problem.message), detail=detail)
+
+    def _update_secrets(self) -> None:
+        # What a server might echo back: each header value, and the bare key of a Bearer header.
+        values = (*self._fixed_headers, *self._fetched_headers)
+        forms = {form for value in values for form in (value, value.removeprefix("Bearer "))}
+        # The whole header value before the key inside it, so neither is left half replaced.
+        self._secrets = tuple(sorted(forms - {""}, key=len, reverse=True))
 
     def _scrub_frame(self, data: str | bytes) -> str | bytes:
         """A server frame without the secrets this side sent, before anything reads it."""

@@ -41,7 +41,8 @@ HEADLESS_TIMEOUT_S = 300.0
 # What a policy that cannot be used must lock, and to what (as ``config show`` prints them).
 FAIL_CLOSED = {"backend": "embedded", "endpoint.url": '""', "transcript.retention_days": "0"}
 SHOW_LINE = re.compile(
-    r"^(?P<key>\S+)\s+(?P<value>.*?)\s+\((?P<origin>default|policy|user|env|cli)\)(?P<lock> \[locked\])?$"
+    r"^(?P<key>\S+)\s+(?P<value>.*?)\s+\((?P<origin>default|policy|user|env|cli)(?: \([^()]*\))?\)"
+    r"(?P<lock> \[locked\])?$"
 )
 OFFLINE = "(the offline assistant on this computer)"
 
