@@ -13,11 +13,17 @@ CACHE_DIR_ENV = "HELPDESK_VOICE_CACHE_DIR"
 
 
 def assets_dir() -> Path:
-    """The ``assets/`` folder: ``HELPDESK_VOICE_ASSETS`` if set, else the one inside the package."""
+    """The ``assets/`` folder: ``HELPDESK_VOICE_ASSETS`` if set, else the shipped one.
+
+    A wheel or a frozen bundle carries it inside the package (``app/assets``, the package
+    ``app.assets``); a checkout keeps it at the project's top level, beside ``app/``.
+    """
     override = os.environ.get("HELPDESK_VOICE_ASSETS")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parent / "assets"
+    package = Path(__file__).resolve().parent
+    inside = package / "assets"
+    return inside if inside.is_dir() else package.parent / "assets"
 
 
 def default_data_dir() -> Path:

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_wheel_ships_the_assets(tmp_path: Path) -> None:
     # A copy of what the build reads, so the build leaves nothing behind in the working tree.
     source = tmp_path / "src"
-    shutil.copytree(ROOT / "app", source / "app", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("app", "assets"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, source / name)
     wheels = tmp_path / "wheels"
@@ -41,7 +42,7 @@ def test_the_wheel_ships_the_assets(tmp_path: Path) -> None:
     (wheel,) = wheels.glob("*.whl")
     shipped = {name for name in zipfile.ZipFile(wheel).namelist() if name.startswith("app/assets/")}
     assets = assets_dir()
-    assert assets == ROOT / "app" / "assets"  # the assets live inside the package
+    assert assets == ROOT / "assets"  # at the project's top level, shipped inside the package
     expected = {
         f"app/assets/{path.relative_to(assets).as_posix()}" for path in assets.rglob("*") if path.is_file()
     }
@@ -52,3 +53,13 @@ def test_the_wheel_ships_the_assets(tmp_path: Path) -> None:
         "app/assets/icons/listening.svg",
         "app/assets/kb/password-reset.md",
     } <= shipped
+
+
+def test_every_package_folder_is_listed_for_the_build() -> None:
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["tool"]["setuptools"]["packages"]
+    )
+    found = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "app").rglob("__init__.py")}
+    assert listed == found | {"app.assets"}

@@ -1,6 +1,6 @@
 """The fail-fast earcon: a short, soft two-note chime meaning "heard you, working on it".
 
-The shipped file is ``app/assets/sounds/earcon.wav``; :func:`synthesize_earcon` is how it was made, and
+The shipped file is ``assets/sounds/earcon.wav``; :func:`synthesize_earcon` is how it was made, and
 stands in for it if the file is missing or damaged, so a broken install still gets its cue.
 """
 

@@ -1,6 +1,6 @@
 """The helpdesk knowledge base: article files, a keyword index, and the ``search_knowledge_base`` tool.
 
-Articles live in ``app/assets/kb/<slug>.md``: TOML front matter between ``+++`` lines, then a Markdown
+Articles live in ``assets/kb/<slug>.md``: TOML front matter between ``+++`` lines, then a Markdown
 body with a numbered ``## Steps`` list and an ``## Escalate when`` paragraph. The model speaks the
 steps, so the loader keeps them as plain sentences. The company's own articles, in looser formats,
 are loaded by :mod:`app.tools.kb_sources` into the same :class:`Article`.

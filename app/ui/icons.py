@@ -1,6 +1,6 @@
 """The tray's state icons and the words that go with them.
 
-Each state has its own SVG in ``app/assets/icons/``: a headset in the state's colour with a badge whose
+Each state has its own SVG in ``assets/icons/``: a headset in the state's colour with a badge whose
 shape differs too (square, ring, bars, dots, speaker, slashed microphone, circular arrow, warning
 triangle), so the state reads without relying on colour alone.
 """

@@ -11,6 +11,7 @@ cd "$(dirname "$0")/../.."
 python=.venv/bin/python
 "$python" -m pip install -q -e ".[build]"
 version=$("$python" -c "from importlib.metadata import version; print(version('helpdesk-voice'))")
+assets=$("$python" -c "from app.paths import assets_dir; print(assets_dir())")
 arch=$(dpkg --print-architecture)
 out=build/helpdesk-voice_${version}_${arch}.deb
 root=build/deb-root
@@ -26,7 +27,7 @@ install -d "$root/DEBIAN" "$root/opt" "$root/usr/bin" "$root/usr/share/applicati
 cp -a build/dist/helpdesk-voice "$root/opt/helpdesk-voice"
 ln -s /opt/helpdesk-voice/helpdesk-voice "$root/usr/bin/helpdesk-voice"
 install -m 644 packaging/linux/helpdesk-voice.desktop "$root/usr/share/applications/"
-install -m 644 app/assets/icons/app.svg "$root/usr/share/icons/hicolor/scalable/apps/helpdesk-voice.svg"
+install -m 644 "$assets/icons/app.svg" "$root/usr/share/icons/hicolor/scalable/apps/helpdesk-voice.svg"
 install -m 644 LICENSE THIRD_PARTY_NOTICES.md "$root/usr/share/doc/helpdesk-voice/"
 installed_kb=$(du -sk "$root" | cut -f1)
 sed -e "s/@VERSION@/${version}/" -e "s/@ARCH@/${arch}/" -e "s/@SIZE@/${installed_kb}/" \
