@@ -347,6 +347,7 @@ _SETTINGS: Final = (
     Setting("silence_ms", int, defaults.SILENCE_MS, _int_range(200, 2000)),
     Setting("barge_in.sensitivity", str, "medium", choices=SENSITIVITY_CHOICES),
     Setting("push_to_talk", bool, False),
+    Setting("start_at_login", bool, False, help="start the tray app when the user logs in"),
     Setting("audio.input_device", str, "", env_aliases=(ENV_PREFIX + "INPUT_DEVICE",)),
     Setting("audio.output_device", str, "", env_aliases=(ENV_PREFIX + "OUTPUT_DEVICE",)),
     Setting("audio.block_ms", int, 10, _int_range(5, 40)),
@@ -890,6 +891,7 @@ class Settings:
     silence_ms: int
     barge_in: BargeInSettings
     push_to_talk: bool
+    start_at_login: bool
     audio: AudioDeviceSettings
     transcript: TranscriptSettings
     tools: ToolSettings
@@ -967,6 +969,7 @@ def typed_settings(values: Mapping[str, Value]) -> Settings:
         silence_ms=_int_of(values, "silence_ms"),
         barge_in=BargeInSettings(sensitivity=_one_of(values, "barge_in.sensitivity", SENSITIVITY_CHOICES)),
         push_to_talk=_bool_of(values, "push_to_talk"),
+        start_at_login=_bool_of(values, "start_at_login"),
         audio=AudioDeviceSettings(
             input_device=_text_of(values, "audio.input_device"),
             output_device=_text_of(values, "audio.output_device"),

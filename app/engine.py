@@ -23,6 +23,7 @@ from app.audio.bargein import DetectorSettings
 from app.audio.capture_route import RouteWatcher, route_notice
 from app.audio.devices import AudioDevice
 from app.audio.earcon import load_earcon
+from app.audio.mic_access import SilentMicWatch, windows_privacy_block
 from app.audio.pipeline import AudioPipeline, AudioSettings
 from app.core import protocol as p
 from app.core.actions import (
@@ -116,6 +117,7 @@ class Engine:
         self._device_checked_at = 0.0
         self._lost_since: dict[str, float] = {}  # "microphone"/"speaker" -> lost or last retried at
         self._route = RouteWatcher()  # a microphone the sound server silently replaced
+        self._silent_mic = SilentMicWatch()  # a microphone the OS keeps from the app (macOS, Windows)
         self.final_problem: ConnectionProblem | None = None
 
     # ------------------------------------------------------------------------------------------
@@ -190,6 +192,9 @@ class Engine:
             self.config.endpoint, self, max_attempts=self.config.reconnect_attempts
         )
         self._apply(self.conversation.start(time.monotonic()))
+        blocked = windows_privacy_block()
+        if blocked is not None:
+            self.listener.on_notice(Notice("error", blocked, needs_user=True))
         sender = asyncio.create_task(self._sender())
         pump = asyncio.create_task(self._pump())
         self._started.set()
@@ -237,7 +242,11 @@ class Engine:
                 record = buffer.halts.popleft()
                 self._apply(self.conversation.playback_halted(record.played_ms, record.silent_at, now))
             while not capture.frames.empty():
-                self._apply(self.conversation.mic_frame(capture.frames.get_nowait()))
+                frame = capture.frames.get_nowait()
+                silent = self._silent_mic.feed(frame.pcm16, frame.captured_at)
+                if silent is not None:
+                    self.listener.on_notice(Notice("warning", silent, needs_user=True))
+                self._apply(self.conversation.mic_frame(frame))
             self._watch_playback(now)
             self.conversation.set_underruns(buffer.underruns)
             self._apply(self.conversation.tick(now))
@@ -296,6 +305,7 @@ class Engine:
                 else:
                     if role == "microphone":
                         self._route.rebaseline()
+                        self._silent_mic.restart()
         while self._route.changes:
             change = self._route.changes.popleft()
             log.warning("the microphone's recording moved: %s", change)

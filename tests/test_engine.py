@@ -322,3 +322,27 @@ def test_a_stalled_microphone_is_reported_once_and_works_again_when_it_returns(
         assert len(peer.of_type("input_audio_buffer.append")) > appends + 10, "no audio after reopening"
     finally:
         engine.stop()
+
+
+def test_a_microphone_giving_only_digital_silence_is_reported_on_a_system_that_can_block_it(
+    virtual_audio: Any, peer: ScriptedPeer
+) -> None:
+    from app.audio.mic_access import MACOS_SETTINGS_LINK, SilentMicWatch
+
+    listener = Recorder()
+    engine = _engine(virtual_audio, peer, listener)
+    # The rig's microphone is exact zeros while nothing speaks into it: what macOS hands an app it
+    # does not allow to listen. Judged as on a Mac, with a shorter wait.
+    engine._silent_mic = SilentMicWatch("darwin", silent_for_s=1.0)
+    engine.start()
+    try:
+        wait_ready(listener)
+
+        def blocked() -> list[Notice]:
+            return [n for n in listener.of(Notice) if MACOS_SETTINGS_LINK in n.message]
+
+        listener.wait_for(lambda: bool(blocked()), 10, "the blocked-microphone notice")
+        time.sleep(1.5)
+        assert len(blocked()) == 1 and blocked()[0].needs_user
+    finally:
+        engine.stop()

@@ -661,3 +661,33 @@ def test_a_conversation_files_through_the_apps_delivery_and_leaves_it_running(
     assert runner.delivery_worker() is worker
     runner.stop()
     assert helpdesk.delivery.worker is worker and worker._thread is not None and worker._thread.is_alive()
+
+
+def test_start_at_login_follows_the_setting_and_a_failure_is_a_notice(
+    make_app: Callable[..., HelpdeskApp], tmp_path: Path
+) -> None:
+    from app.autostart import StartAtLogin
+
+    wanted = [True]
+    login = StartAtLogin(["/opt/helpdesk-voice/helpdesk-voice"], platform="linux", home=tmp_path, environ={})
+    helpdesk = make_app(embedded_plan, tray_available=True, autostart=login, start_at_login=lambda: wanted[0])
+    helpdesk.apply_start_at_login()
+    assert (
+        login.enabled
+        and login.path is not None
+        and "Exec=/opt/helpdesk-voice/helpdesk-voice" in login.path.read_text()
+    )
+    wanted[0] = False
+    helpdesk.apply_start_at_login()
+    assert not login.enabled
+    # A home the entry cannot be written in: said in the transcript, the app goes on.
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    broken = make_app(
+        embedded_plan,
+        tray_available=True,
+        autostart=StartAtLogin(["x"], platform="linux", home=blocked, environ={}),
+        start_at_login=lambda: True,
+    )
+    broken.apply_start_at_login()
+    assert "Start at login could not be changed" in broken.transcript.model.plain_text()

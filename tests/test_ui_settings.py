@@ -1281,3 +1281,15 @@ def test_a_credential_the_keyring_will_not_delete_is_said_and_kept(
     }
     assert backend.get_password("helpdesk-voice", "tickets.jsm") == TICKET_TOKEN
     assert saved == [] and dialog.remove_credential_button.isEnabled()
+
+
+def test_start_at_login_is_a_box_saved_to_the_settings_file(
+    qtbot: QtBot, make_dialog: Callable[..., SettingsDialog], env: dict[str, str]
+) -> None:
+    dialog = make_dialog()
+    assert not dialog.start_at_login_check.isChecked()
+    dialog.start_at_login_check.setChecked(True)
+    with qtbot.waitSignal(dialog.settings_saved, timeout=1000):
+        assert dialog.save()
+    assert load_settings(environ=env).typed.start_at_login is True
+    assert "start_at_login" in dialog.last_saved

@@ -33,6 +33,7 @@ from PySide6.QtCore import QObject, Qt, QTimer, Signal, SignalInstance, Slot
 from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
 
 import app as app_package
+from app.autostart import StartAtLogin
 from app.core.actions import Notice, State, StateChanged
 from app.launch import LaunchError, LaunchPlan
 from app.tools.tickets import Ticket, TicketOutbox
@@ -88,6 +89,13 @@ def _shared_delivery_runner(
     from app.launch import ConversationRunner
 
     return ConversationRunner(plan, listener, progress, delivery.worker)
+
+
+def settings_start_at_login() -> bool:
+    """Whether the app should start at login, as the user's effective settings (or policy) say."""
+    from app.config import load_settings
+
+    return load_settings().typed.start_at_login
 
 
 def settings_retention_days() -> int:
@@ -249,6 +257,8 @@ class HelpdeskApp(QObject):
         model: TranscriptModel | None = None,
         retention_days: Callable[[], int] = settings_retention_days,
         delivery: AppDelivery | None = None,
+        autostart: StartAtLogin | None = None,
+        start_at_login: Callable[[], bool] = settings_start_at_login,
         parent: QObject | None = None,
     ) -> None:
         """``runner_factory`` None: the real conversation, filing through the app's ``delivery``
@@ -269,6 +279,8 @@ class HelpdeskApp(QObject):
         self._about: QMessageBox | None = None
         self._ticket_box: QMessageBox | None = None
         self._retention_days = retention_days
+        self._autostart = autostart
+        self._start_at_login = start_at_login
 
         # Not polling by itself: _take_results empties it first, so that what the engine said before a
         # worker's result (its state while starting, its last words) is shown before that result.
@@ -602,6 +614,17 @@ class HelpdeskApp(QObject):
         self._settings_dialog = dialog
         dialog.show()
 
+    def apply_start_at_login(self) -> None:
+        """Makes this user's login entry match the setting (at start too: a policy may have changed
+        it, or the app moved); a failure is a notice, never a failed start."""
+        try:
+            if self._autostart is None:
+                self._autostart = StartAtLogin()
+            if self._autostart.apply(self._start_at_login()):
+                log.info("start at login: %s", "on" if self._autostart.enabled else "off")
+        except (OSError, ValueError) as exc:
+            self.transcript.on_notice(Notice("warning", f"Start at login could not be changed: {exc}."))
+
     @Slot()
     def _settings_closed(self) -> None:
         self._settings_dialog = None
@@ -613,9 +636,10 @@ class HelpdeskApp(QObject):
         self.save_transcript()  # kept from now on if retention went from 0 to some days
         # Tickets go out with the new settings now, conversation or not.
         self.delivery.reconfigure()
+        self.apply_start_at_login()
         dialog = self._settings_dialog
         saved = dialog.last_saved if dialog is not None else frozenset()
-        if saved and all(key in DELIVERY_ONLY_KEYS for key in saved):
+        if saved and all(key in DELIVERY_ONLY_KEYS or key == "start_at_login" for key in saved):
             return  # only where tickets go changed: the delivery has it, the conversation goes on
         if self.phase != "stopped" or self.state.state is State.ERROR:
             self.restart()
@@ -782,6 +806,7 @@ def run_gui(plan_factory: Callable[[], LaunchPlan] | None = None, argv: Sequence
         print("Helpdesk Voice is already running; its transcript is shown.", file=sys.stderr)
         return 0
     helpdesk = HelpdeskApp(plan_factory or default_plan)
+    helpdesk.apply_start_at_login()
 
     def show_for_another_launch() -> None:
         log.info("another launch asked for this app: showing its transcript")

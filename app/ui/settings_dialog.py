@@ -497,6 +497,15 @@ class SettingsDialog(QDialog):
         self._add_field(
             form, "push_to_talk", "Push to talk:", self.push_to_talk_check, self.push_to_talk_check.isChecked
         )
+        self.start_at_login_check = QCheckBox("Start Helpdesk Voice when I &log in", page)
+        self.start_at_login_check.setChecked(bool(s.value("start_at_login")))
+        self._add_field(
+            form,
+            "start_at_login",
+            "Start at login:",
+            self.start_at_login_check,
+            self.start_at_login_check.isChecked,
+        )
         return page
 
     def _build_privacy_page(self) -> QWidget:
