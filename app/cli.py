@@ -103,10 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--watch-stdin", action="store_true", help=argparse.SUPPRESS)
     config = sub.add_parser("config", help="where the settings live and what they are")
     config_sub = config.add_subparsers(
-        dest="config_command", parser_class=_Parser, required=True, metavar="{path,show}"
+        dest="config_command",
+        parser_class=_Parser,
+        required=True,
+        metavar="{path,show,set-token-credential,forget-token-credential}",
     )
     config_sub.add_parser("path", help="print the site policy and user settings file paths")
     config_sub.add_parser("show", help="print every setting with its value and where it comes from")
+    # From standard input, never the command line, which other users can read in the process list.
+    config_sub.add_parser(
+        "set-token-credential",
+        help="store this device's token-service credential (read from standard input) in the keyring",
+    )
+    config_sub.add_parser("forget-token-credential", help="remove the stored token-service credential")
     return parser
 
 
@@ -136,6 +145,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tls_key=args.tls_key,
                 kb_folders=load_settings().typed.kb.folders,  # HELPDESK_VOICE_SERVER_KB_FOLDERS wins when set
             )
+        if args.command == "config" and args.config_command.endswith("token-credential"):
+            from app.realtime.client_secret import store_token_credential
+
+            typed = sys.stdin.readline() if args.config_command == "set-token-credential" else None
+            if typed is not None and not typed.strip():
+                raise UsageError("set-token-credential reads the credential from standard input; none came")
+            print(f"helpdesk-voice: {store_token_credential(typed)}", file=sys.stderr)
+            return EXIT_OK
         if args.command == "config":
             from app.config import config_main
 

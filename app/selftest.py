@@ -46,6 +46,21 @@ def check_keyring(settings: LoadedSettings, environ: Mapping[str, str] = os.envi
     # Whether this backend needs a key is the rule the Settings dialog and the launcher use.
     problems = cross_field_problems(settings.values, api_key_present=False)
     needed = any(problem.key == API_KEY_FIELD for problem in problems)
+    token_url = settings.typed.endpoint.token_url
+    if token_url and settings.typed.backend != "embedded":
+        from app.realtime.client_secret import lookup_token_credential
+
+        # No key on this computer by design: what matters is the device's credential.
+        found = lookup_token_credential(environ)
+        if found.credential is None:
+            return Check(
+                "API key", False, f"not used: a token service gives short-lived secrets; {found.reason}"
+            )
+        return Check(
+            "API key",
+            True,
+            f"not used: a token service gives short-lived secrets (device credential: {found.source})",
+        )
     if status.is_set:
         return Check("API key", True, status.describe())
     if needed:

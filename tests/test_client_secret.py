@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -448,3 +449,43 @@ async def test_a_failing_credential_source_is_reported_and_retried_like_a_refuse
     assert [retry_in is None for _, retry_in in events.problems] == [False, False, True]
     # probe() (the self-test) asks the source too, and says the same.
     assert await RealtimeTransport(endpoint, events).probe() == problem
+
+
+def test_an_admins_script_stores_and_removes_the_device_credential_from_standard_input(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.file_keyring import KEYRING_FILE_ENV
+
+    store = tmp_path / "keyring.json"
+    environ = {
+        **os.environ,
+        **env,
+        "PYTHON_KEYRING_BACKEND": "tests.file_keyring.FileKeyring",
+        KEYRING_FILE_ENV: str(store),
+    }
+
+    def run(*args: str, given: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "app", "config", *args],
+            input=given,
+            capture_output=True,
+            text=True,
+            env=environ,
+            timeout=60,
+            cwd=Path(__file__).resolve().parent.parent,  # where tests.file_keyring is found
+        )
+
+    stored = run("set-token-credential", given="laptop-credential-0123456789abcdef\n")
+    assert stored.returncode == 0, stored.stderr
+    assert "laptop-credential" not in stored.stdout + stored.stderr  # never echoed
+    assert json.loads(store.read_text("utf-8")) == {
+        "helpdesk-voice\0token_service": "laptop-credential-0123456789abcdef"
+    }
+    assert run("set-token-credential", given="").returncode == 2  # nothing typed: a usage error
+    removed = run("forget-token-credential")
+    assert removed.returncode == 0 and "removed" in removed.stderr
+    assert json.loads(store.read_text("utf-8")) == {}

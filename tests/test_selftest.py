@@ -102,3 +102,20 @@ def test_selftest_fails_when_the_configured_endpoint_is_down(tmp_path: Path) -> 
     )
     assert "endpoint: FAILED:" in done.stdout and "refused" in done.stdout.lower()
     assert done.returncode != 0
+
+
+def test_with_a_token_service_the_check_is_for_the_device_credential_not_a_key(
+    env: dict[str, str], file_keyring: FileKeyring
+) -> None:
+    environ = {
+        **env,
+        "HELPDESK_VOICE_BACKEND": "openai",
+        "HELPDESK_VOICE_ENDPOINT_TOKEN_URL": "https://tokens.example.com/v1/realtime/client_secrets",
+    }
+    settings = load_settings(None, environ)
+    missing = check_keyring(settings, environ)
+    assert not missing.ok and "token service" in missing.detail and "device credential" in missing.detail
+    file_keyring.set_password("helpdesk-voice", "token_service", "laptop-credential-0123456789")
+    found = check_keyring(settings, environ)
+    assert found.ok and "device credential: keyring" in found.detail
+    assert "laptop-credential" not in found.detail

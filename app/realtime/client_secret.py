@@ -95,6 +95,26 @@ def lookup_token_credential(environ: Mapping[str, str] = os.environ) -> Credenti
     return CredentialLookup(stored.strip(), "keyring")
 
 
+def store_token_credential(credential: str | None) -> str:
+    """Puts this device's credential in the system keyring (None or "": removes it); what was done,
+    in a sentence. Raises RuntimeError with the keyring's reason when it cannot."""
+    import keyring
+
+    value = (credential or "").strip()
+    try:
+        if value:
+            keyring.set_password(KEYRING_SERVICE, TOKEN_KEYRING_USERNAME, value)
+            where = f"{KEYRING_SERVICE} / {TOKEN_KEYRING_USERNAME}"
+            return f"the device credential is stored in the system keyring ({where})"
+        try:
+            keyring.delete_password(KEYRING_SERVICE, TOKEN_KEYRING_USERNAME)
+        except keyring.errors.PasswordDeleteError:
+            return "no device credential was stored"
+        return "the device credential is removed from the system keyring"
+    except keyring.errors.KeyringError as exc:
+        raise RuntimeError(f"the system keyring cannot keep the device credential: {exc}") from exc
+
+
 # ---------------------------------------------------------------------------------------------------
 # Request, answer, expiry (pure)
 # ---------------------------------------------------------------------------------------------------
