@@ -728,11 +728,17 @@ def test_tab_moves_through_the_enabled_fields_in_order(
     dialog.backend_combo.setFocus()
     qtbot.waitUntil(dialog.backend_combo.hasFocus, timeout=1000)
     visited = []
-    for _ in range(4):
+    for _ in range(5):
         qtbot.keyClick(dialog.focusWidget(), Qt.Key.Key_Tab)
         visited.append(dialog.focusWidget())
     # Model and the Azure fields are disabled for a custom URL, and Remove key with no key stored.
-    assert visited == [dialog.url_edit, dialog.session_minutes_edit, dialog.api_key_edit, dialog.save_button]
+    assert visited == [
+        dialog.url_edit,
+        dialog.session_minutes_edit,
+        dialog.token_url_edit,
+        dialog.api_key_edit,
+        dialog.save_button,
+    ]
     qtbot.keyClick(dialog, Qt.Key.Key_U, Qt.KeyboardModifier.AltModifier)
     assert dialog.focusWidget() is dialog.url_edit
 
@@ -1293,3 +1299,18 @@ def test_start_at_login_is_a_box_saved_to_the_settings_file(
         assert dialog.save()
     assert load_settings(environ=env).typed.start_at_login is True
     assert "start_at_login" in dialog.last_saved
+
+
+def test_a_token_service_replaces_the_api_key_and_is_saved(
+    qtbot: QtBot, make_dialog: Callable[..., SettingsDialog], env: dict[str, str]
+) -> None:
+    dialog = make_dialog()
+    set_backend(dialog, "openai")
+    assert dialog.api_key_edit.isEnabled() and dialog.token_url_edit.isEnabled()
+    dialog.token_url_edit.setText("https://tokens.example.com/v1/realtime/client_secrets")
+    assert not dialog.api_key_edit.isEnabled()  # the laptop holds no key with a token service
+    with qtbot.waitSignal(dialog.settings_saved, timeout=1000):
+        assert dialog.save()  # no key stored, and none needed
+    assert load_settings(environ=env).typed.endpoint.token_url.startswith("https://tokens.example.com/")
+    set_backend(dialog, "embedded")
+    assert not dialog.token_url_edit.isEnabled()  # the offline assistant needs neither

@@ -119,6 +119,7 @@ _USED_BY: Final[Mapping[str, frozenset[str]]] = {
     "endpoint.azure_deployment": frozenset({"azure"}),
     "endpoint.url": frozenset({"custom"}),
     "endpoint.session_minutes": frozenset({"custom"}),
+    "endpoint.token_url": frozenset({"openai", "azure", "custom"}),
     API_KEY_FIELD: frozenset({"openai", "azure", "custom"}),
 }
 
@@ -427,6 +428,23 @@ class SettingsDialog(QDialog):
             self._text(self.session_minutes_edit),
             extra=(QLabel("minutes the server allows a session (empty: not known)", page),),
         )
+
+        self.token_url_edit = self._line_edit(
+            page, s.value("endpoint.token_url"), "https://tokens.example.com/v1/realtime/client_secrets"
+        )
+        token_field = self._add_field(
+            form,
+            "endpoint.token_url",
+            "Token serv&ice:",
+            self.token_url_edit,
+            self._text(self.token_url_edit),
+        )
+        # Set, it replaces the API key: the laptop then holds only its own device credential.
+        token_field.description = (
+            "Your company's service for short-lived keys; with it, no API key is stored here"
+        )
+        self.token_url_edit.setAccessibleDescription(token_field.description)
+        self.token_url_edit.textChanged.connect(self._update_enabled)
 
         self.api_key_edit = QLineEdit(page)
         self.api_key_edit.setEchoMode(QLineEdit.EchoMode.Password)
@@ -805,6 +823,8 @@ class SettingsDialog(QDialog):
         used_by = _USED_BY.get(key)
         if used_by is not None and self._current("backend") not in used_by:
             return False
+        if key == API_KEY_FIELD and str(self._current("endpoint.token_url") or "").strip():
+            return False  # the token service gives the keys
         ticket_systems = TICKET_USED_BY.get(key)
         if ticket_systems is not None and self._current("tickets.system") not in ticket_systems:
             return False
