@@ -604,7 +604,7 @@ def test_config_without_subcommand_is_a_usage_error(capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit) as caught:
         main(["config"])
     assert caught.value.code == 2
-    assert "required: {path,show}" in capsys.readouterr().err
+    assert "required: {path,show,set-token-credential,forget-token-credential}" in capsys.readouterr().err
 
 
 def run_show(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
