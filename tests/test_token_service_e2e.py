@@ -42,7 +42,7 @@ from app.launch import plan_from_settings
 from app.realtime import API_KEY_ENV, BackoffPolicy, ConnectionProblem, Endpoint, RealtimeTransport
 from app.realtime.client_secret import TOKEN_CREDENTIAL_ENV, ClientSecretSource
 from app.token_service.service import ServiceConfig, create_app, hash_credential
-from tests.test_transport import sample_event
+from tests.test_transport import running, sample_event
 
 COMPANY_KEY = "sk-company-0123456789SECRET"
 LAPTOP = "laptop-credential-one-0123456789"
@@ -200,22 +200,12 @@ def app_endpoint(stack: Stack, env: dict[str, str], credential: str) -> Endpoint
     return plan.endpoint
 
 
-@contextlib.asynccontextmanager
-async def running(transport: RealtimeTransport) -> AsyncIterator[asyncio.Task[ConnectionProblem | None]]:
-    task = asyncio.create_task(transport.run())
-    try:
-        yield task
-    finally:
-        await transport.close()
-        await asyncio.wait_for(task, 5)
-
-
 async def test_a_laptop_without_an_api_key_connects_with_a_secret_from_the_token_service(
     stack: Stack, env: dict[str, str], file_keyring: object
 ) -> None:
     recorder = Recorder()
     transport = RealtimeTransport(app_endpoint(stack, env, LAPTOP), recorder, backoff=FAST)
-    async with running(transport):
+    async with running(transport, stop_within_s=5.0):
         await wait_until(lambda: transport.connected and bool(recorder.events), what="the session")
     assert recorder.connected == [False]
     assert stack.upstream.admitted == ["ek_standin_0"]
@@ -239,7 +229,7 @@ async def test_an_expired_secret_is_not_reused_a_reconnect_fetches_a_new_one(
     endpoint = replace(endpoint, credentials=ClientSecretSource(stack.token_url, LAPTOP, margin=0.2))
     recorder = Recorder()
     transport = RealtimeTransport(endpoint, recorder, backoff=FAST)
-    async with running(transport):
+    async with running(transport, stop_within_s=5.0):
         await wait_until(lambda: transport.connected, what="the first connection")
         first = stack.upstream.admitted[0]
         await asyncio.sleep(max(0.0, stack.upstream.minted[first] - time.time()) + 0.05)
@@ -260,7 +250,7 @@ async def test_a_rollover_fetches_a_fresh_secret(
 ) -> None:
     recorder = Recorder()
     transport = RealtimeTransport(app_endpoint(stack, env, LAPTOP), recorder, backoff=FAST)
-    async with running(transport):
+    async with running(transport, stop_within_s=5.0):
         await wait_until(lambda: transport.connected, what="the first connection")
         assert await transport.rollover()
         await wait_until(lambda: len(recorder.connected) == 2 and transport.connected, what="the rollover")
@@ -297,12 +287,12 @@ async def test_the_rate_limit_answers_429_and_the_app_waits_as_told(
     # Another device has its own allowance.
     recorder = Recorder()
     transport = RealtimeTransport(app_endpoint(stack, env, LAPTOP), recorder, backoff=FAST)
-    async with running(transport):
+    async with running(transport, stop_within_s=5.0):
         await wait_until(lambda: transport.connected, what="the other laptop's connection")
     # The noisy laptop's app hears the refusal as a notice and waits at least the Retry-After.
     recorder = Recorder()
     transport = RealtimeTransport(app_endpoint(stack, env, NOISY_LAPTOP), recorder, backoff=FAST)
-    async with running(transport):
+    async with running(transport, stop_within_s=5.0):
         await wait_until(lambda: bool(recorder.problems), what="the rate-limit notice")
     problem, retry_in = recorder.problems[0]
     assert problem.kind == "rate_limited" and problem.retryable
@@ -322,7 +312,7 @@ async def test_a_token_service_that_is_down_is_retried_with_backoff_and_close_en
     )
     recorder = Recorder()
     transport = RealtimeTransport(app_endpoint(stack, env, LAPTOP), recorder, backoff=FAST)
-    async with running(transport):
+    async with running(transport, stop_within_s=5.0):
         await wait_until(lambda: len(recorder.problems) >= 3, what="three retries")
     kinds = {p.kind for p, _ in recorder.problems}
     assert kinds == {"refused"}

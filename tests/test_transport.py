@@ -123,13 +123,16 @@ def make_transport(endpoint: Endpoint, handler: Recorder, **kwargs: Any) -> Real
 
 
 @contextlib.asynccontextmanager
-async def running(transport: RealtimeTransport) -> AsyncIterator[asyncio.Task[ConnectionProblem | None]]:
+async def running(
+    transport: RealtimeTransport, stop_within_s: float = 3.0
+) -> AsyncIterator[asyncio.Task[ConnectionProblem | None]]:
+    """``transport.run()`` as a task, closed on leaving and awaited for at most ``stop_within_s``."""
     task = asyncio.create_task(transport.run())
     try:
         yield task
     finally:
         await transport.close()
-        await asyncio.wait_for(task, 3.0)
+        await asyncio.wait_for(task, stop_within_s)
 
 
 @contextlib.asynccontextmanager

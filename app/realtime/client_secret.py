@@ -28,7 +28,7 @@ from typing import Final, Literal
 import httpx
 
 from app.realtime.endpoint import KEYRING_SERVICE, is_loopback_host, redact_url
-from app.realtime.errors import ConnectionProblem, CredentialUnavailable
+from app.realtime.errors import ConnectionProblem, CredentialUnavailable, ProblemKind, parse_retry_after
 
 __all__ = [
     "DEFAULT_MARGIN_S",
@@ -199,20 +199,7 @@ class ClientSecret:
 
 
 def _problem(
-    kind: Literal[
-        "unauthorized",
-        "forbidden",
-        "not_found",
-        "rate_limited",
-        "server_error",
-        "http_error",
-        "timeout",
-        "refused",
-        "network",
-        "tls",
-        "handshake",
-        "unexpected",
-    ],
+    kind: ProblemKind,
     message: str,
     *,
     retryable: bool,
@@ -225,18 +212,6 @@ def _problem(
             kind, message, retryable=retryable, status=status, retry_after=retry_after, detail=detail
         )
     )
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None  # the HTTP-date form needs a clock to trust; backoff decides instead
-    if not math.isfinite(seconds) or seconds < 0:
-        return None
-    return min(seconds, _RETRY_AFTER_LIMIT)
 
 
 def _server_words(body: bytes) -> str | None:
@@ -292,7 +267,7 @@ def parse_response(
             f"The token service asks this computer to wait before asking for a new secret.{said}",
             retryable=True,
             status=status,
-            retry_after=_retry_after(retry_after),
+            retry_after=parse_retry_after(retry_after, _RETRY_AFTER_LIMIT),
             detail=words,
         )
     if status == 404:
@@ -309,7 +284,7 @@ def parse_response(
             f"The token service failed (HTTP {status}); trying again.{said}",
             retryable=True,
             status=status,
-            retry_after=_retry_after(retry_after),
+            retry_after=parse_retry_after(retry_after, _RETRY_AFTER_LIMIT),
             detail=words,
         )
     if not 200 <= status < 300:

@@ -43,6 +43,7 @@ __all__ = [
     "classify",
     "classify_error_event",
     "format_bytes",
+    "parse_retry_after",
 ]
 
 ProblemKind: TypeAlias = Literal[
@@ -145,8 +146,11 @@ def _body_detail(body: bytes | bytearray) -> str | None:
     return one_line(text, _DETAIL_CHARS)
 
 
-def _retry_after(value: str | None) -> float | None:
-    # Only the delta-seconds form: the HTTP-date form needs a trustworthy clock, which a laptop lacks.
+def parse_retry_after(value: str | None, limit: float = _RETRY_AFTER_LIMIT) -> float | None:
+    """A Retry-After header's seconds, at most ``limit``; None when absent or not usable.
+
+    Only the delta-seconds form: the HTTP-date form needs a trustworthy clock, which a laptop lacks.
+    """
     if value is None:
         return None
     try:
@@ -155,7 +159,7 @@ def _retry_after(value: str | None) -> float | None:
         return None
     if not math.isfinite(seconds) or seconds < 0:
         return None
-    return min(seconds, _RETRY_AFTER_LIMIT)
+    return min(seconds, limit)
 
 
 def _from_status(exc: InvalidStatus) -> ConnectionProblem:
@@ -195,7 +199,7 @@ def _from_status(exc: InvalidStatus) -> ConnectionProblem:
             "Trying again after a longer pause; if this persists, check the account's usage limits.",
             retryable=True,
             status=status,
-            retry_after=_retry_after(response.headers.get("Retry-After")),
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
             detail=detail,
         )
     if 500 <= status <= 599:
@@ -204,7 +208,7 @@ def _from_status(exc: InvalidStatus) -> ConnectionProblem:
             f"The server had an internal problem (HTTP {status}). Trying again.",
             retryable=True,
             status=status,
-            retry_after=_retry_after(response.headers.get("Retry-After")),
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
             detail=detail,
         )
     if 300 <= status <= 399:
