@@ -80,6 +80,7 @@ __all__ = [
     "SETTINGS",
     "TICKET_SYSTEMS_WITH_ARTICLES",
     "TICKET_SYSTEM_CHOICES",
+    "TOKEN_AUTH_CHOICES",
     "TURN_DETECTION_CHOICES",
     "AudioDeviceSettings",
     "Backend",
@@ -115,6 +116,7 @@ TurnDetectionKind: TypeAlias = Literal["server_vad", "semantic_vad"]
 Eagerness: TypeAlias = Literal["auto", "low", "medium", "high"]
 Sensitivity: TypeAlias = Literal["low", "medium", "high"]
 TicketSystem: TypeAlias = Literal["none", "rt", "servicenow", "jsm", "webhook"]
+TokenAuthKind: TypeAlias = Literal["device_credential", "integrated"]
 
 ENV_PREFIX: Final = "HELPDESK_VOICE_"
 POLICY_ENV: Final = "HELPDESK_VOICE_POLICY"
@@ -263,6 +265,10 @@ TICKET_SYSTEM_CHOICES: Final[tuple[tuple[TicketSystem, str], ...]] = (
     ("jsm", "Jira Service Management"),
     ("webhook", "Webhook"),
 )
+TOKEN_AUTH_CHOICES: Final[tuple[tuple[TokenAuthKind, str], ...]] = (
+    ("device_credential", "This computer's device credential"),
+    ("integrated", "My company sign-in (Windows or Kerberos)"),
+)
 # The ticket systems whose own knowledge base the app can read (kb.ticket_system_articles): Jira
 # Service Management's lives in Confluence, behind another API and account, and a webhook has none.
 TICKET_SYSTEMS_WITH_ARTICLES: Final[tuple[TicketSystem, ...]] = ("rt", "servicenow")
@@ -329,6 +335,16 @@ _SETTINGS: Final = (
         "",
         _http_url,
         help="the company's token service, https://...; laptops then hold no API key (short-lived secrets)",
+    ),
+    Setting(
+        "endpoint.token_auth",
+        str,
+        "device_credential",
+        choices=TOKEN_AUTH_CHOICES,
+        help=(
+            "how this computer proves itself to the token service: its device credential (keyring) or "
+            "the signed-in user's company login (Kerberos / Windows integrated authentication)"
+        ),
     ),
     Setting(
         "endpoint.session_minutes",
@@ -801,6 +817,7 @@ class EndpointSettings:
     azure_deployment: str
     session_minutes: float  # how long the custom server lets a session last; 0: not known
     token_url: str = ""  # the token service handing out short-lived secrets; "": the API key is used
+    token_auth: TokenAuthKind = "device_credential"  # how the laptop proves itself to that service
 
 
 @dataclass(frozen=True, slots=True)
@@ -961,6 +978,7 @@ def typed_settings(values: Mapping[str, Value]) -> Settings:
             azure_deployment=_text_of(values, "endpoint.azure_deployment"),
             session_minutes=_number_of(values, "endpoint.session_minutes"),
             token_url=_text_of(values, "endpoint.token_url"),
+            token_auth=_one_of(values, "endpoint.token_auth", TOKEN_AUTH_CHOICES),
         ),
         voice=_text_of(values, "voice"),
         instructions=_text_of(values, "instructions"),

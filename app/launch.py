@@ -56,6 +56,7 @@ from app.realtime.endpoint import (
     lookup_api_key,
     openai_endpoint,
 )
+from app.realtime.integrated_auth import IntegratedSignIn, integrated_auth_available
 from app.settings_rules import API_KEY_FIELD, cross_field_notes, cross_field_problems
 from app.tools.article_sync import articles_folder
 
@@ -273,7 +274,16 @@ _FETCHED_KEY: Final = "fetched-per-connection"
 
 
 def _token_source(settings: LoadedSettings, token_url: str, environ: Mapping[str, str]) -> ClientSecretSource:
-    """The source of short-lived secrets from ``endpoint.token_url``, with this device's credential."""
+    """The source of short-lived secrets from ``endpoint.token_url``, with this device's credential
+    or the user's company sign-in, as ``endpoint.token_auth`` says."""
+    if settings.typed.endpoint.token_auth == "integrated":
+        missing = integrated_auth_available()
+        if missing is not None:
+            raise LaunchError(f"endpoint.token_auth is integrated, but {missing}")
+        try:
+            return ClientSecretSource(token_url, IntegratedSignIn())
+        except ValueError as exc:
+            raise LaunchError(f"cannot use the token service: {exc}", usage=True) from exc
     found = lookup_token_credential(environ)
     if found.credential is None:
         raise LaunchError(f"endpoint.token_url is set, but there is {found.reason}")

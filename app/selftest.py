@@ -48,6 +48,8 @@ def check_keyring(settings: LoadedSettings, environ: Mapping[str, str] = os.envi
     needed = any(problem.key == API_KEY_FIELD for problem in problems)
     token_url = settings.typed.endpoint.token_url
     if token_url and settings.typed.backend != "embedded":
+        if settings.typed.endpoint.token_auth == "integrated":
+            return _check_company_sign_in(token_url)
         from app.realtime.client_secret import lookup_token_credential
 
         # No key on this computer by design: what matters is the device's credential.
@@ -66,6 +68,27 @@ def check_keyring(settings: LoadedSettings, environ: Mapping[str, str] = os.envi
     if needed:
         return Check("API key", False, status.describe())
     return Check("API key", True, f"not needed for the {settings.typed.backend} backend; {status.describe()}")
+
+
+def _check_company_sign_in(token_url: str) -> Check:
+    """Whether the signed-in user gets a service ticket for the token service's host."""
+    from urllib.parse import urlsplit
+
+    from app.realtime.errors import CredentialUnavailable
+    from app.realtime.integrated_auth import IntegratedSignIn
+
+    name = "API key"
+    lead = "not used: a token service gives short-lived secrets"
+    try:
+        host = urlsplit(token_url).hostname or ""
+        sign_in = IntegratedSignIn()
+        sign_in.authorization(host)
+    except CredentialUnavailable as exc:
+        return Check(name, False, f"{lead}; {exc.problem.message}")
+    except Exception as exc:  # a bad address: the settings check says more
+        return Check(name, False, f"{lead}; the company sign-in could not be tried ({type(exc).__name__})")
+    who = f" as {sign_in.principal}" if sign_in.principal else ""
+    return Check(name, True, f"{lead} (company sign-in{who} works for {host})")
 
 
 class _Ignore:

@@ -30,6 +30,9 @@ if [ "$with_tests" = 1 ]; then
   # a real Request Tracker 5 for the RT connector's tests (tests/rt_server.py runs a private copy;
   # the packages pull in an MTA, exim, which the tests never use)
   packages+=(request-tracker5 rt5-db-sqlite rt5-standalone)
+  # company sign-in: a private MIT Kerberos realm for its tests (tests/kerberos_realm.py), and what
+  # the "kerberos" extra's GSSAPI bindings are built with
+  packages+=(krb5-kdc krb5-admin-server krb5-user libkrb5-dev gcc python3-dev)
 fi
 if ! python3 -c "import ensurepip, venv" 2>/dev/null; then
   packages+=(python3-venv python3-pip)
@@ -52,7 +55,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 if [ "$with_tests" = 1 ]; then
-  .venv/bin/python -m pip install -q -e ".[test,token-service]"
+  .venv/bin/python -m pip install -q -e ".[test,token-service,kerberos]"
   # The third-party realtime clients the tests run against the embedded server, in a virtualenv of
   # their own: livekit-agents would downgrade the app's websockets (tests/third_party/).
   if [ ! -x .venv-clients/bin/python ]; then

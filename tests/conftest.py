@@ -1,4 +1,5 @@
-"""Shared fixtures: the PulseAudio virtual devices, synthetic speech, a real Request Tracker.
+"""Shared fixtures: the PulseAudio virtual devices, synthetic speech, a real Request Tracker, a
+real Kerberos realm.
 
 The virtual devices start once per test session. Where PulseAudio cannot start, tests that need
 it skip with the reason, unless HELPDESK_VOICE_REQUIRE_DEVICES=1 (CI sets it), where they fail.
@@ -26,6 +27,7 @@ from app.sealed_files import DataKeyring
 from app.tools.delivery import DeliveryWorker
 from app.tools.tickets import TicketOutbox
 from tests.file_keyring import FileKeyring
+from tests.kerberos_realm import USERS, Realm, RealmUnavailable, running_realm
 from tests.memory_ticket_system import MemorySystem
 from tests.rt_server import RtInstance, RtUnavailable, running_rt
 
@@ -156,3 +158,15 @@ def worker(tmp_path: Path, file_keyring: FileKeyring, system: MemorySystem) -> I
     running.start()
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def kerberos_realm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Realm]:
+    """A private MIT Kerberos realm with its KDC running, for company sign-in."""
+    try:
+        with running_realm(tmp_path_factory.mktemp("realm"), USERS) as started:
+            yield started
+    except RealmUnavailable as exc:
+        if exc.missing and os.environ.get("HELPDESK_VOICE_REQUIRE_DEVICES") != "1":
+            pytest.skip(str(exc))
+        pytest.fail(f"the Kerberos realm is required here but could not start: {exc}")

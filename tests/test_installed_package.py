@@ -20,6 +20,7 @@ from app.audio.devices import find_device
 from app.audio.resample import FloatArray
 from app.audio.virtual_rig import VirtualAudioRig
 from tests.app_driver import HeadlessApp, speak
+from tests.kerberos_realm import REALM, SERVICE_HOST, Realm
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,26 @@ def test_the_installed_selftest_passes_on_the_virtual_devices(
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "the offline assistant starts and answers" in done.stdout + done.stderr
+
+
+def test_the_installed_app_signs_in_to_the_token_service_with_the_users_kerberos_ticket(
+    installed: Path, kerberos_realm: Realm, tmp_path: Path
+) -> None:
+    # The bundle brings its own GSSAPI bindings; the ticket is the one ``kinit`` put in the cache.
+    kerberos_realm.sign_in("alice")
+    env = {
+        **_isolated(tmp_path),
+        **kerberos_realm.environment("alice"),
+        "HELPDESK_VOICE_BACKEND": "openai",
+        "HELPDESK_VOICE_ENDPOINT_TOKEN_URL": f"https://{SERVICE_HOST}/v1/realtime/client_secrets",
+        "HELPDESK_VOICE_ENDPOINT_TOKEN_AUTH": "integrated",
+    }
+    done = subprocess.run([str(installed), "selftest"], capture_output=True, text=True, timeout=120, env=env)
+    said = done.stdout + done.stderr
+    assert (
+        f"API key: ok: not used: a token service gives short-lived secrets (company sign-in as alice@{REALM}"
+        in said
+    )
 
 
 @pytest.mark.devices

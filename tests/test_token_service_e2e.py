@@ -7,7 +7,7 @@ has not expired), the reference token service (app/token_service/) in front of i
 and the app's own connection code: the launch plan from settings that name no API key anywhere,
 and RealtimeTransport with the plan's endpoint.
 
-Not exercised here: a real OpenAI or Azure upstream, and OS-integrated authentication (not built).
+Not exercised here: a real OpenAI or Azure upstream. Company sign-in: tests/test_integrated_auth.py.
 """
 
 from __future__ import annotations

@@ -1307,10 +1307,15 @@ def test_a_token_service_replaces_the_api_key_and_is_saved(
     dialog = make_dialog()
     set_backend(dialog, "openai")
     assert dialog.api_key_edit.isEnabled() and dialog.token_url_edit.isEnabled()
+    assert not dialog.token_auth_combo.isEnabled()  # how to sign in to no service: nothing to choose
     dialog.token_url_edit.setText("https://tokens.example.com/v1/realtime/client_secrets")
     assert not dialog.api_key_edit.isEnabled()  # the laptop holds no key with a token service
+    assert dialog.token_auth_combo.isEnabled()
+    dialog.token_auth_combo.setCurrentIndex(dialog.token_auth_combo.findData("integrated"))
+    assert "company sign-in" in dialog.token_auth_combo.currentText()
     with qtbot.waitSignal(dialog.settings_saved, timeout=1000):
         assert dialog.save()  # no key stored, and none needed
-    assert load_settings(environ=env).typed.endpoint.token_url.startswith("https://tokens.example.com/")
+    saved = load_settings(environ=env).typed.endpoint
+    assert saved.token_url.startswith("https://tokens.example.com/") and saved.token_auth == "integrated"
     set_backend(dialog, "embedded")
     assert not dialog.token_url_edit.isEnabled()  # the offline assistant needs neither

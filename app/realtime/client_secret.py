@@ -6,7 +6,8 @@ starts by asking that service for a client secret, in the shape OpenAI's
 "session": {...}}``), and connects with ``Authorization: Bearer <value>``. The laptop proves who it
 is to the token service with a per-device credential of its own (the keyring entry
 ``helpdesk-voice`` / ``token_service``, or ``HELPDESK_VOICE_TOKEN_CREDENTIAL``), sent as a bearer
-token; the company's API key stays on the token service.
+token; the company's API key stays on the token service. Or, with ``endpoint.token_auth =
+"integrated"``, with the user's own company sign-in (HTTP Negotiate, :mod:`integrated_auth`).
 
 The pieces that decide (the request, the answer's parsing with one clear sentence per malformed
 case, the expiry maths) are plain functions; :class:`ClientSecretSource` is the thin httpx adapter
@@ -17,13 +18,14 @@ log line contains the credential or a secret.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 import httpx
 
@@ -37,6 +39,7 @@ __all__ = [
     "ClientSecret",
     "ClientSecretSource",
     "CredentialLookup",
+    "TokenAuth",
     "TokenRequest",
     "build_request",
     "check_token_url",
@@ -235,6 +238,13 @@ def _server_words(body: bytes) -> str | None:
 _BAD_ANSWER: Final = "The token service's answer is not a client secret"
 
 
+_DEVICE_REFUSED: Final = (
+    "The token service did not accept this computer's device credential (HTTP {status}). Ask IT to "
+    f"register this computer, or store its credential in the system keyring ({KEYRING_SERVICE} / "
+    f"{TOKEN_KEYRING_USERNAME})."
+)
+
+
 def parse_response(
     status: int,
     body: bytes,
@@ -242,11 +252,13 @@ def parse_response(
     *,
     retry_after: str | None = None,
     margin: float = DEFAULT_MARGIN_S,
+    refused: str = _DEVICE_REFUSED,
 ) -> ClientSecret:
     """The client secret in a token service's answer, or :class:`CredentialUnavailable` saying why not.
 
     ``now`` is this computer's Unix time, to tell a secret that is already (nearly) expired, which
-    is also what a wrong system clock looks like.
+    is also what a wrong system clock looks like. ``refused`` is what a 401 or 403 tells the user
+    (``{status}`` is filled in): it depends on how this computer proved itself.
     """
     words = _server_words(body) if status >= 400 else None
     said = f" It said: {words}" if words else ""
@@ -254,9 +266,7 @@ def parse_response(
         return_kind: Literal["unauthorized", "forbidden"] = "unauthorized" if status == 401 else "forbidden"
         raise _problem(
             return_kind,
-            "The token service did not accept this computer's device credential "
-            f"(HTTP {status}). Ask IT to register this computer, or store its credential in the "
-            f"system keyring ({KEYRING_SERVICE} / {TOKEN_KEYRING_USERNAME}).{said}",
+            refused.format(status=status) + said,
             retryable=False,
             status=status,
             detail=words,
@@ -345,18 +355,30 @@ def parse_response(
 # ---------------------------------------------------------------------------------------------------
 
 
+class TokenAuth(Protocol):
+    """How this computer proves itself to the token service other than with a device credential."""
+
+    principal: str | None  # who it proved itself as last, when known
+
+    def authorization(self, host: str) -> str:
+        """An ``Authorization`` header value for one request to ``host``; may block (called in a
+        thread). Raises :class:`CredentialUnavailable`."""
+        ...
+
+
 class ClientSecretSource:
     """Fetches a secret over HTTP for each connection: the transport's :class:`CredentialSource`.
 
     A secret is used for one connection only, and only with more than ``margin`` seconds left; a
-    reconnect or rollover always asks anew. ``clock`` is Unix time (the service's ``expires_at``
-    is); ``transport`` lets tests put an httpx transport in between.
+    reconnect or rollover always asks anew. ``auth`` is the device credential (text) or a
+    :class:`TokenAuth` asked for a fresh header per request. ``clock`` is Unix time (the service's
+    ``expires_at`` is); ``transport`` lets tests put an httpx transport in between.
     """
 
     def __init__(
         self,
         token_url: str,
-        credential: str,
+        auth: str | TokenAuth,
         *,
         margin: float = DEFAULT_MARGIN_S,
         timeout: float = _TIMEOUT_S,
@@ -367,7 +389,12 @@ class ClientSecretSource:
             raise ValueError(f"margin must be a finite number >= 0, not {margin!r}")
         if not math.isfinite(timeout) or timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
-        self._request = build_request(token_url, credential)
+        if isinstance(auth, str):
+            self._request = build_request(token_url, auth)
+            self._auth: TokenAuth | None = None
+        else:
+            self._request = build_request(token_url, "per-request")  # replaced at each fetch
+            self._auth = auth
         self._margin = margin
         self._timeout = timeout
         self._clock = clock
@@ -388,6 +415,15 @@ class ClientSecretSource:
     async def fetch(self) -> ClientSecret:
         """One new secret, or :class:`CredentialUnavailable` (never any other exception from HTTP)."""
         request = self._request
+        refused = _DEVICE_REFUSED
+        if self._auth is not None:
+            header = await asyncio.to_thread(self._auth.authorization, self._host)
+            request = TokenRequest(request.url, {**request.headers, "Authorization": header}, request.body)
+            who = f" as {self._auth.principal}" if self._auth.principal else ""
+            refused = (
+                f"The token service did not accept your company sign-in{who} (HTTP {{status}}). "
+                "Ask IT to allow you to use Helpdesk Voice."
+            )
         try:
             # No redirects: the device credential must go to the address the admin set, nowhere else.
             async with httpx.AsyncClient(
@@ -437,6 +473,7 @@ class ClientSecretSource:
             self._clock(),
             retry_after=response.headers.get("retry-after"),
             margin=self._margin,
+            refused=refused,
         )
         self.fetched += 1
         self.last_expires_at = secret.expires_at

@@ -11,12 +11,17 @@ in. Device credentials are random 256-bit tokens made by ``new-device``, which i
 (no salt, no slow hash) is enough: there is nothing to guess a password from. Each device may ask
 ``rate_per_minute`` times in any 60 seconds; beyond that it gets 429 with Retry-After.
 
+With a ``keytab`` (the service's own Kerberos key), laptops may instead prove who their user is
+with the company sign-in (``Authorization: Negotiate``, see :mod:`negotiate`); ``kerberos_allow``
+lists the principals (or ``*@REALM``) that get secrets, and the rate limit is per principal.
+
 Configuration: a TOML file (``HELPDESK_TOKEN_SERVICE_CONFIG``) and environment variables, the
 environment winning; see :func:`load_config`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hashlib
 import hmac
@@ -37,6 +42,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from app.token_service.negotiate import NegotiateAcceptor, NegotiateRefused, principal_allowed
 
 __all__ = [
     "CONFIG_ENV",
@@ -77,11 +84,14 @@ class ServiceConfig:
     rate_per_minute: int = 6
     host: str = "127.0.0.1"
     port: int = 8787
+    keytab: str = ""  # the service's Kerberos key: with it, Negotiate sign-ins are accepted
+    kerberos_allow: tuple[str, ...] = ()  # principals, or "*@REALM", that may sign in that way
 
     def __repr__(self) -> str:
         return (
             f"ServiceConfig(upstream_url={self.upstream_url!r}, devices={len(self.devices)}, "
-            f"model={self.model!r}, ttl_seconds={self.ttl_seconds}, rate_per_minute={self.rate_per_minute})"
+            f"model={self.model!r}, ttl_seconds={self.ttl_seconds}, rate_per_minute={self.rate_per_minute}, "
+            f"kerberos={bool(self.keytab)})"
         )
 
     __str__ = __repr__
@@ -116,8 +126,9 @@ def load_config(environ: Mapping[str, str] = os.environ) -> ServiceConfig:
 
     Environment variables ``HELPDESK_TOKEN_SERVICE_<KEY>`` override the file's top-level keys
     (``UPSTREAM_URL``, ``UPSTREAM_AUTH``, ``MODEL``, ``VOICE``, ``TTL_SECONDS``, ``RATE_PER_MINUTE``,
-    ``HOST``, ``PORT``). The API key comes only from ``HELPDESK_TOKEN_SERVICE_API_KEY`` or
-    ``OPENAI_API_KEY``, never from the file, so the file can be shared and versioned.
+    ``HOST``, ``PORT``, ``KEYTAB``; ``KERBEROS_ALLOW`` comma-separated). The API key comes only from
+    ``HELPDESK_TOKEN_SERVICE_API_KEY`` or ``OPENAI_API_KEY``, never from the file, so the file can
+    be shared and versioned.
     """
     data: dict[str, Any] = {}
     path = environ.get(CONFIG_ENV, "").strip()
@@ -168,7 +179,20 @@ def load_config(environ: Mapping[str, str] = os.environ) -> ServiceConfig:
     if from_env:  # name=sha256:<hex>,name=...: for containers without a file
         pairs = [item.partition("=") for item in from_env.split(",") if item.strip()]
         devices.update(_device_hashes({name.strip(): value.strip() for name, _, value in pairs}))
-    if not devices:
+    keytab = text("keytab", "")
+    allow_raw = environ.get(_ENV_PREFIX + "KERBEROS_ALLOW")
+    allow_value: object = allow_raw.split(",") if allow_raw is not None else data.get("kerberos_allow", [])
+    if not isinstance(allow_value, list) or not all(isinstance(item, str) for item in allow_value):
+        raise TokenServiceConfigError('kerberos_allow must be a list of principals or "*@REALM"')
+    kerberos_allow = tuple(item.strip() for item in allow_value if item.strip())
+    bad = [item for item in kerberos_allow if "@" not in item or item.endswith("@")]
+    if bad:
+        raise TokenServiceConfigError(
+            f'kerberos_allow entries must be user@REALM or "*@REALM", not {", ".join(map(repr, bad))}'
+        )
+    if kerberos_allow and not keytab:
+        raise TokenServiceConfigError("kerberos_allow is set, but no keytab to check sign-ins with")
+    if not devices and not kerberos_allow:
         log.warning("no devices are allowed: every request will be refused (add [devices] to the config)")
     return ServiceConfig(
         upstream_url=upstream,
@@ -181,6 +205,8 @@ def load_config(environ: Mapping[str, str] = os.environ) -> ServiceConfig:
         rate_per_minute=whole("rate_per_minute", 6, 1, 10_000),
         host=text("host", "127.0.0.1"),
         port=whole("port", 8787, 0, 65535),
+        keytab=keytab,
+        kerberos_allow=kerberos_allow,
     )
 
 
@@ -210,6 +236,8 @@ def _device(config: ServiceConfig, authorization: str | None) -> str | None:
     """The device name the bearer credential belongs to, or None."""
     if not authorization or not authorization.lower().startswith("bearer "):
         return None
+    if not config.devices:
+        return None
     digest = hash_credential(authorization[7:]).removeprefix(_HASH_PREFIX)
     found = None
     for known, name in config.devices.items():  # every entry, so the timing tells nothing
@@ -231,8 +259,19 @@ def create_app(
     clock: Callable[[], float] = time.monotonic,
     upstream_transport: httpx.AsyncBaseTransport | None = None,
 ) -> Starlette:
-    """The ASGI app; ``clock`` drives the rate limit, ``upstream_transport`` is for tests."""
+    """The ASGI app; ``clock`` drives the rate limit, ``upstream_transport`` is for tests.
+
+    Raises :class:`TokenServiceConfigError` when the keytab cannot be used.
+    """
     limiter = RateLimiter(config.rate_per_minute)
+    acceptor: NegotiateAcceptor | None = None
+    if config.keytab:
+        try:
+            acceptor = NegotiateAcceptor(config.keytab)
+        except ValueError as exc:
+            raise TokenServiceConfigError(str(exc)) from None
+    # A 401 names every way in, so a Negotiate client knows it may try its sign-in.
+    challenge = {"WWW-Authenticate": "Negotiate"} if acceptor is not None else None
     if config.upstream_auth == "bearer":
         upstream_headers = {"Authorization": f"Bearer {config.api_key}"}
     else:
@@ -244,11 +283,31 @@ def create_app(
         }
     ).encode()
 
+    async def signed_in(request: Request, authorization: str) -> Response | str:
+        """The allowed principal a Negotiate header proves, or the refusal to send."""
+        assert acceptor is not None
+        try:
+            principal = await asyncio.to_thread(acceptor.principal, authorization)
+        except NegotiateRefused as exc:
+            log.info("refused a sign-in from %s: %s", _peer(request), exc)
+            return _error(401, "the company sign-in was not accepted", challenge)
+        if not principal_allowed(principal, config.kerberos_allow):
+            log.info("refused %s: not on kerberos_allow", principal)
+            return _error(403, f"{principal} is not allowed to use this service")
+        return principal
+
     async def client_secret(request: Request) -> Response:
-        device = _device(config, request.headers.get("authorization"))
+        authorization = request.headers.get("authorization") or ""
+        if acceptor is not None and authorization.lower().startswith("negotiate "):
+            who = await signed_in(request, authorization)
+            if isinstance(who, Response):
+                return who
+            device: str | None = who
+        else:
+            device = _device(config, authorization)
         if device is None:
             log.info("refused a request from %s: unknown device credential", _peer(request))
-            return _error(401, "this device is not registered with the token service")
+            return _error(401, "this device is not registered with the token service", challenge)
         wait = limiter.check(device, clock())
         if wait is not None:
             log.info("device %s is over its rate limit", device)

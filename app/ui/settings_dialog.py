@@ -120,6 +120,7 @@ _USED_BY: Final[Mapping[str, frozenset[str]]] = {
     "endpoint.url": frozenset({"custom"}),
     "endpoint.session_minutes": frozenset({"custom"}),
     "endpoint.token_url": frozenset({"openai", "azure", "custom"}),
+    "endpoint.token_auth": frozenset({"openai", "azure", "custom"}),
     API_KEY_FIELD: frozenset({"openai", "azure", "custom"}),
 }
 
@@ -445,6 +446,18 @@ class SettingsDialog(QDialog):
         )
         self.token_url_edit.setAccessibleDescription(token_field.description)
         self.token_url_edit.textChanged.connect(self._update_enabled)
+
+        self.token_auth_combo = _combo("endpoint.token_auth", page)
+        _select(self.token_auth_combo, s.value("endpoint.token_auth"))
+        auth_field = self._add_field(
+            form,
+            "endpoint.token_auth",
+            "Sign in &with:",
+            self.token_auth_combo,
+            lambda: _data(self.token_auth_combo),
+        )
+        auth_field.description = "How this computer proves itself to the token service"
+        self.token_auth_combo.setAccessibleDescription(auth_field.description)
 
         self.api_key_edit = QLineEdit(page)
         self.api_key_edit.setEchoMode(QLineEdit.EchoMode.Password)
@@ -823,8 +836,11 @@ class SettingsDialog(QDialog):
         used_by = _USED_BY.get(key)
         if used_by is not None and self._current("backend") not in used_by:
             return False
-        if key == API_KEY_FIELD and str(self._current("endpoint.token_url") or "").strip():
+        token_service = bool(str(self._current("endpoint.token_url") or "").strip())
+        if key == API_KEY_FIELD and token_service:
             return False  # the token service gives the keys
+        if key == "endpoint.token_auth" and not token_service:
+            return False
         ticket_systems = TICKET_USED_BY.get(key)
         if ticket_systems is not None and self._current("tickets.system") not in ticket_systems:
             return False
