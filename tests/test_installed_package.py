@@ -118,3 +118,5 @@ def test_the_installed_app_answers_a_spoken_request(
     finally:
         app.stop()
     assert "password" in heard.lower() and "password" in answer.lower()
+    # The bundle carries the end-of-turn model: the turn was judged by it, not by its pause alone.
+    assert any("end-of-turn model (Smart Turn v3): done" in line for line in app.errors), app.errors[-20:]

@@ -734,7 +734,7 @@ class UtteranceTranscriber:
     with each other (one decode at a time; ``finish`` waits for a partial in flight and then uses it
     when it can). After ``finish``, ``add`` is ignored and ``partial`` returns the final text.
 
-    A ``partial`` taken when the server's detector reports a pause (200 ms without speech) covers
+    A ``partial`` taken when the server's detector reports a pause (150 ms without speech) covers
     the whole request, so ``finish`` at the end of the turn returns it in a millisecond or two
     instead of decoding again (``bench/asr.py``: 48 of 48 turns, against about half with partials
     every 0.6 s only).
@@ -795,7 +795,7 @@ class UtteranceTranscriber:
                 self._chunks = [np.concatenate(self._chunks)]
             return self._chunks[0] if self._chunks else np.zeros(0, np.float32)
 
-    def audio(self) -> FloatArray:
+    def audio_16k(self) -> FloatArray:
         """The 16 kHz audio so far; after :meth:`finish` all of it, the resampler flushed."""
         return self._snapshot()
 
@@ -831,7 +831,10 @@ class UtteranceTranscriber:
         with self._decode_lock:
             if self.final is None:
                 samples = self._snapshot()
-                if self._last is not None and not self._sound_since(samples, self._last_samples):
+                # An empty partial is decoded again: with the pause after it, a short word the
+                # partial was unsure of ("done") is often heard.
+                reusable = self._last is not None and bool(self._last.text)
+                if reusable and self._last is not None and not self._sound_since(samples, self._last_samples):
                     self.final = replace(self._last, audio_s=len(samples) / SAMPLE_RATE)
                     self.reused_partial = True
                 else:

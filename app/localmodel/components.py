@@ -11,6 +11,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 
 class Utterance(Protocol):
     """Speech recognition of one user turn, fed while the user speaks."""
@@ -18,6 +21,9 @@ class Utterance(Protocol):
     def add(self, pcm24k: bytes) -> None: ...
     def partial(self) -> str: ...
     def finish(self) -> str: ...
+    def audio_16k(self) -> npt.NDArray[np.float32]:
+        """The turn's audio so far, at 16 kHz (for the end-of-turn model)."""
+        ...
 
 
 class Recognizer(Protocol):
@@ -74,3 +80,6 @@ class Components:
     new_brain: Callable[[frozenset[str]], Brain]  # argument: the names of the tools the client offers
     speak: Callable[[str], Speech]
     description: str = ""
+    # How likely a turn is complete, from its 16 kHz audio (0 to 1); None: semantic_vad is a
+    # silence window. Blocks for a model run: called in a worker thread.
+    turn_end: Callable[[npt.NDArray[np.float32]], float] | None = None

@@ -96,9 +96,19 @@ def load_models(progress: Callable[[str], None], kb_folders: Sequence[str] | Non
     def new_brain(tool_names: frozenset[str]) -> _Brain:
         return _Brain(HelpdeskBrain(retriever, tools=tool_names))
 
+    from app.localmodel.turn_end import TurnEndModel
+
+    try:
+        turn_end: TurnEndModel | None = step("end-of-turn model (Smart Turn v3)", TurnEndModel)
+    except (FileNotFoundError, OSError, RuntimeError) as exc:  # answering still works: after a pause
+        # "loading ...": the launcher passes only those lines on as progress.
+        progress(f"loading end-of-turn model: unavailable, turns end by their words and pauses ({exc})")
+        turn_end = None
+    judged = ", Smart Turn" if turn_end is not None else ""
     return Components(
         recognizer=_Recognizer(recognizer, UtteranceTranscriber),
         new_brain=new_brain,
         speak=speak,
-        description=f"Whisper tiny.en, {retriever.mode} retrieval, {voice.name} voice",
+        description=f"Whisper tiny.en, {retriever.mode} retrieval, {voice.name} voice{judged}",
+        turn_end=None if turn_end is None else turn_end.probability,
     )

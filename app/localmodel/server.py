@@ -37,6 +37,8 @@ from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -52,6 +54,7 @@ from app.localmodel.session import (
     CancelResponse,
     Command,
     EndUtterance,
+    JudgeTurnEnd,
     Output,
     ResponseInput,
     Session,
@@ -60,6 +63,7 @@ from app.localmodel.session import (
     UtterancePaused,
     UtteranceResumed,
 )
+from app.localmodel.turn_text import judge_turn
 from app.realtime.endpoint import is_loopback_host
 
 log = logging.getLogger("app.localmodel.server")
@@ -214,7 +218,7 @@ class EmbeddedServer:
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
-        connection = _Connection(ws, Session())
+        connection = _Connection(ws, Session(judges_turn_end=True))
         self._connections.add(connection)
         try:
             await self._emit(connection, connection.session.opened())
@@ -299,6 +303,14 @@ class EmbeddedServer:
                 )
         elif isinstance(command, UtteranceResumed):
             self._drop_speculation(connection)
+        elif isinstance(command, JudgeTurnEnd):
+            judged = connection.utterances.get(command.item_id)
+            if judged is not None:
+                # The turn as it was at the pause: audio arriving meanwhile is the next question's.
+                audio = judged.audio_16k()
+                judging = asyncio.create_task(self._judge_turn_end(connection, command, judged, audio))
+                connection.background.add(judging)
+                judging.add_done_callback(connection.background.discard)
         elif isinstance(command, EndUtterance):
             task = connection.partial_tasks.pop(command.item_id, None)
             if task is not None:
@@ -318,6 +330,36 @@ class EmbeddedServer:
         ):
             connection.cancel_reason = command.reason
             connection.response_task.cancel()
+
+    async def _judge_turn_end(
+        self,
+        connection: _Connection,
+        command: JudgeTurnEnd,
+        utterance: Utterance,
+        audio: npt.NDArray[np.float32],
+    ) -> None:
+        """Judges the pause by the words so far (the recogniser's partial, shared with the answer
+        being prepared) and the end-of-turn model on the audio, side by side in worker threads.
+        A failure of either leaves the turn to the fallback pause rather than ending it on a guess."""
+        judge = self.components.turn_end
+        started = time.monotonic()
+        try:
+            words = asyncio.to_thread(utterance.partial)
+            voice = asyncio.to_thread(judge, audio) if judge is not None else asyncio.sleep(0, None)
+            text, probability = await asyncio.gather(words, voice)
+        except Exception:
+            log.exception("judging the end of the turn failed; it ends after the longer pause")
+            return
+        complete, why = judge_turn(text, probability)
+        log.debug("end of turn %s: judged on %r", command.item_id, text)  # the words only when debugging
+        log.info(
+            "end of turn %s: %s, %s in %.0f ms",
+            command.item_id,
+            "complete" if complete else "unfinished",
+            why,
+            (time.monotonic() - started) * 1000,
+        )
+        await self._emit(connection, connection.session.turn_judged(command.item_id, command.at_ms, complete))
 
     async def _speculate(self, connection: _Connection, item_id: str, utterance: Utterance) -> None:
         """The user paused: decode now (``finish`` reuses it) and start speaking the likely answer."""

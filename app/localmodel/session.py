@@ -36,7 +36,17 @@ from app.core.heard_text import cut_transcript
 
 RATE = 24000
 SPECULATE_AFTER_MS = 150  # a pause this long lets the server start on the reply early
+# semantic_vad without an end-of-turn model: a silence window by eagerness.
 _EAGERNESS_SILENCE_MS = {"low": 800, "medium": 500, "auto": 500, "high": 300}
+# semantic_vad with one: a short pause after which the model judges the turn, and the longer one
+# after which a turn the model thought unfinished ends anyway. The fallback outlasts the pauses
+# people make inside a sentence (300-900 ms); "high" answers sooner and risks cutting them off.
+_EAGERNESS_JUDGED_MS: Final[dict[str, tuple[int, int]]] = {
+    "low": (300, 2500),
+    "medium": (150, 1200),
+    "auto": (150, 1200),
+    "high": (100, 800),
+}
 
 # -- limits ----------------------------------------------------------------------------------
 # A whole turn of Whisper decoding stays a few seconds of CPU, and one session at most ~6 MB of audio.
@@ -93,6 +103,14 @@ class UtteranceResumed:
 
 
 @dataclass(frozen=True)
+class JudgeTurnEnd:
+    """The user paused after speaking: has the turn ended? Answer with :meth:`Session.turn_judged`."""
+
+    item_id: str
+    at_ms: float  # where the speech stopped
+
+
+@dataclass(frozen=True)
 class EndUtterance:
     item_id: str
     respond: bool  # start a response once the transcript is known
@@ -138,6 +156,7 @@ Command = (
     | UtteranceAudio
     | UtterancePaused
     | UtteranceResumed
+    | JudgeTurnEnd
     | EndUtterance
     | StartResponse
     | CancelResponse
@@ -242,8 +261,14 @@ class _Item:
 
 
 class Session:
-    def __init__(self, session_id: str | None = None) -> None:
+    """``judges_turn_end``: the server can judge whether a turn is complete (:class:`JudgeTurnEnd`),
+    which semantic_vad then uses; without it, semantic_vad is a silence window by eagerness."""
+
+    def __init__(self, session_id: str | None = None, *, judges_turn_end: bool = False) -> None:
         self.config = _initial_session(session_id or p.new_id("sess"))
+        self.judges_turn_end = judges_turn_end
+        self._pending_end: float | None = None  # where the speech stopped, while the turn is judged
+        self._fallback_ms = 0  # how long a pause ends a turn whatever the judgement
         self._buffer = bytearray()
         self._audio_ms = 0.0  # audio time of everything appended so far
         self._detector: SpeechDetector | None = None
@@ -467,9 +492,16 @@ class Session:
         if detection is None:
             self._detector = None
             return
+        self._pending_end = None
+        self._fallback_ms = 0
         silence_ms = detection.silence_duration_ms or 500
         if detection.kind == "semantic_vad":
-            silence_ms = _EAGERNESS_SILENCE_MS.get(detection.eagerness or "auto", 500)
+            eagerness = detection.eagerness or "auto"
+            silence_ms = _EAGERNESS_SILENCE_MS.get(eagerness, 500)
+            if self.judges_turn_end:
+                silence_ms, self._fallback_ms = _EAGERNESS_JUDGED_MS.get(
+                    eagerness, _EAGERNESS_JUDGED_MS["auto"]
+                )
         threshold = 0.5 if detection.threshold is None else detection.threshold
         mode = 3 if threshold >= 0.7 else 2 if threshold >= 0.4 else 1
         self._detector = SpeechDetector(
@@ -504,10 +536,19 @@ class Session:
         out = Output()
         for speech in list(detector.events)[before:]:
             if speech.kind == "speech_start":
+                if self._pending_end is not None and self._utterance is not None:
+                    self._pending_end = None  # a pause inside the turn: it goes on, the same item
+                    continue
                 out += self._speech_started(speech.at * 1000.0)
             elif speech.kind == "speech_end":
-                out += self._speech_stopped(speech.at * 1000.0)
+                if self._fallback_ms and self._utterance is not None:
+                    self._pending_end = speech.at * 1000.0
+                    out.commands.append(JudgeTurnEnd(self._utterance, self._pending_end))
+                else:
+                    out += self._speech_stopped(speech.at * 1000.0)
         detector.events.clear()
+        if self._pending_end is not None and self._audio_ms - self._pending_end >= self._fallback_ms:
+            out += self._speech_stopped(self._pending_end)  # judged unfinished, but quiet since
         if self._utterance is not None:
             paused = detector.silence_frames * 10 >= SPECULATE_AFTER_MS
             if paused != self._paused:
@@ -541,9 +582,18 @@ class Session:
             out.commands.append(UtteranceAudio(item_id, padding))
         return out
 
+    def turn_judged(self, item_id: str, at_ms: float, complete: bool) -> Output:
+        """The server's answer to :class:`JudgeTurnEnd`: a complete turn ends where the speech
+        stopped; an unfinished one waits for more speech or the fallback pause. An answer about a
+        pause the user has since spoken after is stale and changes nothing."""
+        if not complete or self._utterance != item_id or self._pending_end != at_ms:
+            return Output()
+        return self._speech_stopped(at_ms)
+
     def _speech_stopped(self, at_ms: float) -> Output:
         assert self.config.turn_detection is not None
         item_id = self._utterance
+        self._pending_end = None
         if item_id is None:
             return Output()
         self._utterance = None
@@ -566,6 +616,7 @@ class Session:
         else:
             heard_ms = self._audio_ms - self._utterance_start_ms
         self._utterance = None
+        self._pending_end = None
         out += self._commit(item_id, heard_ms)
         out.commands.append(EndUtterance(item_id, respond=False))
         # A new detector: speech that goes on, or comes right away, is the next turn, heard whole.
