@@ -81,8 +81,11 @@ class Lines:
         raise TimeoutError(f"no line starting with {prefix!r}; last lines: {self.lines[-8:]}")
 
 
-def headless_app(rig: Any, data_dir: Path, metrics: Path) -> subprocess.Popen[str]:
-    """The app as a user runs it on the rig's devices (no endpoint: its embedded server), verbose."""
+def headless_app(
+    rig: Any, data_dir: Path, metrics: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """The app as a user runs it on the rig's devices (no endpoint: its embedded server), verbose;
+    ``env``: settings for this run (``HELPDESK_VOICE_...``)."""
     return subprocess.Popen(
         [
             sys.executable,
@@ -100,7 +103,7 @@ def headless_app(rig: Any, data_dir: Path, metrics: Path) -> subprocess.Popen[st
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "HELPDESK_VOICE_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, **(env or {}), "HELPDESK_VOICE_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"},
     )
 
 

@@ -86,8 +86,12 @@ class SignalPlayer:
         return None
 
 
-def espeak_speech(text: str, voice: str = "en-us", words_per_minute: int = 160) -> tuple[FloatArray, int]:
-    """Speech from espeak-ng as mono float32 and its sample rate: a stand-in for a real talker."""
+def espeak_speech(
+    text: str, voice: str = "en-us", words_per_minute: int = 160, *, ssml: bool = False
+) -> tuple[FloatArray, int]:
+    """Speech from espeak-ng as mono float32 and its sample rate: a stand-in for a real talker.
+
+    ``ssml``: ``text`` is SSML (``<break time="600ms"/>`` for a pause inside a sentence)."""
     import shutil
     import subprocess
     import wave
@@ -96,7 +100,7 @@ def espeak_speech(text: str, voice: str = "en-us", words_per_minute: int = 160) 
     if shutil.which("espeak-ng") is None:
         raise FileNotFoundError("espeak-ng is not installed (Debian package espeak-ng)")
     result = subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", str(words_per_minute), "--stdout", text],
+        ["espeak-ng", *(["-m"] if ssml else []), "-v", voice, "-s", str(words_per_minute), "--stdout", text],
         capture_output=True,
         check=True,
         timeout=30,
