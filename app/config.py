@@ -364,8 +364,8 @@ _SETTINGS: Final = (
         "server_vad",
         choices=TURN_DETECTION_CHOICES,
         help=(
-            "how the end of the user's turn is found; left unset, the offline assistant judges each "
-            "short pause by meaning (semantic_vad) and cloud models wait for silence_ms"
+            "how the end of the user's turn is found: a pause of silence_ms (server_vad), or each "
+            "short pause judged by meaning (semantic_vad: the offline assistant's words and voice model)"
         ),
     ),
     Setting("eagerness", str, "auto", choices=EAGERNESS_CHOICES),

@@ -38,14 +38,13 @@ def plan(env: dict[str, str], cli: dict[str, object] | None = None, /, **extra: 
     return plan_from_settings(load_settings(cli, environ), environ)
 
 
-def test_nothing_configured_means_the_embedded_server_ending_turns_by_meaning(env: dict[str, str]) -> None:
+def test_nothing_configured_means_the_embedded_server_with_its_shorter_pause(env: dict[str, str]) -> None:
     result = plan(env)
     assert result.backend == "embedded" and result.endpoint is None
     detection = result.session.turn_detection
-    assert detection is not None and (detection.kind, detection.eagerness) == ("semantic_vad", "auto")
-    # Chose pause-based turns, the embedded server's shorter pause (it prepares during the pause).
-    chosen = plan(env, {"turn_detection": "server_vad"}).session.turn_detection
-    assert chosen is not None and (chosen.kind, chosen.silence_duration_ms) == ("server_vad", 400)
+    assert detection is not None and (detection.kind, detection.silence_duration_ms) == ("server_vad", 400)
+    chosen = plan(env, {"turn_detection": "semantic_vad"}).session.turn_detection
+    assert chosen is not None and (chosen.kind, chosen.eagerness) == ("semantic_vad", "auto")
     assert result.session.model is None
     assert result.input_device is None and result.output_device is None
     assert result.tools_allowed == config.KNOWN_TOOLS
