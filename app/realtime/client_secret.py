@@ -172,12 +172,16 @@ def build_request(url: str, credential: str) -> TokenRequest:
             "the device credential contains characters that cannot be sent in an HTTP header "
             "(spaces, line breaks or non-ASCII characters)"
         )
+    return _token_request(check_token_url(url), f"Bearer {key}")
+
+
+def _token_request(url: str, authorization: str) -> TokenRequest:
     headers = {
-        "Authorization": f"Bearer {key}",
+        "Authorization": authorization,
         "Content-Type": "application/json",
         "Accept": "application/json",
     }
-    return TokenRequest(check_token_url(url), headers, b"{}")
+    return TokenRequest(url, headers, b"{}")
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -389,12 +393,11 @@ class ClientSecretSource:
             raise ValueError(f"margin must be a finite number >= 0, not {margin!r}")
         if not math.isfinite(timeout) or timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        self._auth = None if isinstance(auth, str) else auth
         if isinstance(auth, str):
             self._request = build_request(token_url, auth)
-            self._auth: TokenAuth | None = None
-        else:
-            self._request = build_request(token_url, "per-request")  # replaced at each fetch
-            self._auth = auth
+        else:  # its Authorization is made anew at each fetch
+            self._request = _token_request(check_token_url(token_url), "")
         self._margin = margin
         self._timeout = timeout
         self._clock = clock
@@ -418,7 +421,7 @@ class ClientSecretSource:
         refused = _DEVICE_REFUSED
         if self._auth is not None:
             header = await asyncio.to_thread(self._auth.authorization, self._host)
-            request = TokenRequest(request.url, {**request.headers, "Authorization": header}, request.body)
+            request = _token_request(request.url, header)
             who = f" as {self._auth.principal}" if self._auth.principal else ""
             refused = (
                 f"The token service did not accept your company sign-in{who} (HTTP {{status}}). "
