@@ -195,18 +195,12 @@ def _session(settings: LoadedSettings, backend: Backend) -> p.Session:
     typed = settings.typed
     base = defaults.session_config(backend=backend)
     silence = typed.silence_ms
-    kind = typed.turn_detection
-    chose_pause = settings.origin("silence_ms") != "default"
-    if settings.origin("turn_detection") == "default" and base.turn_detection is not None and not chose_pause:
-        # Nobody chose how turns end: the backend's own default (by meaning on the offline server);
-        # a chosen pause length says pause-based.
-        kind = base.turn_detection.kind
-    if not chose_pause:
+    if settings.origin("silence_ms") == "default" and base.turn_detection is not None:
         # Nobody chose a pause length: the backend's own default (shorter for the offline server).
-        silence = defaults.EMBEDDED_SILENCE_MS if backend == "embedded" else silence
-    semantic = kind == "semantic_vad"
+        silence = base.turn_detection.silence_duration_ms or silence
+    semantic = typed.turn_detection == "semantic_vad"
     turn_detection = p.TurnDetection(
-        kind=kind,
+        kind=typed.turn_detection,
         silence_duration_ms=None if semantic else silence,
         eagerness=typed.eagerness if semantic else None,
     )

@@ -833,9 +833,9 @@ class UtteranceTranscriber:
                 samples = self._snapshot()
                 # An empty partial is decoded again: with the pause after it, a short word the
                 # partial was unsure of ("done") is often heard.
-                reusable = self._last is not None and bool(self._last.text)
-                if reusable and self._last is not None and not self._sound_since(samples, self._last_samples):
-                    self.final = replace(self._last, audio_s=len(samples) / SAMPLE_RATE)
+                last = self._last
+                if last is not None and last.text and not self._sound_since(samples, self._last_samples):
+                    self.final = replace(last, audio_s=len(samples) / SAMPLE_RATE)
                     self.reused_partial = True
                 else:
                     self.final = self.recognizer.transcribe(samples, context=self.context)
