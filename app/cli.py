@@ -300,7 +300,7 @@ def _run_headless(args: argparse.Namespace, plan: LaunchPlan) -> int:
         while not listener.enough.is_set() and engine.running and not asked_to_stop.is_set():
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            listener.enough.wait(0.05)
+            listener.enough.wait(0.25)  # the engine and SIGTERM are noticed within this
     finally:
         runner.stop()
         signal.signal(signal.SIGTERM, previous)

@@ -50,9 +50,11 @@ log = logging.getLogger("app.engine")
 
 PUMP_INTERVAL_S = 0.01
 # While nobody speaks and nothing plays, nothing in the pump is urgent (barge-in is decided in the
-# audio path, not here), so it wakes half as often: it runs all day in the tray. A microphone frame
+# audio path, not here), so it wakes less often: it runs all day in the tray. A microphone frame
 # wakes it at once either way: waiting for the next tick added up to 20 ms before the wire.
 IDLE_PUMP_INTERVAL_S = 0.02
+# Once the audio idles too (coarse capture blocks, no output stream), as seldom as the blocks come.
+RESTING_PUMP_INTERVAL_S = 0.5
 DEVICE_CHECK_INTERVAL_S = 0.5
 DEVICE_RETRY_INTERVAL_S = 3.0
 # After this many failed connection attempts in a row the endpoint counts as unreachable, and the
@@ -220,8 +222,18 @@ class Engine:
 
     async def _sender(self) -> None:
         assert self._outbox is not None and self._transport is not None
+        waiting: p.ClientEvent | None = None
         while True:
-            event = await self._outbox.get()
+            event = waiting if waiting is not None else await self._outbox.get()
+            waiting = None
+            # Microphone audio queued back to back goes out as one append: coarse capture blocks
+            # while idle come as bursts of frames, and the server wakes once per message.
+            while isinstance(event, p.InputAudioBufferAppend) and not self._outbox.empty():
+                following = self._outbox.get_nowait()
+                if not isinstance(following, p.InputAudioBufferAppend):
+                    waiting = following
+                    break
+                event = p.joined_appends(event, following)
             await self._transport.send(event)
 
     async def _pump(self) -> None:
@@ -235,6 +247,7 @@ class Engine:
                 speech = detector.events.popleft()
                 log.info("local %s at %.3f (decided %.3f)", speech.kind, speech.at, speech.decided_at)
                 self._apply(self.conversation.local_speech(speech.kind, speech.at, now))
+                self.audio.pace(True, now)  # capture at full pace and the speaker awake, at once
             while buffer.pauses:  # what the conversation needs of a pause comes with its halt
                 record = buffer.pauses.popleft()
                 log.info("answer paused at %s", record.played_ms)
@@ -254,13 +267,15 @@ class Engine:
                 self._device_checked_at = now
                 self._check_devices(now)
             await self._maybe_rollover(now)
-            busy = detector.in_speech or self.audio.player.is_playing() or self._watched
+            busy = detector.in_speech or self.audio.player.is_playing() or bool(self._watched)
+            self.audio.pace(busy or self.conversation.under_way, now)
+            interval = PUMP_INTERVAL_S if busy else IDLE_PUMP_INTERVAL_S
+            if self.audio.idle:
+                interval = RESTING_PUMP_INTERVAL_S
             self._frame_ready.clear()
             if capture.frames.empty():  # a frame queued after the clear sets the event again
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._frame_ready.wait(), PUMP_INTERVAL_S if busy else IDLE_PUMP_INTERVAL_S
-                    )
+                    await asyncio.wait_for(self._frame_ready.wait(), interval)
 
     def _watch_playback(self, now: float) -> None:
         buffer = self.audio.player.buffer

@@ -168,7 +168,9 @@ class ScriptedPeer:
                 if event.get("type") != "input_audio_buffer.append":
                     self.received.append(event)
                 else:
-                    self.received.append({"type": "input_audio_buffer.append"})  # audio not kept
+                    # The audio is not kept, only how much came in the message.
+                    audio_bytes = len(base64.b64decode(event.get("audio", "")))
+                    self.received.append({"type": "input_audio_buffer.append", "audio_bytes": audio_bytes})
                 await self._on_event(session, event)
         if session.responding is not None:
             session.responding.cancel()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +18,7 @@ from app.audio.capture_route import (
     query_routes,
     read_routes,
     route_notice,
+    subscribe,
 )
 from app.audio.devices import find_device
 from app.audio.streams import open_stream
@@ -123,3 +127,58 @@ def test_a_real_sound_server_reports_the_microphone_unplugged_and_back(
             virtual_audio.plug_mic()
         back = watch.observe(query_routes() or Routes((), frozenset()))
         assert back is not None and back.back
+
+
+def test_the_watcher_asks_again_when_the_sound_server_tells_of_a_recording_change() -> None:
+    asked: list[float] = []
+
+    def routes() -> Routes | None:
+        asked.append(time.monotonic())
+        return Routes((), frozenset())
+
+    # Stands in for `pactl subscribe`: a playback change (not asked about), then a recording one;
+    # like the real one it ends when its standard input closes.
+    script = (
+        "import sys, time\n"
+        "print(\"Event 'change' on sink-input #7\", flush=True)\n"
+        "time.sleep(0.6)\n"
+        "print(\"Event 'new' on source-output #12\", flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+
+    def events() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    watcher = RouteWatcher(routes, events)
+    watcher.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(asked) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert len(asked) == 2  # once at the start, once for the recording stream only
+        assert asked[1] - asked[0] >= 0.5
+    finally:
+        watcher.stop()
+        watcher._thread.join(5)
+    assert not watcher._thread.is_alive()  # stopping ends the subscription and the thread
+
+
+@pytest.mark.devices
+def test_the_subscription_ends_when_its_input_closes(virtual_audio: VirtualAudioRig) -> None:
+    subscription = subscribe()
+    assert subscription is not None and subscription.stdin is not None
+    time.sleep(0.3)
+    assert subscription.poll() is None  # running, waiting for events
+    shell = child_pids(subscription.pid)
+    subscription.stdin.close()  # what the app dying does too
+    assert subscription.wait(5) is not None
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{pid}").exists() for pid in shell) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in shell), "pactl outlived its shell"
+
+
+def child_pids(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(text) for text in found.stdout.split()]

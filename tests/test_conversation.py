@@ -171,6 +171,18 @@ def test_a_spoken_turn_end_to_end_with_metrics(h: Harness) -> None:
     assert finals and finals[0].text == ANSWER and not finals[0].interrupted
 
 
+def test_a_turn_is_under_way_from_the_first_word_until_the_answer_has_played(h: Harness) -> None:
+    assert not h.conv.under_way  # listening, nobody speaking: the audio may idle
+    h.run(h.conv.local_speech("speech_start", 99.9, 100.0))
+    assert h.conv.under_way  # the local detector heard the user before the server did
+    h.at(100.0).user_turn(speech_end=100.4)
+    assert h.conv.under_way  # waiting for the answer
+    h.at(101.0).feed(*s.spoken_answer("resp_1", "item_a1", ANSWER, audio_ms=1000))
+    assert h.conv.under_way  # speaking
+    h.at(102.2).run(h.conv.item_played_out("item_a1", 102.2))
+    assert h.state() is State.LISTENING and not h.conv.under_way
+
+
 # --- barge-in --------------------------------------------------------------------------------
 
 

@@ -317,9 +317,16 @@ def test_a_stalled_microphone_is_reported_once_and_works_again_when_it_returns(
             lambda: any("works again" in n.message for n in listener.of(Notice)), 10, "the microphone back"
         )
         assert len(lost()) == 1, "the loss was reported more than once"
-        appends = len(peer.of_type("input_audio_buffer.append"))
-        time.sleep(0.5)
-        assert len(peer.of_type("input_audio_buffer.append")) > appends + 10, "no audio after reopening"
+
+        def sent_s() -> float:  # seconds of microphone audio the peer has had (24 kHz PCM16)
+            return (
+                sum(int(event["audio_bytes"]) for event in peer.of_type("input_audio_buffer.append")) / 48000
+            )
+
+        before = sent_s()
+        time.sleep(1.0)
+        # An idle app sends 100 ms at a time: count the audio, not the messages.
+        assert sent_s() - before > 0.6, "no audio after reopening"
     finally:
         engine.stop()
 
@@ -346,3 +353,32 @@ def test_a_microphone_giving_only_digital_silence_is_reported_on_a_system_that_c
         assert len(blocked()) == 1 and blocked()[0].needs_user
     finally:
         engine.stop()
+
+
+def test_an_idle_engine_sends_the_microphone_in_fewer_larger_messages_and_loses_none(
+    virtual_audio: Any, peer: ScriptedPeer
+) -> None:
+    from app.audio.pipeline import AudioSettings
+
+    listener = Recorder()
+    engine = _engine(virtual_audio, peer, listener, audio=AudioSettings(idle_after_s=0.5))
+    engine.start()
+    try:
+        wait_ready(listener)
+        deadline = time.monotonic() + 5
+        while not engine.audio.idle and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.audio.idle
+        before = len(peer.of_type("input_audio_buffer.append"))
+        started = time.monotonic()
+        time.sleep(2.0)
+        appends = peer.of_type("input_audio_buffer.append")[before:]
+        elapsed = time.monotonic() - started
+    finally:
+        engine.stop()
+    sizes = [event["audio_bytes"] for event in appends]
+    # About ten messages a second of 100 ms each (24 kHz PCM16: 4,800 bytes), not fifty of 20 ms.
+    assert len(sizes) < 15 * elapsed
+    assert sorted(sizes)[len(sizes) // 2] >= 4800
+    # Every sample still goes out: two seconds of audio in two seconds, give or take a block.
+    assert abs(sum(sizes) / 48000 - elapsed) < 0.25

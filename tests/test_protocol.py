@@ -976,3 +976,10 @@ def test_audio_is_not_touched_by_the_text_cleaning() -> None:
         }
     )
     assert isinstance(event, p.ResponseOutputAudioDelta) and event.audio == pcm
+
+
+def test_microphone_appends_join_in_order_keeping_the_first_id() -> None:
+    first = p.InputAudioBufferAppend(b"\x01\x00\x02\x00", event_id="evt_1")
+    second = p.InputAudioBufferAppend(b"\x03\x00", event_id="evt_2")
+    joined = p.joined_appends(first, second)
+    assert joined.audio == b"\x01\x00\x02\x00\x03\x00" and joined.event_id == "evt_1"

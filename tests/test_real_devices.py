@@ -194,3 +194,58 @@ def test_capture_counts_nothing_lost_in_normal_running(virtual_audio: VirtualAud
     frames = capture.frames.qsize()
     assert 40 <= frames <= 52  # one second of 20 ms frames, less the resampler's delay
     assert capture.overflows == 0
+
+
+def test_an_idle_pipeline_stops_its_speaker_and_slows_its_capture_until_needed(
+    virtual_audio: VirtualAudioRig,
+) -> None:
+    from app.audio.pipeline import AudioPipeline, AudioSettings
+
+    speaker = find_device(virtual_audio.speaker, "output")
+    monitor = find_device(virtual_audio.speaker_monitor, "input")
+    recorder = TimedRecorder(monitor.default_samplerate)
+    settings = AudioSettings(idle_after_s=0.5)
+    pipeline = AudioPipeline(find_device(virtual_audio.mic, "input"), speaker, settings)
+    with open_stream("input", monitor, recorder.callback), pipeline:
+        deadline = time.monotonic() + 6
+        while not pipeline.idle and time.monotonic() < deadline:
+            pipeline.pace(False, time.monotonic())
+            time.sleep(0.05)
+        assert pipeline.idle and pipeline.player.rests == 1
+        assert pipeline.capture.block_ms == settings.idle_block_ms
+        rested_at = time.monotonic()
+        time.sleep(0.5)
+        assert pipeline.player._last_callback_at < rested_at  # no output callbacks while resting
+        assert not pipeline.player.lost(time.monotonic())  # resting is not a lost device
+        frames = pipeline.capture.frames.qsize()
+        assert frames >= 15  # the microphone still goes to the model at the coarse pace
+        # An answer wakes the speaker by itself, and it plays in full.
+        tone = (0.4 * np.sin(2 * np.pi * 500 * np.arange(12000) / 24000)).astype(np.float32)
+        pipeline.player.push("answer", float_to_pcm16(tone))
+        pipeline.player.end_item("answer")
+        pipeline.pace(True, time.monotonic())
+        deadline = time.monotonic() + 3
+        while pipeline.capture.block_ms != settings.block_ms and time.monotonic() < deadline:
+            time.sleep(0.02)
+            pipeline.pace(True, time.monotonic())
+        time.sleep(1.0)
+        account = pipeline.player.buffer.account("answer")
+    assert not pipeline.player.resting and pipeline.capture.block_ms == settings.block_ms
+    assert account is not None and account.done and not account.halted
+    reference = StreamResampler(24000, monitor.default_samplerate, "HQ").process(tone, last=True)
+    assert normalised_peak(recorder.recording(), reference)[0] > 0.9
+
+
+def test_with_echo_cancellation_the_microphone_is_captured_at_16_khz_where_the_host_converts(
+    virtual_audio: VirtualAudioRig,
+) -> None:
+    from app.audio.pipeline import AudioPipeline, AudioSettings
+
+    mic = find_device(virtual_audio.mic, "input")
+    speaker = find_device(virtual_audio.speaker, "output")
+    assert mic.default_samplerate != 16000  # the sound server converts for us
+    assert AudioPipeline(mic, speaker).capture.rate == 16000
+    headset = AudioPipeline(mic, speaker, AudioSettings(echo_cancellation=False))
+    assert headset.capture.rate == mic.default_samplerate
+    # A rate the host refuses leaves the device's own.
+    assert Capture(mic, rate=1.0).rate == mic.default_samplerate

@@ -104,13 +104,22 @@ def test_capture_queue_overflow_is_counted_not_raised() -> None:
     assert capture.overflows == 47
 
 
-def test_each_queued_frame_wakes_the_reader_and_a_dropped_one_does_not() -> None:
+def test_a_blocks_frames_wake_the_reader_once_they_are_all_queued() -> None:
     device = AudioDevice(0, "test mic", "test", 1, 0, 24000.0)
     capture = Capture(device, frame_ms=20, max_queued_frames=3)
     woken: list[int] = []
     capture.model.on_frame = lambda: woken.append(capture.frames.qsize())
     capture.process_block(np.zeros(2400, np.float32), 0.0)  # 100 ms: 5 frames, 2 of them dropped
-    assert woken == [1, 2, 3]  # called after each frame is in the queue, never for a dropped one
+    assert woken == [3]  # once, with every frame of the block already in the queue
+    capture.process_block(np.zeros(480, np.float32), 0.1)  # 20 ms into a full queue: all dropped
+    assert woken == [3]  # nothing new to read: no wake
+    while not capture.frames.empty():
+        capture.frames.get_nowait()
+    with capture.model.batch():  # frame by frame, as the echo worker hands them over
+        for n in range(4):
+            capture.model.process(np.zeros(240, np.float32), 0.2 + n * 0.01)
+        assert woken == [3]
+    assert woken == [3, 2]  # one wake for the batch, at its end
 
 
 def test_without_echo_cancellation_frames_are_labelled_by_the_playback_and_the_detector() -> None:

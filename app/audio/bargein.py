@@ -59,7 +59,8 @@ class DetectorSettings:
 def frame_level_dbfs(frame: npt.NDArray[np.int16]) -> float:
     if len(frame) == 0:
         return _SILENCE_DBFS
-    rms = math.sqrt(float(np.mean(np.square(frame.astype(np.float64)))))
+    samples = frame.astype(np.float64)
+    rms = math.sqrt(float(np.dot(samples, samples)) / len(samples))
     if rms < 1e-9:
         return _SILENCE_DBFS
     return 20.0 * math.log10(rms / 32768.0)

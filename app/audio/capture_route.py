@@ -10,12 +10,18 @@ source this process's recording streams are attached to and reports when that ch
 (well under a second; from a background thread, never the audio callbacks or the event loop).
 Where ``pactl`` is missing or no PulseAudio server answers (Windows, macOS, plain ALSA), it returns
 None and the app relies on the stopped-stream check alone.
+
+:class:`RouteWatcher` asks when the sound server says a source or a recording stream changed
+(``pactl subscribe``), not on a timer: starting two ``pactl`` processes every few seconds all day
+cost an idle app more than its audio did.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import shutil
 import subprocess
 import threading
@@ -26,7 +32,11 @@ from typing import Any
 
 from app.core.actions import Notice
 
-CHECK_INTERVAL_S = 2.0
+CHECK_INTERVAL_S = 2.0  # where the sound server cannot tell of changes
+# Even with the sound server telling of changes, ask now and then: an event can be missed.
+SAFETY_INTERVAL_S = 60.0
+# Events come in bursts (a device and its streams): ask once they settle.
+SETTLE_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -134,18 +144,63 @@ def query_routes(
     return read_routes(listings[0], listings[1], os.getpid() if pid is None else pid)
 
 
+# `pactl subscribe` runs until it fails to write, so it would outlive an app that crashed. A shell
+# holds it and ends it when its standard input, a pipe only the app holds, closes: when the watcher
+# stops or the app dies, however it dies.
+_SUBSCRIBE_WITH_PARENT = '"$0" subscribe & read -r _; kill "$!" 2>/dev/null'
+
+
+def subscribe() -> subprocess.Popen[bytes] | None:
+    """``pactl subscribe``: one line per change on the sound server; None where it cannot run.
+
+    Close its standard input to end it (see ``_SUBSCRIBE_WITH_PARENT``).
+    """
+    pactl, shell = shutil.which("pactl"), shutil.which("sh")
+    if pactl is None or shell is None:
+        return None
+    try:
+        return subprocess.Popen(
+            [shell, "-c", _SUBSCRIBE_WITH_PARENT, pactl],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+    except OSError:
+        return None
+
+
+def _end(subscription: subprocess.Popen[bytes]) -> None:
+    if subscription.stdin is not None:
+        with contextlib.suppress(OSError):
+            subscription.stdin.close()
+
+
+def _about_recording(events: bytes) -> bool:
+    """Whether ``pactl subscribe`` lines tell of a source or a recording stream (or a new server)."""
+    return any(word in events for word in (b" source", b" source-output", b" server"))
+
+
 class RouteWatcher:
-    """Asks where this process records every few seconds in a daemon thread; changes wait in ``changes``.
+    """Asks where this process records, in a daemon thread, whenever the sound server reports a
+    change to sources or recording streams (every few seconds where it cannot); changes wait in
+    ``changes``.
 
     Stops by itself when no PulseAudio server answers the first time: nothing to watch there.
     """
 
-    def __init__(self, query: Callable[[], Routes | None] = query_routes) -> None:
+    def __init__(
+        self,
+        query: Callable[[], Routes | None] = query_routes,
+        events: Callable[[], subprocess.Popen[bytes] | None] = subscribe,
+    ) -> None:
         self.changes: deque[RouteChange] = deque(maxlen=16)
+        self.queries = 0
         self._query = query
+        self._events = events
         self._watch = RouteWatch()
         self._stop = threading.Event()
         self._rebaseline = threading.Event()
+        self._subscription: subprocess.Popen[bytes] | None = None
         self._thread = threading.Thread(target=self._run, name="capture-route", daemon=True)
 
     def start(self) -> None:
@@ -156,23 +211,61 @@ class RouteWatcher:
 
     def stop(self) -> None:
         self._stop.set()
+        subscription = self._subscription
+        if subscription is not None:  # ends its output, which wakes the thread
+            _end(subscription)
 
     def _run(self) -> None:
-        delay, answered = 0.0, False
-        while not self._stop.wait(delay):
-            delay = CHECK_INTERVAL_S
-            routes = self._query()
-            if routes is None:
-                if not answered:
-                    return
-                continue
-            answered = True
-            if self._rebaseline.is_set():
-                self._rebaseline.clear()
-                self._watch.rebaseline()
-            change = self._watch.observe(routes)
-            if change is not None:
-                self.changes.append(change)
+        if not self._check():
+            return  # no sound server answered: nothing to watch
+        self._subscription = self._events() if not self._stop.is_set() else None
+        try:
+            while not self._stop.is_set():
+                if self._wait_for_change():
+                    self._check()
+        finally:
+            subscription = self._subscription
+            if subscription is not None:
+                _end(subscription)
+                with contextlib.suppress(subprocess.SubprocessError):
+                    subscription.wait(2)
+
+    def _wait_for_change(self) -> bool:
+        """Waits for the sound server to tell of a change; True when it is time to ask again."""
+        subscription = self._subscription
+        if subscription is None or subscription.stdout is None:
+            return not self._stop.wait(CHECK_INTERVAL_S)
+        stream = subscription.stdout.fileno()
+        readable, _, _ = select.select([stream], [], [], SAFETY_INTERVAL_S)
+        if not readable:
+            return True
+        events = os.read(stream, 65536)
+        if not events:  # the sound server went away: ask on a timer until the app restarts it
+            _end(subscription)
+            with contextlib.suppress(subprocess.SubprocessError):
+                subscription.wait(2)
+            self._subscription = None
+            return True
+        while select.select([stream], [], [], SETTLE_S)[0]:
+            more = os.read(stream, 65536)
+            if not more:
+                break
+            events += more
+        return _about_recording(events)
+
+    def _check(self) -> bool:
+        """Asks once and notes any change; False when no sound server answered."""
+        routes = self._query()
+        self.queries += 1
+        if routes is None:
+            return False
+        if self._rebaseline.is_set():
+            self._rebaseline.clear()
+            self._watch.rebaseline()
+        change = self._watch.observe(routes)
+        if change is not None:
+            self.changes.append(change)
+        return True
 
 
 def route_notice(change: RouteChange, device: str) -> Notice:

@@ -49,7 +49,8 @@ def power(frame: FloatArray) -> float:
     """Mean square of a float frame (full scale 1.0)."""
     if len(frame) == 0:
         return 0.0
-    return float(np.mean(np.square(frame, dtype=np.float64)))
+    samples = frame.astype(np.float64)
+    return float(np.dot(samples, samples)) / len(samples)  # np.mean costs more than the sum itself
 
 
 def power_db(value: float) -> float:

@@ -8,17 +8,25 @@ the default) the capture callback hands its 16 kHz samples to a bounded queue an
 reference, then feeds the detector each 10 ms frame (``halt`` is thread-safe) and the model's
 frame queue with the same signal: the canceller's output while the assistant's echo may be in
 the microphone, the microphone itself otherwise (headset mode, or long after the playback).
+
+All day in the tray the pipeline idles (:meth:`AudioPipeline.pace`): a while after the last speech
+and sound, the output stream stops and capture moves to coarser blocks; speech or an answer brings
+both back.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 
-from app.audio.bargein import BargeInDetector, DetectorSettings
+import numpy as np
+
+from app.audio.bargein import VAD_RATE, BargeInDetector, DetectorSettings
 from app.audio.capture import Capture, FrameSink
 from app.audio.devices import AudioDevice
 from app.audio.echo import (
@@ -51,6 +59,11 @@ class AudioSettings:
     # within a second and passes the microphone on (docs/architecture.md, "Echo handling").
     echo_cancellation: bool = True
     echo_queue_chunks: int = 200  # capture blocks waiting for the echo worker (2 s at 10 ms)
+    # Capture blocks while idle: a tenth of the callbacks, and speech is still heard at once
+    # (what it costs is when the switch back starts, not a lost sample).
+    idle_block_ms: float = 100.0
+    # Quiet this long (nobody speaking, nothing playing, no turn under way) before idling.
+    idle_after_s: float = 2.0
 
 
 def _handed_at(block: PlayedBlock) -> float:
@@ -88,7 +101,7 @@ class EchoWorker:
         detector: BargeInDetector,
         path: EchoPath,
         model: FrameSink | None = None,
-        poll_s: float = 0.05,
+        poll_s: float = 1.0,
     ) -> None:
         self.chunks = chunks
         self.player = player
@@ -111,6 +124,8 @@ class EchoWorker:
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
+        with contextlib.suppress(queue.Full):  # wakes the thread now rather than at its next poll
+            self.chunks.put_nowait((np.zeros(0, np.float32), 0.0))
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -130,14 +145,16 @@ class EchoWorker:
     def process(self, samples: FloatArray, captured_at: float) -> None:
         """One capture chunk (16 kHz float): cancel the echo, feed the detector and the model."""
         self._collect_reference()
-        for frame in self.path.process(samples, captured_at):
-            self.frames += 1
-            self.last_attenuation_db = frame.attenuation_db
-            judged = judge_frame(frame, self.detector, self.path)
-            if judged.signal is frame.samples and judged.signal is not frame.raw:
-                self.cleaned_frames += 1
-            if self.model is not None:
-                self.model.process(judged.signal, frame.captured_at, judged.hearing)
+        # One wake for the chunk's frames: an idle capture's 100 ms chunk goes out as one message.
+        with self.model.batch() if self.model is not None else contextlib.nullcontext():
+            for frame in self.path.process(samples, captured_at):
+                self.frames += 1
+                self.last_attenuation_db = frame.attenuation_db
+                judged = judge_frame(frame, self.detector, self.path)
+                if judged.signal is frame.samples and judged.signal is not frame.raw:
+                    self.cleaned_frames += 1
+                if self.model is not None:
+                    self.model.process(judged.signal, frame.captured_at, judged.hearing)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -145,6 +162,8 @@ class EchoWorker:
                 samples, captured_at = self.chunks.get(timeout=self.poll_s)
             except queue.Empty:
                 continue
+            if self._stop.is_set():
+                break
             try:
                 self.process(samples, captured_at)
             except Exception:  # keep the session alive, and the user's words with it
@@ -188,18 +207,43 @@ class AudioPipeline:
             detector=self.detector,
             echo_input=echo_input,
             echo_possible=self._echo_possible,
+            # With echo cancellation everything after the microphone runs at 16 kHz: capture at
+            # that rate where the sound server converts, and nothing is lost but the delay.
+            rate=float(VAD_RATE) if echo_input is not None else None,
         )
         if echo_input is not None:
             path = EchoPath(load_echo_canceller(), ReferenceAligner(self.player.rate))
             # The worker, not the capture callback, fills the model's frame queue: what the
             # server hears is the cleaned signal, so its turn detection does not fire on echo.
             self.echo = EchoWorker(echo_input, self.player, self.detector, path, self.capture.model)
+        self._busy_at = float("-inf")
+
+    def pace(self, busy: bool, now: float) -> None:
+        """The engine's word, every pump, on whether a conversation is under way.
+
+        Busy: 10 ms capture blocks and a running output stream (woken ahead of the answer, so its
+        first sound is not later). Quiet for ``idle_after_s``: coarse blocks and no output stream.
+        """
+        self.capture.settle_cadence(now)
+        if busy or self.player.is_playing():
+            self._busy_at = now
+            self.player.wake()
+            self.capture.set_cadence(self.settings.block_ms, now)
+        elif now - self._busy_at >= self.settings.idle_after_s:
+            self.player.rest(now)
+            self.capture.set_cadence(self.settings.idle_block_ms, now)
+
+    @property
+    def idle(self) -> bool:
+        """Idling: coarse capture blocks and the output stream at rest."""
+        return self.player.resting and self.capture.block_ms == self.settings.idle_block_ms
 
     def _echo_possible(self, captured_at: float) -> bool:
         """Without echo cancellation: could the assistant's sound (or its echo tail) be in the mic?"""
         return self.player.is_playing() or captured_at < self.player.sounded_until + ECHO_TAIL_S
 
     def start(self) -> None:
+        self._busy_at = time.monotonic()  # idle only after a quiet while, as after any turn
         # Output first: a halt decided by the first captured blocks must find a running player.
         self.player.start()
         if self.echo is not None:

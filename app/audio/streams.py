@@ -46,14 +46,30 @@ def open_stream(
     )
 
 
+def converts_to(device: AudioDevice, direction: Literal["input", "output"], rate: float) -> bool:
+    """Whether a stream on ``device`` can run at ``rate``, the host converting from the device's own.
+
+    PulseAudio, PipeWire and Core Audio convert; Windows' shared-mode WASAPI refuses other rates.
+    """
+    import sounddevice as sd
+
+    check = sd.check_input_settings if direction == "input" else sd.check_output_settings
+    try:
+        channels = stream_channels(device, direction)
+        check(device=device.index, samplerate=rate, channels=channels, dtype="float32")
+    except Exception:
+        return False
+    return True
+
+
 class StreamOwner:
     """Owns one PortAudio stream: opened on first start, closed on close or leaving a ``with``."""
 
     direction: Literal["input", "output"]
 
-    def __init__(self, device: AudioDevice, block_ms: float) -> None:
+    def __init__(self, device: AudioDevice, block_ms: float, rate: float | None = None) -> None:
         self.device = device
-        self.rate = float(device.default_samplerate)
+        self.rate = float(rate or device.default_samplerate)
         self.channels = stream_channels(device, self.direction)
         self.blocksize = frames_for_ms(self.rate, block_ms)
         self._block_ms = block_ms
@@ -69,9 +85,7 @@ class StreamOwner:
 
     def start(self) -> None:
         if self._stream is None:
-            self._stream = open_stream(
-                self.direction, self.device, self._timed_callback, self._block_ms, self.rate, self.channels
-            )
+            self._stream = self._open(self._block_ms)
             self._opened()
         self._started_at = time.monotonic()
         self._stream.start()
@@ -113,6 +127,14 @@ class StreamOwner:
         """Closes the stream and opens it anew on the same device; raises if it still cannot open."""
         self.close()
         self.start()
+
+    def _open(self, block_ms: float) -> Any:
+        """The owner's stream, opened (not started) with ``block_ms`` blocks."""
+        return self._open_with(block_ms, self._timed_callback)
+
+    def _open_with(self, block_ms: float, callback: StreamCallback) -> Any:
+        """A new stream on the device (not started) calling ``callback`` with ``block_ms`` blocks."""
+        return open_stream(self.direction, self.device, callback, block_ms, self.rate, self.channels)
 
     def _timed_callback(self, data: Any, frames: int, time_info: Any, status: Any) -> None:
         self._last_callback_at = time.monotonic()

@@ -61,6 +61,9 @@ _DECISION_SLACK_S = 0.1
 BENIGN_ERROR_CODES = frozenset({"response_cancel_not_active", "item_truncate_invalid_item_id"})
 
 
+_UNDER_WAY = frozenset({State.USER_SPEAKING, State.THINKING, State.ASSISTANT_SPEAKING, State.TOOL_RUNNING})
+
+
 @dataclass
 class ConversationSettings:
     session: p.Session
@@ -201,6 +204,11 @@ class Conversation:
         self._local_in_speech = False  # the local detector's last word: the user is talking
         self._recent: deque[MicFrame] = deque(maxlen=_RECENT_FRAMES)  # silenced echo frames
         self._unheard = UnheardSpeech()  # said again to a new session after a reconnect
+
+    @property
+    def under_way(self) -> bool:
+        """A turn is in progress (the user's or the assistant's): the audio must not idle."""
+        return self.state in _UNDER_WAY or self._local_in_speech
 
     # ------------------------------------------------------------------------------------------
     # User commands

@@ -277,6 +277,11 @@ class InputAudioBufferAppend(_ClientEvent):
             raise wire.WireError("audio", problem, "value", "invalid_audio_length")
 
 
+def joined_appends(first: InputAudioBufferAppend, second: InputAudioBufferAppend) -> InputAudioBufferAppend:
+    """One append carrying both in order (the first's event id, if any)."""
+    return InputAudioBufferAppend(first.audio + second.audio, event_id=first.event_id)
+
+
 @event("input_audio_buffer.commit")
 class InputAudioBufferCommit(_ClientEvent):
     pass

@@ -237,8 +237,12 @@ class ServerSupervisor:
     def _watch(self) -> None:
         port = self.server.port or 0
         while not self._stopping.is_set():
-            code = self.server.wait(0.5)
-            if code is None or self._stopping.is_set():
+            # Blocks until the child exits (stopping ends it): a timed wait polls all day.
+            code = self.server.wait()
+            if code is None:  # no child right now
+                self._stopping.wait(0.5)
+                continue
+            if self._stopping.is_set():
                 continue
             server_log.warning("the embedded server exited with code %s; restarting it", code)
             self._notify(Notice("warning", "The offline assistant stopped unexpectedly; restarting it."))
