@@ -156,6 +156,14 @@ PHISHING = [
 ]
 
 
+def test_the_loaded_recognizer_counts_tokens_as_the_tokenizer_file_does(count: Callable[[str], int]) -> None:
+    recognizer = SpeechRecognizer()  # loads on first use, as the server's loader uses it
+    for text in (" VPN", " SharePoint", " Okta Verify", " phishing", "Wi-Fi", " naïve café", ""):
+        assert recognizer.count_tokens(text) == count(text), text
+    assert recognizer.loaded
+    assert vocabulary_prompt(shipped(), recognizer.count_tokens) == vocabulary_prompt(shipped(), count)
+
+
 def test_phishing_is_heard_with_the_knowledge_base_prompt(count: Callable[[str], int]) -> None:
     from app.audio.probe import espeak_speech
     from app.audio.resample import StreamResampler

@@ -12,8 +12,10 @@ import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from app.localmodel.embed import (
@@ -25,6 +27,7 @@ from app.localmodel.embed import (
     erf,
     gelu,
     limit_blas_threads,
+    load_weights,
 )
 
 
@@ -175,6 +178,27 @@ def test_a_missing_model_is_an_encoder_error(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 384}))
     with pytest.raises(EncoderError, match="cannot load"):
         MiniLMEncoder(tmp_path)
+
+
+def test_the_weights_are_the_files_and_the_word_embeddings_stay_in_it(tmp_path: Path) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    tensors: dict[str, npt.NDArray[Any]] = {
+        "embeddings.word_embeddings.weight": np.arange(12, dtype=np.float32).reshape(4, 3),
+        "embeddings.position_ids": np.arange(5, dtype=np.int64)[None, :],
+        "encoder.layer.0.output.dense.bias": np.array([0.5, -1.5], dtype=np.float32),
+    }
+    path = tmp_path / "model.safetensors"
+    save_file(tensors, str(path))
+    loaded = load_weights(path)
+    expected = load_file(str(path))
+    assert loaded.keys() == expected.keys()
+    for name, value in expected.items():
+        assert loaded[name].dtype == value.dtype and np.array_equal(loaded[name], value), name
+    # Mapped from the file, read-only; the rest are arrays of their own.
+    assert isinstance(loaded["embeddings.word_embeddings.weight"].base, np.memmap)
+    assert not loaded["embeddings.word_embeddings.weight"].flags.writeable
+    assert not isinstance(loaded["encoder.layer.0.output.dense.bias"].base, np.memmap)
 
 
 # ---------------------------------------------------------------------------------------------------

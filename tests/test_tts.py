@@ -431,3 +431,39 @@ def test_cached_voice_replays_stock_phrases_without_synthesis() -> None:
     assert np.all(voice.synthesize("okay,") == np.float32(0.1))
     voice.synthesize("Restart the laptop.")
     assert inner.calls == ["Okay,", "Sure.", "Restart the laptop."]
+
+
+def test_cached_voice_made_two_at_a_time_keeps_each_phrase_with_its_own_audio() -> None:
+    import threading
+
+    from app.localmodel.tts import CachedVoice
+
+    class Tagging:
+        """Audio that says which phrase it is; its first two calls must run at once to return."""
+
+        name = "tagging"
+        sample_rate = 24000
+
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+            self.calls = 0
+            self.threads: set[int] = set()
+            self.first_two = threading.Barrier(2, timeout=5)
+
+        def synthesize(self, text: str) -> np.ndarray:
+            with self.lock:
+                self.calls += 1
+                meet = self.calls <= 2
+                self.threads.add(threading.get_ident())
+            if meet:
+                self.first_two.wait()  # raises BrokenBarrierError when made one at a time
+            return np.full(len(text) * 100, float(len(text)), np.float32) if text != "Hm." else np.zeros(0)
+
+    phrases = ("Okay,", "Sure.", "Of course.", "Hm.", "Got it.")
+    inner = Tagging()
+    voice = CachedVoice(inner, phrases, workers=2)
+    assert len(inner.threads) == 2
+    assert voice.quick_openers == {"okay,", "sure.", "of course.", "got it."}  # no audio, not kept
+    for phrase in ("Okay,", "Sure.", "Of course.", "Got it."):
+        assert np.all(voice.synthesize(phrase) == np.float32(len(phrase)))
+        assert len(voice.synthesize(phrase)) == len(phrase) * 100

@@ -559,6 +559,13 @@ class SpeechRecognizer:
             self._model = model
             self.load_s = time.perf_counter() - started
 
+    def count_tokens(self, text: str) -> int:
+        """Whisper tokens in ``text``, by the loaded model's own tokenizer: the count of
+        :func:`whisper_token_counter` (the same tokenizer.json), without loading it a second time."""
+        if self._model is None:
+            self.load()
+        return len(self._tokenizer.encode(text))
+
     def set_prompt(self, prompt: str) -> None:
         """A new vocabulary prompt (the knowledge base changed); decodes under way keep the old one."""
         if self._model is None:

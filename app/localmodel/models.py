@@ -6,8 +6,10 @@ so the app can show what is loading.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from app.localmodel.components import BrainReply, Components, Speech, ToolRequest
@@ -48,17 +50,23 @@ def load_models(progress: Callable[[str], None], kb_folders: Sequence[str] | Non
     """The real models; ``kb_folders`` None means the company folders the app passed in
     ``HELPDESK_VOICE_SERVER_KB_FOLDERS`` (see :mod:`app.tools.kb_sources`), if any."""
 
+    lock = threading.Lock()
+
+    def report(line: str) -> None:
+        with lock:  # two steps load side by side: one whole line at a time
+            progress(line)
+
     def step(what: str, load: Callable[[], Any]) -> Any:
         started = time.monotonic()
-        progress(f"loading {what}...")
+        report(f"loading {what}...")
         result = load()
-        progress(f"loading {what}: done in {time.monotonic() - started:.1f} s")
+        report(f"loading {what}: done in {time.monotonic() - started:.1f} s")
         return result
 
-    from app.localmodel.asr import SpeechRecognizer, UtteranceTranscriber
+    from app.localmodel.asr import SpeechRecognizer, UtteranceTranscriber, vocabulary_prompt
     from app.localmodel.brain import HelpdeskBrain
     from app.localmodel.retrieval import ArticleRetriever, load_watched_retriever
-    from app.localmodel.tts import CachedVoice, SpeechStream, load_voice
+    from app.localmodel.tts import CachedVoice, SpeechStream, load_voice, quiet_onnxruntime
     from app.paths import default_cache_dir
     from app.tools.kb_sources import folders_from_env
 
@@ -69,26 +77,31 @@ def load_models(progress: Callable[[str], None], kb_folders: Sequence[str] | Non
         recognizer.load()
         return recognizer
 
-    recognizer = step("speech recognition (Whisper tiny.en)", load_recognizer)
-    retriever = step(
-        "knowledge base (MiniLM embeddings)",
-        lambda: load_watched_retriever(cache_dir=default_cache_dir(), folders=folders),
-    )
-    from app.localmodel.asr import vocabulary_prompt, whisper_token_counter
-
-    count_tokens = whisper_token_counter()
+    # The environment is set before the voice's thread starts: setting it while another thread reads
+    # it (the recogniser's libraries do as they load) is a race in the C library.
+    quiet_onnxruntime()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="voice-loader") as loader:
+        # The voice is the longest step (a first synthesis, then the stock openers, each on one
+        # onnxruntime thread): it loads on the other core while the recogniser and the articles load
+        # here, and once they have, its openers take both cores, two at a time.
+        voice_loading = loader.submit(step, "voice (Piper)", lambda: CachedVoice(load_voice(), workers=2))
+        recognizer = step("speech recognition (Whisper tiny.en)", load_recognizer)
+        retriever = step(
+            "knowledge base (MiniLM embeddings)",
+            lambda: load_watched_retriever(cache_dir=default_cache_dir(), folders=folders),
+        )
+    voice: CachedVoice = voice_loading.result()
 
     def hear_the_articles_words(articles: ArticleRetriever) -> None:
         # Biased toward the words the articles use (shipped and company), so a request an article
         # answers is heard with that article's terms, and kept so as the company's articles change.
-        recognizer.set_prompt(vocabulary_prompt(articles.articles, count_tokens))
+        recognizer.set_prompt(vocabulary_prompt(articles.articles, recognizer.count_tokens))
 
     hear_the_articles_words(retriever.current)
     retriever.on_change = hear_the_articles_words
     if folders:
         company = sum(1 for article in retriever.articles if article.source)
-        progress(f"knowledge base: {company} company articles from {len(folders)} folder(s)")
-    voice = step("voice (Piper)", lambda: CachedVoice(load_voice()))
+        report(f"knowledge base: {company} company articles from {len(folders)} folder(s)")
 
     def speak(text: str) -> Speech:
         return SpeechStream(voice, text)
@@ -102,7 +115,7 @@ def load_models(progress: Callable[[str], None], kb_folders: Sequence[str] | Non
         turn_end: TurnEndModel | None = step("end-of-turn model (Smart Turn v3)", TurnEndModel)
     except (FileNotFoundError, OSError, RuntimeError) as exc:  # answering still works: after a pause
         # "loading ...": the launcher passes only those lines on as progress.
-        progress(f"loading end-of-turn model: unavailable, turns end by their words and pauses ({exc})")
+        report(f"loading end-of-turn model: unavailable, turns end by their words and pauses ({exc})")
         turn_end = None
     judged = ", Smart Turn" if turn_end is not None else ""
     return Components(

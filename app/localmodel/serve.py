@@ -35,6 +35,7 @@ from app.localmodel.server import (
     EmbeddedServer,
     ServerSetupError,
     check_address,
+    give_back_memory,
     limit_malloc_arenas,
     new_token,
 )
@@ -120,6 +121,9 @@ def serve_main(
     _say("helpdesk-voice embedded server")
     started = time.monotonic()
     components = load_components(_say)
+    # Loading frees much on the way (the voice's model file once parsed, a first synthesis's
+    # buffers): given back now, not at the end of the first response, it is not held while idle.
+    give_back_memory()
     _say(f"loaded in {time.monotonic() - started:.1f} s")
     server = EmbeddedServer(components, token, host, port, tls=tls)
     return asyncio.run(_serve(server, f"from {origin}" if origin else token))

@@ -791,6 +791,12 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
+def give_back_memory() -> bool:
+    """Asks glibc to return the memory it holds free to the system, now; False where it cannot."""
+    trim = _malloc_trim()
+    return trim is not None and bool(trim(0))
+
+
 M_ARENA_MAX = -8  # mallopt's parameter, from glibc's malloc.h
 
 

