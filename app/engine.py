@@ -15,16 +15,17 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, assert_never
 
-from app.audio.bargein import DetectorSettings
+from app.audio.bargein import DetectorSettings, SpeechEvent
 from app.audio.capture_route import RouteWatcher, route_notice
 from app.audio.devices import AudioDevice
 from app.audio.earcon import load_earcon
+from app.audio.jitter import HaltRecord
 from app.audio.mic_access import SilentMicWatch, windows_privacy_block
-from app.audio.pipeline import AudioPipeline, AudioSettings
+from app.audio.pipeline import AudioPipeline, AudioReport, AudioSettings, FirstAudible, Paused, PlayedOut
 from app.core import protocol as p
 from app.core.actions import (
     Action,
@@ -42,6 +43,14 @@ from app.core.actions import (
     TurnCompleted,
 )
 from app.core.conversation import Conversation, ConversationSettings
+from app.core.health import (
+    ConnectionFailures,
+    DeviceHealth,
+    DeviceStep,
+    device_back_notice,
+    device_lost_notice,
+)
+from app.core.hearing import MicFrame
 from app.core.protocol import UnknownTypeLog
 from app.realtime import ConnectionProblem, Endpoint, RealtimeTransport
 from app.tools.registry import ToolRegistry
@@ -56,10 +65,43 @@ IDLE_PUMP_INTERVAL_S = 0.02
 # Once the audio idles too (coarse capture blocks, no output stream), as seldom as the blocks come.
 RESTING_PUMP_INTERVAL_S = 0.5
 DEVICE_CHECK_INTERVAL_S = 0.5
-DEVICE_RETRY_INTERVAL_S = 3.0
-# After this many failed connection attempts in a row the endpoint counts as unreachable, and the
-# user hears of it (a desktop notification) rather than only a status line; one blip is not worth it.
-UNREACHABLE_AFTER_FAILURES = 3
+
+
+class DeviceStream(Protocol):
+    """One audio stream as the engine's device checks see it."""
+
+    @property
+    def device(self) -> AudioDevice: ...
+    def lost(self, now: float) -> bool: ...
+    def delivering(self, now: float) -> bool: ...
+    def reopen(self) -> None: ...
+
+
+class AudioFrontend(Protocol):
+    """The audio side as the engine drives it (:class:`app.audio.pipeline.AudioPipeline`)."""
+
+    def start(self) -> None: ...
+    def close(self) -> None: ...
+    def play(self, item_id: str, pcm16: bytes) -> None: ...
+    def end_item(self, item_id: str) -> None: ...
+    def halt(self, item_ids: Iterable[str] | None = None) -> None: ...
+    def resume(self) -> None: ...
+    def set_listening(self, listening: bool) -> None: ...
+    def set_frame_waker(self, wake: Callable[[], None] | None) -> None: ...
+    def frames_waiting(self) -> bool: ...
+    def drain(self) -> list[AudioReport]: ...
+    def pace(self, busy: bool, now: float) -> None: ...
+    def devices(self) -> Iterable[tuple[str, DeviceStream]]: ...
+    @property
+    def busy(self) -> bool: ...
+    @property
+    def idle(self) -> bool: ...
+    @property
+    def playing(self) -> bool: ...
+    @property
+    def underruns(self) -> int: ...
+    @property
+    def input_level_dbfs(self) -> float: ...
 
 
 class EngineListener(Protocol):
@@ -91,8 +133,17 @@ class EngineConfig:
     reconnect_attempts: int | None = None
 
 
+def audio_for(config: EngineConfig) -> AudioPipeline:
+    """The audio pipeline on the configured devices (not started)."""
+    return AudioPipeline(config.input_device, config.output_device, config.audio, config.detector)
+
+
 class Engine:
-    def __init__(self, config: EngineConfig, listener: EngineListener) -> None:
+    """``audio``: the audio side to drive; by default the pipeline on the configured devices."""
+
+    def __init__(
+        self, config: EngineConfig, listener: EngineListener, audio: AudioFrontend | None = None
+    ) -> None:
         self.config = config
         self.listener = listener
         self.conversation = Conversation(
@@ -103,7 +154,7 @@ class Engine:
                 backend=config.backend,
             )
         )
-        self.audio = AudioPipeline(config.input_device, config.output_device, config.audio, config.detector)
+        self.audio: AudioFrontend = audio if audio is not None else audio_for(config)
         self._earcon = load_earcon()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -112,12 +163,11 @@ class Engine:
         self._transport: RealtimeTransport | None = None
         self._outbox: asyncio.Queue[p.ClientEvent] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._watched: dict[str, bool] = {}  # item id -> first audio reported
         self._unknown = UnknownTypeLog()
         self._rollover_pending = False
-        self._failures_in_a_row = 0
+        self._failures = ConnectionFailures()
         self._device_checked_at = 0.0
-        self._lost_since: dict[str, float] = {}  # "microphone"/"speaker" -> lost or last retried at
+        self._devices = DeviceHealth()
         self._route = RouteWatcher()  # a microphone the sound server silently replaced
         self._silent_mic = SilentMicWatch()  # a microphone the OS keeps from the app (macOS, Windows)
         self.final_problem: ConnectionProblem | None = None
@@ -154,8 +204,13 @@ class Engine:
         """Block until the engine has stopped by itself (fatal problem) or been stopped."""
         return self._stopped.wait(timeout)
 
+    @property
+    def input_level_dbfs(self) -> float:
+        """The microphone's level now (peak of the last block), for a level meter."""
+        return self.audio.input_level_dbfs
+
     def set_muted(self, muted: bool) -> None:
-        self.audio.detector.enabled = not muted
+        self.audio.set_listening(not muted)
         self._call(lambda now: self.conversation.set_muted(muted, now))
 
     def push_to_talk(self, pressed: bool) -> None:
@@ -189,7 +244,7 @@ class Engine:
     async def _main(self) -> None:
         self._outbox = asyncio.Queue()
         self._frame_ready = asyncio.Event()
-        self.audio.capture.model.on_frame = self._frame_queued
+        self.audio.set_frame_waker(self._frame_queued)
         self._transport = RealtimeTransport(
             self.config.endpoint, self, max_attempts=self.config.reconnect_attempts
         )
@@ -203,7 +258,7 @@ class Engine:
         try:
             self.final_problem = await self._transport.run()
         finally:
-            self.audio.capture.model.on_frame = None
+            self.audio.set_frame_waker(None)
             for task in (sender, pump, *self._tasks):
                 task.cancel()
             await asyncio.gather(sender, pump, *self._tasks, return_exceptions=True)
@@ -237,94 +292,82 @@ class Engine:
             await self._transport.send(event)
 
     async def _pump(self) -> None:
-        capture = self.audio.capture
-        detector = self.audio.detector
-        buffer = self.audio.player.buffer
+        audio = self.audio
         while True:
             now = time.monotonic()
-            # Detector events first: a barge-in's onset time must be known before its halt report.
-            while detector.events:
-                speech = detector.events.popleft()
-                log.info("local %s at %.3f (decided %.3f)", speech.kind, speech.at, speech.decided_at)
-                self._apply(self.conversation.local_speech(speech.kind, speech.at, now))
-                self.audio.pace(True, now)  # capture at full pace and the speaker awake, at once
-            while buffer.pauses:  # what the conversation needs of a pause comes with its halt
-                record = buffer.pauses.popleft()
-                log.info("answer paused at %s", record.played_ms)
-            while buffer.halts:
-                record = buffer.halts.popleft()
-                self._apply(self.conversation.playback_halted(record.played_ms, record.silent_at, now))
-            while not capture.frames.empty():
-                frame = capture.frames.get_nowait()
-                silent = self._silent_mic.feed(frame.pcm16, frame.captured_at)
-                if silent is not None:
-                    self.listener.on_notice(Notice("warning", silent, needs_user=True))
-                self._apply(self.conversation.mic_frame(frame))
-            self._watch_playback(now)
-            self.conversation.set_underruns(buffer.underruns)
+            for report in audio.drain():
+                self._report(report, now)
+            self.conversation.set_underruns(audio.underruns)
             self._apply(self.conversation.tick(now))
             if now - self._device_checked_at >= DEVICE_CHECK_INTERVAL_S:
                 self._device_checked_at = now
                 self._check_devices(now)
             await self._maybe_rollover(now)
-            busy = detector.in_speech or self.audio.player.is_playing() or bool(self._watched)
-            self.audio.pace(busy or self.conversation.under_way, now)
+            busy = audio.busy
+            audio.pace(busy or self.conversation.under_way, now)
             interval = PUMP_INTERVAL_S if busy else IDLE_PUMP_INTERVAL_S
-            if self.audio.idle:
+            if audio.idle:
                 interval = RESTING_PUMP_INTERVAL_S
             self._frame_ready.clear()
-            if capture.frames.empty():  # a frame queued after the clear sets the event again
+            if not audio.frames_waiting():  # a frame queued after the clear sets the event again
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._frame_ready.wait(), interval)
 
-    def _watch_playback(self, now: float) -> None:
-        buffer = self.audio.player.buffer
-        for item_id, reported in list(self._watched.items()):
-            account = buffer.account(item_id)
-            if account is None:
-                continue
-            if not reported and account.first_audible_at is not None:
-                self._watched[item_id] = True
-                self._apply(self.conversation.first_audio(item_id, account.first_audible_at))
-            if account.done:
-                del self._watched[item_id]
-                if not account.halted:
-                    self._apply(self.conversation.item_played_out(item_id, now))
+    def _report(self, report: AudioReport, now: float) -> None:
+        """One thing the audio side reported, handed to the conversation."""
+        match report:
+            case SpeechEvent():
+                log.info("local %s at %.3f (decided %.3f)", report.kind, report.at, report.decided_at)
+                self._apply(self.conversation.local_speech(report.kind, report.at, now))
+                self.audio.pace(True, now)  # capture at full pace and the speaker awake, at once
+            case Paused():  # what the conversation needs of a pause comes with its halt
+                log.info("answer paused at %s", report.record.played_ms)
+            case HaltRecord():
+                self._apply(self.conversation.playback_halted(report.played_ms, report.silent_at, now))
+            case MicFrame():
+                silent = self._silent_mic.feed(report.pcm16, report.captured_at)
+                if silent is not None:
+                    self.listener.on_notice(Notice("warning", silent, needs_user=True))
+                self._apply(self.conversation.mic_frame(report))
+            case FirstAudible():
+                self._apply(self.conversation.first_audio(report.item_id, report.at))
+            case PlayedOut():
+                self._apply(self.conversation.item_played_out(report.item_id, now))
+            case _:
+                assert_never(report)
 
     def _check_devices(self, now: float) -> None:
         """Notices a device that stopped, says so once, reopens it every few seconds until it works."""
-        for role, stream in (("microphone", self.audio.capture), ("speaker", self.audio.player)):
-            retried_at = self._lost_since.get(role)
-            if retried_at is None:
-                if stream.lost(now):
-                    self._lost_since[role] = now
-                    log.warning("the %s (%s) stopped", role, stream.device.name)
-                    self.listener.on_notice(
-                        Notice(
-                            "error",
-                            f"The {role} ({stream.device.name}) stopped working; was it unplugged? "
-                            f"Plug it back in or choose another {role} in Settings.",
-                            needs_user=True,
-                        )
-                    )
-            elif stream.delivering(now):
-                del self._lost_since[role]
-                log.info("the %s (%s) works again", role, stream.device.name)
-                self.listener.on_notice(Notice("info", f"The {role} ({stream.device.name}) works again."))
-            elif now - retried_at >= DEVICE_RETRY_INTERVAL_S:
-                self._lost_since[role] = now
-                try:
-                    stream.reopen()
-                except Exception as exc:
-                    log.info("the %s is still unavailable: %s", role, exc)
-                else:
-                    if role == "microphone":
-                        self._route.rebaseline()
-                        self._silent_mic.restart()
+        for role, stream in self.audio.devices():
+            name = stream.device.name
+            step = self._devices.check(
+                role, lost=stream.lost(now), delivering=stream.delivering(now), now=now
+            )
+            match step:
+                case DeviceStep.NOTHING:
+                    pass
+                case DeviceStep.LOST:
+                    log.warning("the %s (%s) stopped", role, name)
+                    self.listener.on_notice(device_lost_notice(role, name))
+                case DeviceStep.BACK:
+                    log.info("the %s (%s) works again", role, name)
+                    self.listener.on_notice(device_back_notice(role, name))
+                case DeviceStep.REOPEN:
+                    try:
+                        stream.reopen()
+                    except Exception as exc:
+                        log.info("the %s is still unavailable: %s", role, exc)
+                    else:
+                        if role == "microphone":
+                            self._route.rebaseline()
+                            self._silent_mic.restart()
+                case _:
+                    assert_never(step)
         while self._route.changes:
             change = self._route.changes.popleft()
             log.warning("the microphone's recording moved: %s", change)
-            self.listener.on_notice(route_notice(change, self.audio.capture.device.name))
+            microphone = next(stream for role, stream in self.audio.devices() if role == "microphone")
+            self.listener.on_notice(route_notice(change, microphone.device.name))
 
     async def _maybe_rollover(self, now: float) -> None:
         transport = self._transport
@@ -344,35 +387,36 @@ class Engine:
     # Carrying out actions
     # ------------------------------------------------------------------------------------------
     def _apply(self, actions: list[Action]) -> None:
-        player = self.audio.player
         for action in actions:
-            if isinstance(action, Send):
-                if self._outbox is not None:
-                    self._outbox.put_nowait(action.event)
-            elif isinstance(action, PlayAudio):
-                self._watched.setdefault(action.item_id, False)
-                player.push(action.item_id, action.pcm16)
-            elif isinstance(action, EndAudio):
-                player.end_item(action.item_id)
-            elif isinstance(action, Halt):
-                player.halt(action.item_ids)
-            elif isinstance(action, ResumeAudio):
-                player.resume()
-            elif isinstance(action, PlayCue):
-                player.push(action.cue_id, self._earcon)
-                player.end_item(action.cue_id)
-            elif isinstance(action, RunTool):
-                self._spawn(self._run_tool(action))
-            elif isinstance(action, StateChanged):
-                self.listener.on_state(action)
-            elif isinstance(action, Transcript):
-                self.listener.on_transcript(action)
-            elif isinstance(action, ToolActivity):
-                self.listener.on_tool(action)
-            elif isinstance(action, TurnCompleted):
-                self.listener.on_turn(action)
-            elif isinstance(action, Notice):
-                self.listener.on_notice(action)
+            match action:
+                case Send():
+                    if self._outbox is not None:
+                        self._outbox.put_nowait(action.event)
+                case PlayAudio():
+                    self.audio.play(action.item_id, action.pcm16)
+                case EndAudio():
+                    self.audio.end_item(action.item_id)
+                case Halt():
+                    self.audio.halt(action.item_ids)
+                case ResumeAudio():
+                    self.audio.resume()
+                case PlayCue():
+                    self.audio.play(action.cue_id, self._earcon)
+                    self.audio.end_item(action.cue_id)
+                case RunTool():
+                    self._spawn(self._run_tool(action))
+                case StateChanged():
+                    self.listener.on_state(action)
+                case Transcript():
+                    self.listener.on_transcript(action)
+                case ToolActivity():
+                    self.listener.on_tool(action)
+                case TurnCompleted():
+                    self.listener.on_turn(action)
+                case Notice():
+                    self.listener.on_notice(action)
+                case _:
+                    assert_never(action)
 
     def _spawn(self, coroutine: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(coroutine)
@@ -389,7 +433,7 @@ class Engine:
     # TransportHandler
     # ------------------------------------------------------------------------------------------
     async def on_connected(self, reconnected: bool) -> None:
-        self._failures_in_a_row = 0
+        self._failures.connected()
         self._drain_outbox()  # anything queued for the old socket is replaced by the replay
         actions = self.conversation.connected_to_server(reconnected, time.monotonic())
         # session.update and the replay go out from here, in order, before any microphone audio:
@@ -406,16 +450,15 @@ class Engine:
         elif isinstance(event, p.MalformedEvent):
             log.warning("malformed server event: %s", event.reason)
         if isinstance(event, (p.SpeechStarted, p.SpeechStopped)):
-            log.info("server %s (playing: %s)", event.TYPE, self.audio.player.is_playing())
+            log.info("server %s (playing: %s)", event.TYPE, self.audio.playing)
         self._apply(self.conversation.server_event(event, time.monotonic()))
 
     async def on_disconnected(self, problem: ConnectionProblem, retry_in: float | None) -> None:
         self._drain_outbox()
-        self._failures_in_a_row += 1
+        unreachable = self._failures.failed()
         message = problem.message
         if retry_in is not None:
             message = f"{message} Reconnecting in {retry_in:.1f} s."
-        unreachable = self._failures_in_a_row == UNREACHABLE_AFTER_FAILURES
         self._apply(
             self.conversation.disconnected(
                 message, retry_in is not None, time.monotonic(), needs_user=retry_in is None or unreachable

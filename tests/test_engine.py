@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,78 +15,26 @@ import numpy as np
 import pytest
 
 from app.audio.devices import find_device
-from app.core.actions import Notice, StateChanged, ToolActivity, Transcript, TurnCompleted
+from app.core.actions import Notice, TurnCompleted
 from app.defaults import session_config
 from app.engine import Engine, EngineConfig
 from app.realtime import custom_endpoint
-from app.tools.registry import Tool, ToolRegistry
 from tests.app_driver import HeadlessApp
+from tests.engine_support import Recorder, answering_peer, slow_tool_registry, wait_ready
 from tests.scripted_peer import Answer, ScriptedPeer
 from tests.server_events import pcm
 
 pytestmark = pytest.mark.devices
 
 
-class Recorder:
-    """An EngineListener that keeps everything, with a way to wait for a condition."""
-
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-        self._changed = threading.Condition()
-
-    def _add(self, event: Any) -> None:
-        with self._changed:
-            self.events.append(event)
-            self._changed.notify_all()
-
-    on_state = on_transcript = on_tool = on_turn = on_notice = _add
-
-    def of(self, cls: type[Any]) -> list[Any]:
-        return [e for e in list(self.events) if isinstance(e, cls)]
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while not predicate():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"timed out waiting for {what}; events: {self.events[-15:]}")
-                self._changed.wait(min(left, 0.1))
-
-
-def wait_ready(listener: Recorder) -> None:
-    listener.wait_for(
-        lambda: any(e.state.value == "listening" for e in listener.of(StateChanged)), 10, "ready"
-    )
-
-
-async def _slow_lookup(args: dict[str, Any]) -> dict[str, Any]:
-    await asyncio.sleep(2.0)
-    return {"message": f"Found the article about {args.get('topic', 'that')}"}
-
-
-def _registry() -> ToolRegistry:
-    registry = ToolRegistry()
-    registry.register(
-        Tool(
-            name="slow_lookup",
-            description="A lookup that takes two seconds.",
-            parameters={"type": "object", "properties": {"topic": {"type": "string"}}},
-            handler=_slow_lookup,
-        )
-    )
-    return registry
-
-
 @pytest.fixture
 def peer() -> Iterator[ScriptedPeer]:
-    answers = [Answer("Here is what I found about your VPN.", pcm(1500)), Answer("Anything else?", pcm(800))]
-    with ScriptedPeer(answers, realtime_factor=2.0) as running:
+    with answering_peer() as running:
         yield running
 
 
 def _engine(rig: Any, peer: ScriptedPeer, listener: Recorder, **options: Any) -> Engine:
-    tools = _registry()
+    tools = slow_tool_registry()
     config = EngineConfig(
         endpoint=custom_endpoint(peer.url, None),
         session=session_config(tuple(tools.specs())),
@@ -98,95 +44,6 @@ def _engine(rig: Any, peer: ScriptedPeer, listener: Recorder, **options: Any) ->
         **options,
     )
     return Engine(config, listener)
-
-
-def test_slow_tool_reports_status_while_audio_keeps_flowing(virtual_audio: Any, peer: ScriptedPeer) -> None:
-    listener = Recorder()
-    engine = _engine(virtual_audio, peer, listener)
-    engine.start()
-    try:
-        wait_ready(listener)
-        peer.tool_calls = [("slow_lookup", '{"topic": "VPN"}')]
-        engine.send_text("my vpn keeps dropping")
-        listener.wait_for(
-            lambda: any(t.status == "started" for t in listener.of(ToolActivity)), 5, "tool start"
-        )
-        started = time.monotonic()
-        appends_before = len(peer.of_type("input_audio_buffer.append"))
-        listener.wait_for(
-            lambda: any(t.status == "slow" for t in listener.of(ToolActivity)), 5, "slow status"
-        )
-        slow_after = time.monotonic() - started
-        listener.wait_for(lambda: any(t.status == "done" for t in listener.of(ToolActivity)), 5, "tool done")
-        # The microphone kept streaming while the tool ran: the loop was never blocked.
-        appends_during = len(peer.of_type("input_audio_buffer.append")) - appends_before
-        assert appends_during >= 50, f"only {appends_during} audio frames sent during a 2 s tool"
-        assert 1.2 < slow_after < 2.0
-        done = next(t for t in listener.of(ToolActivity) if t.status == "done")
-        assert done.message == "Found the article about VPN"
-        listener.wait_for(lambda: bool(listener.of(TurnCompleted)), 10, "the answer after the tool")
-    finally:
-        engine.stop()
-    outputs = [
-        e for e in peer.of_type("conversation.item.create") if e["item"]["type"] == "function_call_output"
-    ]
-    assert len(outputs) == 1 and "VPN" in outputs[0]["item"]["output"]
-    types = peer.types()
-    assert types.index("response.create", types.index("conversation.item.create") + 2) > 0
-    (turn,) = listener.of(TurnCompleted)
-    assert turn.user_text == "my vpn keeps dropping"
-    assert turn.assistant_text == "Here is what I found about your VPN."
-
-
-def test_drop_mid_answer_reconnects_restores_the_session_and_carries_on(
-    virtual_audio: Any, peer: ScriptedPeer
-) -> None:
-    peer.realtime_factor = 1.0  # the answer is still arriving when the connection drops
-    listener = Recorder()
-    engine = _engine(virtual_audio, peer, listener)
-    engine.start()
-    try:
-        wait_ready(listener)
-        engine.send_text("my vpn keeps dropping")
-        listener.wait_for(
-            lambda: any(e.role == "assistant" for e in listener.of(Transcript)), 10, "the answer to start"
-        )
-        dropped_at = time.monotonic()
-        peer.drop_connection()
-        listener.wait_for(
-            lambda: peer.connections >= 2 and len(peer.of_type("session.update")) >= 2, 5, "reconnect"
-        )
-        restored_after = peer.connected_at[1] - dropped_at
-        listener.wait_for(lambda: bool(listener.of(TurnCompleted)), 15, "the answer after the reconnect")
-    finally:
-        engine.stop()
-    assert restored_after < 2.0, f"reconnected after {restored_after:.2f} s"
-    notices = [n.message.lower() for n in listener.of(Notice)]
-    assert any("reconnect" in n for n in notices)
-    # On the new connection: session.update, the conversation so far, then a new response.
-    second = peer.received[[i for i, e in enumerate(peer.received) if e["type"] == "session.update"][1] :]
-    replayed = [e["item"] for e in second if e["type"] == "conversation.item.create"]
-    assert replayed and replayed[0]["role"] == "user"
-    assert replayed[0]["content"][0]["text"] == "my vpn keeps dropping"
-    assert "response.create" in [e["type"] for e in second]
-    turns = listener.of(TurnCompleted)
-    assert turns[-1].metrics.reconnects == 1
-
-
-def test_planned_rollover_opens_a_fresh_session_when_idle(virtual_audio: Any, peer: ScriptedPeer) -> None:
-    peer.close_after_s = 4.0  # the server's cap, which the planned rollover comes before
-    listener = Recorder()
-    engine = _engine(virtual_audio, peer, listener, rollover_after_s=1.0)
-    engine.start()
-    try:
-        # The second session counts once the peer has its session.update, not at the TCP accept.
-        listener.wait_for(
-            lambda: peer.connections >= 2 and len(peer.of_type("session.update")) >= 2, 6, "a rollover"
-        )
-    finally:
-        engine.stop()
-    assert peer.close_codes[0] == 1000 and not peer.closed_by_peer[0]  # the client's own normal close
-    assert not [n for n in listener.of(Notice) if n.level == "error"]
 
 
 def test_the_app_rolls_over_before_a_custom_servers_session_cap(virtual_audio: Any, tmp_path: Path) -> None:

@@ -27,8 +27,8 @@ from app.launch import (
 )
 from app.realtime.endpoint import API_KEY_ENV, store_api_key
 from app.settings_rules import cross_field_problems
+from tests.engine_support import Recorder
 from tests.file_keyring import FileKeyring
-from tests.test_engine import Recorder
 
 KEY = "sk-test-0123456789abcdefSECRET"
 

@@ -22,11 +22,12 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
-from app.audio.bargein import VAD_RATE, BargeInDetector, DetectorSettings
+from app.audio.bargein import VAD_RATE, BargeInDetector, DetectorSettings, SpeechEvent
 from app.audio.capture import Capture, FrameSink
 from app.audio.devices import AudioDevice
 from app.audio.echo import (
@@ -38,9 +39,11 @@ from app.audio.echo import (
     judge,
     load_echo_canceller,
 )
+from app.audio.jitter import HaltRecord
 from app.audio.player import PlayedBlock, Player
 from app.audio.resample import FloatArray, float_to_int16
-from app.core.hearing import Hearing
+from app.audio.streams import StreamOwner
+from app.core.hearing import Hearing, MicFrame
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,33 @@ class AudioSettings:
     idle_block_ms: float = 100.0
     # Quiet this long (nobody speaking, nothing playing, no turn under way) before idling.
     idle_after_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class Paused:
+    """The answer was paused (a local barge-in); what the listener had heard comes with its halt."""
+
+    record: HaltRecord
+
+
+@dataclass(frozen=True)
+class FirstAudible:
+    """An item's first audible sample reached the listener at ``at``."""
+
+    item_id: str
+    at: float
+
+
+@dataclass(frozen=True)
+class PlayedOut:
+    """An item played to its end (not halted)."""
+
+    item_id: str
+
+
+# What the audio tells the engine, in the order it must hear it: a barge-in's onset before its
+# halt, the microphone's frames, then the playback's progress.
+AudioReport = SpeechEvent | Paused | HaltRecord | MicFrame | FirstAudible | PlayedOut
 
 
 def _handed_at(block: PlayedBlock) -> float:
@@ -217,6 +247,83 @@ class AudioPipeline:
             # server hears is the cleaned signal, so its turn detection does not fire on echo.
             self.echo = EchoWorker(echo_input, self.player, self.detector, path, self.capture.model)
         self._busy_at = float("-inf")
+        self._watched: dict[str, bool] = {}  # item id -> its first audible sample reported
+
+    # ------------------------------------------------------------------------------------------
+    # What the engine drives and reads (the engine knows the pipeline only through these)
+    # ------------------------------------------------------------------------------------------
+    def play(self, item_id: str, pcm16: bytes) -> None:
+        """Queue an item's audio and report its progress through :meth:`drain`."""
+        self._watched.setdefault(item_id, False)
+        self.player.push(item_id, pcm16)
+
+    def end_item(self, item_id: str) -> None:
+        self.player.end_item(item_id)
+
+    def halt(self, item_ids: Iterable[str] | None = None) -> None:
+        self.player.halt(item_ids)
+
+    def resume(self) -> None:
+        self.player.resume()
+
+    def set_listening(self, listening: bool) -> None:
+        """Muted: the local detector ignores the microphone (no barge-in, no speech events)."""
+        self.detector.enabled = listening
+
+    def set_frame_waker(self, wake: Callable[[], None] | None) -> None:
+        """Called from the audio side once a block's microphone frames are queued; must not block."""
+        self.capture.model.on_frame = wake
+
+    def frames_waiting(self) -> bool:
+        return not self.capture.frames.empty()
+
+    @property
+    def busy(self) -> bool:
+        """The user is speaking by the local detector, or an answer plays or is still watched."""
+        return self.detector.in_speech or self.player.is_playing() or bool(self._watched)
+
+    @property
+    def playing(self) -> bool:
+        return self.player.is_playing()
+
+    @property
+    def underruns(self) -> int:
+        return self.player.buffer.underruns
+
+    @property
+    def input_level_dbfs(self) -> float:
+        return self.capture.level_dbfs
+
+    def devices(self) -> tuple[tuple[str, StreamOwner], ...]:
+        """Each stream with the role the user knows it by, for the engine's device checks."""
+        return (("microphone", self.capture), ("speaker", self.player))
+
+    def drain(self) -> list[AudioReport]:
+        """Everything that happened since the last call, in the order the conversation must hear it."""
+        reports: list[AudioReport] = []
+        events = self.detector.events
+        while events:
+            reports.append(events.popleft())
+        buffer = self.player.buffer
+        while buffer.pauses:
+            reports.append(Paused(buffer.pauses.popleft()))
+        while buffer.halts:
+            reports.append(buffer.halts.popleft())
+        frames = self.capture.frames
+        while not frames.empty():
+            reports.append(frames.get_nowait())
+        for item_id, reported in list(self._watched.items()):
+            account = buffer.account(item_id)
+            if account is None:
+                continue
+            if not reported and account.first_audible_at is not None:
+                self._watched[item_id] = True
+                reports.append(FirstAudible(item_id, account.first_audible_at))
+            if account.done:
+                del self._watched[item_id]
+                if not account.halted:
+                    reports.append(PlayedOut(item_id))
+        return reports
 
     def pace(self, busy: bool, now: float) -> None:
         """The engine's word, every pump, on whether a conversation is under way.

@@ -560,7 +560,7 @@ class HelpdeskApp(QObject):
             # The engine gave up by itself (a fatal connection problem); it has said why.
             self.stop()
             return
-        self.panel.set_level(engine.audio.capture.level_dbfs)
+        self.panel.set_level(engine.input_level_dbfs)
 
     # ------------------------------------------------------------------------------------------
     # User commands
