@@ -64,6 +64,11 @@ PUMP_INTERVAL_S = 0.01
 IDLE_PUMP_INTERVAL_S = 0.02
 # Once the audio idles too (coarse capture blocks, no output stream), as seldom as the blocks come.
 RESTING_PUMP_INTERVAL_S = 0.5
+# While the audio idles, microphone appends go out at least this large (200 ms of 24 kHz PCM16), or
+# after this long: the server then wakes five times a second, not ten. The first word waits for no
+# more than that: the audio stops idling as the local detector hears it.
+IDLE_APPEND_BYTES = 9600
+IDLE_HOLD_S = 0.25
 DEVICE_CHECK_INTERVAL_S = 0.5
 
 
@@ -162,6 +167,7 @@ class Engine:
         self._stopped = threading.Event()
         self._transport: RealtimeTransport | None = None
         self._outbox: asyncio.Queue[p.ClientEvent] | None = None
+        self._held: p.InputAudioBufferAppend | None = None  # idle microphone audio not yet sent
         self._tasks: set[asyncio.Task[None]] = set()
         self._unknown = UnknownTypeLog()
         self._rollover_pending = False
@@ -279,8 +285,17 @@ class Engine:
         assert self._outbox is not None and self._transport is not None
         waiting: p.ClientEvent | None = None
         while True:
-            event = waiting if waiting is not None else await self._outbox.get()
-            waiting = None
+            if waiting is not None:
+                event, waiting = waiting, None
+            elif self._held is not None:
+                try:
+                    event = await asyncio.wait_for(self._outbox.get(), IDLE_HOLD_S)
+                except TimeoutError:
+                    due, self._held = self._held, None
+                    await self._transport.send(due)
+                    continue
+            else:
+                event = await self._outbox.get()
             # Microphone audio queued back to back goes out as one append: coarse capture blocks
             # while idle come as bursts of frames, and the server wakes once per message.
             while isinstance(event, p.InputAudioBufferAppend) and not self._outbox.empty():
@@ -289,6 +304,16 @@ class Engine:
                     waiting = following
                     break
                 event = p.joined_appends(event, following)
+            held, self._held = self._held, None
+            if isinstance(event, p.InputAudioBufferAppend):
+                if held is not None:
+                    event = p.joined_appends(held, event)
+                # While idle nobody is speaking: the audio may wait to go out in larger messages.
+                if self.audio.idle and len(event.audio) < IDLE_APPEND_BYTES:
+                    self._held = event
+                    continue
+            elif held is not None:
+                await self._transport.send(held)  # the audio first: the order on the wire is kept
             await self._transport.send(event)
 
     async def _pump(self) -> None:
@@ -466,6 +491,7 @@ class Engine:
         )
 
     def _drain_outbox(self) -> None:
+        self._held = None
         if self._outbox is None:
             return
         while not self._outbox.empty():
