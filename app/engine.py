@@ -344,7 +344,6 @@ class Engine:
             case SpeechEvent():
                 log.info("local %s at %.3f (decided %.3f)", report.kind, report.at, report.decided_at)
                 self._apply(self.conversation.local_speech(report.kind, report.at, now))
-                self.audio.pace(True, now)  # capture at full pace and the speaker awake, at once
             case Paused():  # what the conversation needs of a pause comes with its halt
                 log.info("answer paused at %s", report.record.played_ms)
             case HaltRecord():
@@ -363,8 +362,9 @@ class Engine:
 
     def _check_devices(self, now: float) -> None:
         """Notices a device that stopped, says so once, reopens it every few seconds until it works."""
+        names: dict[str, str] = {}
         for role, stream in self.audio.devices():
-            name = stream.device.name
+            name = names[role] = stream.device.name
             step = self._devices.check(
                 role, lost=stream.lost(now), delivering=stream.delivering(now), now=now
             )
@@ -391,8 +391,7 @@ class Engine:
         while self._route.changes:
             change = self._route.changes.popleft()
             log.warning("the microphone's recording moved: %s", change)
-            microphone = next(stream for role, stream in self.audio.devices() if role == "microphone")
-            self.listener.on_notice(route_notice(change, microphone.device.name))
+            self.listener.on_notice(route_notice(change, names.get("microphone", "microphone")))
 
     async def _maybe_rollover(self, now: float) -> None:
         transport = self._transport

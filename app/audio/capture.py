@@ -200,15 +200,16 @@ class Capture(StreamOwner):
         self._owner = 0  # the stream whose callback processes blocks
         self._handover: Handover | None = None
 
-    @property
-    def block_ms(self) -> float:
-        return self._block_ms
-
     def _open(self, block_ms: float) -> Any:
-        self._generation += 1
-        stream = self._open_with(block_ms, self._callback_for(self._generation))
-        self._owner = self._generation
+        self._owner, stream = self._open_next(block_ms)
         return stream
+
+    def _open_next(self, block_ms: float) -> tuple[int, Any]:
+        """A new stream (not started) whose callback carries the next generation number."""
+        generation = self._generation + 1
+        stream = self._open_with(block_ms, self._callback_for(generation))
+        self._generation = generation
+        return generation, stream
 
     def _callback_for(self, generation: int) -> StreamCallback:
         def callback(indata: FloatArray, frames: int, time_info: Any, status: Any) -> None:
@@ -232,12 +233,10 @@ class Capture(StreamOwner):
             return False
         if frames_for_ms(self.rate, block_ms) == self.blocksize:
             return False
-        generation = self._generation + 1
         try:
-            stream = self._open_with(block_ms, self._callback_for(generation))
+            generation, stream = self._open_next(block_ms)
         except Exception:
             return False
-        self._generation = generation
         self._handover = Handover(stream, generation, block_ms, now)
         try:
             stream.start()
@@ -256,7 +255,6 @@ class Capture(StreamOwner):
         if handover.spliced:
             old, self._stream = self._stream, handover.stream
             self._block_ms = handover.block_ms
-            self.blocksize = frames_for_ms(self.rate, handover.block_ms)
             self._handover = None
             self.handovers += 1
             with contextlib.suppress(Exception):

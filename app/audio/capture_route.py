@@ -175,6 +175,13 @@ def _end(subscription: subprocess.Popen[bytes]) -> None:
             subscription.stdin.close()
 
 
+def _finish(subscription: subprocess.Popen[bytes]) -> None:
+    """Ends the subscription and waits (briefly) for it to go."""
+    _end(subscription)
+    with contextlib.suppress(subprocess.SubprocessError):
+        subscription.wait(2)
+
+
 def _about_recording(events: bytes) -> bool:
     """Whether ``pactl subscribe`` lines tell of a source or a recording stream (or a new server)."""
     return any(word in events for word in (b" source", b" source-output", b" server"))
@@ -224,11 +231,8 @@ class RouteWatcher:
                 if self._wait_for_change():
                     self._check()
         finally:
-            subscription = self._subscription
-            if subscription is not None:
-                _end(subscription)
-                with contextlib.suppress(subprocess.SubprocessError):
-                    subscription.wait(2)
+            if self._subscription is not None:
+                _finish(self._subscription)
 
     def _wait_for_change(self) -> bool:
         """Waits for the sound server to tell of a change; True when it is time to ask again."""
@@ -241,9 +245,7 @@ class RouteWatcher:
             return True
         events = os.read(stream, 65536)
         if not events:  # the sound server went away: ask on a timer until the app restarts it
-            _end(subscription)
-            with contextlib.suppress(subprocess.SubprocessError):
-                subscription.wait(2)
+            _finish(subscription)
             self._subscription = None
             return True
         while select.select([stream], [], [], SETTLE_S)[0]:

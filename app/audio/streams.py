@@ -71,12 +71,20 @@ class StreamOwner:
         self.device = device
         self.rate = float(rate or device.default_samplerate)
         self.channels = stream_channels(device, self.direction)
-        self.blocksize = frames_for_ms(self.rate, block_ms)
         self._block_ms = block_ms
         self._stream: Any = None
         self._running = False  # started by us and not stopped by us
         self._started_at = 0.0
         self._last_callback_at = 0.0  # monotonic; a float store is atomic, so the callback may write it
+
+    @property
+    def block_ms(self) -> float:
+        return self._block_ms
+
+    @property
+    def blocksize(self) -> int:
+        """Frames per callback at the stream's rate."""
+        return frames_for_ms(self.rate, self._block_ms)
 
     @property
     def latency(self) -> float:
