@@ -70,12 +70,14 @@ class ScriptedRunner:
         *,
         release: threading.Event,
         stop_takes: float = 0.0,
+        returns_after: float = 0.0,
     ) -> None:
         self.plan = plan
         self.listener = listener
         self.progress = progress
         self.release = release
         self.stop_takes = stop_takes
+        self.returns_after = returns_after
         self.engine: Engine | None = None
         self.description = ""
         self.start_thread: int | None = None
@@ -89,6 +91,8 @@ class ScriptedRunner:
                 raise LaunchError("stopped before it started")
         self.description = "listening on MIC -> SPEAKER"
         self.listener.on_state(StateChanged(State.LISTENING, muted=False))
+        # A real engine reports from its own thread, so its first state can beat start()'s return.
+        time.sleep(self.returns_after)
 
     def stop(self, timeout: float = 1.0) -> None:
         self.stopped.set()
@@ -102,13 +106,21 @@ def phase_now(helpdesk: HelpdeskApp) -> Phase:
 
 
 class Factory:
-    def __init__(self, stop_takes: float = 0.0) -> None:
+    def __init__(self, stop_takes: float = 0.0, returns_after: float = 0.0) -> None:
         self.release = threading.Event()
         self.runners: list[ScriptedRunner] = []
         self.stop_takes = stop_takes
+        self.returns_after = returns_after
 
     def __call__(self, plan: LaunchPlan, listener: EngineListener, progress: Callable[[str], None]) -> Runner:
-        runner = ScriptedRunner(plan, listener, progress, release=self.release, stop_takes=self.stop_takes)
+        runner = ScriptedRunner(
+            plan,
+            listener,
+            progress,
+            release=self.release,
+            stop_takes=self.stop_takes,
+            returns_after=self.returns_after,
+        )
         self.runners.append(runner)
         return runner
 
@@ -143,7 +155,7 @@ def tray_image(helpdesk: HelpdeskApp) -> QImage:
 def test_starting_runs_off_the_gui_thread_and_reports_progress(
     make_app: Callable[..., HelpdeskApp], qtbot: QtBot
 ) -> None:
-    factory = Factory()
+    factory = Factory(returns_after=0.3)
     helpdesk = make_app(embedded_plan, tray_available=True, runner_factory=factory)
     assert helpdesk.tray is not None and helpdesk.transcript_window is not None
     helpdesk.start()
@@ -158,8 +170,13 @@ def test_starting_runs_off_the_gui_thread_and_reports_progress(
 
     helpdesk.send_text("my printer is jammed")  # typed while starting: kept, not lost
     factory.release.set()
-    qtbot.waitUntil(lambda: helpdesk.phase == "running", timeout=2000)
+    # The engine says "listening" before start() returns: the tray waits for the start to be
+    # confirmed, so what it shows and the app's phase never disagree.
+    qtbot.wait(150)
+    assert phase_now(helpdesk) == "starting"
+    assert helpdesk.state.state is State.CONNECTING
     qtbot.waitUntil(lambda: helpdesk.state.state is State.LISTENING, timeout=2000)
+    assert phase_now(helpdesk) == "running"
     assert helpdesk.tray.tray.toolTip() == "Helpdesk Voice \u2013 Listening"
     assert helpdesk.panel.state_label.text() == "Listening"
     assert helpdesk.description == "listening on MIC -> SPEAKER"

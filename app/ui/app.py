@@ -271,6 +271,9 @@ class HelpdeskApp(QObject):
         self._muted = False
         self._ptt_choice: bool | None = None  # chosen in the menu this session; None: the settings'
         self._pending_text: list[str] = []
+        # The engine's thread may report a state before the start is confirmed here; the tray keeps
+        # "Connecting" until then, so state and phase never disagree.
+        self._early_state: StateChanged | None = None
         self._restart_after_stop = False
         self._quitting = False
         self._quit_started = 0.0
@@ -415,6 +418,9 @@ class HelpdeskApp(QObject):
     def _on_state(self, event: StateChanged) -> None:
         if self.phase in ("stopped", "stopping") and event.state not in (State.IDLE, State.ERROR):
             return  # late news from an engine that is being stopped
+        if self.phase == "starting" and event.state is not State.ERROR:
+            self._early_state = event
+            return
         self._show_state(event)
 
     @Slot(object)
@@ -465,6 +471,7 @@ class HelpdeskApp(QObject):
             self._restart_after_stop = True
             return
         self.phase = "starting"
+        self._early_state = None
         self.actions.set_running(True)
         self._show_state(StateChanged(State.CONNECTING, self._muted))
         self._set_progress("starting…")
@@ -482,6 +489,9 @@ class HelpdeskApp(QObject):
         if generation != self._generation or self.phase != "starting":
             return
         self.phase = "running"
+        early, self._early_state = self._early_state, None
+        if early is not None:
+            self._show_state(early)
         self.plan = plan
         self.description = description
         self._set_progress("")
