@@ -1,4 +1,5 @@
-"""Command-line entry points: ``helpdesk-voice [--headless] ...``, ``devices``, ``selftest``.
+"""Command-line entry points: ``helpdesk-voice [--headless] ...``, ``devices``, ``selftest``, ``serve``,
+``config``, and the testers' ``rig`` and ``drive``.
 
 Exit codes: 0 fine, 1 runtime failure, 2 usage error (bad flag, unknown device), each failure
 with one clear line on stderr.
@@ -80,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_options(parser)
     parser.add_argument("--url", metavar="URL", help="realtime endpoint (ws:// or wss://)")
     parser.add_argument("--metrics", type=Path, metavar="PATH", help="append one JSON object per turn")
+    parser.add_argument(
+        "--events",
+        type=Path,
+        metavar="PATH",
+        help="append one JSON object per event (transcripts, tools, turns, notices), for test drivers",
+    )
     parser.add_argument("--turns", type=_positive_int, metavar="N", help="exit after N assistant turns")
     parser.add_argument("--duration", type=_positive_float, metavar="S", help="exit after S seconds")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
@@ -101,6 +108,41 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", metavar="PEM", help="certificate chain: serve wss:// (with --tls-key)")
     serve.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     serve.add_argument("--watch-stdin", action="store_true", help=argparse.SUPPRESS)
+    rig = sub.add_parser("rig", help="testers: private virtual audio devices (Linux)")
+    rig_sub = rig.add_subparsers(
+        dest="rig_command", parser_class=_Parser, required=True, metavar="{up,down,status}"
+    )
+    rig_up = rig_sub.add_parser("up", help="start the virtual microphone and speaker; print how to use them")
+    rig_up.add_argument("--prefix", default="hv", help="device name prefix (default: hv)")
+    rig_up.add_argument(
+        "--echo-level",
+        type=float,
+        metavar="DB",
+        help="also loop the speaker into the microphone at this gain",
+    )
+    rig_up.add_argument(
+        "--echo-delay", type=int, default=20, metavar="MS", help="the echo's delay (default: 20)"
+    )
+    rig_down = rig_sub.add_parser("down", help="stop the virtual devices")
+    rig_down.add_argument("--prefix", default="hv", help="device name prefix (default: hv)")
+    rig_status = rig_sub.add_parser("status", help="whether the virtual devices are up, and how to use them")
+    rig_status.add_argument("--prefix", default="hv", help="device name prefix (default: hv)")
+    drive = sub.add_parser("drive", help="testers: run a scripted spoken conversation and judge it")
+    drive.add_argument("scenario", type=Path, help="the scenario file (TOML)")
+    drive.add_argument("--junit", type=Path, metavar="PATH", help="write a JUnit XML report here")
+    drive.add_argument("--report", type=Path, metavar="PATH", help="write the JSON report here")
+    drive.add_argument(
+        "--keep-audio", type=Path, metavar="DIR", help="keep the recorded audio of failed turns (WAV) here"
+    )
+    drive.add_argument(
+        "--attach",
+        type=Path,
+        metavar="EVENTS",
+        help="drive an app that is already running with --events EVENTS instead of starting one",
+    )
+    drive.add_argument("--feed", metavar="NAME", help="the output that feeds the app's microphone")
+    drive.add_argument("--monitor", metavar="NAME", help="the input that records the app's speaker")
+    _add_device_options(drive)
     config = sub.add_parser("config", help="where the settings live and what they are")
     config_sub = config.add_subparsers(
         dest="config_command",
@@ -145,6 +187,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tls_key=args.tls_key,
                 kb_folders=load_settings().typed.kb.folders,  # HELPDESK_VOICE_SERVER_KB_FOLDERS wins when set
             )
+        if args.command == "rig":
+            from app.testkit.rig_cli import rig_main
+
+            return rig_main(args)
+        if args.command == "drive":
+            from app.testkit.drive_cli import drive_main
+
+            return drive_main(args)
         if args.command == "config" and args.config_command.endswith("token-credential"):
             from app.realtime.client_secret import store_token_credential
 
@@ -281,7 +331,7 @@ def _run_headless(args: argparse.Namespace, plan: LaunchPlan) -> int:
     from app.launch import ConversationRunner, LaunchError
 
     runner: ConversationRunner
-    listener = ConsoleListener(lambda: runner.description, args.metrics, args.turns)
+    listener = ConsoleListener(lambda: runner.description, args.metrics, args.turns, events_path=args.events)
     runner = ConversationRunner(plan, listener, _print_progress)
     try:
         runner.start()

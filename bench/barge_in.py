@@ -52,15 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--echo-gain-db", type=float, default=-6.0)
     args = parser.parse_args(argv)
 
-    from app.audio.virtual_rig import VirtualAudioRig
+    from app.testkit.rig import VirtualAudioRig
 
     rig = VirtualAudioRig()
     rig.start()  # before sounddevice initialises PortAudio, which fixes the device list
     try:
-        from app.audio.measure import BargeInBench
         from app.audio.pipeline import AudioSettings
         from app.audio.probe import espeak_speech
         from app.audio.resample import StreamResampler
+        from app.testkit.bargein_bench import BargeInBench
 
         rng = random.Random(args.seed)
         load_before = os.getloadavg()

@@ -59,7 +59,7 @@ class _Listener:
 
 
 def _first_loud(recorder: TimedRecorder, after: float) -> float | None:
-    from app.audio.measure import first_time_above
+    from app.testkit.bargein_bench import first_time_above
 
     return first_time_above(recorder, after, math.inf, LOUD)
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--echo-cancellation", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args(argv)
 
-    from app.audio.virtual_rig import VirtualAudioRig
+    from app.testkit.rig import VirtualAudioRig
 
     rig = VirtualAudioRig()
     rig.start()  # before sounddevice initialises PortAudio, which fixes the device list

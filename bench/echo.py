@@ -312,14 +312,14 @@ def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
 
 def loopback(gain_db: float, echo_runs: int, echo_s: float, trials: int, seed: int) -> dict[str, Any]:
     """The virtual-loopback scenario: echo-only runs, then barge-in trials, on one session."""
-    from app.audio.virtual_rig import VirtualAudioRig
+    from app.testkit.rig import VirtualAudioRig
 
     rig = VirtualAudioRig()
     rig.start()  # before sounddevice initialises PortAudio, which fixes the device list
     try:
-        from app.audio.measure import BargeInBench
         from app.audio.pipeline import AudioSettings
         from app.audio.resample import float_to_pcm16
+        from app.testkit.bargein_bench import BargeInBench
 
         rig.set_echo(True, gain_db=gain_db)
         assistant = float_to_pcm16(voice(ASSISTANT_TEXT, "en-us", 24000) * 0.5)

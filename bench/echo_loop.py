@@ -246,7 +246,7 @@ def uninterrupted(run: LoopRun, text: str) -> dict[str, Any]:
 
 
 def interruption(run: LoopRun, text: str, after_s: float = 1.5) -> dict[str, Any]:
-    from app.audio.measure import _user_onset
+    from app.testkit.bargein_bench import _user_onset
 
     user = speech(INTERRUPTION, run.feed.default_samplerate)
     _, first = run.into_answer(text, after_s)
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     levels = [float(x) for x in args.levels.split(",")]
     latencies = [int(x) for x in args.latencies.split(",")]
 
-    from app.audio.virtual_rig import VirtualAudioRig
+    from app.testkit.rig import VirtualAudioRig
 
     load_before = os.getloadavg()
     rig = VirtualAudioRig()

@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         print("idle_cpu: reads /proc; Linux only", file=sys.stderr)
         return 2
 
-    from app.audio.virtual_rig import VirtualAudioRig
+    from app.testkit.rig import VirtualAudioRig
 
     load_before = os.getloadavg()
     runs: list[dict[str, Any]] = []

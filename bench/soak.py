@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--app-log", type=Path, help="keep the app's verbose log here, to look into a turn")
     args = parser.parse_args(argv)
 
-    from app.audio.virtual_rig import VirtualAudioRig, reinitialise_portaudio
+    from app.testkit.rig import VirtualAudioRig, reinitialise_portaudio
 
     load_before = os.getloadavg()
     rig = VirtualAudioRig(prefix="soak")

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results/ttfa.json"))
     args = parser.parse_args(argv)
 
-    from app.audio.virtual_rig import VirtualAudioRig
+    from app.testkit.rig import VirtualAudioRig
 
     rig = VirtualAudioRig()
     rig.start()  # before PortAudio initialises in this process

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     rendered = [(request, *render(request, written)) for request, written in chosen]
     env = {} if args.turn_detection == "default" else {"HELPDESK_VOICE_TURN_DETECTION": args.turn_detection}
 
-    from app.audio.virtual_rig import VirtualAudioRig
+    from app.testkit.rig import VirtualAudioRig
 
     rig = VirtualAudioRig()
     rig.start()  # before PortAudio initialises in this process

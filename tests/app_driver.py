@@ -18,7 +18,7 @@ from app.audio.devices import find_device
 from app.audio.probe import SignalPlayer, TimedRecorder
 from app.audio.resample import FloatArray
 from app.audio.streams import open_stream
-from app.audio.virtual_rig import VirtualAudioRig
+from app.testkit.rig import VirtualAudioRig
 
 
 class HeadlessApp:

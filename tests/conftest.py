@@ -22,8 +22,8 @@ from app.audio.devices import find_device
 from app.audio.probe import TimedRecorder, espeak_speech
 from app.audio.resample import FloatArray, StreamResampler
 from app.audio.streams import open_stream
-from app.audio.virtual_rig import RigUnavailable, VirtualAudioRig, reinitialise_portaudio
 from app.sealed_files import DataKeyring
+from app.testkit.rig import RigUnavailable, VirtualAudioRig, reinitialise_portaudio
 from app.tools.delivery import DeliveryWorker
 from app.tools.tickets import TicketOutbox
 from tests.file_keyring import FileKeyring

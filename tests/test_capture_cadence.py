@@ -13,7 +13,7 @@ from app.audio.capture import Capture
 from app.audio.devices import AudioDevice, find_device
 from app.audio.resample import FloatArray, pcm16_to_float
 from app.audio.splice import KEY_SAMPLES, by_time, continuation
-from app.audio.virtual_rig import VirtualAudioRig
+from app.testkit.rig import VirtualAudioRig
 
 RATE = 48000
 

@@ -22,7 +22,7 @@ from app.audio.capture_route import (
 )
 from app.audio.devices import find_device
 from app.audio.streams import open_stream
-from app.audio.virtual_rig import VirtualAudioRig
+from app.testkit.rig import VirtualAudioRig
 
 MIC = Source("usb_mic", "USB headset", is_monitor=False)
 BUILTIN = Source("builtin", "Built-in microphone", is_monitor=False)

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from app.audio.devices import AudioDevice, DeviceError, format_device_table, list_devices, match_device
-from app.audio.virtual_rig import VirtualAudioRig
+from app.testkit.rig import VirtualAudioRig
 
 
 def _dev(index: int, name: str, ins: int = 0, outs: int = 0, **flags: bool) -> AudioDevice:

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from app.audio.measure import BargeInBench
 from app.audio.pipeline import AudioSettings
 from app.audio.resample import FloatArray, float_to_pcm16
-from app.audio.virtual_rig import VirtualAudioRig
+from app.testkit.bargein_bench import BargeInBench
+from app.testkit.rig import VirtualAudioRig
 from bench.echo import ASSISTANT_TEXT, USER_TEXTS, voice
 
 pytestmark = pytest.mark.devices

@@ -15,7 +15,7 @@ import pytest
 from app.audio.devices import find_device
 from app.audio.probe import TimedRecorder
 from app.audio.resample import FloatArray, float_to_pcm16
-from app.audio.virtual_rig import VirtualAudioRig
+from app.testkit.rig import VirtualAudioRig
 from tests.app_driver import HeadlessApp, loud_since, speak
 from tests.scripted_peer import Answer, ScriptedPeer
 

@@ -18,7 +18,7 @@ import pytest
 
 from app.audio.devices import find_device
 from app.audio.resample import FloatArray
-from app.audio.virtual_rig import VirtualAudioRig
+from app.testkit.rig import VirtualAudioRig
 from tests.app_driver import HeadlessApp, speak
 from tests.kerberos_realm import REALM, SERVICE_HOST, Realm
 

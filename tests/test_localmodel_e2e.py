@@ -14,7 +14,7 @@ import pytest
 from app.audio.devices import find_device
 from app.audio.probe import TimedRecorder
 from app.audio.resample import FloatArray
-from app.audio.virtual_rig import VirtualAudioRig
+from app.testkit.rig import VirtualAudioRig
 from tests.app_driver import HeadlessApp, loud_since, speak
 
 pytestmark = pytest.mark.devices

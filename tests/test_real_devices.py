@@ -12,12 +12,12 @@ import pytest
 
 from app.audio.capture import Capture
 from app.audio.devices import find_device
-from app.audio.measure import BargeInBench
 from app.audio.player import Player
 from app.audio.probe import TimedRecorder
 from app.audio.resample import FloatArray, StreamResampler, float_to_pcm16, pcm16_to_float
 from app.audio.streams import open_stream
-from app.audio.virtual_rig import VirtualAudioRig
+from app.testkit.bargein_bench import BargeInBench
+from app.testkit.rig import VirtualAudioRig
 
 pytestmark = pytest.mark.devices
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from websockets.sync.server import ServerConnection, serve
 
-from app.audio.virtual_rig import VirtualAudioRig
 from app.config import load_settings
 from app.realtime import custom_endpoint
 from app.selftest import check_endpoint, check_keyring, check_settings, probe
+from app.testkit.rig import VirtualAudioRig
 from tests.file_keyring import FileKeyring
 from tests.scripted_peer import ScriptedPeer
 

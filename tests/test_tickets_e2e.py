@@ -20,7 +20,7 @@ import pytest
 
 from app.audio.devices import find_device
 from app.audio.resample import FloatArray
-from app.audio.virtual_rig import VirtualAudioRig
+from app.testkit.rig import VirtualAudioRig
 from app.tools.connectors.rt import RequestTrackerConnector, key_marker, ticketsql_string
 from tests.app_driver import HeadlessApp, speak, start_on_rig
 from tests.rt_server import RtInstance, attachment_texts, rest

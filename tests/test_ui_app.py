@@ -28,11 +28,11 @@ import app as app_package
 from app import defaults
 from app.audio.devices import find_device
 from app.audio.resample import FloatArray
-from app.audio.virtual_rig import VirtualAudioRig
 from app.config import load_settings
 from app.core.actions import State, StateChanged, Transcript
 from app.engine import Engine, EngineListener
 from app.launch import ConversationRunner, LaunchError, LaunchPlan, plan_from_settings
+from app.testkit.rig import VirtualAudioRig
 from app.tools import default_registry
 from app.tools.tickets import TicketOutbox
 from app.ui import app as ui_app

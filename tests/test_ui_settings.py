@@ -38,9 +38,9 @@ from app.audio.level_probe import (
 from app.audio.probe import SignalPlayer, TimedRecorder
 from app.audio.resample import FloatArray
 from app.audio.streams import open_stream
-from app.audio.virtual_rig import VirtualAudioRig
 from app.config import load_settings, secrets
 from app.launch import LaunchError, plan_from_settings
+from app.testkit.rig import VirtualAudioRig
 from app.ui.level_meter import FLOOR_DBFS, LevelMeter, describe_level
 from app.ui.settings_dialog import (
     API_KEY_FIELD,

@@ -38,8 +38,8 @@ from websockets.http11 import Request, Response
 
 from app.audio.devices import find_device
 from app.audio.resample import FloatArray, float_to_pcm16
-from app.audio.virtual_rig import VirtualAudioRig
 from app.realtime.endpoint import API_KEY_ENV, KEYRING_SERVICE, KEYRING_USERNAME
+from app.testkit.rig import VirtualAudioRig
 from tests import server_events as s
 from tests.app_driver import HeadlessApp, speak
 from tests.file_keyring import KEYRING_FILE_ENV, FileKeyring

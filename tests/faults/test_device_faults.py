@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from app.audio.virtual_rig import VirtualAudioRig
+from app.testkit.rig import VirtualAudioRig
 from tests.app_driver import HeadlessApp
 from tests.scripted_peer import ScriptedPeer
 

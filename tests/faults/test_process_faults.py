@@ -21,8 +21,8 @@ from websockets.asyncio.client import connect
 
 from app.audio.devices import find_device
 from app.audio.resample import FloatArray
-from app.audio.virtual_rig import VirtualAudioRig
 from app.localmodel.launcher import EmbeddedServerProcess
+from app.testkit.rig import VirtualAudioRig
 from tests.app_driver import HeadlessApp, alive, children, speak
 from tests.file_keyring import KEYRING_FILE_ENV
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from app.audio.virtual_rig import VirtualAudioRig
+from app.testkit.rig import VirtualAudioRig
 from tests.scripted_peer import ScriptedPeer
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from app.audio.resample import FloatArray
-from app.audio.virtual_rig import VirtualAudioRig
 from app.sealed_files import DataKeyring
+from app.testkit.rig import VirtualAudioRig
 from app.tools.connectors import ConnectorError, RemoteTicket, TicketDraft, note_marker
 from app.tools.connectors.rt import RequestTrackerConnector
 from app.tools.delivery import DeliveryWorker, note_key

@@ -21,7 +21,7 @@ from app.audio.pipeline import AudioPipeline, AudioSettings
 from app.audio.probe import SignalPlayer, TimedRecorder
 from app.audio.resample import FloatArray, float_to_pcm16
 from app.audio.streams import open_stream
-from app.audio.virtual_rig import VirtualAudioRig
+from app.testkit.rig import VirtualAudioRig
 
 USER_ONSET_THRESHOLD = 0.02
 USER_START_THRESHOLD = 0.002  # about -54 dBFS: the user's first audible sample, however soft
