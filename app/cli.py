@@ -120,8 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DB",
         help="also loop the speaker into the microphone at this gain",
     )
+    rig_up.add_argument("--echo-delay", type=int, metavar="MS", help="the echo's delay (default: 20)")
+    rig_up.add_argument("--no-echo", action="store_true", help="remove the echo from devices that are up")
     rig_up.add_argument(
-        "--echo-delay", type=int, default=20, metavar="MS", help="the echo's delay (default: 20)"
+        "--on-server",
+        action="store_true",
+        help="put the devices on the running sound server (PipeWire or PulseAudio, as pactl finds it) "
+        "instead of a private PulseAudio; the default where pulseaudio is not installed",
     )
     rig_down = rig_sub.add_parser("down", help="stop the virtual devices")
     rig_down.add_argument("--prefix", default="hv", help="device name prefix (default: hv)")
@@ -140,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="EVENTS",
         help="drive an app that is already running with --events EVENTS instead of starting one",
     )
+    drive.add_argument("--prefix", default="hv", help="the rig to use, by its device prefix (default: hv)")
     drive.add_argument("--feed", metavar="NAME", help="the output that feeds the app's microphone")
     drive.add_argument("--monitor", metavar="NAME", help="the input that records the app's speaker")
     _add_device_options(drive)

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.driven import Lines, headless_app
 from bench.stats import machine, summary
-from bench.ttfa import Lines, headless_app
 
 REQUESTS = [
     "I forgot my password",
@@ -246,7 +246,7 @@ def uninterrupted(run: LoopRun, text: str) -> dict[str, Any]:
 
 
 def interruption(run: LoopRun, text: str, after_s: float = 1.5) -> dict[str, Any]:
-    from app.testkit.bargein_bench import _user_onset
+    from app.testkit.bargein_bench import user_onset
 
     user = speech(INTERRUPTION, run.feed.default_samplerate)
     _, first = run.into_answer(text, after_s)
@@ -255,7 +255,7 @@ def interruption(run: LoopRun, text: str, after_s: float = 1.5) -> dict[str, Any
     spoke = run.say(user)
     ended = time.monotonic()
     run.wait_turn(spoke)  # the answer to the interruption
-    onset = _user_onset(run.mic, spoke - 0.2, ended + 0.5, user, 0.002)
+    onset = user_onset(run.mic, spoke - 0.2, ended + 0.5, user, 0.002)
     if onset is None:
         return {"request": text, "answered": True, "onset_found": False}
     loud = run.loud_times(first)

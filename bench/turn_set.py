@@ -17,10 +17,8 @@ import wave
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from app.audio.probe import espeak_speech
 from app.audio.resample import FloatArray, float_to_pcm16
+from app.testkit.speech import speak
 
 SET_FILE = Path(__file__).parent / "data" / "turn_set.toml"
 _PAUSE = re.compile(r"\s*\|(\d+)\|\s*")
@@ -59,24 +57,9 @@ def load_set(path: Path = SET_FILE) -> list[tuple[TurnRequest, str]]:
     return requests
 
 
-_piper: dict[float, object] = {}
-
-
 def render(request: TurnRequest, written: str) -> tuple[FloatArray, int]:
-    """The request as mono float32 and its sample rate."""
-    if request.voice == "piper":
-        from app.localmodel.tts import PiperVoice
-
-        voice = _piper.get(request.speed)
-        if voice is None:
-            voice = _piper[request.speed] = PiperVoice(length_scale=request.speed)
-        samples = voice.synthesize(request.text)  # type: ignore[attr-defined]
-        return np.asarray(samples, np.float32), int(voice.sample_rate)  # type: ignore[attr-defined]
-    name = request.voice.removeprefix("espeak:")
-    if request.paused:
-        ssml = "<speak>" + _PAUSE.sub(lambda m: f' <break time="{m.group(1)}ms"/> ', written) + "</speak>"
-        return espeak_speech(ssml, name, int(request.speed), ssml=True)
-    return espeak_speech(request.text, name, int(request.speed))
+    """The request as mono float32 and its sample rate, as the driver speaks it."""
+    return speak(written, request.voice, request.speed)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,13 @@
 """Turn-taking through the whole app: how soon it answers once the user has finished, and how often
 it answers before they have.
 
-The app runs headless with its embedded server on the virtual devices, as a user meets it. Each
-request of the turn-taking set (``bench/data/turn_set.toml``, 60 requests, a third with a pause of
+The app runs headless with its embedded server on the virtual devices, as a user meets it, driven
+by the testers' driver (``bench/driven.py``, as ``helpdesk-voice drive``). Each request of the
+turn-taking set (``bench/data/turn_set.toml``, 60 requests, a third with a pause of
 300-900 ms inside the sentence; ``bench/turn_set.py``) is played into the virtual microphone, and
 the microphone and the speaker's monitor are recorded on one clock. Per request, from outside:
 
-- the end of speech: the last loud sample of the request in the microphone;
+- the end of speech: the request's last audible sample, found in the microphone by its shape;
 - the answer's first sound: the first loud sample on the speaker after the request began;
 - a premature cut-off when that first sound comes before the end of speech (the app answered
   into a pause, the user then talked over it);
@@ -20,23 +21,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.driven import drive
 from bench.stats import machine, summary
-from bench.ttfa import LOUD, Lines, headless_app
-from bench.turn_set import load_set, render
+from bench.turn_set import load_set
 
 TARGET_MEDIAN_MS = 300.0
 TARGET_P95_MS = 500.0
 TARGET_PREMATURE = 0.03
-# An answer may come in two parts (cut off in a pause, then the real one after the request), so the
-# next request waits for a longer quiet than one answer's pauses between clauses.
-QUIET_AFTER_ANSWER_S = 2.5
-ANSWER_WAIT_S = 25.0
+# Each request begins this long after the last answer ended (the driver's own wait for the end of an
+# answer included): whatever a request set off, an answer given into a pause and then the real one,
+# has finished.
+QUIET_BEFORE_MS = 1500.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,66 +48,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results/turns.json"))
     args = parser.parse_args(argv)
 
+    from app.testkit.scenario import Turn
+
     chosen = load_set()
     if args.requests:
         # Spread over the set, so a short run still has paused requests and both kinds of voice.
         step = max(1, len(chosen) // args.requests)
         chosen = chosen[::step][: args.requests]
-    rendered = [(request, *render(request, written)) for request, written in chosen]
     env = {} if args.turn_detection == "default" else {"HELPDESK_VOICE_TURN_DETECTION": args.turn_detection}
+    turns = [
+        Turn(number, written, voice=request.voice, speed=request.speed, after_ms=QUIET_BEFORE_MS)
+        for number, (request, written) in enumerate(chosen, 1)
+    ]
+    driven = drive("turns", turns, env)
+    rows = [_row(request, result) for (request, _), result in zip(chosen, driven.run.turns, strict=False)]
+    for row in rows:
+        verdict = "CUT OFF" if row["premature"] else f"{row['first_sound_ms']} ms"
+        print(f"{row['request']!r}: {verdict}", file=sys.stderr)
 
-    from app.testkit.rig import VirtualAudioRig
-
-    rig = VirtualAudioRig()
-    rig.start()  # before PortAudio initialises in this process
-    app = None
-    rows: list[dict[str, Any]] = []
-    server_log = Lines([])
-    try:
-        from app.audio.devices import find_device
-        from app.audio.probe import SignalPlayer, TimedRecorder
-        from app.audio.resample import StreamResampler
-        from app.audio.streams import open_stream
-
-        load_before = os.getloadavg()
-        data_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"hv-turns-{os.getpid()}"
-        app = headless_app(rig, data_dir, data_dir / "metrics.jsonl", env)
-        app_out, server_log = Lines(app.stdout), Lines(app.stderr)
-        app_out.wait_for("listening on", 180)
-        mic = find_device(rig.mic, "input")
-        feed = find_device(rig.mic_feed, "output")
-        monitor = find_device(rig.speaker_monitor, "input")
-        mic_rec = TimedRecorder(mic.default_samplerate)
-        speaker_rec = TimedRecorder(monitor.default_samplerate)
-        with open_stream("input", mic, mic_rec.callback), open_stream("input", monitor, speaker_rec.callback):
-            time.sleep(1.0)
-            for request, samples, rate in rendered:
-                voice = StreamResampler(rate, feed.default_samplerate, "HQ").process(samples, last=True)
-                # Each request starts into quiet: whatever the last one set off (an answer given
-                # into a pause, then the real one) has finished.
-                _wait_for_quiet(speaker_rec, time.monotonic() - QUIET_AFTER_ANSWER_S, need_sound=False)
-                before_you = len(app_out.lines)
-                begin = time.monotonic()
-                player = SignalPlayer(voice, feed.default_samplerate)
-                with open_stream("output", feed, player.callback):
-                    player.finished.wait(len(voice) / feed.default_samplerate + 2)
-                    time.sleep(0.1)
-                _wait_for_quiet(speaker_rec, begin)
-                rows.append(_measure(request, begin, mic_rec, speaker_rec, app_out, before_you))
-                row = rows[-1]
-                verdict = "CUT OFF" if row["premature"] else f"{row['first_sound_ms']} ms"
-                print(f"{request.text!r}: {verdict}", file=sys.stderr, flush=True)
-    finally:
-        if app is not None:
-            app.terminate()
-            try:
-                app.wait(5)
-            except Exception:
-                app.kill()
-        rig.stop()
-
-    result = summarise(rows, args.turn_detection, machine(load_before))
-    result["judgements"] = [line for line in server_log.lines if "end of turn" in line]
+    result = summarise(rows, args.turn_detection, machine(driven.load_before))
+    result["problem"] = driven.run.problem
+    result["judgements"] = [line for line in driven.app_log if "end of turn" in line]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for name, part in result["by"].items():
@@ -122,44 +83,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _wait_for_quiet(speaker_rec: Any, begin: float, *, need_sound: bool = True) -> None:
-    """Until the speaker has been quiet for a while since ``begin`` (after it made a sound, unless
-    ``need_sound`` is off), or :data:`ANSWER_WAIT_S` passed."""
-    deadline = time.monotonic() + ANSWER_WAIT_S
-    while time.monotonic() < deadline:
-        times, audio = speaker_rec.timeline()
-        loud = times[(times > begin) & (abs(audio) > LOUD)]
-        last = loud[-1] if len(loud) else (None if need_sound else begin)
-        if last is not None and time.monotonic() - last > QUIET_AFTER_ANSWER_S:
-            return
-        time.sleep(0.1)
-
-
-def _measure(
-    request: Any, begin: float, mic_rec: Any, speaker_rec: Any, app_out: Lines, before_you: int
-) -> dict[str, Any]:
-    mic_times, mic_audio = mic_rec.timeline()
-    spoken = mic_times[(mic_times > begin) & (abs(mic_audio) > LOUD)]
-    speaker_times, speaker_audio = speaker_rec.timeline()
-    speech_start = float(spoken[0]) if len(spoken) else begin
-    answer = speaker_times[(speaker_times > speech_start) & (abs(speaker_audio) > LOUD)]
-    speech_end = float(spoken[-1]) if len(spoken) else None
-    onset = float(answer[0]) if len(answer) else None
-    premature = speech_end is not None and onset is not None and onset < speech_end
-    first_sound = None
-    if speech_end is not None and onset is not None and not premature:
-        first_sound = round((onset - speech_end) * 1000.0, 1)
-    heard = [line[5:] for line in app_out.lines[before_you:] if line.startswith("you: ")]
+def _row(request: Any, result: Any) -> dict[str, Any]:
+    timing = result.timing
+    premature = timing.cut_off
     return {
         "request": request.text,
         "voice": request.voice,
         "speed": request.speed,
         "pauses_ms": list(request.pauses_ms),
         "premature": premature,
-        "answered_early_by_ms": round((speech_end - onset) * 1000.0, 1) if premature else None,  # type: ignore[operator]
-        "first_sound_ms": first_sound,
-        "turns_heard": len(heard),  # more than one: the app took the pause for the end
-        "heard": heard,
+        "answered_early_by_ms": round((timing.speech_end - timing.answer_at) * 1000.0, 1)
+        if premature
+        else None,
+        "first_sound_ms": timing.first_sound_ms,
+        "turns_heard": len(result.events.heard),  # more than one: the app took the pause for the end
+        "heard": result.events.heard,
     }
 
 

@@ -18,12 +18,20 @@ done
 packages=(
   # audio: PortAudio reaches PulseAudio/PipeWire through ALSA's pulse plugin
   libportaudio2 libasound2-plugins
-  # offline voice fallback
+  # offline voice fallback; the testers' driver speaks with it too
   espeak-ng
+  # the testers' virtual devices (helpdesk-voice rig) are made with pactl
+  pulseaudio-utils
   # Qt (PySide6) on X11/Wayland and offscreen
   libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0
   libxcb-render-util0 libxcb-image0 libegl1 libgl1 libfontconfig1 libdbus-1-3
 )
+# A sound server for the audio devices: PipeWire's PulseAudio server where the desktop has it
+# (installing pulseaudio would replace it), else PulseAudio, which also runs the testers' private
+# virtual devices (helpdesk-voice rig up).
+if ! dpkg-query -W -f='${Status}' pipewire-pulse 2>/dev/null | grep -q "install ok installed"; then
+  packages+=(pulseaudio)
+fi
 if [ "$with_tests" = 1 ]; then
   # virtual audio devices and measuring them; a virtual screen with a system tray for screenshots
   packages+=(pulseaudio pulseaudio-utils sox xvfb trayer)

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from app.audio.resample import FloatArray
 from app.testkit.rig import VirtualAudioRig
 from tests.app_driver import HeadlessApp, speak
 from tests.kerberos_realm import REALM, SERVICE_HOST, Realm
+from tests.rig_support import RIG_KEYS, Rig, rig
+
+__all__ = ["rig"]  # the testers' rig fixture
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +124,27 @@ def test_the_installed_app_answers_a_spoken_request(
     assert "password" in heard.lower() and "password" in answer.lower()
     # The bundle carries the end-of-turn model: the turn was judged by it, not by its pause alone.
     assert any("end-of-turn model (Smart Turn v3): done" in line for line in app.errors), app.errors[-20:]
+
+
+@pytest.mark.devices
+def test_the_installed_testers_kit_drives_the_vpn_scenario_to_a_green_junit_report(
+    installed: Path, rig: Rig, tmp_path: Path
+) -> None:
+    """The issue's own acceptance: ``rig up``, then ``drive examples/scenarios/vpn.toml --junit``."""
+    env = {**rig.env, **_isolated(tmp_path)}
+    env = {key: value for key, value in env.items() if key not in RIG_KEYS}
+
+    def command(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        argv = [str(installed), *args, "--prefix", rig.prefix]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+
+    up = command("rig", "up")
+    assert up.returncode == 0, up.stderr
+    junit = tmp_path / "out.xml"
+    scenario = Path(__file__).resolve().parent.parent / "examples" / "scenarios" / "vpn.toml"
+    done = command("drive", str(scenario), "--junit", str(junit), timeout=420)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    suite = ET.parse(junit).getroot()
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("2", "0", "0")
+    down = command("rig", "down")
+    assert down.returncode == 0, down.stderr

@@ -22,6 +22,7 @@ from app.audio.probe import SignalPlayer, TimedRecorder
 from app.audio.resample import FloatArray, float_to_pcm16
 from app.audio.streams import open_stream
 from app.testkit.rig import VirtualAudioRig
+from app.testkit.timing import first_loud, last_loud, locate, window
 
 USER_ONSET_THRESHOLD = 0.02
 USER_START_THRESHOLD = 0.002  # about -54 dBFS: the user's first audible sample, however soft
@@ -121,13 +122,13 @@ class BargeInBench:
         self.pipeline.player.halt([item])
         self._close_finished_feeds()
 
-        onset = _user_onset(self.mic_recorder, started, ended, user_speech, USER_ONSET_THRESHOLD)
-        start = _user_onset(self.mic_recorder, started, ended, user_speech, USER_START_THRESHOLD)
+        onset = user_onset(self.mic_recorder, started, ended, user_speech, USER_ONSET_THRESHOLD)
+        start = user_onset(self.mic_recorder, started, ended, user_speech, USER_START_THRESHOLD)
         barges = [e for e in list(detector.events) if e.kind == "barge_in"]
         early = [e for e in barges if start is None or e.at < start - EARLY_TOLERANCE_S]
         barge = next((e for e in barges if e not in early), None)
         record = pauses[-1] if pauses and pauses[-1] is not newest_before else None
-        silent = _last_time_above(self.speaker_recorder, started, ended, ASSISTANT_LOUD_THRESHOLD)
+        silent = last_loud(*self.speaker_recorder.timeline(), started, ended, ASSISTANT_LOUD_THRESHOLD)
         if early:  # the assistant stopped before the user spoke: nothing to measure
             silent = None
             record = None
@@ -170,38 +171,23 @@ class BargeInBench:
         del self._streams[2:]
 
 
-def _window(recorder: TimedRecorder, start: float, end: float) -> tuple[np.ndarray, FloatArray]:
-    times, samples = recorder.timeline()
-    keep = (times >= start) & (times <= end)
-    return times[keep], samples[keep]
-
-
-def _user_onset(
+def user_onset(
     recorder: TimedRecorder, start: float, end: float, spoken: FloatArray, threshold: float
 ) -> float | None:
     """When the first sample of ``spoken`` above ``threshold`` reached the microphone (matched filter)."""
-    times, samples = _window(recorder, start, end)
+    times, samples = recorder.timeline()
+    times, samples = window(times, samples, start, end)
     first = np.flatnonzero(np.abs(spoken) > threshold)
-    n, m = len(samples), len(spoken)
-    if n < m or len(first) == 0:
+    begun = locate(times, samples, spoken)
+    if begun is None or len(first) == 0:
         return None
-    size = 1 << int(np.ceil(np.log2(n + m)))
-    corr = np.fft.irfft(np.fft.rfft(samples, size) * np.conj(np.fft.rfft(spoken, size)), size)[: n - m + 1]
-    index = int(np.argmax(corr)) + int(first[0])
-    return float(times[index]) if index < n else None
+    at = begun + float(first[0]) / recorder.rate
+    return at if at <= float(times[-1]) else None
 
 
 def first_time_above(recorder: TimedRecorder, start: float, end: float, threshold: float) -> float | None:
     """When ``recorder`` first captured a sample louder than ``threshold`` between ``start`` and ``end``."""
-    times, samples = _window(recorder, start, end)
-    loud = np.flatnonzero(np.abs(samples) > threshold)
-    return float(times[loud[0]]) if len(loud) else None
-
-
-def _last_time_above(recorder: TimedRecorder, start: float, end: float, threshold: float) -> float | None:
-    times, samples = _window(recorder, start, end)
-    loud = np.flatnonzero(np.abs(samples) > threshold)
-    return float(times[loud[-1]]) if len(loud) else None
+    return first_loud(*recorder.timeline(), start, end, threshold)
 
 
 def device_names(*devices: AudioDevice) -> list[str]:
