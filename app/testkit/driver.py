@@ -222,6 +222,7 @@ class Driver:
         self.feed = _device(devices.feed, "output", "the feed of the app's microphone")
         self.mic = _device(devices.app_input, "input", "the app's microphone")
         self.monitor = _device(devices.monitor, "input", "the monitor of the app's speaker")
+        self.voice = _Voice(self.feed.default_samplerate)
         self.mic_rec = TimedRecorder(self.mic.default_samplerate)
         self.speaker_rec = TimedRecorder(self.monitor.default_samplerate)
 
@@ -244,6 +245,9 @@ class Driver:
         with ExitStack() as stack:
             stack.enter_context(open_stream("input", self.mic, self.mic_rec.callback))
             stack.enter_context(open_stream("input", self.monitor, self.speaker_rec.callback))
+            # One feed stream for the whole conversation, silent between turns: a stream opened per
+            # turn would start each turn on an empty buffer (an underrun, and a later first sample).
+            stack.enter_context(open_stream("output", self.feed, self.voice.callback))
             time.sleep(0.3)
             began = time.monotonic()
             try:
@@ -322,13 +326,11 @@ class Driver:
             raise DriveError(problem)
 
     def _play(self, item: Spoken) -> _Played:
-        player = SignalPlayer(item.at_feed, self.feed.default_samplerate)
         length = len(item.at_feed) / self.feed.default_samplerate
-        with open_stream("output", self.feed, player.callback):
-            if not player.finished.wait(length + 5.0):
-                raise DriveError(f"{self.feed.name} stopped taking audio while {item.turn.label} was spoken")
-            time.sleep(0.05)  # the last block leaves the device
-        first = player.handed_at(0)
+        started = self.voice.say(item.at_feed)
+        if not started.finished.wait(length + 5.0):
+            raise DriveError(f"{self.feed.name} stopped taking audio while {item.turn.label} was spoken")
+        first = started.handed_at(0)
         start = first if first is not None else time.monotonic() - length
         return _Played(item.turn, start, start + length)
 
@@ -370,6 +372,26 @@ class Driver:
         path = folder / f"{self.scenario.path.stem}-turn{turn.number}.wav"
         write_wav(path, channels, rate)
         return path
+
+
+class _Voice:
+    """The feed's callback: the turn being said, else silence. ``say`` hands it a new signal."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._player: SignalPlayer | None = None
+
+    def say(self, signal: FloatArray) -> SignalPlayer:
+        player = SignalPlayer(signal, self.rate)
+        self._player = player  # one reference swap: the callback sees the old or the new player
+        return player
+
+    def callback(self, outdata: FloatArray, frames: int, time_info: Any, status: Any) -> None:
+        player = self._player
+        if player is None or player.finished.is_set():
+            outdata.fill(0)
+            return
+        player.callback(outdata, frames, time_info, status)
 
 
 def _device(name: str, direction: str, what: str) -> AudioDevice:
