@@ -201,14 +201,7 @@ def _report(rig: VirtualAudioRig, state: str) -> None:
         else f"on a private PulseAudio, pid {rig.pid}"
     )
     flag = _flag(rig.prefix)
-    if rig.prefix == DEFAULT_PREFIX:
-        drive = ["Or let the driver find them by itself:", "  helpdesk-voice drive SCENARIO"]
-    else:
-        drive = [
-            "Or, after the exports, the driver:",
-            f"  helpdesk-voice drive SCENARIO --input-device {rig.mic} --output-device {rig.speaker} "
-            f"--feed {rig.mic_feed} --monitor {rig.speaker_monitor}",
-        ]
+    drive = ["Or let the driver find them by itself:", f"  helpdesk-voice drive SCENARIO{flag}"]
     lines = [
         f"helpdesk-voice: the virtual audio devices {state} ({where})",
         f"  {rig.mic:<24} the virtual microphone: give it to the app as its input",
