@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -125,3 +126,35 @@ def test_a_wrong_scenario_or_no_devices_is_one_line_and_its_own_exit_code(rig: R
         "no virtual devices with prefix" in nothing_up.stderr and "helpdesk-voice rig up" in nothing_up.stderr
     )
     assert nothing_up.stdout == ""
+
+
+@pytest.mark.devices
+def test_ctrl_c_stops_the_app_it_started_and_is_not_a_pass(rig: Rig, tmp_path: Path) -> None:
+    assert rig("up").returncode == 0
+    env = {
+        **rig.env,
+        "HELPDESK_VOICE_DATA_DIR": str(tmp_path / "data"),
+        "HELPDESK_VOICE_CONFIG_DIR": str(tmp_path),
+    }
+    drive = subprocess.Popen(
+        [sys.executable, "-m", "app", "drive", str(EXAMPLES / "vpn.toml"), "--prefix", rig.prefix],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert drive.stderr is not None
+    said = ""
+    for line in drive.stderr:  # until the first turn is being said: the app is up by then
+        said += line
+        if "turn 1:" in line:
+            break
+    assert "turn 1:" in said, said
+    drive.send_signal(signal.SIGINT)
+    out, err = drive.communicate(timeout=60)
+    assert drive.returncode == 3, out + err
+    assert "stopped before the conversation ended" in err and "passed" not in out
+    app_left = subprocess.run(
+        ["pgrep", "-f", f"--input-device {rig.prefix}_mic"], capture_output=True, text=True
+    )
+    assert app_left.stdout == "", "the app the driver started is still running"

@@ -68,6 +68,8 @@ def drive_main(args: argparse.Namespace) -> int:
                 run.app = {"started_by_driver": True, "command": app.command}
     except (DriveError, SpeechUnavailable) as exc:
         return _say(str(exc), EXIT_CANNOT_RUN)
+    except KeyboardInterrupt:  # the app the driver started is stopped on the way out
+        return _say("stopped before the conversation ended; nothing was judged", EXIT_CANNOT_RUN)
     run.app["devices"] = {
         "app_input": devices.app_input,
         "app_output": devices.app_output,
