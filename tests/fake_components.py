@@ -23,7 +23,7 @@ class FakeUtterance:
     def add(self, pcm24k: bytes) -> None:
         self.audio += pcm24k
 
-    def partial(self) -> str:
+    def partial(self, *, whole: bool = False, again: bool = False) -> str:
         return self.finish()
 
     def finish(self) -> str:

@@ -288,9 +288,9 @@ def test_finish_reuses_a_partial_taken_in_the_pause(
     speech = speech[: np.flatnonzero(np.abs(speech) > 1e-3)[-1] + 1]  # without espeak's trailing silence
     turn = UtteranceTranscriber(recognizer)
     turn.add(pcm24k(np.concatenate([silence(0.3, 24000), speech])))
-    turn.add(pcm24k(silence(0.2, 24000)))
-    paused = turn.partial()  # 200 ms into the silence, when the server's detector reports a pause
-    turn.add(pcm24k(silence(0.3, 24000)))
+    turn.add(pcm24k(silence(0.07, 24000)))
+    paused = turn.partial()  # 70 ms into the silence, when the server starts judging the pause
+    turn.add(pcm24k(silence(0.4, 24000)))
     assert turn.finish() == paused
     assert turn.reused_partial and turn.decodes == 1
     assert word_errors(text, paused) <= 2, paused

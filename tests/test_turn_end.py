@@ -23,7 +23,14 @@ from websockets.asyncio.client import connect
 from app.audio.resample import float_to_pcm16
 from app.core import protocol as p
 from app.localmodel.server import EmbeddedServer, new_token
-from app.localmodel.session import EndUtterance, JudgeTurnEnd, Output, Session
+from app.localmodel.session import (
+    EndUtterance,
+    JudgeTurnEnd,
+    Output,
+    Session,
+    UtterancePaused,
+    UtteranceResumed,
+)
 from app.localmodel.turn_end import TurnEndModel, features, model_path
 from app.localmodel.turn_text import AUDIO_VETO, judge_turn, unfinished_because
 from tests.fake_components import fake_components
@@ -104,19 +111,89 @@ def test_an_unfinished_turn_still_ends_after_the_longer_pause() -> None:
     assert not session.turn_judged(question.item_id, question.at_ms, complete=True).events  # late
 
 
-def test_eagerness_sets_how_soon_the_model_is_asked() -> None:
-    asked = {}
+def test_eagerness_sets_how_soon_the_model_is_asked_and_a_complete_turn_ends() -> None:
+    asked, ended = {}, {}
     for eagerness in ("high", "auto", "low"):
         session = Session(judges_turn_end=True)
         semantic(session, eagerness)
         feed(session, silence(0.5))
         feed(session, speechlike(1.0))
         for step in range(1, 60):
-            if of(feed(session, silence(0.01)), JudgeTurnEnd):
+            out = feed(session, silence(0.01))
+            for question in of(out, JudgeTurnEnd):
                 asked[eagerness] = step * 10
+                out += session.turn_judged(question.item_id, question.at_ms, complete=True)
+            if of(out, p.SpeechStopped):
+                ended[eagerness] = step * 10
                 break
-    assert asked["high"] < asked["auto"] < asked["low"], asked
-    assert asked["auto"] <= 250, asked
+    assert asked["high"] <= asked["auto"] < asked["low"], asked
+    assert ended["high"] < ended["auto"] < ended["low"], ended
+    assert asked["auto"] <= 100 and ended["auto"] <= 200, (asked, ended)
+
+
+def test_a_complete_judgement_in_a_short_pause_waits_for_the_commit_pause() -> None:
+    """The judging starts 70 ms into the pause; a turn judged complete by then still ends only
+    once the pause is 150 ms long, where the speech stopped, and not if the user speaks on."""
+    session = Session(judges_turn_end=True)
+    semantic(session)
+    feed(session, silence(0.5))
+    feed(session, speechlike(1.0))
+    out = Output()
+    for _ in range(10):  # 100 ms of pause: asked, not yet decided
+        out += feed(session, silence(0.01))
+    (question,) = of(out, JudgeTurnEnd)
+    assert 1450 <= question.at_ms <= 1560
+    assert not session.turn_judged(question.item_id, question.at_ms, complete=True).events  # too soon
+    out = feed(session, silence(0.03))
+    assert not of(out, p.SpeechStopped)  # 130 ms
+    out = feed(session, silence(0.04))
+    (stopped,) = of(out, p.SpeechStopped)  # 170 ms: past the commit pause
+    assert stopped.audio_end_ms == int(question.at_ms)
+    assert [c.item_id for c in of(out, EndUtterance)] == [question.item_id]
+
+
+def first_question() -> tuple[Session, Output, JudgeTurnEnd]:
+    """A semantic_vad session asked about a 1 s turn's first pause, that feed's output, the question."""
+    session = Session(judges_turn_end=True)
+    semantic(session)
+    feed(session, silence(0.5))
+    feed(session, speechlike(1.0))
+    out = feed(session, silence(0.1))
+    (question,) = of(out, JudgeTurnEnd)
+    return session, out, question
+
+
+def test_a_turn_judged_complete_goes_on_when_the_user_speaks_before_the_commit_pause() -> None:
+    session, _, question = first_question()
+    session.turn_judged(question.item_id, question.at_ms, complete=True)
+    out = feed(session, speechlike(0.6))  # the gap before a word's last consonant, then more words
+    out += feed(session, silence(0.3))
+    assert not of(out, p.SpeechStarted) and not of(out, p.SpeechStopped)  # the old verdict is gone
+    (again,) = of(out, JudgeTurnEnd)
+    assert again.item_id == question.item_id and again.at_ms > question.at_ms + 500
+    assert not of(out, p.SpeechStopped)  # the new pause waits for its own judgement
+
+
+def test_a_pause_judged_unfinished_is_asked_about_again_once_and_can_end_then() -> None:
+    session, question = judged_session()  # 300 ms into the pause
+    session.turn_judged(question.item_id, question.at_ms, complete=False)
+    out = feed(session, silence(0.1))
+    assert not of(out, JudgeTurnEnd)  # 400 ms
+    out = feed(session, silence(0.1))
+    (again,) = of(out, JudgeTurnEnd)  # 500 ms: the same pause, asked again
+    assert again.again and (again.item_id, again.at_ms) == (question.item_id, question.at_ms)
+    assert not of(feed(session, silence(0.3)), JudgeTurnEnd)  # only once
+    (stopped,) = of(session.turn_judged(again.item_id, again.at_ms, complete=True), p.SpeechStopped)
+    assert stopped.audio_end_ms == int(question.at_ms)
+
+
+def test_the_answer_is_prepared_from_the_moment_a_pause_is_judged() -> None:
+    """UtterancePaused (the server's cue to decode and prepare the answer) comes with the
+    question, and UtteranceResumed when the user speaks on."""
+    session, out, question = first_question()
+    assert [c.item_id for c in of(out, UtterancePaused)] == [question.item_id]
+    out = feed(session, speechlike(0.3))
+    assert [c.item_id for c in of(out, UtteranceResumed)] == [question.item_id]
 
 
 def test_without_a_model_semantic_vad_is_a_silence_window() -> None:
@@ -143,12 +220,12 @@ def test_server_vad_is_never_judged() -> None:
 
 @pytest.fixture
 async def judged() -> AsyncIterator[tuple[Client, list[float]]]:
-    """A client of a server whose judge says "complete" from the second question on."""
+    """A client of a server whose judge says "complete" once the turn is over 2.5 s long."""
     asked: list[float] = []
 
     def judge(audio: FloatArray) -> float:
         asked.append(len(audio) / 16000)
-        return 0.05 if len(asked) == 1 else 0.9  # sure the voice is mid-sentence, then done
+        return 0.9 if len(audio) > 2.5 * 16000 else 0.01  # sure the voice is mid-sentence, then done
 
     server = EmbeddedServer(fake_components(turn_end=judge), new_token())
     await server.start()
@@ -186,7 +263,9 @@ async def test_the_server_asks_its_model_and_answers_a_turn_it_calls_complete(
     assert kinds.count("input_audio_buffer.speech_stopped") == 1
     stopped = next(e for e in events if e["type"] == "input_audio_buffer.speech_stopped")
     assert 2600 <= stopped["audio_end_ms"] <= 2800  # the second part ended at 2700 ms
-    assert len(asked) == 2 and asked[1] > asked[0] + 0.5  # each judged on the turn so far
+    # Each judged on the turn so far (the first pause again at 450 ms, unless the client's audio,
+    # sent faster than real time, made that question stale before it was asked).
+    assert len(asked) in (2, 3) and max(asked) > min(asked) + 1.0, asked
     assert events[-1]["response"]["status"] == "completed"
 
 
@@ -265,8 +344,8 @@ def test_the_loader_says_how_to_install_a_missing_model(
 )
 def test_words_that_cannot_end_a_request_keep_the_turn_open(said: str) -> None:
     assert unfinished_because(said) is not None
-    complete, why = judge_turn(said, 0.99)  # however sure the voice sounds
-    assert not complete and "unfinished" in why
+    complete, why, unsure = judge_turn(said, 0.99)  # however sure the voice sounds
+    assert not complete and "unfinished" in why and not unsure  # however long the pause
 
 
 @pytest.mark.parametrize(
@@ -297,4 +376,25 @@ def test_the_voice_can_veto_finished_words_and_no_words_wait_for_the_longer_paus
     assert not judge_turn("I need a new charger", AUDIO_VETO / 2)[0]
     assert judge_turn("I need a new charger", AUDIO_VETO)[0]
     assert not judge_turn("", 0.99)[0] and not judge_turn("", None)[0]
+    assert judge_turn("", None).unsure and judge_turn("I need a new charger", AUDIO_VETO / 2).unsure
     assert judge_turn("thanks", None)[0]
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "My headset works in music,",
+        "I need a new charger because...",
+        "The sound on my laptop stop-",
+        "Since yesterday\u2026",
+    ],
+)
+def test_a_sentence_the_recogniser_wrote_as_going_on_keeps_the_turn_open(said: str) -> None:
+    assert "go on" in (unfinished_because(said) or "")
+    judged = judge_turn(said, 0.99)
+    assert not judged.complete and judged.unsure  # a longer pause may end the sentence
+
+
+def test_finished_punctuation_and_short_replies_with_a_comma_read_as_finished() -> None:
+    for said in ("My headset works in music.", "Can you help me?", "Yes,", "No, thanks,", "Done..."):
+        assert unfinished_because(said) is None, said

@@ -725,10 +725,11 @@ class SpeechRecognizer:
 # -- one user turn -----------------------------------------------------------------------------------
 
 # A partial can stand as the final text when its last REUSE_TAIL_S and everything after it are
-# quiet (no sound above the noise floor, so no word was cut at its end and none came later). The
-# server's detector reports a pause after 200 ms without speech, so a partial taken then qualifies
-# unless a word's unvoiced ending runs into its last 100 ms.
-REUSE_TAIL_S = 0.1
+# quiet (no sound above the noise floor, so no word was cut at its end and none came later: a word
+# cut off would go on as sound after it). The server starts judging a pause 70 ms after the last
+# voiced frame (semantic_vad), so a partial taken then qualifies unless a word's unvoiced ending
+# ("s", "t") runs into its last frame or two.
+REUSE_TAIL_S = 0.03
 MIN_NEW_AUDIO_S = 0.2  # a partial on less new audio than this repeats the last one
 
 
@@ -741,8 +742,8 @@ class UtteranceTranscriber:
     with each other (one decode at a time; ``finish`` waits for a partial in flight and then uses it
     when it can). After ``finish``, ``add`` is ignored and ``partial`` returns the final text.
 
-    A ``partial`` taken when the server's detector reports a pause (150 ms without speech) covers
-    the whole request, so ``finish`` at the end of the turn returns it in a millisecond or two
+    A ``partial`` taken when the server's detector reports a pause (70 to 150 ms without speech)
+    covers the whole request, so ``finish`` at the end of the turn returns it in a millisecond or two
     instead of decoding again (``bench/asr.py``: 48 of 48 turns, against about half with partials
     every 0.6 s only).
     """
@@ -811,17 +812,28 @@ class UtteranceTranscriber:
         first_frame = max(0, position - int(REUSE_TAIL_S * SAMPLE_RATE)) // FRAME_SAMPLES
         return bool(flags[first_frame:].any())
 
-    def partial(self) -> str:
-        """The words so far (may change). Skips the decode when no speech arrived since the last one."""
+    def partial(self, *, whole: bool = False, again: bool = False) -> str:
+        """The words so far (may change). Skips the decode when no sound arrived since the last one,
+        or (unless ``whole``) less than :data:`MIN_NEW_AUDIO_S` of audio: a pause being judged needs
+        the words up to its start, not those of a decode taken while the user still spoke.
+        ``again``: decodes anew whenever audio arrived since, quiet or not (a longer pause)."""
         with self._decode_lock:
             if self.final is not None:
                 return self.final.text
             samples = self._snapshot()
-            if self._last is not None and (
-                len(samples) - self._last_samples < MIN_NEW_AUDIO_S * SAMPLE_RATE
-                or not self._sound_since(samples, self._last_samples)
-            ):
-                return self._last.text
+            last = self._last
+            if last is not None:
+                new_samples = len(samples) - self._last_samples
+                if again:
+                    covered = new_samples <= 0
+                elif whole:
+                    covered = not self._sound_since(samples, self._last_samples)
+                else:
+                    covered = new_samples < MIN_NEW_AUDIO_S * SAMPLE_RATE or not self._sound_since(
+                        samples, self._last_samples
+                    )
+                if covered:
+                    return last.text
             self._last = self.recognizer.transcribe(samples, context=self.context)
             self._last_samples = len(samples)
             self.decodes += self._last.window_s > 0

@@ -19,7 +19,12 @@ class Utterance(Protocol):
     """Speech recognition of one user turn, fed while the user speaks."""
 
     def add(self, pcm24k: bytes) -> None: ...
-    def partial(self) -> str: ...
+    def partial(self, *, whole: bool = False, again: bool = False) -> str:
+        """The words so far. ``whole``: of all the audio so far, for judging a pause (a recent
+        decode is reused only when no sound came after it); ``again``: decoded anew even so (the
+        pause has grown, and the recogniser hears a sentence's end better with silence after it)."""
+        ...
+
     def finish(self) -> str: ...
     def audio_16k(self) -> npt.NDArray[np.float32]:
         """The turn's audio so far, at 16 kHz (for the end-of-turn model)."""

@@ -132,6 +132,8 @@ class _Connection:
     timing: dict[str, float] = field(default_factory=dict)  # this turn's milestones, for the log
     speculation: _Speculation | None = None
     speculation_task: asyncio.Task[None] | None = None
+    unsure_pauses: set[str] = field(default_factory=set)  # items whose pause a longer one may decide
+    first_judgements: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # of the latest pause
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -311,7 +313,11 @@ class EmbeddedServer:
                 judging = asyncio.create_task(self._judge_turn_end(connection, command, judged, audio))
                 connection.background.add(judging)
                 judging.add_done_callback(connection.background.discard)
+                if not command.again:
+                    connection.first_judgements[command.item_id] = judging
         elif isinstance(command, EndUtterance):
+            connection.first_judgements.pop(command.item_id, None)
+            connection.unsure_pauses.discard(command.item_id)
             task = connection.partial_tasks.pop(command.item_id, None)
             if task is not None:
                 task.cancel()
@@ -341,20 +347,30 @@ class EmbeddedServer:
         """Judges the pause by the words so far (the recogniser's partial, shared with the answer
         being prepared) and the end-of-turn model on the audio, side by side in worker threads.
         A failure of either leaves the turn to the fallback pause rather than ending it on a guess."""
+        if command.again:
+            first = connection.first_judgements.pop(command.item_id, None)
+            if first is not None and not first.done():
+                await asyncio.wait([first])  # its verdict decides whether to ask again
+            if command.item_id not in connection.unsure_pauses:
+                return  # judged unfinished by its words, which a longer pause does not change
+        connection.unsure_pauses.discard(command.item_id)
         judge = self.components.turn_end
         started = time.monotonic()
         try:
-            words = asyncio.to_thread(utterance.partial)
+            words = asyncio.to_thread(utterance.partial, whole=True, again=command.again)
             voice = asyncio.to_thread(judge, audio) if judge is not None else asyncio.sleep(0, None)
             text, probability = await asyncio.gather(words, voice)
         except Exception:
             log.exception("judging the end of the turn failed; it ends after the longer pause")
             return
-        complete, why = judge_turn(text, probability)
+        complete, why, unsure = judge_turn(text, probability)
+        if unsure and not command.again:
+            connection.unsure_pauses.add(command.item_id)  # worth asking about again, later
         log.debug("end of turn %s: judged on %r", command.item_id, text)  # the words only when debugging
         log.info(
-            "end of turn %s: %s, %s in %.0f ms",
+            "end of turn %s%s: %s, %s in %.0f ms",
             command.item_id,
+            " (again)" if command.again else "",
             "complete" if complete else "unfinished",
             why,
             (time.monotonic() - started) * 1000,
@@ -363,7 +379,7 @@ class EmbeddedServer:
 
     async def _speculate(self, connection: _Connection, item_id: str, utterance: Utterance) -> None:
         """The user paused: decode now (``finish`` reuses it) and start speaking the likely answer."""
-        text = (await asyncio.to_thread(utterance.partial)).strip()
+        text = (await asyncio.to_thread(utterance.partial, whole=True)).strip()
         if not text or (connection.response_task is not None and not connection.response_task.done()):
             return
         brain = self._brain(connection)

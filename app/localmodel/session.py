@@ -38,14 +38,35 @@ RATE = 24000
 SPECULATE_AFTER_MS = 150  # a pause this long lets the server start on the reply early
 # semantic_vad without an end-of-turn model: a silence window by eagerness.
 _EAGERNESS_SILENCE_MS = {"low": 800, "medium": 500, "auto": 500, "high": 300}
-# semantic_vad with one: a short pause after which the model judges the turn, and the longer one
-# after which a turn the model thought unfinished ends anyway. The fallback outlasts the pauses
-# people make inside a sentence (300-900 ms); "high" answers sooner and risks cutting them off.
-_EAGERNESS_JUDGED_MS: Final[dict[str, tuple[int, int]]] = {
-    "low": (300, 2500),
-    "medium": (150, 1200),
-    "auto": (150, 1200),
-    "high": (100, 800),
+
+
+@dataclass(frozen=True)
+class JudgedPauses:
+    """semantic_vad with an end-of-turn judge: how long a pause is before what happens (ms).
+
+    ``look``: the judging starts (the words decoded, the voice heard) and so does the answer's
+    preparation, while the pause may still be the gap before a word's last consonant. ``commit``:
+    a turn judged complete ends no sooner than this; gaps inside words and between them run to
+    about 130 ms, so looking before then and deciding only after it takes the judging's time (a
+    decode, about 150 ms here) off the wait without cutting words off. ``recheck``: a pause judged
+    unfinished is judged once more, on a new decode: with more silence after it the recogniser
+    often hears a word it was unsure of (a short "done") or ends the sentence it had left open.
+    ``fallback``: a turn judged unfinished ends anyway; it outlasts the pauses people make inside
+    a sentence (300-900 ms).
+    """
+
+    look: int
+    commit: int
+    recheck: int
+    fallback: int
+
+
+# "high" answers sooner and risks cutting people off; "low" waits out longer pauses.
+_EAGERNESS_JUDGED_MS: Final[dict[str, JudgedPauses]] = {
+    "low": JudgedPauses(300, 300, 900, 2500),
+    "medium": JudgedPauses(70, 150, 450, 1200),
+    "auto": JudgedPauses(70, 150, 450, 1200),
+    "high": JudgedPauses(60, 100, 350, 800),
 }
 
 # -- limits ----------------------------------------------------------------------------------
@@ -108,6 +129,7 @@ class JudgeTurnEnd:
 
     item_id: str
     at_ms: float  # where the speech stopped
+    again: bool = False  # the same pause, judged unfinished before, asked again now it is longer
 
 
 @dataclass(frozen=True)
@@ -268,7 +290,9 @@ class Session:
         self.config = _initial_session(session_id or p.new_id("sess"))
         self.judges_turn_end = judges_turn_end
         self._pending_end: float | None = None  # where the speech stopped, while the turn is judged
-        self._fallback_ms = 0  # how long a pause ends a turn whatever the judgement
+        self._judged_complete = False  # the pending pause was judged the end, before its commit
+        self._rechecked = False  # the pending pause was asked about again
+        self._pauses = JudgedPauses(0, 0, 0, 0)  # semantic_vad with a judge; 0: no judging
         self._buffer = bytearray()
         self._audio_ms = 0.0  # audio time of everything appended so far
         self._detector: SpeechDetector | None = None
@@ -493,15 +517,15 @@ class Session:
             self._detector = None
             return
         self._pending_end = None
-        self._fallback_ms = 0
+        self._judged_complete = False
+        self._pauses = JudgedPauses(0, 0, 0, 0)
         silence_ms = detection.silence_duration_ms or 500
         if detection.kind == "semantic_vad":
             eagerness = detection.eagerness or "auto"
             silence_ms = _EAGERNESS_SILENCE_MS.get(eagerness, 500)
             if self.judges_turn_end:
-                silence_ms, self._fallback_ms = _EAGERNESS_JUDGED_MS.get(
-                    eagerness, _EAGERNESS_JUDGED_MS["auto"]
-                )
+                self._pauses = _EAGERNESS_JUDGED_MS.get(eagerness, _EAGERNESS_JUDGED_MS["auto"])
+                silence_ms = self._pauses.look
         threshold = 0.5 if detection.threshold is None else detection.threshold
         mode = 3 if threshold >= 0.7 else 2 if threshold >= 0.4 else 1
         self._detector = SpeechDetector(
@@ -538,19 +562,30 @@ class Session:
             if speech.kind == "speech_start":
                 if self._pending_end is not None and self._utterance is not None:
                     self._pending_end = None  # a pause inside the turn: it goes on, the same item
+                    self._judged_complete = False
                     continue
                 out += self._speech_started(speech.at * 1000.0)
             elif speech.kind == "speech_end":
-                if self._fallback_ms and self._utterance is not None:
+                if self._pauses.fallback and self._utterance is not None:
                     self._pending_end = speech.at * 1000.0
+                    self._judged_complete = self._rechecked = False
                     out.commands.append(JudgeTurnEnd(self._utterance, self._pending_end))
                 else:
                     out += self._speech_stopped(speech.at * 1000.0)
         detector.events.clear()
-        if self._pending_end is not None and self._audio_ms - self._pending_end >= self._fallback_ms:
-            out += self._speech_stopped(self._pending_end)  # judged unfinished, but quiet since
+        if self._pending_end is not None and self._utterance is not None:
+            quiet_ms = self._audio_ms - self._pending_end
+            pauses = self._pauses
+            if not self._judged_complete and not self._rechecked and quiet_ms >= pauses.recheck:
+                self._rechecked = True
+                out.commands.append(JudgeTurnEnd(self._utterance, self._pending_end, again=True))
+            if quiet_ms >= pauses.fallback or (self._judged_complete and quiet_ms >= pauses.commit):
+                # Judged complete and now quiet long enough, or judged unfinished but quiet since.
+                out += self._speech_stopped(self._pending_end)
         if self._utterance is not None:
-            paused = detector.silence_frames * 10 >= SPECULATE_AFTER_MS
+            # A pause being judged is one to prepare the answer in, from the moment the judging starts.
+            pending = self._pending_end is not None
+            paused = pending or detector.silence_frames * 10 >= SPECULATE_AFTER_MS
             if paused != self._paused:
                 self._paused = paused
                 out.commands.append(
@@ -584,9 +619,13 @@ class Session:
 
     def turn_judged(self, item_id: str, at_ms: float, complete: bool) -> Output:
         """The server's answer to :class:`JudgeTurnEnd`: a complete turn ends where the speech
-        stopped; an unfinished one waits for more speech or the fallback pause. An answer about a
-        pause the user has since spoken after is stale and changes nothing."""
+        stopped, once the pause is as long as the commit pause (now, when it already is); an
+        unfinished one waits for more speech or the fallback pause. An answer about a pause the
+        user has since spoken after is stale and changes nothing."""
         if not complete or self._utterance != item_id or self._pending_end != at_ms:
+            return Output()
+        if self._audio_ms - at_ms < self._pauses.commit:
+            self._judged_complete = True  # _detect ends the turn when the pause is long enough
             return Output()
         return self._speech_stopped(at_ms)
 
@@ -594,6 +633,7 @@ class Session:
         assert self.config.turn_detection is not None
         item_id = self._utterance
         self._pending_end = None
+        self._judged_complete = False
         if item_id is None:
             return Output()
         self._utterance = None
@@ -617,6 +657,7 @@ class Session:
             heard_ms = self._audio_ms - self._utterance_start_ms
         self._utterance = None
         self._pending_end = None
+        self._judged_complete = False
         out += self._commit(item_id, heard_ms)
         out.commands.append(EndUtterance(item_id, respond=False))
         # A new detector: speech that goes on, or comes right away, is the next turn, heard whole.

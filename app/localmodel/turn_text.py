@@ -5,8 +5,10 @@ talkers do not carry well: it calls "the update is stuck at" finished and "nothi
 press the power button" unfinished. Grammar catches what intonation misses. A turn reads as
 unfinished when its last word cannot end an English sentence (an article, a preposition, a
 conjunction, an auxiliary: "... because", "... stuck at", "my account is"), when it is only a noun
-phrase with no verb in it ("the printer on the second floor", "my VPN"), or when it is only a
-subordinate clause still waiting for its main one ("when I open Outlook", "since yesterday").
+phrase with no verb in it ("the printer on the second floor", "my VPN"), when it is only a
+subordinate clause still waiting for its main one ("when I open Outlook", "since yesterday"), or
+when the recogniser itself wrote it as going on: Whisper's punctuation follows the voice, and it
+ends on a comma or an ellipsis where the sentence did not ("my headset works in music,").
 
 Wrong in both directions sometimes (a terse "VPN problems" has no verb and is finished): the cost
 of "unfinished" is only the longer pause before the answer, so the rules lean that way.
@@ -15,9 +17,9 @@ of "unfinished" is only the longer pause before the answer, so the rules lean th
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Final, NamedTuple
 
-__all__ = ["AUDIO_VETO", "judge_turn", "unfinished_because"]
+__all__ = ["AUDIO_VETO", "Judgement", "judge_turn", "unfinished_because"]
 
 
 def _set(words: str) -> frozenset[str]:
@@ -132,6 +134,10 @@ _FINITE: Final = frozenset(
     _AUXILIARIES | _IRREGULAR | {form for stem in _VERB_STEMS for form in _inflected(stem)}
 )
 _PRONOUNS: Final = _set("i you we they he she")
+# Whisper ends a sentence it heard finish with a full stop or a question mark, and what it heard go
+# on (the voice still up, a word cut off) with a comma, a dash or an ellipsis.
+_HEARD_GO_ON: Final = "the recogniser heard it go on"
+_GOES_ON: Final = (",", "...", "\u2026", "-", "\u2014", ";", ":")
 _WORD: Final = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
 
@@ -165,6 +171,10 @@ def unfinished_because(text: str) -> str | None:
         return None
     if len(words) <= 3 and words[0] in _REPLIES:
         return None
+    trailing = text.rstrip()
+    for mark in _GOES_ON:
+        if trailing.endswith(mark):
+            return f"{_HEARD_GO_ON} ({mark!r})"
     last, before = words[-1], words[-2] if len(words) > 1 else ""
     if last in _DANGLING:
         return f"it ends on {last!r}"
@@ -185,16 +195,29 @@ def unfinished_because(text: str) -> str | None:
 AUDIO_VETO: Final = 0.02
 
 
-def judge_turn(text: str, probability: float | None) -> tuple[bool, str]:
+class Judgement(NamedTuple):
+    complete: bool
+    why: str  # for the log
+    # Unfinished on evidence a longer pause may change: no words yet, the voice's veto, or the
+    # recogniser's punctuation. Words that cannot end a sentence stay unfinished however long the
+    # pause; a new decode of them that reads finished is more likely misheard than finished.
+    unsure: bool = False
+
+
+def judge_turn(text: str, probability: float | None) -> Judgement:
     """Whether a pause ends the turn, from its words so far and the end-of-turn model's
     ``probability`` (None: no model), with the reason for the log."""
     unfinished = unfinished_because(text)
     if unfinished is not None:
-        return False, f"the words are unfinished: {unfinished}"
+        unsure = unfinished.startswith(_HEARD_GO_ON)
+        return Judgement(False, f"the words are unfinished: {unfinished}", unsure)
     if not _words(text):
         # Nothing the recogniser was sure of yet (a short "done" decoded as an unsure "And"): ending
-        # now would drop the turn, while the longer pause gives the final decode more to go on.
-        return False, "no words yet"
+        # now would drop the turn, while a longer pause gives a new decode more to go on.
+        return Judgement(False, "no words yet", unsure=True)
     if probability is not None and probability < AUDIO_VETO:
-        return False, f"the words read as finished but the voice says {probability:.2f}"
-    return True, "the words read as finished" + ("" if probability is None else f" ({probability:.2f})")
+        vetoed = f"the words read as finished but the voice says {probability:.2f}"
+        return Judgement(False, vetoed, unsure=True)
+    return Judgement(
+        True, "the words read as finished" + ("" if probability is None else f" ({probability:.2f})")
+    )
