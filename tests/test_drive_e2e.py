@@ -158,3 +158,20 @@ def test_ctrl_c_stops_the_app_it_started_and_is_not_a_pass(rig: Rig, tmp_path: P
         ["pgrep", "-f", f"--input-device {rig.prefix}_mic"], capture_output=True, text=True
     )
     assert app_left.stdout == "", "the app the driver started is still running"
+
+
+@pytest.mark.devices
+def test_with_laptop_speaker_echo_the_answer_plays_without_interrupting_itself(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """The speaker looped into the microphone 10 dB down: the app must not take its own voice for
+    the user (no_self_interruption is on by default), and a short reply still moves it on."""
+    up = rig("up", "--echo-level", "-10", "--echo-delay", "20")
+    assert up.returncode == 0 and "looped into the microphone at -10 dB" in up.stderr, up.stderr
+    report = tmp_path / "report.json"
+    done = drive(rig, tmp_path, str(EXAMPLES / "password.toml"), "--report", str(report))
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    turns = json.loads(report.read_text())["turns"]
+    checked = {e["name"]: e["passed"] for turn in turns for e in turn["expectations"]}
+    assert checked["no_self_interruption"] and checked["answer"]
+    assert all(turn["app_reported"]["false_interruptions"] == 0 for turn in turns)
