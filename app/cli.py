@@ -132,7 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     rig_down.add_argument("--prefix", default="hv", help="device name prefix (default: hv)")
     rig_status = rig_sub.add_parser("status", help="whether the virtual devices are up, and how to use them")
     rig_status.add_argument("--prefix", default="hv", help="device name prefix (default: hv)")
-    drive = sub.add_parser("drive", help="testers: run a scripted spoken conversation and judge it")
+    drive = sub.add_parser(
+        "drive",
+        help="testers: run a scripted spoken conversation and judge it",
+        epilog="exit codes: 0 every expectation held, 1 one did not, 2 a wrong scenario or option, "
+        "3 it could not run (devices, voice, the app). The scenario format: docs/testing.md",
+    )
     drive.add_argument("scenario", type=Path, help="the scenario file (TOML)")
     drive.add_argument("--junit", type=Path, metavar="PATH", help="write a JUnit XML report here")
     drive.add_argument("--report", type=Path, metavar="PATH", help="write the JSON report here")
