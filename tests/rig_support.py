@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -112,3 +113,14 @@ def running(pid: int) -> bool:
     except OSError:
         return False
     return text[text.rindex(")") + 2] not in "ZX"
+
+
+def exports(stdout: str) -> dict[str, str]:
+    """The environment ``eval "$(helpdesk-voice rig up)"`` would set; every line must be an export."""
+    result: dict[str, str] = {}
+    for line in stdout.splitlines():
+        words = shlex.split(line)
+        assert len(words) == 2 and words[0] == "export", line
+        key, _, value = words[1].partition("=")
+        result[key] = value
+    return result

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.app_driver import HeadlessApp
-from tests.rig_support import Rig, rig
+from tests.rig_support import Rig, exports, rig
 
 __all__ = ["rig"]
 
@@ -77,10 +77,7 @@ def test_the_vpn_scenario_passes_and_an_impossible_one_fails_readably(rig: Rig, 
 def test_scenarios_against_an_app_that_is_already_running(rig: Rig, tmp_path: Path) -> None:
     up = rig("up")
     assert up.returncode == 0, up.stderr
-    shell = {
-        line.split("=", 1)[0].removeprefix("export "): line.split("=", 1)[1]
-        for line in up.stdout.splitlines()
-    }
+    shell = exports(up.stdout)
     events = tmp_path / "events.jsonl"
     app_env: dict[str, str | None] = {
         **shell,

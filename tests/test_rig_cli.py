@@ -9,7 +9,6 @@ and the missing-package messages run in-process with the platform and the lookup
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -30,7 +29,7 @@ from app.testkit.rig import (
     rig_workdir,
 )
 from app.testkit.rig_cli import NOT_UP, RigHost, rig_main
-from tests.rig_support import RIG_KEYS, Rig, clean_up, need_pulseaudio, rig, running, short_dir
+from tests.rig_support import RIG_KEYS, Rig, clean_up, exports, need_pulseaudio, rig, running, short_dir
 
 __all__ = ["rig"]  # the fixture, shared with test_drive_e2e
 
@@ -104,17 +103,6 @@ def stand_in() -> Iterator[StandIn]:
             process.kill()
             process.wait()
         shutil.rmtree(root, ignore_errors=True)
-
-
-def exports(stdout: str) -> dict[str, str]:
-    """The environment ``eval "$(helpdesk-voice rig up)"`` would set; every line must be an export."""
-    result: dict[str, str] = {}
-    for line in stdout.splitlines():
-        words = shlex.split(line)
-        assert len(words) == 2 and words[0] == "export", line
-        key, _, value = words[1].partition("=")
-        result[key] = value
-    return result
 
 
 def _wait_gone(pid: int) -> None:

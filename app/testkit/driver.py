@@ -266,7 +266,7 @@ class Driver:
     def _wait_for_turn(self, turn: Turn, played: list[_Played], began: float) -> None:
         if turn.when == "at":
             if played:
-                self._wait_done(played[-1])
+                self._sleep_until(played[-1].done)
             self._sleep_until(began + turn.after_ms / 1000.0)
         elif turn.when == "barge_in":
             previous = played[-1]
@@ -311,9 +311,6 @@ class Driver:
             ):
                 return
             time.sleep(0.05)
-
-    def _wait_done(self, previous: _Played) -> None:
-        self._sleep_until(previous.done)
 
     def _sleep_until(self, at: float) -> None:
         while (left := at - time.monotonic()) > 0:
