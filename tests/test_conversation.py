@@ -373,6 +373,41 @@ def test_speech_that_goes_on_is_a_turn_and_the_held_audio_follows_the_cancel(h: 
     assert base64.b64decode(append["audio"])[0] == 9  # live again
 
 
+def _echo_frames(h: Harness, start: float, count: int) -> None:
+    """``count`` 10 ms echo frames from ``start``, each marked by its number in its first byte."""
+    for n in range(count):
+        h.conv.mic_frame(MicFrame(bytes([n % 250 + 1, 0]) * 240, start + n * 0.01, "echo"))
+
+
+def _held_marks(h: Harness, onset: float) -> list[int]:
+    h.at(onset + 0.4).barge_in(at=onset, confirm=False)
+    decided = [a for n in range(1, 20) for a in h.run(h.conv.tick(onset + 0.4 + n * 0.05))]
+    assert of(decided, Halt)  # the user went on talking: a turn
+    appended = b"".join(base64.b64decode(e["audio"]) for e in sent(decided, "input_audio_buffer.append"))
+    return list(appended[::480])
+
+
+def test_the_held_audio_reaches_back_by_time_whatever_the_frames_length(h: Harness) -> None:
+    h.at(100.0).user_turn(speech_end=100.3)
+    h.at(100.8).feed(*s.spoken_answer("resp_1", "item_a1", ANSWER, audio_ms=4000)[:-3])
+    # Two seconds of 10 ms echo frames, the last of them 0.335 s after the user's onset (the echo
+    # verdict comes after the detector's): 0.635 s of them are wanted, 64 frames from 102.26.
+    _echo_frames(h, 100.9, 200)
+    assert _held_marks(h, onset=102.555) == [n % 250 + 1 for n in range(136, 200)]
+
+
+def test_echo_frames_older_than_a_second_are_not_kept() -> None:
+    h = Harness(prefix_s=3.0)
+    h.connect()
+    h.at(100.0).user_turn(speech_end=100.3)
+    h.at(100.8).feed(*s.spoken_answer("resp_1", "item_a1", ANSWER, audio_ms=4000)[:-3])
+    _echo_frames(h, 100.9, 200)  # up to 102.89
+    marks = _held_marks(h, onset=102.8)
+    # Back to a second before the newest frame (the frame exactly a second back may fall either
+    # side of the line), and nothing before it.
+    assert marks == list(range(marks[0], 201)) and 100 <= marks[0] <= 101
+
+
 def test_an_end_of_speech_after_the_shortest_turn_decides_at_once(h: Harness) -> None:
     h.user_turn()
     h.feed(*s.spoken_answer("resp_1", "item_a1", ANSWER, audio_ms=4000)[:-3])

@@ -52,8 +52,11 @@ from app.core.unheard import UnheardSpeech
 
 LocalSpeechKind = Literal["speech_start", "speech_end", "barge_in"]
 
-# Echo frames kept (as silence on the wire) in case a barge-in's onset reaches back into them.
-_RECENT_FRAMES = 50
+# Echo frames kept (as silence on the wire) in case a barge-in's onset reaches back into them: the
+# last second of them, by capture time (the frames' length is the capture's business), and never
+# more than this many frames.
+_RECENT_S = 1.0
+_RECENT_MAX_FRAMES = 500
 # Pump and queue delays between the detector's end of speech and the machine hearing of it.
 _DECISION_SLACK_S = 0.1
 
@@ -202,7 +205,7 @@ class Conversation:
         self._pending_reply = False  # a user turn waits for an answer that a drop may have lost
         self._interruption: _Interruption | None = None
         self._local_in_speech = False  # the local detector's last word: the user is talking
-        self._recent: deque[MicFrame] = deque(maxlen=_RECENT_FRAMES)  # silenced echo frames
+        self._recent: deque[MicFrame] = deque(maxlen=_RECENT_MAX_FRAMES)  # silenced echo frames
         self._unheard = UnheardSpeech()  # said again to a new session after a reconnect
 
     @property
@@ -295,7 +298,10 @@ class Conversation:
             self._interruption.held.append(frame)
             return []
         if frame.hearing == "echo":
-            self._recent.append(frame)
+            recent = self._recent
+            recent.append(frame)
+            while recent[0].captured_at < frame.captured_at - _RECENT_S:
+                recent.popleft()
             heard = bytes(len(frame.pcm16))
         else:
             self._recent.clear()
