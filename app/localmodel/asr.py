@@ -551,7 +551,9 @@ class SpeechRecognizer:
                 cpu_threads=self.cpu_threads,
                 local_files_only=True,
             )
-            tokenizer = Tokenizer(model.hf_tokenizer, False, task="transcribe", language="en")
+            # tiny.en is English-only; another model named by path may be multilingual (bench/turn_words.py).
+            multilingual = bool(model.model.is_multilingual)
+            tokenizer = Tokenizer(model.hf_tokenizer, multilingual, task="transcribe", language="en")
             self._tokenizer = tokenizer
             self._prompt_tokens = self._tokens_of(self.prompt)
             self._suppress = list(get_suppressed_tokens(tokenizer, [-1]))
