@@ -340,6 +340,7 @@ def test_the_loader_says_how_to_install_a_missing_model(
         "when I open Outlook",
         "I can't find",
         "I need to get",
+        "I got an email from the bank that",
     ],
 )
 def test_words_that_cannot_end_a_request_keep_the_turn_open(said: str) -> None:
@@ -365,6 +366,8 @@ def test_words_that_cannot_end_a_request_keep_the_turn_open(said: str) -> None:
         "no",
         "done",
         "repeat that",
+        "can you check that",
+        "I already tried all of that",
     ],
 )
 def test_finished_requests_and_short_replies_read_as_finished(said: str) -> None:

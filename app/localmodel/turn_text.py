@@ -4,11 +4,12 @@ The end-of-turn model (:mod:`turn_end`) listens to intonation, which synthetic v
 talkers do not carry well: it calls "the update is stuck at" finished and "nothing happens when I
 press the power button" unfinished. Grammar catches what intonation misses. A turn reads as
 unfinished when its last word cannot end an English sentence (an article, a preposition, a
-conjunction, an auxiliary: "... because", "... stuck at", "my account is"), when it is only a noun
-phrase with no verb in it ("the printer on the second floor", "my VPN"), when it is only a
-subordinate clause still waiting for its main one ("when I open Outlook", "since yesterday"), or
-when the recogniser itself wrote it as going on: Whisper's punctuation follows the voice, and it
-ends on a comma or an ellipsis where the sentence did not ("my headset works in music,").
+conjunction, an auxiliary: "... because", "... stuck at", "my account is") or it opens a relative
+clause ("an email from the bank that"), when it is only a noun phrase with no verb in it ("the
+printer on the second floor", "my VPN"), when it is only a subordinate clause still waiting for its
+main one ("when I open Outlook", "since yesterday"), or when the recogniser itself wrote it as going
+on: Whisper's punctuation follows the voice, and it ends on a comma or an ellipsis where the
+sentence did not ("my headset works in music,").
 
 Wrong in both directions sometimes (a terse "VPN problems" has no verb and is finished): the cost
 of "unfinished" is only the longer pause before the answer, so the rules lean that way.
@@ -63,6 +64,9 @@ _SUBORDINATE: Final = (
     "each time",
     "as soon as",
 )
+# "the bank that", "an email that": a determiner and a noun, then "that", opens a relative clause
+# ("... that looks like a scam"); after a verb "that" is an object and ends a sentence ("repeat that").
+_DETERMINERS: Final = _set("a an the my your our their his her its this these those some any every each")
 _NOUN_PHRASE_START: Final = _set(
     """
     a an the my your our their his her its this that these those some any every each since
@@ -180,6 +184,8 @@ def unfinished_because(text: str) -> str | None:
         return f"it ends on {last!r}"
     if last in _TRANSITIVE and before in _BEFORE_BASE_FORM:
         return f"{last!r} still needs its object"
+    if last == "that" and len(words) >= 3 and words[-3] in _DETERMINERS:
+        return f"a clause about {' '.join(words[-3:-1])!r} has only begun"
     verbs = _verbs(words)
     if not verbs and (words[0] in _NOUN_PHRASE_START or len(words) >= 4):
         return "it has no verb yet"
