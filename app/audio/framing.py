@@ -1,7 +1,7 @@
 """Fixed-size frames out of a stream of samples that arrives in chunks of any length.
 
 The capture path hands on audio in device-sized blocks, but the model, the speech detector and the
-echo canceller each take fixed frames (10 ms each). :class:`Framer` is the one place that
+echo canceller each take fixed frames (20 ms, 10 ms, 10 ms). :class:`Framer` is the one place that
 cuts them, so the three differ only in what a frame's time and label mean to them.
 """
 
