@@ -1,12 +1,14 @@
-"""Microphone capture: device rate and channels in, 24 kHz mono PCM16 10 ms frames out.
+"""Microphone capture: device rate and channels in, 24 kHz mono PCM16 20 ms frames out.
 
 The PortAudio callback downmixes, resamples (soxr, state kept across blocks), feeds the barge-in
-detector at 16 kHz and hands 10 ms frames to a bounded queue for the model (a sample waits for
-its frame to fill before it can go out: 20 ms frames put 7 ms more on the p95 from microphone to
-wire, bench/client_latency.py). With echo cancellation it only hands the 16 kHz samples to the
-echo worker's bounded queue: the worker feeds the detector and fills the model's queue (from
-16 kHz) with the cleaned signal. It never blocks: a full queue drops the frame and counts an
-overflow (or an echo drop).
+detector at 16 kHz and hands 20 ms frames to a bounded queue for the model. A sample waits for its
+frame to fill, so 10 ms frames took 6 ms off the p95 from microphone to wire (42 to 36 ms,
+bench/client_latency.py), but twice the messages while the user speaks cost the answer more: the
+first sound came a median 31 ms later over 17 requests measured in pairs (bench/turns.py,
+semantic_vad), the offline server judging the pause on a busier machine. With echo cancellation it
+only hands the 16 kHz samples to the echo worker's bounded queue: the worker feeds the detector and
+fills the model's queue (from 16 kHz) with the cleaned signal. It never blocks: a full queue drops
+the frame and counts an overflow (or an echo drop).
 
 While nobody speaks and nothing plays the engine asks for coarser blocks (:meth:`Capture.set_cadence`),
 so the device calls back a tenth as often all day; the moment speech or playback starts it asks
@@ -171,8 +173,8 @@ class Capture(StreamOwner):
         device: AudioDevice,
         *,
         block_ms: float = 10.0,
-        frame_ms: int = 10,
-        max_queued_frames: int = 1000,
+        frame_ms: int = 20,
+        max_queued_frames: int = 500,
         detector: BargeInDetector | None = None,
         echo_input: queue.Queue[tuple[FloatArray, float]] | None = None,
         echo_possible: Callable[[float], bool] | None = None,

@@ -57,7 +57,7 @@ class AudioSettings:
     block_ms: float = 10.0
     jitter_target_ms: float = 60.0
     fade_ms: float = 5.0
-    frame_ms: int = 10
+    frame_ms: int = 20
     # On: most users have laptop speakers; with a headset the echo stage measures no echo path
     # within a second and passes the microphone on (docs/architecture.md, "Echo handling").
     echo_cancellation: bool = True
