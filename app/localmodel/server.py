@@ -125,15 +125,15 @@ class _Connection:
     utterances: dict[str, Utterance] = field(default_factory=dict)
     partial_tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     transcripts: dict[str, asyncio.Future[str]] = field(default_factory=dict)
-    background: set[asyncio.Task[None]] = field(default_factory=set)
+    background: set[asyncio.Task[Any]] = field(default_factory=set)  # what runs on its own, kept alive
     response_task: asyncio.Task[None] | None = None
     response_id: str | None = None
     cancel_reason: Literal["turn_detected", "client_cancelled"] | None = None
     timing: dict[str, float] = field(default_factory=dict)  # this turn's milestones, for the log
     speculation: _Speculation | None = None
     speculation_task: asyncio.Task[None] | None = None
-    unsure_pauses: set[str] = field(default_factory=set)  # items whose pause a longer one may decide
-    first_judgements: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # of the latest pause
+    # The first judging of each item's latest pause; its result: whether a longer pause may decide.
+    first_judgements: dict[str, asyncio.Task[bool]] = field(default_factory=dict)
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -317,7 +317,6 @@ class EmbeddedServer:
                     connection.first_judgements[command.item_id] = judging
         elif isinstance(command, EndUtterance):
             connection.first_judgements.pop(command.item_id, None)
-            connection.unsure_pauses.discard(command.item_id)
             task = connection.partial_tasks.pop(command.item_id, None)
             if task is not None:
                 task.cancel()
@@ -343,17 +342,18 @@ class EmbeddedServer:
         command: JudgeTurnEnd,
         utterance: Utterance,
         audio: npt.NDArray[np.float32],
-    ) -> None:
+    ) -> bool:
         """Judges the pause by the words so far (the recogniser's partial, shared with the answer
         being prepared) and the end-of-turn model on the audio, side by side in worker threads.
-        A failure of either leaves the turn to the fallback pause rather than ending it on a guess."""
+        A failure of either leaves the turn to the fallback pause rather than ending it on a guess.
+        True when the verdict was unfinished but unsure: worth asking again after a longer pause."""
         if command.again:
             first = connection.first_judgements.pop(command.item_id, None)
-            if first is not None and not first.done():
-                await asyncio.wait([first])  # its verdict decides whether to ask again
-            if command.item_id not in connection.unsure_pauses:
-                return  # judged unfinished by its words, which a longer pause does not change
-        connection.unsure_pauses.discard(command.item_id)
+            if first is None:
+                return False  # the turn ended meanwhile
+            await asyncio.wait([first])  # its verdict decides whether to ask again
+            if first.cancelled() or first.exception() is not None or not first.result():
+                return False  # judged unfinished by its words, which a longer pause does not change
         judge = self.components.turn_end
         started = time.monotonic()
         try:
@@ -362,10 +362,8 @@ class EmbeddedServer:
             text, probability = await asyncio.gather(words, voice)
         except Exception:
             log.exception("judging the end of the turn failed; it ends after the longer pause")
-            return
+            return False
         complete, why, unsure = judge_turn(text, probability)
-        if unsure and not command.again:
-            connection.unsure_pauses.add(command.item_id)  # worth asking about again, later
         log.debug("end of turn %s: judged on %r", command.item_id, text)  # the words only when debugging
         log.info(
             "end of turn %s%s: %s, %s in %.0f ms",
@@ -376,6 +374,7 @@ class EmbeddedServer:
             (time.monotonic() - started) * 1000,
         )
         await self._emit(connection, connection.session.turn_judged(command.item_id, command.at_ms, complete))
+        return unsure
 
     async def _speculate(self, connection: _Connection, item_id: str, utterance: Utterance) -> None:
         """The user paused: decode now (``finish`` reuses it) and start speaking the likely answer."""

@@ -123,6 +123,15 @@ class UtteranceResumed:
     item_id: str
 
 
+@dataclass
+class _PendingPause:
+    """A pause in a judged turn (semantic_vad with a judge), from where the speech stopped."""
+
+    at_ms: float
+    judged_complete: bool = False  # judged the end, before its commit pause
+    rechecked: bool = False  # asked about again
+
+
 @dataclass(frozen=True)
 class JudgeTurnEnd:
     """The user paused after speaking: has the turn ended? Answer with :meth:`Session.turn_judged`."""
@@ -289,9 +298,7 @@ class Session:
     def __init__(self, session_id: str | None = None, *, judges_turn_end: bool = False) -> None:
         self.config = _initial_session(session_id or p.new_id("sess"))
         self.judges_turn_end = judges_turn_end
-        self._pending_end: float | None = None  # where the speech stopped, while the turn is judged
-        self._judged_complete = False  # the pending pause was judged the end, before its commit
-        self._rechecked = False  # the pending pause was asked about again
+        self._pending: _PendingPause | None = None  # while a pause in the turn is judged
         self._pauses = JudgedPauses(0, 0, 0, 0)  # semantic_vad with a judge; 0: no judging
         self._buffer = bytearray()
         self._audio_ms = 0.0  # audio time of everything appended so far
@@ -516,8 +523,7 @@ class Session:
         if detection is None:
             self._detector = None
             return
-        self._pending_end = None
-        self._judged_complete = False
+        self._pending = None
         self._pauses = JudgedPauses(0, 0, 0, 0)
         silence_ms = detection.silence_duration_ms or 500
         if detection.kind == "semantic_vad":
@@ -560,32 +566,30 @@ class Session:
         out = Output()
         for speech in list(detector.events)[before:]:
             if speech.kind == "speech_start":
-                if self._pending_end is not None and self._utterance is not None:
-                    self._pending_end = None  # a pause inside the turn: it goes on, the same item
-                    self._judged_complete = False
+                if self._pending is not None and self._utterance is not None:
+                    self._pending = None  # a pause inside the turn: it goes on, the same item
                     continue
                 out += self._speech_started(speech.at * 1000.0)
             elif speech.kind == "speech_end":
                 if self._pauses.fallback and self._utterance is not None:
-                    self._pending_end = speech.at * 1000.0
-                    self._judged_complete = self._rechecked = False
-                    out.commands.append(JudgeTurnEnd(self._utterance, self._pending_end))
+                    self._pending = _PendingPause(speech.at * 1000.0)
+                    out.commands.append(JudgeTurnEnd(self._utterance, self._pending.at_ms))
                 else:
                     out += self._speech_stopped(speech.at * 1000.0)
         detector.events.clear()
-        if self._pending_end is not None and self._utterance is not None:
-            quiet_ms = self._audio_ms - self._pending_end
+        pending = self._pending
+        if pending is not None and self._utterance is not None:
+            quiet_ms = self._audio_ms - pending.at_ms
             pauses = self._pauses
-            if not self._judged_complete and not self._rechecked and quiet_ms >= pauses.recheck:
-                self._rechecked = True
-                out.commands.append(JudgeTurnEnd(self._utterance, self._pending_end, again=True))
-            if quiet_ms >= pauses.fallback or (self._judged_complete and quiet_ms >= pauses.commit):
+            if not pending.judged_complete and not pending.rechecked and quiet_ms >= pauses.recheck:
+                pending.rechecked = True
+                out.commands.append(JudgeTurnEnd(self._utterance, pending.at_ms, again=True))
+            if quiet_ms >= pauses.fallback or (pending.judged_complete and quiet_ms >= pauses.commit):
                 # Judged complete and now quiet long enough, or judged unfinished but quiet since.
-                out += self._speech_stopped(self._pending_end)
+                out += self._speech_stopped(pending.at_ms)
         if self._utterance is not None:
             # A pause being judged is one to prepare the answer in, from the moment the judging starts.
-            pending = self._pending_end is not None
-            paused = pending or detector.silence_frames * 10 >= SPECULATE_AFTER_MS
+            paused = self._pending is not None or detector.silence_frames * 10 >= SPECULATE_AFTER_MS
             if paused != self._paused:
                 self._paused = paused
                 out.commands.append(
@@ -622,18 +626,18 @@ class Session:
         stopped, once the pause is as long as the commit pause (now, when it already is); an
         unfinished one waits for more speech or the fallback pause. An answer about a pause the
         user has since spoken after is stale and changes nothing."""
-        if not complete or self._utterance != item_id or self._pending_end != at_ms:
+        pending = self._pending
+        if not complete or self._utterance != item_id or pending is None or pending.at_ms != at_ms:
             return Output()
         if self._audio_ms - at_ms < self._pauses.commit:
-            self._judged_complete = True  # _detect ends the turn when the pause is long enough
+            pending.judged_complete = True  # _detect ends the turn when the pause is long enough
             return Output()
         return self._speech_stopped(at_ms)
 
     def _speech_stopped(self, at_ms: float) -> Output:
         assert self.config.turn_detection is not None
         item_id = self._utterance
-        self._pending_end = None
-        self._judged_complete = False
+        self._pending = None
         if item_id is None:
             return Output()
         self._utterance = None
@@ -656,8 +660,7 @@ class Session:
         else:
             heard_ms = self._audio_ms - self._utterance_start_ms
         self._utterance = None
-        self._pending_end = None
-        self._judged_complete = False
+        self._pending = None
         out += self._commit(item_id, heard_ms)
         out.commands.append(EndUtterance(item_id, respond=False))
         # A new detector: speech that goes on, or comes right away, is the next turn, heard whole.
